@@ -1,0 +1,63 @@
+"""Defaults, one per line, and the generation settings object shared by scan, worker and export."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+DEFAULT_MODEL = "google/gemma-2-2b"  # the model the probe was trained on
+DEFAULT_LAYER = 12  # hidden_states[12]: residual stream after 12 of Gemma 2 2B's 26 layers
+DEFAULT_THRESHOLD = 0.95  # a token is a candidate when the probe's max probability is below this
+DEFAULT_EXCLUDE = ("_", "SYM", "INTJ")  # labels the research probe was not trained on
+DEFAULT_SPLIT = "validation"
+DEFAULT_SCAN_NAME = "default"
+DEFAULT_DB_URL = "sqlite:///posresample.db"
+DB_ENV_VAR = "POSRESAMPLE_DB"
+
+DEFAULT_NUM_SAMPLES = 96  # continuations per prefix
+DEFAULT_MAX_NEW_TOKENS = 16  # tokens per continuation (fewer when EOS comes first)
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = None  # off: HF generate would silently add top_k=50, we do not
+DEFAULT_SEED = 123
+
+DEFAULT_LEASE_SECONDS = 60.0  # a claimed job is reclaimable this long after the last heartbeat
+DEFAULT_MAX_ATTEMPTS = 3  # claims before a job that keeps failing ends `failed`
+DEFAULT_STOP_GRACE = 30.0  # seconds a signalled worker may spend finishing its batch
+
+
+def default_db_url() -> str:
+    return os.environ.get(DB_ENV_VAR, DEFAULT_DB_URL)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """How continuations are sampled: temperature -> top-k (if set) -> top-p, HF semantics."""
+
+    model: str = DEFAULT_MODEL
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    top_k: int | None = DEFAULT_TOP_K
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    num_samples: int = DEFAULT_NUM_SAMPLES
+    seed: int = DEFAULT_SEED
+
+    def validate(self) -> "GenerationParams":
+        from .errors import ConfigError
+
+        if not self.temperature > 0:
+            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise ConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be in [0, 2**63), got {self.seed}")
+        return self
+
+    def as_dict(self) -> dict:
+        return asdict(self)

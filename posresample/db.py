@@ -1,0 +1,201 @@
+"""Engines for SQLite and PostgreSQL, the database clock, write/read transactions, migrations.
+
+SQLite: WAL, synchronous=NORMAL, busy_timeout, foreign_keys=ON, and `BEGIN IMMEDIATE` for every
+write transaction (pysqlite's deferred BEGIN gets SQLITE_BUSY that ignores busy_timeout when a
+reader upgrades to a writer). PostgreSQL: psycopg 3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import Float, create_engine, event, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+from .errors import DatabaseError
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue this long for the lock before failing
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs", "beegfs", "9p", "ceph"}
+MIGRATION_LOCK_KEY = 0x706F737265  # pg_advisory_xact_lock key for `db upgrade`
+
+
+class db_now(FunctionElement):
+    """The database's clock as unix seconds (float): leases from every host compare on one clock."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(db_now, "sqlite")
+def _now_sqlite(_element, _compiler, **_kw):
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@compiles(db_now, "postgresql")
+def _now_postgresql(_element, _compiler, **_kw):
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+
+
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def make_engine(url: str, check: bool = True) -> Engine:
+    """An engine with the pragmas and transaction mode above; `check` opens it once to fail early."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(f"cannot open database {url!r}: not a database URL") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        engine = _sqlite_engine(parsed)
+    elif parsed.get_backend_name() == "postgresql":
+        engine = create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    else:
+        raise DatabaseError(f"unsupported database {safe_url(url)}: use sqlite:/// or postgresql+psycopg://")
+    if check:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise DatabaseError(f"cannot open database {safe_url(url)}: {_first_line(exc)}") from None
+    return engine
+
+
+def _first_line(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+
+
+def _sqlite_engine(parsed) -> Engine:
+    if sqlite3.sqlite_version_info < (3, 35):
+        raise DatabaseError(f"SQLite {sqlite3.sqlite_version} is too old: RETURNING needs 3.35 or newer")
+    path = parsed.database
+    if path and path != ":memory:":
+        parent = Path(path).resolve().parent
+        if not parent.is_dir():
+            raise DatabaseError(f"cannot open database {parsed}: folder {parent} does not exist")
+        warn_if_network_filesystem(parent)
+    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def warn_if_network_filesystem(folder: Path) -> None:
+    """SQLite locking is unreliable on network filesystems: say so instead of corrupting silently."""
+    try:
+        with open("/proc/mounts", encoding="utf-8") as handle:
+            mounts = [line.split()[1:3] for line in handle if len(line.split()) > 2]
+    except OSError:
+        return
+    best = max((m for m in mounts if str(folder).startswith(m[0].rstrip("/") + "/") or str(folder) == m[0]),
+               key=lambda m: len(m[0]), default=None)
+    if best and best[1] in NETWORK_FILESYSTEMS:
+        log.warning("the SQLite file is on a %s filesystem (%s): SQLite is for one host; "
+                    "use PostgreSQL for workers on several hosts", best[1], best[0])
+
+
+@contextlib.contextmanager
+def write(engine: Engine):
+    """One short write transaction (BEGIN IMMEDIATE on SQLite)."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextlib.contextmanager
+def read(engine: Engine):
+    """A read transaction that takes no write lock (deferred BEGIN on SQLite, REPEATABLE READ on PG)."""
+    options = {"sqlite_begin": "DEFERRED"}
+    if engine.dialect.name == "postgresql":
+        options["isolation_level"] = "REPEATABLE READ"
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        yield conn
+
+
+# --- migrations ------------------------------------------------------------------------------
+
+
+def alembic_config(engine: Engine | None = None, connection: Connection | None = None):
+    from alembic.config import Config
+
+    cfg = Config(str(REPO_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with read(engine) as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Run migrations to head once, serialised across processes. Returns (before, after)."""
+    from alembic import command
+
+    before = current_revision(engine)
+    head = head_revision()
+    if before != head:
+        with engine.connect() as conn:
+            command.upgrade(alembic_config(connection=conn), "head")
+            conn.commit()
+    return before, head
+
+
+def ensure_schema(engine: Engine, migrate: bool) -> None:
+    """Upgrade a fresh or old database (scan, demo) or refuse to touch it (worker, export, status)."""
+    current = current_revision(engine)
+    if current == head_revision():
+        return
+    if migrate:
+        upgrade(engine)
+    elif current is None:
+        raise DatabaseError(f"{safe_url(str(engine.url))} holds no posresample data yet: run `cli.py scan` first")
+    else:
+        raise DatabaseError(f"database schema is at {current}, not {head_revision()}: run `cli.py db upgrade`")
+
+
+def sqlite_path(url: str) -> str | None:
+    parsed = make_url(url)
+    return parsed.database if parsed.get_backend_name() == "sqlite" else None
+
+
+def file_exists_for(url: str) -> bool:
+    path = sqlite_path(url)
+    return path is None or path == ":memory:" or os.path.exists(path)

@@ -1,0 +1,108 @@
+"""Load the causal LM and tokenizer, and read one layer's residual stream without running the rest."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+
+import torch
+
+from .errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.isdigit():
+        device = f"cuda:{device}"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelError(f"bad device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device} requested but CUDA is not available")
+    return dev
+
+
+def attention_implementation(model_type: str, requested: str = "auto") -> str:
+    """Gemma 2 soft-caps attention scores; eager keeps the cap on every transformers version."""
+    if requested != "auto":
+        return requested
+    return "eager" if model_type.startswith("gemma2") else "sdpa"
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load tokenizer {name}: {str(exc).splitlines()[0]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"tokenizer {name} is not a fast tokenizer; offsets are needed for alignment")
+    return tokenizer
+
+
+def load_model(name: str, device: torch.device, attn: str = "auto"):
+    """bf16 on GPU, float32 on CPU; eval mode; no gradients."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(name)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=dtype, attn_implementation=attention_implementation(config.model_type, attn)
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model {name}: {str(exc).splitlines()[0]}") from None
+    model.to(device).eval().requires_grad_(False)
+    return model
+
+
+def num_layers(model) -> int:
+    return model.config.num_hidden_layers
+
+
+def check_layer(model, layer: int) -> None:
+    n = num_layers(model)
+    if not 0 <= layer <= n:
+        raise ModelError(f"--layer {layer} is out of range: the model has hidden_states[0..{n}]")
+
+
+def cache_kwarg(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); pass whichever the model takes."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@contextlib.contextmanager
+def _first_layers(model, layer: int):
+    """Temporarily keep only the first `layer` decoder layers, capturing the last one's output."""
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    layers = base.layers
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, _inputs, output):
+        captured["h"] = output[0] if isinstance(output, tuple) else output
+
+    handle = layers[layer - 1].register_forward_hook(hook)
+    base.layers = torch.nn.ModuleList(list(layers)[:layer])
+    try:
+        yield captured
+    finally:
+        base.layers = layers
+        handle.remove()
+
+
+@torch.inference_mode()
+def layer_activations(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+    """hidden_states[layer] for a right-padded batch: [B, T, D]. Runs only the first `layer` layers."""
+    if 0 < layer < num_layers(model):
+        with _first_layers(model, layer) as captured:
+            model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return captured["h"]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
+    return out.hidden_states[layer]

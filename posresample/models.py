@@ -1,0 +1,128 @@
+"""The schema, as SQLAlchemy tables. Alembic (migrations/) owns it; a test checks they agree.
+
+Times are unix seconds (float) from the database's clock, so leases compare on one clock
+whichever host wrote them. JSON columns are JSON on SQLite and JSONB on PostgreSQL, so
+`json_each` / `jsonb_array_elements` work in plain SQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON, BigInteger, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# BIGINT ids on PostgreSQL; SQLite needs INTEGER PRIMARY KEY to alias the rowid
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+JOB_STATES = ("todo", "running", "done", "failed")
+
+scans = Table(
+    "scans", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("config_key", Text, nullable=False),  # canonical JSON of what makes two scans the same
+    Column("dataset", Text, nullable=False),
+    Column("split", String(50), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("layer", Integer, nullable=False),
+    Column("probe_path", Text, nullable=False),
+    Column("probe_sha256", String(64), nullable=False),
+    Column("probe_classes", JSONType, nullable=False),
+    Column("threshold", Float, nullable=False),
+    Column("excluded_labels", JSONType, nullable=False),
+    Column("sentences_total", Integer, nullable=False),
+    Column("sentences_done", Integer, nullable=False, default=0),
+    Column("tokens_seen", Integer, nullable=False, default=0),
+    Column("tokens_skipped_unknown_label", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float),
+)
+
+candidates = Table(
+    "candidates", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("scan_id", Integer, ForeignKey("scans.id", ondelete="CASCADE"), nullable=False),
+    Column("dataset_idx", Integer, nullable=False),
+    Column("sent_id", Text),
+    Column("sentence_text", Text, nullable=False),
+    Column("target_position", Integer, nullable=False),  # index in prefix_token_ids (BOS is 0)
+    Column("target_token_id", Integer, nullable=False),
+    Column("target_token", Text, nullable=False),
+    Column("prefix_text", Text, nullable=False),
+    Column("prefix_token_ids", JSONType, nullable=False),  # BOS through the target, inclusive
+    Column("true_label", Integer, nullable=False),
+    Column("true_label_name", String(10), nullable=False),
+    Column("probe_probs", JSONType, nullable=False),  # in the probe's classes_ order
+    Column("probe_pred", Integer, nullable=False),
+    Column("probe_pred_name", String(10), nullable=False),
+    Column("probe_max_prob", Float, nullable=False),
+    UniqueConstraint("scan_id", "dataset_idx", "target_position"),
+)
+
+generation_params = Table(
+    "generation_params", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key", Text, nullable=False, unique=True),  # canonical JSON of the fields below
+    Column("model", Text, nullable=False),
+    Column("temperature", Float, nullable=False),
+    Column("top_p", Float, nullable=False),
+    Column("top_k", Integer),  # NULL: no top-k
+    Column("max_new_tokens", Integer, nullable=False),
+    Column("num_samples", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False),
+)
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("candidate_id", Integer, ForeignKey("candidates.id", ondelete="CASCADE"), nullable=False),
+    Column("params_id", Integer, ForeignKey("generation_params.id"), nullable=False),
+    Column("state", String(10), nullable=False, default="todo"),
+    Column("priority", Integer, nullable=False, default=0),  # lower runs first
+    Column("attempt", Integer, nullable=False, default=0),  # claims so far; raised at claim
+    Column("lease_owner", String(200)),
+    Column("lease_expires_at", Float),
+    Column("last_error", Text),
+    Column("last_worker", String(200)),
+    Column("created_at", Float, nullable=False),
+    Column("claimed_at", Float),
+    Column("done_at", Float),
+    UniqueConstraint("candidate_id", "params_id"),
+    Index("ix_jobs_state_priority_id", "state", "priority", "id"),
+)
+
+completions = Table(
+    "completions", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("sample_index", Integer, nullable=False),
+    Column("text", Text, nullable=False),  # the decoded continuation only (the prefix is on the candidate)
+    Column("token_ids", JSONType, nullable=False),
+    Column("num_tokens", Integer, nullable=False),
+    Column("finish_reason", String(10), nullable=False),  # eos | length
+    Column("attempt", Integer, nullable=False),  # the job attempt that wrote this row
+    UniqueConstraint("job_id", "sample_index"),
+)
+
+workers = Table(
+    "workers", metadata,
+    Column("id", String(200), primary_key=True),  # host:pid:uuid
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("device", String(50), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("stopped_at", Float),
+    Column("jobs_done", Integer, nullable=False, default=0),
+)

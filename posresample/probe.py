@@ -1,0 +1,128 @@
+"""Load and validate the researcher's scikit-learn probe, and apply it on the model's device."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .data import UPOS_IDS, UPOS_NAMES
+from .errors import ProbeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Probe:
+    path: str
+    sha256: str
+    estimator: object
+    class_ids: tuple[int, ...]  # UPOS ids, in the estimator's classes_ order
+    weight: np.ndarray  # [C, D] (C == 1 for a binary probe)
+    bias: np.ndarray  # [C]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [UPOS_NAMES[i] for i in self.class_ids]
+
+    def to_torch(self, device) -> "TorchProbe":
+        return TorchProbe(self, device)
+
+
+class TorchProbe:
+    """predict_proba on the GPU in float64: softmax(X W^T + b), equal to scikit-learn within 1e-9."""
+
+    def __init__(self, probe: Probe, device):
+        self.weight = torch.as_tensor(probe.weight, dtype=torch.float64, device=device)  # [C, D]
+        self.bias = torch.as_tensor(probe.bias, dtype=torch.float64, device=device)  # [C]
+
+    def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
+        logits = features.to(torch.float64) @ self.weight.T + self.bias  # [N, C]
+        if logits.shape[1] == 1:  # binary LogisticRegression: sigmoid of one decision value
+            positive = torch.sigmoid(logits[:, 0])
+            return torch.stack([1 - positive, positive], dim=1)
+        return torch.softmax(logits, dim=1)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_probe(path: str) -> Probe:
+    """Load a joblib probe; warn on a scikit-learn version mismatch, refuse what cannot be used."""
+    import joblib
+
+    if not os.path.isfile(path):
+        raise ProbeError(f"probe file not found: {path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            estimator = joblib.load(path)
+        except Exception as exc:  # unpickling raises anything: EOFError, UnpicklingError, KeyError, ...
+            raise ProbeError(f"cannot load probe {path}: {type(exc).__name__}: {exc}") from None
+    for warning in caught:
+        if "InconsistentVersionWarning" in type(warning.message).__name__:
+            log.warning("probe %s: %s", path, str(warning.message).splitlines()[0])
+    for attr in ("coef_", "intercept_", "classes_", "predict_proba"):
+        if not hasattr(estimator, attr):
+            raise ProbeError(f"{path} is not a fitted linear classifier (no {attr})")
+    class_ids = tuple(_class_id(c, path) for c in estimator.classes_)
+    weight = np.asarray(estimator.coef_, dtype=np.float64)
+    bias = np.asarray(estimator.intercept_, dtype=np.float64)
+    if weight.ndim != 2 or weight.shape[0] not in (1, len(class_ids)):
+        raise ProbeError(f"{path}: coef_ shape {weight.shape} does not fit {len(class_ids)} classes")
+    return Probe(path=path, sha256=file_sha256(path), estimator=estimator, class_ids=class_ids, weight=weight, bias=bias)
+
+
+def _class_id(value, path: str) -> int:
+    if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(UPOS_NAMES):
+        return int(value)
+    if isinstance(value, str) and value in UPOS_IDS:
+        return UPOS_IDS[value]
+    raise ProbeError(f"{path}: class {value!r} is neither a UPOS id (0-{len(UPOS_NAMES) - 1}) nor a UPOS tag")
+
+
+def validate_probe(probe: Probe, hidden_size: int, sample: np.ndarray | None = None) -> None:
+    """Features must match the model; predict_proba rows must sum to 1 within 1e-6."""
+    n_features = getattr(probe.estimator, "n_features_in_", probe.weight.shape[1])
+    if n_features != hidden_size:
+        raise ProbeError(f"probe expects {n_features} features but the model's hidden size is {hidden_size}")
+    if len(set(probe.class_ids)) != len(probe.class_ids):
+        raise ProbeError(f"{probe.path}: duplicate classes {probe.class_ids}")
+    if sample is None:
+        sample = np.random.default_rng(0).standard_normal((4, hidden_size))
+    sums = np.asarray(probe.estimator.predict_proba(sample)).sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-6):
+        raise ProbeError(f"{probe.path}: predict_proba rows do not sum to 1 (got {sums.tolist()})")
+
+
+def sidecar_path(probe_path: str) -> str:
+    return os.path.splitext(probe_path)[0] + ".json"
+
+
+def check_sidecar(probe: Probe, model: str, layer: int) -> None:
+    """When train-probe's sidecar JSON sits beside the probe, refuse a model or layer mismatch."""
+    path = sidecar_path(probe.path)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ProbeError(f"cannot read probe sidecar {path}: {exc}") from None
+    if meta.get("model") not in (None, model):
+        raise ProbeError(f"probe was trained on model {meta['model']!r} ({path}), not {model!r}")
+    if meta.get("layer") not in (None, layer):
+        raise ProbeError(f"probe was trained on layer {meta['layer']} ({path}), not layer {layer}")
+    if meta.get("sha256") not in (None, probe.sha256):
+        log.warning("probe sidecar %s records another sha256 than %s", path, probe.path)
