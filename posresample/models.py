@@ -121,6 +121,7 @@ workers = Table(
     Column("host", String(200), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("device", String(50), nullable=False),
+    Column("lease_seconds", Float, nullable=False),  # heartbeats come every lease_seconds / 3
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Column("stopped_at", Float),

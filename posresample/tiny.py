@@ -52,7 +52,7 @@ def tiny_gemma2_config(vocab_size: int, **overrides):
     args = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-        sliding_window=32, query_pre_attn_scalar=16, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        sliding_window=128, query_pre_attn_scalar=16, pad_token_id=0, eos_token_id=1, bos_token_id=2,
     )
     args.update(overrides)
     return Gemma2Config(**args)

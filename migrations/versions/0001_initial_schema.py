@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 19:16:30.527269
+Create Date: 2026-11-25 19:17:10.851036
 """
 from typing import Sequence, Union
 
@@ -17,7 +17,7 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    
+
     op.create_table('generation_params',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('key', sa.Text(), nullable=False),
@@ -59,6 +59,7 @@ def upgrade() -> None:
     sa.Column('host', sa.String(length=200), nullable=False),
     sa.Column('pid', sa.Integer(), nullable=False),
     sa.Column('device', sa.String(length=50), nullable=False),
+    sa.Column('lease_seconds', sa.Float(), nullable=False),
     sa.Column('started_at', sa.Float(), nullable=False),
     sa.Column('heartbeat_at', sa.Float(), nullable=False),
     sa.Column('stopped_at', sa.Float(), nullable=True),
@@ -121,11 +122,11 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_completions')),
     sa.UniqueConstraint('job_id', 'sample_index', name=op.f('uq_completions_job_id_sample_index'))
     )
-    
+
 
 
 def downgrade() -> None:
-    
+
     op.drop_table('completions')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_index('ix_jobs_state_priority_id')
@@ -135,4 +136,4 @@ def downgrade() -> None:
     op.drop_table('workers')
     op.drop_table('scans')
     op.drop_table('generation_params')
-    
+

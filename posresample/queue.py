@@ -1,0 +1,203 @@
+"""The job queue: every statement that claims, renews, finishes, fails or requeues a job.
+
+At-least-once delivery, exactly-once results: a claim is one short transaction; the results of a
+job and its `done` mark are one transaction guarded by (id, attempt, lease_owner), so a worker
+that lost its lease changes 0 rows and its late write is discarded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Text, and_, case, cast, func, insert, literal, or_, select, update
+from sqlalchemy.engine import Engine
+
+from .db import db_now, write, read
+from .errors import DatabaseError
+from .models import candidates, completions, generation_params, jobs, workers
+
+
+PARAM_FIELDS = ("model", "temperature", "top_p", "top_k", "max_new_tokens", "num_samples", "seed")
+
+
+class LeaseLost(Exception):
+    """The job was reclaimed (or requeued) since this worker claimed it; its results are discarded."""
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    attempt: int
+    candidate_id: int
+    dataset_idx: int
+    target_position: int
+    prefix_token_ids: list[int]
+    params: dict  # a generation_params row: model, temperature, top_p, top_k, max_new_tokens, num_samples, seed
+
+
+@dataclass(frozen=True)
+class Pending:
+    todo: int  # claimable now
+    running_live: int  # held by a worker whose lease has not expired
+    running_expired: int  # reclaimable
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def register_worker(engine: Engine, worker_id: str, device: str, lease_seconds: float) -> None:
+    host, pid, _ = worker_id.rsplit(":", 2)
+    with write(engine) as conn:
+        conn.execute(insert(workers).values(
+            id=worker_id, host=host, pid=int(pid), device=device, lease_seconds=lease_seconds,
+            started_at=db_now(), heartbeat_at=db_now(), jobs_done=0,
+        ))
+
+
+def stop_worker(engine: Engine, worker_id: str) -> None:
+    with write(engine) as conn:
+        conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=db_now(), heartbeat_at=db_now()))
+
+
+def heartbeat(engine: Engine, worker_id: str, lease_seconds: float) -> int:
+    """Extend the leases this worker still owns; returns how many it renewed."""
+    with write(engine) as conn:
+        renewed = conn.execute(
+            update(jobs)
+            .where(jobs.c.lease_owner == worker_id, jobs.c.state == "running")
+            .values(lease_expires_at=db_now() + lease_seconds)
+        ).rowcount
+        conn.execute(update(workers).where(workers.c.id == worker_id).values(heartbeat_at=db_now()))
+    return renewed
+
+
+def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
+    """Fail jobs whose attempts ran out on an expired lease, then claim up to `limit` jobs."""
+    with write(engine) as conn:
+        _fail_exhausted(conn, max_attempts)
+        expired = and_(jobs.c.state == "running", jobs.c.lease_expires_at < db_now())
+        pick = (
+            select(jobs.c.id)
+            .where(or_(jobs.c.state == "todo", expired), jobs.c.attempt < max_attempts)
+            .order_by(jobs.c.priority, jobs.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer (BEGIN IMMEDIATE)
+        )
+        claimed = conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(pick.scalar_subquery()))
+            .values(state="running", attempt=jobs.c.attempt + 1, lease_owner=worker_id, last_worker=worker_id,
+                    lease_expires_at=db_now() + lease_seconds, claimed_at=db_now())
+            .returning(jobs.c.id, jobs.c.attempt)
+        ).all()
+        if not claimed:
+            return []
+        attempts = dict(claimed)
+        rows = conn.execute(
+            select(jobs.c.id, jobs.c.candidate_id, candidates.c.dataset_idx, candidates.c.target_position,
+                   candidates.c.prefix_token_ids, generation_params.c.id.label("params_id"),
+                   *[generation_params.c[name] for name in PARAM_FIELDS])
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .join(generation_params, generation_params.c.id == jobs.c.params_id)
+            .where(jobs.c.id.in_(list(attempts)))
+            .order_by(jobs.c.id)
+        ).mappings().all()
+    return [_claimed(row, attempts[row["id"]]) for row in rows]
+
+
+def _claimed(row, attempt: int) -> ClaimedJob:
+    params = {name: row[name] for name in ("params_id", *PARAM_FIELDS)}
+    return ClaimedJob(id=row["id"], attempt=attempt, candidate_id=row["candidate_id"], dataset_idx=row["dataset_idx"],
+                      target_position=row["target_position"], prefix_token_ids=list(row["prefix_token_ids"]), params=params)
+
+
+def _fail_exhausted(conn, max_attempts: int) -> None:
+    """A job whose worker died on its last attempt (lease expired) ends failed, with a reason."""
+    conn.execute(
+        update(jobs)
+        .where(jobs.c.state == "running", jobs.c.lease_expires_at < db_now(), jobs.c.attempt >= max_attempts)
+        .values(state="failed", lease_owner=None, lease_expires_at=None,
+                last_error=literal("lease expired on attempt ") + cast(jobs.c.attempt, Text) +
+                literal(": worker ") + func.coalesce(jobs.c.lease_owner, "?") + literal(" stopped heartbeating"))
+    )
+
+
+def _guard(job: ClaimedJob, worker_id: str):
+    return and_(jobs.c.id == job.id, jobs.c.attempt == job.attempt, jobs.c.lease_owner == worker_id,
+                jobs.c.state == "running")
+
+
+def complete_job(engine: Engine, job: ClaimedJob, worker_id: str, rows: list[dict]) -> None:
+    """Write a job's completions and mark it done, atomically; raise LeaseLost if it is not ours any more."""
+    with write(engine) as conn:
+        done = conn.execute(
+            update(jobs).where(_guard(job, worker_id))
+            .values(state="done", done_at=db_now(), lease_owner=None, lease_expires_at=None, last_error=None)
+        ).rowcount
+        if done != 1:
+            raise LeaseLost(f"job {job.id} attempt {job.attempt}: lease lost, results discarded")
+        conn.execute(insert(completions), [dict(row, job_id=job.id, attempt=job.attempt) for row in rows])
+        conn.execute(update(workers).where(workers.c.id == worker_id).values(jobs_done=workers.c.jobs_done + 1))
+
+
+def fail_job(engine: Engine, job: ClaimedJob, worker_id: str, error: str, max_attempts: int) -> str | None:
+    """Record an error; the job goes back to todo until its attempts run out. Returns the new state."""
+    state = case((jobs.c.attempt >= max_attempts, "failed"), else_="todo")
+    with write(engine) as conn:
+        row = conn.execute(
+            update(jobs).where(_guard(job, worker_id))
+            .values(state=state, last_error=error[:4000], lease_owner=None, lease_expires_at=None)
+            .returning(jobs.c.state)
+        ).first()
+    return row[0] if row else None
+
+
+def release_jobs(engine: Engine, claimed: list[ClaimedJob], worker_id: str) -> int:
+    """Give unfinished jobs back on a clean stop; a release does not count as an attempt."""
+    released = 0
+    with write(engine) as conn:
+        for job in claimed:
+            released += conn.execute(
+                update(jobs).where(_guard(job, worker_id))
+                .values(state="todo", attempt=jobs.c.attempt - 1, lease_owner=None, lease_expires_at=None)
+            ).rowcount
+    return released
+
+
+def pending(engine: Engine, max_attempts: int) -> Pending:
+    now = db_now()
+    with read(engine) as conn:
+        row = conn.execute(select(
+            func.count().filter(and_(jobs.c.state == "todo", jobs.c.attempt < max_attempts)),
+            func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at >= now)),
+            func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at < now)),
+        )).one()
+    return Pending(*row)
+
+
+def requeue(engine: Engine, failed: bool = False, stale: bool = False, job_id: int | None = None) -> int:
+    """Put failed jobs, jobs with expired leases, or one job back to todo with attempts reset."""
+    conditions = []
+    if failed:
+        conditions.append(jobs.c.state == "failed")
+    if stale:
+        conditions.append(and_(jobs.c.state == "running", jobs.c.lease_expires_at < db_now()))
+    if job_id is not None:
+        conditions.append(and_(jobs.c.id == job_id, jobs.c.state != "done"))
+    if not conditions:
+        raise DatabaseError("say what to requeue: --failed, --stale or --job ID")
+    with write(engine) as conn:
+        if job_id is not None:
+            state = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
+            if state is None:
+                raise DatabaseError(f"no job with id {job_id}")
+            if state == "done":
+                raise DatabaseError(f"job {job_id} is done; its completions are kept")
+        return conn.execute(
+            update(jobs).where(or_(*conditions))
+            .values(state="todo", attempt=0, lease_owner=None, lease_expires_at=None)
+        ).rowcount
