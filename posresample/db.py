@@ -53,7 +53,11 @@ def safe_url(url: str) -> str:
 
 
 def make_engine(url: str, check: bool = True) -> Engine:
-    """An engine with the pragmas and transaction mode above; `check` opens it once to fail early."""
+    """An engine with the pragmas and transaction mode above; `check` opens it once to fail early.
+
+    A SQLite file that does not exist yet is not created here (only its folder is checked), so a
+    command that fails on its other inputs leaves nothing behind.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -66,7 +70,7 @@ def make_engine(url: str, check: bool = True) -> Engine:
         engine = create_engine(parsed, pool_pre_ping=True, pool_size=2, max_overflow=4)
     else:
         raise DatabaseError(f"unsupported database {safe_url(url)}: use sqlite:/// or postgresql+psycopg://")
-    if check:
+    if check and file_exists_for(url):
         try:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))

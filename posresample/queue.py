@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from .db import db_now, write, read
 from .errors import DatabaseError
-from .models import candidates, completions, generation_params, jobs, workers
+from .models import JOB_STATES, candidates, completions, generation_params, jobs, workers
 
 
 PARAM_FIELDS = ("model", "temperature", "top_p", "top_k", "max_new_tokens", "num_samples", "seed")
@@ -201,3 +201,45 @@ def requeue(engine: Engine, failed: bool = False, stale: bool = False, job_id: i
             update(jobs).where(or_(*conditions))
             .values(state="todo", attempt=0, lease_owner=None, lease_expires_at=None)
         ).rowcount
+
+
+THROUGHPUT_WINDOW = 600.0  # seconds of history behind the throughput and ETA
+
+
+def status_report(engine) -> dict:
+    """Everything `status` prints: jobs by state, stale leases, workers, throughput, ETA."""
+    with read(engine) as conn:
+        now = conn.execute(select(db_now())).scalar_one()
+        states = {state: 0 for state in JOB_STATES} | dict(conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
+        n_candidates = conn.execute(select(func.count()).select_from(candidates)).scalar_one()
+        n_completions = conn.execute(select(func.count()).select_from(completions)).scalar_one()
+        stale = conn.execute(select(func.count()).where(jobs.c.state == "running", jobs.c.lease_expires_at < now)).scalar_one()
+        oldest = conn.execute(select(func.min(jobs.c.created_at)).where(jobs.c.state == "todo")).scalar()
+        recent = conn.execute(select(func.count(), func.min(jobs.c.done_at)).where(
+            jobs.c.state == "done", jobs.c.done_at >= now - THROUGHPUT_WINDOW)).one()
+        worker_rows = conn.execute(select(workers).order_by(workers.c.started_at)).mappings().all()
+    per_second = _rate(recent[0], recent[1], now)
+    remaining = states["todo"] + states["running"]
+    return {
+        "candidates": n_candidates,
+        "jobs": states,
+        "completions": n_completions,
+        "stale_leases": stale,
+        "oldest_pending_seconds": None if oldest is None else round(now - oldest, 1),
+        "throughput_jobs_per_minute": round(per_second * 60, 2),
+        "eta_seconds": round(remaining / per_second, 1) if per_second > 0 and remaining else None,
+        "workers": [_worker_view(w, now) for w in worker_rows],
+    }
+
+
+def _rate(count: int, first_done: float | None, now: float) -> float:
+    if not count or first_done is None:
+        return 0.0
+    return count / max(now - first_done, 1.0) if now - first_done < THROUGHPUT_WINDOW else count / THROUGHPUT_WINDOW
+
+
+def _worker_view(w, now: float) -> dict:
+    alive = w["stopped_at"] is None and now - w["heartbeat_at"] <= w["lease_seconds"]
+    state = "stopped" if w["stopped_at"] is not None else ("live" if alive else "lost")
+    return {"id": w["id"], "device": w["device"], "state": state, "jobs_done": w["jobs_done"],
+            "last_heartbeat_seconds_ago": round(now - w["heartbeat_at"], 1)}

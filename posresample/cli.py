@@ -1,0 +1,367 @@
+"""The `posresample` command line (also `python cli.py`)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from . import __version__
+from .config import (
+    DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
+    DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, GenerationParams,
+)
+from .errors import DatabaseError, PosresampleError
+
+log = logging.getLogger("posresample")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Group(click.Group):
+    """Turns library errors into one line `Error: ...` (exit 1); -v shows the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PosresampleError as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except Exception as exc:
+            from sqlalchemy.exc import SQLAlchemyError
+
+            if not isinstance(exc, SQLAlchemyError) or (ctx.obj and ctx.obj.get("verbose")):
+                raise
+            orig = getattr(exc, "orig", None) or exc
+            click.echo(f"Error: database: {str(orig).strip().splitlines()[0]}", err=True)
+            ctx.exit(1)
+
+
+def db_option(func):
+    return click.option("--db", "db_url", envvar=DB_ENV_VAR, default=DEFAULT_DB_URL, show_default=True,
+                        help=f"Database URL (sqlite:///FILE or postgresql+psycopg://...); env {DB_ENV_VAR}.")(func)
+
+
+def open_engine(db_url: str, must_exist: bool = False):
+    from . import db
+
+    if must_exist and not db.file_exists_for(db_url):
+        raise DatabaseError(f"no database at {db_url}: run `cli.py scan` first (or pass --db)")
+    return db.make_engine(db_url)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging and full tracebacks.")
+@click.pass_context
+def cli(ctx, verbose):
+    """Resample continuations where a POS probe on Gemma 2 is unsure.
+
+    \b
+    The pipeline:
+      scan     dataset + model + probe  ->  candidates and queued jobs
+      worker   claims jobs, samples     ->  completions  (one per GPU, any host)
+      export   candidates + completions ->  JSONL
+    status, requeue and `db upgrade` look after the queue; `demo` runs it all offline.
+    """
+    ctx.ensure_object(dict)["verbose"] = verbose
+    setup_logging(verbose)
+
+
+def generation_options(func):
+    options = [
+        click.option("--num-samples", default=DEFAULT_NUM_SAMPLES, show_default=True, type=click.IntRange(min=1), help="Continuations per prefix."),
+        click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(min=1), help="Tokens per continuation."),
+        click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True, type=float, help="Sampling temperature."),
+        click.option("--top-p", default=DEFAULT_TOP_P, show_default=True, type=float, help="Nucleus mass kept."),
+        click.option("--top-k", default=None, type=click.IntRange(min=1), help="Top-k before top-p (off unless given)."),
+        click.option("--seed", default=DEFAULT_SEED, show_default=True, type=click.IntRange(min=0), help="Sampling seed."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
+
+
+def parse_exclude(spec: str) -> tuple[int, ...]:
+    from .data import parse_label_list
+
+    return parse_label_list(spec)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--probe", required=True, type=click.Path(dir_okay=False), help="The probe (.joblib, scikit-learn).")
+@click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
+@click.option("--split", default=DEFAULT_SPLIT, show_default=True, help="train, validation or test.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="HF model id or local folder.")
+@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=int, help="hidden_states index the probe reads.")
+@click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=click.FloatRange(0, 1), help="Keep tokens whose max probe probability is below this.")
+@click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="True labels to skip (names or ids).")
+@click.option("--max-prefixes", default=None, type=click.IntRange(min=1), help="Stop after this many candidates.")
+@click.option("--name", default=DEFAULT_SCAN_NAME, show_default=True, help="Scan name; re-running it resumes.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Sentences per forward pass.")
+@generation_options
+@db_option
+@click.pass_context
+def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefixes, name, device, attn, batch_size,
+         num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
+    """Find the tokens where the probe is unsure and queue them for sampling.
+
+    \b
+    Example:
+        python cli.py scan --probe probe.joblib \\
+            --dataset ../shared/data/ud_english_ewt --split validation
+    """
+    from .scan import ScanOptions, run_scan
+
+    params = GenerationParams(model, temperature, top_p, top_k, max_new_tokens, num_samples, seed).validate()
+    opts = ScanOptions(probe=probe, dataset=dataset, split=split, model=model, layer=layer, threshold=threshold,
+                       exclude=parse_exclude(exclude), params=params, name=name, max_prefixes=max_prefixes,
+                       device=device, attn=attn, batch_size=batch_size)
+    result = run_scan(open_engine(db_url), opts)
+    click.echo(f"scan {name!r}: {result.candidates} candidates ({result.added} new), "
+               f"{result.scan['sentences_done']}/{result.scan['sentences_total']} sentences; "
+               f"jobs queued with generation params {result.params_id}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--devices", default=None, help="Start one worker per device and supervise them: 0,1,2,3 or all.")
+@click.option("--batch-jobs", default=None, type=click.IntRange(min=1), help="Jobs claimed and sampled together [default: 32 on GPU, 4 on CPU].")
+@click.option("--max-rows", default=None, type=click.IntRange(min=1), help="Rows per decode batch [default: from free GPU memory].")
+@click.option("--lease-seconds", default=DEFAULT_LEASE_SECONDS, show_default=True, type=click.FloatRange(min=0.5), help="Lease per claimed job, renewed by heartbeats.")
+@click.option("--max-attempts", default=DEFAULT_MAX_ATTEMPTS, show_default=True, type=click.IntRange(min=1), help="Claims before a job ends failed.")
+@click.option("--stop-grace", default=DEFAULT_STOP_GRACE, show_default=True, type=click.FloatRange(min=0), help="Seconds to finish the batch after SIGINT/SIGTERM.")
+@click.option("--no-wait", is_flag=True, help="Exit when nothing is claimable, even if other workers hold leases.")
+@click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(min=0), help="With --devices: restarts per device.")
+@click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--fake-sampler", is_flag=True, hidden=True, help="Model-free sampler for queue tests and benchmarks.")
+@click.option("--fake-delay", default=0.0, type=float, hidden=True)
+@click.option("--fake-poison-token", default=None, type=int, hidden=True)
+@db_option
+def worker(device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, no_wait, max_restarts, attn,
+           no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
+    """Claim queued prefixes, sample continuations, write them back.
+
+    Exits when no job is left; waits while another worker's lease is pending.
+    SIGINT/SIGTERM: finish or release the current batch, then stop; a second signal quits at once.
+
+    \b
+    Examples:
+        python cli.py worker --device cuda:0
+        python cli.py worker --devices all --db postgresql+psycopg://user@host/posresample
+    """
+    if devices:
+        from .supervise import Supervisor, parse_devices
+
+        argv = _argv_without(sys.argv[sys.argv.index("worker"):], ("--devices", "--device", "--max-restarts"))
+        raise SystemExit(Supervisor(argv, parse_devices(devices), max_restarts).run())
+    from . import db
+    from .modeling import pick_device
+    from .worker import Worker, WorkerOptions
+
+    engine = open_engine(db_url, must_exist=True)
+    db.ensure_schema(engine, migrate=False)
+    dev = "cpu" if fake_sampler and device == "auto" else str(pick_device(device))
+    opts = WorkerOptions(device=dev, batch_jobs=batch_jobs or (32 if dev.startswith("cuda") else 4),
+                         lease_seconds=lease_seconds, max_attempts=max_attempts, stop_grace=stop_grace,
+                         wait=not no_wait, progress=not no_progress)
+    w = Worker(engine, _sampler_factory(dev, max_rows, attn, fake_sampler, fake_delay, fake_poison_token), opts)
+    w.install_signal_handlers()
+    raise SystemExit(w.run())
+
+
+def _argv_without(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in names:
+            skip = True
+            continue
+        if any(arg.startswith(n + "=") for n in names):
+            continue
+        out.append(arg)
+    return out
+
+
+def _sampler_factory(device: str, max_rows, attn, fake: bool, fake_delay: float, poison):
+    def factory(model_name: str):
+        if fake:
+            from .fake import FakeSampler
+
+            return FakeSampler(delay=fake_delay, poison_token=poison)
+        import torch
+
+        from .modeling import load_model, load_tokenizer
+        from .sampler import Sampler
+
+        log.info("loading %s on %s", model_name, device)
+        return Sampler(load_model(model_name, torch.device(device), attn), load_tokenizer(model_name), max_rows=max_rows)
+
+    return factory
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-o", "--output", required=True, help="Output path: .jsonl, .jsonl.zst, or - for stdout.")
+@click.option("--scan", "scan_name", default=None, help="Scan to export (needed when the database holds several).")
+@click.option("--params", "params_id", default=None, type=int, help="Generation params id (when a scan was sampled with several).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@db_option
+def export(output, scan_name, params_id, no_progress, db_url):
+    """Write done candidates and their completions as JSONL, a header record first.
+
+    \b
+    Example:
+        python cli.py export -o uncertain_resamples.jsonl.zst
+    """
+    from . import db
+    from .export import export as run_export
+
+    engine = open_engine(db_url, must_exist=True)
+    db.ensure_schema(engine, migrate=False)
+    meta = run_export(engine, output, scan_name, params_id, progress=not no_progress and output != "-")
+    if output != "-":
+        click.echo(f"wrote {meta['counts']['records']} records to {output}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_option
+def status(as_json, db_url):
+    """Show candidates, jobs by state, workers, throughput and ETA.
+
+    \b
+    Example:
+        python cli.py status --json
+    """
+    from . import db
+    from .queue import status_report
+
+    engine = open_engine(db_url, must_exist=True)
+    db.ensure_schema(engine, migrate=False)
+    report = status_report(engine)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(format_status(report))
+
+
+def format_status(r: dict) -> str:
+    jobs = r["jobs"]
+    lines = [
+        f"candidates   {r['candidates']}",
+        "jobs         " + "  ".join(f"{k} {v}" for k, v in jobs.items()),
+        f"completions  {r['completions']}",
+        f"stale leases {r['stale_leases']}",
+        f"oldest todo  {_age(r['oldest_pending_seconds'])}",
+        f"throughput   {r['throughput_jobs_per_minute']} jobs/min (last 10 min)",
+        f"eta          {_age(r['eta_seconds'])}",
+        f"workers      {sum(w['state'] == 'live' for w in r['workers'])} live of {len(r['workers'])}",
+    ]
+    for w in r["workers"]:
+        if w["state"] != "stopped":
+            lines.append(f"  {w['id']}  {w['device']}  {w['state']}  jobs {w['jobs_done']}  heartbeat {w['last_heartbeat_seconds_ago']}s ago")
+    return "\n".join(lines)
+
+
+def _age(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--failed", is_flag=True, help="Requeue failed jobs.")
+@click.option("--stale", is_flag=True, help="Requeue running jobs whose lease expired.")
+@click.option("--job", "job_id", type=int, default=None, help="Requeue one job by id.")
+@db_option
+def requeue(failed, stale, job_id, db_url):
+    """Put failed or stale jobs back in the queue, attempts reset.
+
+    \b
+    Example:
+        python cli.py requeue --failed
+    """
+    from . import db
+    from .queue import requeue as run_requeue
+
+    engine = open_engine(db_url, must_exist=True)
+    db.ensure_schema(engine, migrate=False)
+    click.echo(f"requeued {run_requeue(engine, failed, stale, job_id)} job(s)")
+
+
+@cli.group(cls=Group, context_settings=CONTEXT)
+def db():
+    """Manage the database schema (Alembic)."""
+
+
+@db.command(context_settings=CONTEXT)
+@db_option
+def upgrade(db_url):
+    """Create or upgrade the schema to the newest revision.
+
+    \b
+    Example:
+        python cli.py db upgrade --db postgresql+psycopg://user@host/posresample
+    """
+    from . import db as dbmod
+
+    before, after = dbmod.upgrade(open_engine(db_url))
+    click.echo(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--workdir", default="demo_out", show_default=True, type=click.Path(file_okay=False), help="Where the model, probe, database and export go.")
+@click.option("--db", "db_url", default=None, help="Database URL [default: sqlite:///WORKDIR/posresample.db].")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@generation_options
+def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature, top_p, top_k, seed):
+    """Run scan -> worker -> export offline on a tiny random Gemma 2.
+
+    Builds a tokenizer trained here, a randomly initialised tiny Gemma2ForCausalLM and a probe fit on
+    its activations for a bundled CoNLL-U sample; needs no download.
+
+    \b
+    Example:
+        python cli.py demo --workdir demo_out
+    """
+    from .demo import run_demo
+
+    params = GenerationParams(DEFAULT_MODEL, temperature, top_p, top_k, max_new_tokens, num_samples, seed).validate()
+    url = db_url or f"sqlite:///{os.path.join(workdir, 'posresample.db')}"
+    os.makedirs(workdir, exist_ok=True)
+    r = run_demo(workdir, lambda: open_engine(url), params, progress=not no_progress)
+    click.echo(f"""demo done in {r['workdir']}/
+  model        {r['model']}  (random tiny Gemma 2, tokenizer trained here)
+  probe        {r['probe']}
+  candidates   {r['candidates']}
+  completions  {r['completions']}
+  export       {r['export']}  ({r['records']} records)
+  database     {url}
+Try:
+  python cli.py status --db {url}
+  sqlite3 {url.removeprefix('sqlite:///')} 'select finish_reason, count(*) from completions group by 1'""")
+
+
+def main():
+    cli(prog_name=os.environ.get("POSRESAMPLE_PROG", "posresample"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""export: one JSONL record per done candidate with its completions, after a metadata header.
+
+Streams from the database (two cursors merged on job id) into the output, so memory stays flat.
+`.jsonl.zst` compresses with zstandard; `-` writes to stdout. A file is written to a temporary
+name and renamed at the end, so an interrupted export leaves no half file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata as importlib_metadata
+
+from tqdm import tqdm
+
+from . import __version__, db, store
+from .data import UPOS_NAMES
+
+PACKAGES = ("torch", "transformers", "scikit-learn", "sqlalchemy", "alembic", "datasets", "tokenizers")
+
+
+def package_versions() -> dict:
+    versions = {"posresample": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        with contextlib.suppress(importlib_metadata.PackageNotFoundError):
+            versions[name] = importlib_metadata.version(name)
+    return versions
+
+
+def header(scan: dict, params: dict, counts: dict, candidates: int) -> dict:
+    return {"metadata": {
+        "format": "posresample.export/1",
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "scan": scan["name"], "model": scan["model"], "layer": scan["layer"],
+        "dataset": scan["dataset"], "split": scan["split"],
+        "probe_path": scan["probe_path"], "probe_sha256": scan["probe_sha256"],
+        "probe_classes": list(scan["probe_classes"]), "probe_class_names": [UPOS_NAMES[i] for i in scan["probe_classes"]],
+        "threshold": scan["threshold"],
+        "excluded_labels": [UPOS_NAMES[i] for i in scan["excluded_labels"]],
+        "label_names": list(UPOS_NAMES),
+        "generation_params": _params(params, scan["layer"]) | {"id": params["id"]},
+        "package_versions": package_versions(),
+        "counts": {"sentences_scanned": scan["sentences_done"], "sentences_total": scan["sentences_total"],
+                   "candidates": candidates, "jobs": counts, "records": counts.get("done", 0)},
+    }}
+
+
+def _params(params: dict, layer: int) -> dict:
+    keys = ("model", "temperature", "top_p", "top_k", "max_new_tokens", "num_samples", "seed")
+    return {"model": params["model"], "layer": layer} | {k: params[k] for k in keys[1:]}
+
+
+def record(head: dict, rows: list[dict], gen: dict) -> dict:
+    return {
+        "dataset_idx": head["dataset_idx"],
+        "sent_id": head["sent_id"],
+        "candidate_id": head["id"],
+        "job_id": head["job_id"],
+        "prefix": {
+            "text": head["prefix_text"],
+            "token_ids": list(head["prefix_token_ids"]),
+            "target_position": head["target_position"],
+            "target_token": head["target_token"],
+            "target_token_id": head["target_token_id"],
+            "true_label": head["true_label"],
+            "true_label_name": head["true_label_name"],
+            "probe_probs": list(head["probe_probs"]),
+            "probe_pred": head["probe_pred"],
+            "probe_pred_name": head["probe_pred_name"],
+            "probe_max_prob": head["probe_max_prob"],
+        },
+        "sentence_text": head["sentence_text"],
+        "generation_params": gen,
+        "completions": [
+            {"text": r["text"], "token_ids": list(r["token_ids"]), "num_tokens": r["num_tokens"],
+             "finish_reason": r["finish_reason"]}
+            for r in rows
+        ],
+    }
+
+
+@contextlib.contextmanager
+def open_output(path: str):
+    """A text stream for '-', a .jsonl or a .jsonl.zst path; files appear only when complete."""
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    tmp = f"{path}.partial"
+    try:
+        with open(tmp, "wb") as raw:
+            if path.endswith(".zst"):
+                import zstandard
+
+                with zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False) as zst, \
+                        io.TextIOWrapper(zst, encoding="utf-8") as text:
+                    yield text
+            else:
+                with io.TextIOWrapper(raw, encoding="utf-8") as text:
+                    yield text
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def export(engine, out: str, scan_name: str | None = None, params_id: int | None = None, progress: bool = True) -> dict:
+    """Write the header and every done record; returns the header's metadata."""
+    with db.read(engine) as conn:
+        scan = store.pick_scan(conn, scan_name)
+        params = store.pick_params(conn, scan["id"], params_id)
+        counts = store.job_counts(conn, scan["id"], params["id"])
+        n_candidates = sum(counts.values())
+        meta = header(scan, params, counts, n_candidates)
+        gen = _params(params, scan["layer"])
+        with open_output(out) as stream:
+            stream.write(json.dumps(meta, ensure_ascii=False) + "\n")
+            bar = tqdm(total=counts.get("done", 0), desc="export", unit="rec", disable=not progress)
+            written = 0
+            for head, rows in store.iter_done(conn, scan["id"], params["id"]):
+                stream.write(json.dumps(record(head, rows, gen), ensure_ascii=False) + "\n")
+                written += 1
+                bar.update(1)
+            bar.close()
+    meta["metadata"]["counts"]["records"] = written
+    return meta["metadata"]

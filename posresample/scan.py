@@ -1,0 +1,184 @@
+"""scan: run the model once per sentence, apply the probe to every labelled token, store candidates.
+
+Everything that can be wrong with the input (dataset, probe, model, layer) is checked before the
+database is touched. Progress is saved with each batch of sentences, so a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from . import db, store
+from .config import GenerationParams
+from .data import UPOS_NAMES, Sentence, TokenizedSentence, load_sentences, tokenize_with_labels
+from .modeling import check_layer, layer_activations, load_model, load_tokenizer, pick_device
+from .probe import check_sidecar, load_probe, validate_probe
+
+log = logging.getLogger(__name__)
+SENTENCE_BATCH = 32  # sentences per forward pass
+MAX_BATCH_TOKENS = 8192  # cap on padded tokens per forward pass
+
+
+@dataclass
+class ScanOptions:
+    probe: str
+    dataset: str
+    split: str
+    model: str
+    layer: int
+    threshold: float
+    exclude: tuple[int, ...]
+    params: GenerationParams
+    name: str
+    max_prefixes: int | None = None
+    device: str | None = None
+    attn: str = "auto"
+    batch_size: int = SENTENCE_BATCH
+
+
+@dataclass
+class ScanResult:
+    scan: dict
+    candidates: int
+    added: int
+    params_id: int
+
+
+def run_scan(engine, opts: ScanOptions, progress: bool = True) -> ScanResult:
+    sentences = load_sentences(opts.dataset, opts.split)
+    probe = load_probe(opts.probe)
+    device = pick_device(opts.device)
+    tokenizer = load_tokenizer(opts.model)
+    model = load_model(opts.model, device, opts.attn)
+    check_layer(model, opts.layer)
+    validate_probe(probe, model.config.hidden_size)
+    check_sidecar(probe, opts.model, opts.layer)
+
+    db.ensure_schema(engine, migrate=True)
+    identity = dict(
+        dataset=os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
+        split=opts.split, model=opts.model, layer=opts.layer, probe_sha256=probe.sha256,
+        threshold=opts.threshold, excluded_labels=list(opts.exclude),
+    )
+    extra = dict(probe_path=os.path.abspath(opts.probe), probe_classes=list(probe.class_ids), sentences_total=len(sentences))
+    scan, pid = store.open_scan(engine, opts.name, identity, extra, opts.params)
+    total = store.count_candidates(engine, scan["id"])
+    start = scan["sentences_done"]
+    if start:
+        log.info("resuming scan %r at sentence %d of %d (%d candidates so far)", opts.name, start, len(sentences), total)
+
+    scorer = _Scorer(model, tokenizer, probe, opts, device)
+    added = 0
+    bar = tqdm(total=len(sentences), initial=start, desc="scan", unit="sent", disable=not progress)
+    for batch in _batches(sentences[start:], opts.batch_size):
+        if opts.max_prefixes is not None and total >= opts.max_prefixes:
+            break
+        rows, seen, skipped, done_upto = scorer.score(batch, limit=None if opts.max_prefixes is None else opts.max_prefixes - total)
+        new = store.save_scan_batch(engine, scan["id"], pid, rows, done_upto, seen, skipped)
+        total, added = total + new, added + new
+        bar.update(done_upto - bar.n)
+        bar.set_postfix(candidates=total)
+    bar.close()
+    scan = store.finish_scan(engine, scan["id"])
+    _log_summary(scan, total, added)
+    return ScanResult(scan=scan, candidates=total, added=added, params_id=pid)
+
+
+def _batches(sentences: list[Sentence], size: int):
+    for i in range(0, len(sentences), size):
+        yield sentences[i:i + size]
+
+
+def _log_summary(scan: dict, total: int, added: int) -> None:
+    log.info("scan %r: %d/%d sentences, %d labelled tokens seen, %d skipped (true label not in the probe's classes)",
+             scan["name"], scan["sentences_done"], scan["sentences_total"], scan["tokens_seen"], scan["tokens_skipped_unknown_label"])
+    log.info("%d candidates (%d new) under threshold %.3g", total, added, scan["threshold"])
+    if total == 0:
+        log.warning("no token has a max probability under %.3g: nothing to sample", scan["threshold"])
+
+
+class _Scorer:
+    """Tokenize, run the first `layer` layers on a right-padded batch, apply the probe on the device."""
+
+    def __init__(self, model, tokenizer, probe, opts: ScanOptions, device):
+        self.model, self.tokenizer, self.probe, self.opts, self.device = model, tokenizer, probe, opts, device
+        self.torch_probe = probe.to_torch(device)
+        self.class_ids = set(probe.class_ids)
+
+    def score(self, batch: list[Sentence], limit: int | None):
+        """-> (candidate rows, labelled tokens seen, skipped, index of the next sentence to scan)."""
+        encoded = [tokenize_with_labels(self.tokenizer, s) for s in batch]
+        probs = self._probe_probs(encoded)
+        rows, seen, skipped = [], 0, 0
+        for sentence, enc, p in zip(batch, encoded, probs):
+            sentence_rows, s_seen, s_skipped = self._sentence_candidates(sentence, enc, p)
+            if limit is not None and len(rows) + len(sentence_rows) >= limit:
+                # Stop inside this sentence; record it as not done so a larger --max-prefixes redoes it
+                # (duplicates are ignored by the unique key).
+                return rows + sentence_rows[: limit - len(rows)], seen, skipped, sentence.idx
+            rows += sentence_rows
+            seen, skipped = seen + s_seen, skipped + s_skipped
+        return rows, seen, skipped, batch[-1].idx + 1
+
+    @torch.inference_mode()
+    def _probe_probs(self, encoded: list[TokenizedSentence]) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for group in _token_groups(encoded, MAX_BATCH_TOKENS):
+            width = max(len(e.input_ids) for e in group)
+            ids = torch.full((len(group), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+            mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, e in enumerate(group):
+                ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+                mask[row, : len(e.input_ids)] = 1
+            hidden = layer_activations(self.model, ids.to(self.device), mask.to(self.device), self.opts.layer)  # [B, T, D]
+            probs = self.torch_probe.predict_proba(hidden[mask.to(self.device).bool()])  # [N, C]
+            out += list(probs.cpu().split([len(e.input_ids) for e in group]))
+        return out
+
+    def _sentence_candidates(self, sentence: Sentence, enc: TokenizedSentence, probs: torch.Tensor):
+        rows, seen, skipped = [], 0, 0
+        for pos in range(1, len(enc.input_ids)):
+            label = enc.labels[pos]
+            if label is None:
+                continue
+            seen += 1
+            if label in self.opts.exclude:
+                continue
+            if label not in self.class_ids:
+                skipped += 1
+                continue
+            p = probs[pos]
+            max_prob, arg = float(p.max()), int(p.argmax())
+            if max_prob >= self.opts.threshold:
+                continue
+            rows.append(self._row(sentence, enc, pos, label, p, max_prob, self.probe.class_ids[arg]))
+        return rows, seen, skipped
+
+    def _row(self, sentence, enc, pos, label, probs, max_prob, pred) -> dict:
+        prefix = enc.input_ids[: pos + 1]
+        return dict(
+            dataset_idx=sentence.idx, sent_id=sentence.sent_id, sentence_text=sentence.text,
+            target_position=pos, target_token_id=prefix[-1],
+            target_token=self.tokenizer.decode([prefix[-1]]),
+            prefix_text=self.tokenizer.decode(prefix, skip_special_tokens=True),
+            prefix_token_ids=prefix, true_label=label, true_label_name=UPOS_NAMES[label],
+            probe_probs=[float(x) for x in probs], probe_pred=pred, probe_pred_name=UPOS_NAMES[pred],
+            probe_max_prob=max_prob,
+        )
+
+
+def _token_groups(encoded: list[TokenizedSentence], max_tokens: int):
+    group: list[TokenizedSentence] = []
+    for e in encoded:
+        width = max([len(x.input_ids) for x in group] + [len(e.input_ids)])
+        if group and width * (len(group) + 1) > max_tokens:
+            yield group
+            group = []
+        group.append(e)
+    if group:
+        yield group

@@ -1,0 +1,122 @@
+"""train-probe: activations for every labelled token, then the research recipe's LogisticRegression."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import UPOS_NAMES, Sentence, tokenize_with_labels
+from .modeling import layer_activations
+
+log = logging.getLogger(__name__)
+ACTIVATION_BATCH = 32  # sentences per forward pass
+
+
+@dataclass
+class Activations:
+    X: np.ndarray  # [N, D] float32
+    y: np.ndarray  # [N] UPOS ids
+    positions: np.ndarray  # [N, 2]: (sentence index in the split, token position)
+
+
+@torch.inference_mode()
+def collect_activations(model, tokenizer, sentences: list[Sentence], layer: int, exclude: tuple[int, ...] = (),
+                        batch_size: int = ACTIVATION_BATCH, progress: bool = True) -> Activations:
+    """hidden_states[layer] of every token with a label not in `exclude` (same alignment as scan)."""
+    device = next(model.parameters()).device
+    xs, ys, where = [], [], []
+    for start in tqdm(range(0, len(sentences), batch_size), desc="activations", unit="batch", disable=not progress):
+        batch = sentences[start:start + batch_size]
+        encoded = [tokenize_with_labels(tokenizer, s) for s in batch]
+        width = max(len(e.input_ids) for e in encoded)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, e in enumerate(encoded):
+            ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[row, : len(e.input_ids)] = 1
+        hidden = layer_activations(model, ids.to(device), mask.to(device), layer).float().cpu()  # [B, T, D]
+        for row, (sentence, e) in enumerate(zip(batch, encoded)):
+            for pos, label in enumerate(e.labels):
+                if label is not None and label not in exclude:
+                    xs.append(hidden[row, pos].numpy())
+                    ys.append(label)
+                    where.append((sentence.idx, pos))
+    dim = model.config.hidden_size
+    return Activations(
+        X=np.stack(xs).astype(np.float32) if xs else np.zeros((0, dim), np.float32),
+        y=np.asarray(ys, dtype=np.int64), positions=np.asarray(where, dtype=np.int64).reshape(-1, 2),
+    )
+
+
+def save_activations(path: str, acts: Activations) -> None:
+    np.savez(path, X=acts.X, y=acts.y, positions=acts.positions)
+
+
+def load_activations(path: str) -> Activations:
+    with np.load(path) as data:
+        return Activations(X=data["X"], y=data["y"], positions=data["positions"])
+
+
+def research_probe(seed: int = 0):
+    """LogisticRegression(C=1.0, max_iter=500, class_weight='balanced', solver='lbfgs'), multinomial.
+
+    scikit-learn >= 1.8 removed `multi_class` (lbfgs is multinomial anyway): pass it only where it exists.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    kwargs = dict(C=1.0, max_iter=500, class_weight="balanced", solver="lbfgs", random_state=seed)
+    if "multi_class" in inspect.signature(LogisticRegression).parameters:
+        kwargs["multi_class"] = "multinomial"
+    return LogisticRegression(**kwargs)
+
+
+def fit_probe(acts: Activations, seed: int = 0):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    probe = research_probe(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # 500 iterations is the recipe, converged or not
+        probe.fit(acts.X, acts.y)
+    return probe
+
+
+def evaluate(probe, acts: Activations) -> tuple[float, str]:
+    from sklearn.metrics import classification_report
+
+    if len(acts.y) == 0:
+        return float("nan"), "(no tokens)"
+    known = np.isin(acts.y, probe.classes_)
+    pred = probe.predict(acts.X[known])
+    accuracy = float((pred == acts.y[known]).mean()) if known.any() else float("nan")
+    labels = sorted(set(acts.y[known].tolist()) | set(pred.tolist()))
+    report = classification_report(acts.y[known], pred, labels=labels, target_names=[UPOS_NAMES[i] for i in labels], zero_division=0)
+    return accuracy, report
+
+
+def write_sidecar(probe_path: str, meta: dict) -> str:
+    from .probe import sidecar_path
+
+    path = sidecar_path(probe_path)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=2)
+        handle.write("\n")
+    return path
+
+
+def save_probe(probe, path: str) -> str:
+    import joblib
+
+    from .probe import file_sha256
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    joblib.dump(probe, path)
+    return file_sha256(path)
