@@ -98,7 +98,7 @@ class Sampler:
                 log.warning("out of memory at %d rows: splitting, now at most %d rows", rows, self.max_rows)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                pending = self._plan_units(chunk, self.max_rows) + pending
+                pending = self._plan_units(chunk + [u for c in pending for u in c], self.max_rows)
                 continue
             for unit, unit_samples in zip(chunk, samples):
                 results[unit.request].update(zip(unit.sample_indices, unit_samples))

@@ -1,0 +1,76 @@
+"""Test helpers: queue jobs without a model, count rows, run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from posresample import db, store
+from posresample.config import GenerationParams
+from posresample.models import candidates, completions, jobs
+
+REPO = Path(__file__).resolve().parent.parent
+POISON_TOKEN = 999_999
+
+
+def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, poison: tuple[int, ...] = ()) -> list[int]:
+    """A scan with n fake candidates and one todo job each; candidates listed in `poison` carry POISON_TOKEN."""
+    params = GenerationParams(model="fake", num_samples=num_samples, max_new_tokens=max_new_tokens)
+    identity = dict(dataset="fake", split="validation", model="fake", layer=1, probe_sha256="0" * 64,
+                    threshold=0.95, excluded_labels=[])
+    extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=n)
+    scan, pid = store.open_scan(engine, "fake", identity, extra, params)
+    rows = [
+        dict(dataset_idx=i, sent_id=str(i), sentence_text=f"sentence {i}", target_position=1, target_token_id=7,
+             target_token="x", prefix_text="x", prefix_token_ids=[2, POISON_TOKEN if i in poison else 7],
+             true_label=0, true_label_name="NOUN", probe_probs=[0.5, 0.5], probe_pred=0, probe_pred_name="NOUN",
+             probe_max_prob=0.5)
+        for i in range(n)
+    ]
+    for start in range(0, n, 1000):
+        store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0)
+    with db.read(engine) as conn:
+        return list(conn.execute(select(jobs.c.id).order_by(jobs.c.id)).scalars())
+
+
+def job_states(engine) -> dict:
+    with db.read(engine) as conn:
+        return dict(conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
+
+
+def completion_stats(engine) -> tuple[int, int, int]:
+    """(rows, distinct (job, sample) pairs, jobs with exactly the expected count are checked by callers)."""
+    with db.read(engine) as conn:
+        total = conn.execute(select(func.count()).select_from(completions)).scalar_one()
+        distinct = conn.execute(select(func.count()).select_from(
+            select(completions.c.job_id, completions.c.sample_index).distinct().subquery())).scalar_one()
+        per_job = conn.execute(select(func.count(func.distinct(completions.c.job_id)))).scalar_one()
+    return total, distinct, per_job
+
+
+def samples_per_done_job(engine) -> set[int]:
+    with db.read(engine) as conn:
+        counts = conn.execute(
+            select(func.count(completions.c.id)).select_from(jobs)
+            .outerjoin(completions, completions.c.job_id == jobs.c.id)
+            .where(jobs.c.state == "done").group_by(jobs.c.id)).scalars()
+        return set(counts)
+
+
+def candidate_count(engine) -> int:
+    with db.read(engine) as conn:
+        return conn.execute(select(func.count()).select_from(candidates)).scalar_one()
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(REPO / "cli.py"), *args]
+
+
+def start_worker(db_url: str, *args: str, log_path: Path | None = None) -> subprocess.Popen:
+    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(cli_cmd("worker", "--db", db_url, "--no-progress", *args), stdout=out, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -1,0 +1,126 @@
+"""Probe loading and validation: research-style integer classes, string classes, bad files."""
+
+import json
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from posresample.errors import ProbeError
+from posresample.probe import check_sidecar, load_probe, validate_probe
+
+RESEARCH_CLASSES = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17]
+
+
+def fitted(classes, dim=16, n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, dim))
+    y = np.asarray(classes)[rng.integers(0, len(classes), n)]
+    return LogisticRegression(max_iter=200).fit(X, y), X
+
+
+def test_research_probe_loads_with_integer_classes(tmp_path):
+    est, X = fitted(RESEARCH_CLASSES)
+    joblib.dump(est, tmp_path / "p.joblib")
+    probe = load_probe(str(tmp_path / "p.joblib"))
+    assert probe.class_ids == tuple(RESEARCH_CLASSES)
+    assert probe.class_names[:3] == ["NOUN", "PUNCT", "ADP"]
+    validate_probe(probe, hidden_size=16)
+    assert len(probe.sha256) == 64
+
+
+def test_string_classes_map_to_hf_ids(tmp_path):
+    est, _ = fitted(["NOUN", "VERB", "DET"])
+    joblib.dump(est, tmp_path / "p.joblib")
+    assert load_probe(str(tmp_path / "p.joblib")).class_ids == (8, 0, 16)  # classes_ sorted by name: DET NOUN VERB
+
+
+def test_torch_probe_equals_predict_proba(tmp_path):
+    est, X = fitted(RESEARCH_CLASSES, dim=32)
+    joblib.dump(est, tmp_path / "p.joblib")
+    probe = load_probe(str(tmp_path / "p.joblib"))
+    ours = probe.to_torch("cpu").predict_proba(torch.tensor(X, dtype=torch.float32)).numpy()
+    assert np.allclose(ours, est.predict_proba(X.astype(np.float32)), atol=1e-9, rtol=0)
+
+
+def test_binary_probe_probabilities(tmp_path):
+    est, X = fitted([0, 16])
+    joblib.dump(est, tmp_path / "p.joblib")
+    probe = load_probe(str(tmp_path / "p.joblib"))
+    ours = probe.to_torch("cpu").predict_proba(torch.tensor(X)).numpy()
+    assert np.allclose(ours, est.predict_proba(X), atol=1e-9)
+
+
+def test_wrong_feature_count_is_refused(tmp_path):
+    est, _ = fitted(RESEARCH_CLASSES, dim=16)
+    joblib.dump(est, tmp_path / "p.joblib")
+    with pytest.raises(ProbeError, match="expects 16 features but the model's hidden size is 64"):
+        validate_probe(load_probe(str(tmp_path / "p.joblib")), hidden_size=64)
+
+
+def test_missing_corrupt_and_foreign_files_are_refused(tmp_path):
+    with pytest.raises(ProbeError, match="not found"):
+        load_probe(str(tmp_path / "none.joblib"))
+    (tmp_path / "corrupt.joblib").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(ProbeError, match="cannot load probe"):
+        load_probe(str(tmp_path / "corrupt.joblib"))
+    joblib.dump({"not": "a probe"}, tmp_path / "dict.joblib")
+    with pytest.raises(ProbeError, match="not a fitted linear classifier"):
+        load_probe(str(tmp_path / "dict.joblib"))
+
+
+def test_unknown_class_is_refused(tmp_path):
+    est, _ = fitted([0, 1, 42])
+    joblib.dump(est, tmp_path / "p.joblib")
+    with pytest.raises(ProbeError, match="neither a UPOS id"):
+        load_probe(str(tmp_path / "p.joblib"))
+
+
+def test_probabilities_that_do_not_sum_to_one_are_refused(tmp_path):
+    est, X = fitted(RESEARCH_CLASSES)
+    broken = BrokenProbe(max_iter=200).fit(X, est.predict(X))
+    joblib.dump(broken, tmp_path / "p.joblib")
+    with pytest.raises(ProbeError, match="do not sum to 1"):
+        validate_probe(load_probe(str(tmp_path / "p.joblib")), hidden_size=16)
+
+
+def test_sidecar_mismatch_is_refused(tmp_path):
+    est, _ = fitted(RESEARCH_CLASSES)
+    joblib.dump(est, tmp_path / "p.joblib")
+    probe = load_probe(str(tmp_path / "p.joblib"))
+    (tmp_path / "p.json").write_text(json.dumps({"model": "google/gemma-2-2b", "layer": 12}))
+    check_sidecar(probe, "google/gemma-2-2b", 12)
+    with pytest.raises(ProbeError, match="layer 12"):
+        check_sidecar(probe, "google/gemma-2-2b", 6)
+    with pytest.raises(ProbeError, match="model"):
+        check_sidecar(probe, "other/model", 12)
+
+
+def test_version_mismatch_warns_but_loads(tmp_path, caplog):
+    import pickle
+
+    est, _ = fitted(RESEARCH_CLASSES)
+    state = est.__getstate__()
+    state["_sklearn_version"] = "0.24.2"  # as if pickled by an old scikit-learn
+    with open(tmp_path / "old.joblib", "wb") as handle:
+        pickle.dump(_Reduced(est, state), handle)
+    probe = load_probe(str(tmp_path / "old.joblib"))
+    assert probe.class_ids == tuple(RESEARCH_CLASSES)
+    assert "0.24.2" in caplog.text
+
+
+class BrokenProbe(LogisticRegression):
+    def predict_proba(self, X):
+        return np.full((len(X), len(self.classes_)), 0.5)
+
+
+class _Reduced:
+    """Pickles an estimator with a chosen state, as another scikit-learn version would have written it."""
+
+    def __init__(self, est, state):
+        self.est, self.state = est, state
+
+    def __reduce__(self):
+        return (LogisticRegression, (), self.state)

@@ -1,0 +1,79 @@
+"""Sampling semantics: HF's warper chain, exact fallback beyond the prefilter, batch-independent noise."""
+
+import pytest
+import torch
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from posresample.sampling import mix32, processed_probs, row_hash, sample_tokens, uniform
+
+
+def hf_probs(logits, temperature, top_p, top_k=None):
+    chain = [TemperatureLogitsWarper(temperature)]
+    if top_k is not None:
+        chain.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        chain.append(TopPLogitsWarper(top_p))
+    return LogitsProcessorList(chain)(None, logits.clone()).softmax(-1)
+
+
+@pytest.mark.parametrize("vocab,scale,temperature,top_p,top_k,prefilter", [
+    (1000, 3.0, 0.7, 0.95, None, 256),  # peaked: the nucleus fits the prefilter
+    (1000, 0.3, 0.7, 0.95, None, 16),  # flat: the nucleus exceeds the prefilter -> exact fallback
+    (500, 2.0, 1.3, 0.9, 20, 64),  # top-k inside the prefilter
+    (300, 1.0, 0.5, 0.99, 100, 8),  # top-k larger than the prefilter
+    (64, 1.0, 0.7, 1.0, None, 8),  # no top-p: the full vocabulary
+])
+def test_probabilities_equal_hf_warpers(vocab, scale, temperature, top_p, top_k, prefilter):
+    torch.manual_seed(vocab)
+    logits = torch.randn(32, vocab) * scale
+    ours = processed_probs(logits, temperature, top_p, top_k, prefilter=prefilter)
+    assert torch.allclose(ours, hf_probs(logits, temperature, top_p, top_k), atol=1e-6)
+
+
+def test_fallback_case_really_exceeds_the_prefilter():
+    torch.manual_seed(0)
+    logits = torch.randn(8, 1000) * 0.3
+    kept = (hf_probs(logits, 0.7, 0.95) > 0).sum(-1)
+    assert (kept > 16).all()  # so the test above exercised the fallback path
+
+
+def test_samples_follow_the_distribution_chi_square():
+    from scipy.stats import chisquare
+
+    torch.manual_seed(1)
+    logits = torch.randn(1, 12) * 1.5
+    probs = processed_probs(logits, 0.7, 0.9, None, prefilter=4)[0]  # nucleus bigger than 4: fallback
+    n = 20000
+    rows = row_hash(123, torch.zeros(n, dtype=torch.long), torch.arange(n), 0)
+    draws = sample_tokens(logits.expand(n, -1), rows, 0.7, 0.9, None, prefilter=4)
+    observed = torch.bincount(draws, minlength=12).double()
+    support = probs > 0
+    assert observed[~support].sum() == 0  # nothing drawn outside the nucleus
+    expected = probs[support].double() / probs[support].double().sum() * n
+    assert chisquare(observed[support].numpy(), expected.numpy()).pvalue > 1e-3
+
+
+def test_noise_depends_only_on_its_key():
+    keys, idx = torch.tensor([5, 5, 9]), torch.tensor([0, 1, 0])
+    h = row_hash(123, keys, idx, step=3)
+    assert h[0] != h[1] and h[0] != h[2]
+    assert torch.equal(row_hash(123, keys[[2, 0]], idx[[2, 0]], 3), h[[2, 0]])  # order and batch do not matter
+    assert not torch.equal(row_hash(124, keys, idx, 3), h)
+    u = uniform(h, torch.arange(1000).expand(3, -1))
+    assert 0 < float(u.min()) and float(u.max()) < 1
+    assert abs(float(u.mean()) - 0.5) < 0.02
+
+
+def test_mix32_is_a_bijection_on_a_sample():
+    x = torch.arange(0, 1 << 16, dtype=torch.long) * 65537
+    assert mix32(x).unique().numel() == x.numel()
+    assert int(mix32(x).max()) < 2**32 and int(mix32(x).min()) >= 0
+
+
+def test_same_row_hash_same_token_whatever_the_batch():
+    torch.manual_seed(2)
+    logits = torch.randn(6, 400)
+    rows = row_hash(7, torch.arange(6), torch.zeros(6, dtype=torch.long), 0)
+    together = sample_tokens(logits, rows, 0.7, 0.95)
+    alone = torch.stack([sample_tokens(logits[i:i + 1], rows[i:i + 1], 0.7, 0.95)[0] for i in range(6)])
+    assert torch.equal(together, alone)
