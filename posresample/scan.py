@@ -73,25 +73,23 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True) -> ScanResult:
         log.info("resuming scan %r at sentence %d of %d (%d candidates so far)", opts.name, start, len(sentences), total)
 
     scorer = _Scorer(model, tokenizer, probe, opts, device)
-    added = 0
+    # A run stopped by --max-prefixes inside a sentence left that sentence not done, with some of
+    # its candidates stored: skip those so the limit counts only new ones.
+    stored = store.candidate_positions(engine, scan["id"], start) if start < len(sentences) else set()
+    added, pos = 0, start
     bar = tqdm(total=len(sentences), initial=start, desc="scan", unit="sent", disable=not progress)
-    for batch in _batches(sentences[start:], opts.batch_size):
-        if opts.max_prefixes is not None and total >= opts.max_prefixes:
-            break
-        rows, seen, skipped, done_upto = scorer.score(batch, limit=None if opts.max_prefixes is None else opts.max_prefixes - total)
-        new = store.save_scan_batch(engine, scan["id"], pid, rows, done_upto, seen, skipped)
-        total, added = total + new, added + new
-        bar.update(done_upto - bar.n)
+    while pos < len(sentences) and (opts.max_prefixes is None or total < opts.max_prefixes):
+        batch = sentences[pos:pos + opts.batch_size]
+        limit = None if opts.max_prefixes is None else opts.max_prefixes - total
+        rows, seen, skipped, pos = scorer.score(batch, limit, stored)
+        new = store.save_scan_batch(engine, scan["id"], pid, rows, pos, seen, skipped)
+        total, added, stored = total + new, added + new, set()
+        bar.update(pos - bar.n)
         bar.set_postfix(candidates=total)
     bar.close()
     scan = store.finish_scan(engine, scan["id"])
     _log_summary(scan, total, added)
     return ScanResult(scan=scan, candidates=total, added=added, params_id=pid)
-
-
-def _batches(sentences: list[Sentence], size: int):
-    for i in range(0, len(sentences), size):
-        yield sentences[i:i + size]
 
 
 def _log_summary(scan: dict, total: int, added: int) -> None:
@@ -110,13 +108,17 @@ class _Scorer:
         self.torch_probe = probe.to_torch(device)
         self.class_ids = set(probe.class_ids)
 
-    def score(self, batch: list[Sentence], limit: int | None):
-        """-> (candidate rows, labelled tokens seen, skipped, index of the next sentence to scan)."""
+    def score(self, batch: list[Sentence], limit: int | None, stored: set = frozenset()):
+        """-> (new candidate rows, labelled tokens seen, skipped, index of the next sentence to scan).
+
+        `stored` holds (dataset_idx, position) pairs already in the database, left out of the rows.
+        """
         encoded = [tokenize_with_labels(self.tokenizer, s) for s in batch]
         probs = self._probe_probs(encoded)
         rows, seen, skipped = [], 0, 0
         for sentence, enc, p in zip(batch, encoded, probs):
             sentence_rows, s_seen, s_skipped = self._sentence_candidates(sentence, enc, p)
+            sentence_rows = [r for r in sentence_rows if (r["dataset_idx"], r["target_position"]) not in stored]
             if limit is not None and len(rows) + len(sentence_rows) >= limit:
                 # Stop inside this sentence; record it as not done so a larger --max-prefixes redoes it
                 # (duplicates are ignored by the unique key).

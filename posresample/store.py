@@ -26,7 +26,9 @@ def insert_ignoring_duplicates(conn: Connection, table, rows: list[dict]) -> int
     if not rows:
         return 0
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return conn.execute(dialect_insert(table).on_conflict_do_nothing(), rows).rowcount
+    # rowcount is unreliable for executemany (psycopg reports -1); count the returned keys instead.
+    stmt = dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
+    return len(conn.execute(stmt, rows).all())
 
 
 def params_id(conn: Connection, params: GenerationParams) -> int:
@@ -66,6 +68,13 @@ def enqueue_missing_jobs(conn: Connection, scan_id: int, pid: int) -> int:
 def count_candidates(engine: Engine, scan_id: int) -> int:
     with read(engine) as conn:
         return conn.execute(select(func.count()).select_from(candidates).where(candidates.c.scan_id == scan_id)).scalar_one()
+
+
+def candidate_positions(engine: Engine, scan_id: int, dataset_idx: int) -> set[tuple[int, int]]:
+    with read(engine) as conn:
+        rows = conn.execute(select(candidates.c.dataset_idx, candidates.c.target_position).where(
+            candidates.c.scan_id == scan_id, candidates.c.dataset_idx == dataset_idx)).all()
+    return {tuple(r) for r in rows}
 
 
 def save_scan_batch(engine: Engine, scan_id: int, pid: int, rows: list[dict], sentences_done: int,

@@ -1,0 +1,182 @@
+"""scan -> worker -> export on the tiny model, against SQLite and PostgreSQL."""
+
+import json
+
+import pytest
+from sqlalchemy import func, select
+
+from posresample import db, store
+from posresample.config import GenerationParams
+from posresample.data import UPOS_NAMES, parse_label_list
+from posresample.errors import ConfigError
+from posresample.export import export
+from posresample.models import candidates, completions, jobs, scans
+from posresample.scan import ScanOptions, run_scan
+from posresample.sampler import Sampler
+from posresample.worker import Worker, WorkerOptions
+
+LAYER = 2
+NUM_SAMPLES = 8
+
+
+def options(tiny_dir, probe, dataset, **kw):
+    params = GenerationParams(model=tiny_dir, num_samples=NUM_SAMPLES, max_new_tokens=6)
+    base = dict(probe=probe, dataset=dataset, split="validation", model=tiny_dir, layer=LAYER, threshold=0.95,
+                exclude=parse_label_list("_,SYM,INTJ"), params=params, name="t", device="cpu", batch_size=5)
+    base.update(kw)
+    return ScanOptions(**base)
+
+
+def table(engine, tbl, *cols, order=None):
+    with db.read(engine) as conn:
+        return conn.execute(select(*[tbl.c[c] for c in cols]).order_by(*(order or [tbl.c.id]))).all()
+
+
+def test_scan_stores_candidates_with_metadata(engine, tiny_dir, tiny_probe, sample_conllu, tokenizer):
+    result = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+    assert result.candidates > 0 and result.added == result.candidates
+    with db.read(engine) as conn:
+        row = conn.execute(select(candidates).order_by(candidates.c.id)).mappings().first()
+        scan = conn.execute(select(scans)).mappings().one()
+        n_jobs = conn.execute(select(func.count()).select_from(jobs)).scalar_one()
+    assert n_jobs == result.candidates
+    assert row["prefix_token_ids"][0] == tokenizer.bos_token_id
+    assert row["prefix_token_ids"][row["target_position"]] == row["target_token_id"]
+    assert len(row["prefix_token_ids"]) == row["target_position"] + 1
+    assert len(row["probe_probs"]) == len(scan["probe_classes"])
+    assert abs(sum(row["probe_probs"]) - 1) < 1e-6 and row["probe_max_prob"] == max(row["probe_probs"])
+    assert row["probe_max_prob"] < 0.95
+    assert scan["probe_classes"][row["probe_probs"].index(max(row["probe_probs"]))] == row["probe_pred"]
+    assert UPOS_NAMES[row["true_label"]] == row["true_label_name"]
+    assert row["true_label"] not in (4, 13, 15)
+    assert scan["sentences_done"] == scan["sentences_total"] == 24
+
+
+def test_rescan_adds_nothing_and_resumes_after_interruption(engine, tiny_dir, tiny_probe, sample_conllu, monkeypatch):
+    opts = options(tiny_dir, tiny_probe, sample_conllu)
+    full = run_scan(engine, opts, progress=False).candidates
+    assert run_scan(engine, opts, progress=False).added == 0
+
+    other = options(tiny_dir, tiny_probe, sample_conllu, name="interrupted")
+    real, calls = store.save_scan_batch, []
+
+    def crash_on_third(*args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, "save_scan_batch", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_scan(engine, other, progress=False)
+    monkeypatch.setattr(store, "save_scan_batch", real)
+    with db.read(engine) as conn:
+        assert conn.execute(select(scans.c.sentences_done).where(scans.c.name == "interrupted")).scalar() == 10
+    resumed = run_scan(engine, other, progress=False)
+    assert resumed.candidates == full
+    rows = lambda name: table(engine, candidates, "dataset_idx", "target_position", "probe_probs",
+                              order=[candidates.c.dataset_idx, candidates.c.target_position])
+    with db.read(engine) as conn:
+        per_scan = dict(conn.execute(select(scans.c.name, func.count(candidates.c.id)).join(candidates).group_by(scans.c.name)).all())
+    assert per_scan == {"t": full, "interrupted": full}
+
+
+def test_max_prefixes_stops_and_a_larger_limit_continues(engine, tiny_dir, tiny_probe, sample_conllu):
+    first = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=7), progress=False)
+    assert first.candidates == 7
+    more = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=20), progress=False)
+    assert more.candidates == 20
+    full = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+    fresh = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, name="fresh"), progress=False)
+    assert full.candidates == fresh.candidates
+
+
+def test_same_name_other_config_is_refused_and_writes_nothing(engine, tiny_dir, tiny_probe, sample_conllu):
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+    before = table(engine, candidates, "id")
+    with pytest.raises(ConfigError, match="threshold: 0.95 -> 0.5"):
+        run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, threshold=0.5), progress=False)
+    assert table(engine, candidates, "id") == before
+
+
+def test_new_generation_params_queue_the_same_candidates_again(engine, tiny_dir, tiny_probe, sample_conllu):
+    opts = options(tiny_dir, tiny_probe, sample_conllu)
+    n = run_scan(engine, opts, progress=False).candidates
+    hot = GenerationParams(model=tiny_dir, temperature=1.0, num_samples=NUM_SAMPLES, max_new_tokens=6)
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, params=hot), progress=False)
+    with db.read(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == 2 * n
+
+
+def run_worker(engine, tiny_model, tokenizer):
+    w = Worker(engine, lambda _name: Sampler(tiny_model, tokenizer), WorkerOptions(device="cpu", batch_jobs=6, progress=False))
+    w.run()
+    return w
+
+
+def test_worker_and_export_end_to_end(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):
+    scan = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=15), progress=False)
+    w = run_worker(engine, tiny_model, tokenizer)
+    assert w.jobs_done == 15
+    with db.read(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(completions)).scalar_one() == 15 * NUM_SAMPLES
+        assert {s for (s,) in conn.execute(select(jobs.c.state).distinct())} == {"done"}
+
+    out = tmp_path / "out.jsonl"
+    meta = export(engine, str(out), progress=False)
+    lines = out.read_text(encoding="utf-8").splitlines()
+    header, records = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+    assert set(header) == {"metadata"} and meta["counts"]["records"] == len(records) == 15
+    m = header["metadata"]
+    for key in ("model", "layer", "dataset", "split", "probe_path", "probe_sha256", "probe_classes", "threshold",
+                "excluded_labels", "generation_params", "package_versions", "counts"):
+        assert key in m, key
+    assert m["layer"] == LAYER and m["excluded_labels"] == ["SYM", "_", "INTJ"] and m["generation_params"]["top_k"] is None
+    check_records(engine, records, m)
+
+
+def check_records(engine, records, meta):
+    with db.read(engine) as conn:
+        cand = {r["id"]: r for r in conn.execute(select(candidates)).mappings()}
+    for rec in records:
+        assert {"dataset_idx", "prefix", "sentence_text", "generation_params", "completions"} <= set(rec)
+        assert {"text", "token_ids", "target_position", "target_token", "true_label", "probe_probs", "probe_pred"} <= set(rec["prefix"])
+        assert {"model", "layer", "temperature", "top_p", "max_new_tokens", "num_samples", "seed"} <= set(rec["generation_params"])
+        c = cand[rec["candidate_id"]]
+        p = rec["prefix"]
+        assert rec["dataset_idx"] == c["dataset_idx"] and rec["sentence_text"] == c["sentence_text"]
+        assert (p["text"], p["token_ids"], p["target_position"], p["target_token"]) == (
+            c["prefix_text"], c["prefix_token_ids"], c["target_position"], c["target_token"])
+        assert (p["true_label"], p["probe_pred"]) == (c["true_label"], c["probe_pred"])
+        assert p["probe_probs"] == pytest.approx(c["probe_probs"])
+        assert rec["generation_params"]["num_samples"] == NUM_SAMPLES == len(rec["completions"])
+        assert rec["generation_params"]["layer"] == meta["layer"] and rec["generation_params"]["seed"] == 123
+        for comp in rec["completions"]:
+            assert set(comp) >= {"text", "token_ids"} and 1 <= len(comp["token_ids"]) <= 6
+            assert comp["finish_reason"] in ("eos", "length") and comp["num_tokens"] == len(comp["token_ids"])
+
+
+def test_completions_are_queryable_with_sql_json(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer):
+    from sqlalchemy import text
+
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=3), progress=False)
+    run_worker(engine, tiny_model, tokenizer)
+    each = "json_each(c.token_ids)" if engine.dialect.name == "sqlite" else "jsonb_array_elements(c.token_ids)"
+    sql = f"select count(*) from completions c, {each}"
+    with db.read(engine) as conn:
+        tokens = conn.execute(text(sql)).scalar_one()
+        expected = conn.execute(text("select sum(num_tokens) from completions")).scalar_one()
+    assert tokens == expected > 0
+
+
+def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):
+    import zstandard
+
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=4), progress=False)
+    run_worker(engine, tiny_model, tokenizer)
+    export(engine, str(tmp_path / "a.jsonl"), progress=False)
+    export(engine, str(tmp_path / "a.jsonl.zst"), progress=False)
+    plain = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()[1:]
+    packed = zstandard.ZstdDecompressor().decompress((tmp_path / "a.jsonl.zst").read_bytes(), max_output_size=1 << 26)
+    assert packed.decode().splitlines()[1:] == plain
+    assert not list(tmp_path.glob("*.partial"))

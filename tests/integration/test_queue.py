@@ -1,0 +1,162 @@
+"""Queue semantics on a real SQLite file and a real PostgreSQL: claim, lease, guard, fail, requeue."""
+
+import pytest
+from sqlalchemy import select, update
+
+from posresample import db, queue
+from posresample.models import completions, jobs
+from tests.helpers import job_states, seed_jobs
+
+MAX = 3
+
+
+def rows(n=4):
+    return [dict(sample_index=i, text=f"s{i}", token_ids=[i], num_tokens=1, finish_reason="length") for i in range(n)]
+
+
+def register(engine, name="w"):
+    wid = f"host:{abs(hash(name)) % 10000}:{name}"
+    queue.register_worker(engine, wid, "cpu", 60)
+    return wid
+
+
+def expire_leases(engine):
+    """Move every lease into the past, as if its worker had stopped heartbeating long ago."""
+    with db.write(engine) as conn:
+        conn.execute(update(jobs).where(jobs.c.state == "running").values(lease_expires_at=0.0))
+
+
+def test_claims_are_disjoint_and_ordered(engine):
+    ids = seed_jobs(engine, 10)
+    a, b = register(engine, "a"), register(engine, "b")
+    first = queue.claim_jobs(engine, a, 4, 60, MAX)
+    second = queue.claim_jobs(engine, b, 4, 60, MAX)
+    assert [j.id for j in first] == ids[:4] and [j.id for j in second] == ids[4:8]
+    assert all(j.attempt == 1 for j in first + second)
+    assert first[0].prefix_token_ids == [2, 7] and first[0].params["num_samples"] == 96
+    assert job_states(engine) == {"running": 8, "todo": 2}
+
+
+def test_complete_writes_rows_and_done_atomically(engine):
+    seed_jobs(engine, 1)
+    w = register(engine)
+    [job] = queue.claim_jobs(engine, w, 1, 60, MAX)
+    queue.complete_job(engine, job, w, rows())
+    assert job_states(engine) == {"done": 1}
+    with db.read(engine) as conn:
+        got = conn.execute(select(completions.c.sample_index, completions.c.attempt).order_by(completions.c.sample_index)).all()
+    assert got == [(i, 1) for i in range(4)]
+    assert queue.claim_jobs(engine, w, 1, 60, MAX) == []
+
+
+def test_zombie_write_after_reclaim_changes_nothing(engine):
+    seed_jobs(engine, 1)
+    zombie, other = register(engine, "zombie"), register(engine, "other")
+    [old] = queue.claim_jobs(engine, zombie, 1, 60, MAX)
+    expire_leases(engine)
+    [new] = queue.claim_jobs(engine, other, 1, 60, MAX)
+    assert (new.id, new.attempt) == (old.id, 2)
+    queue.complete_job(engine, new, other, rows(2))
+    with pytest.raises(queue.LeaseLost):
+        queue.complete_job(engine, old, zombie, rows(4))
+    with db.read(engine) as conn:
+        assert conn.execute(select(completions.c.sample_index, completions.c.attempt)).all() == [(0, 2), (1, 2)]
+
+
+def test_heartbeat_extends_only_own_live_leases(engine):
+    seed_jobs(engine, 2)
+    a, b = register(engine, "a"), register(engine, "b")
+    queue.claim_jobs(engine, a, 1, 5, MAX)
+    queue.claim_jobs(engine, b, 1, 5, MAX)
+    assert queue.heartbeat(engine, a, 600) == 1
+    with db.read(engine) as conn:
+        leases = dict(conn.execute(select(jobs.c.lease_owner, jobs.c.lease_expires_at)).all())
+    assert leases[a] - leases[b] > 500
+
+
+def test_expired_lease_on_last_attempt_ends_failed_with_reason(engine):
+    seed_jobs(engine, 2)
+    w = register(engine)
+    for attempt in range(1, MAX + 1):
+        claimed = queue.claim_jobs(engine, w, 1, 60, MAX)
+        assert [j.attempt for j in claimed] == [attempt]
+        expire_leases(engine)
+    others = queue.claim_jobs(engine, w, 5, 60, MAX)
+    assert [j.attempt for j in others] == [1]  # the other job; the first is out of attempts
+    with db.read(engine) as conn:
+        state, error = conn.execute(select(jobs.c.state, jobs.c.last_error).where(jobs.c.id == 1)).one()
+    assert state == "failed" and f"attempt {MAX}" in error and "stopped heartbeating" in error
+
+
+def test_fail_job_retries_then_fails_and_requeue_resets(engine):
+    seed_jobs(engine, 1)
+    w = register(engine)
+    states = []
+    for _ in range(MAX):
+        [job] = queue.claim_jobs(engine, w, 1, 60, MAX)
+        states.append(queue.fail_job(engine, job, w, "RuntimeError: boom", MAX))
+    assert states == ["todo", "todo", "failed"]
+    assert queue.claim_jobs(engine, w, 1, 60, MAX) == []
+    assert queue.requeue(engine, failed=True) == 1
+    [job] = queue.claim_jobs(engine, w, 1, 60, MAX)
+    assert job.attempt == 1
+
+
+def test_release_gives_jobs_back_without_spending_an_attempt(engine):
+    seed_jobs(engine, 3)
+    w = register(engine)
+    claimed = queue.claim_jobs(engine, w, 3, 60, MAX)
+    assert queue.release_jobs(engine, claimed, w) == 3
+    again = queue.claim_jobs(engine, w, 3, 60, MAX)
+    assert [j.attempt for j in again] == [1, 1, 1]
+
+
+def test_pending_counts_and_requeue_stale(engine):
+    seed_jobs(engine, 3)
+    w = register(engine)
+    queue.claim_jobs(engine, w, 2, 60, MAX)
+    assert queue.pending(engine, MAX) == queue.Pending(todo=1, running_live=2, running_expired=0)
+    expire_leases(engine)
+    assert queue.pending(engine, MAX) == queue.Pending(todo=1, running_live=0, running_expired=2)
+    assert queue.requeue(engine, stale=True) == 2
+    assert job_states(engine) == {"todo": 3}
+
+
+def test_requeue_one_job_and_refusals(engine):
+    from posresample.errors import DatabaseError
+
+    seed_jobs(engine, 2)
+    w = register(engine)
+    [job] = queue.claim_jobs(engine, w, 1, 60, MAX)
+    queue.complete_job(engine, job, w, rows())
+    with pytest.raises(DatabaseError, match="is done"):
+        queue.requeue(engine, job_id=job.id)
+    with pytest.raises(DatabaseError, match="no job"):
+        queue.requeue(engine, job_id=999)
+    with pytest.raises(DatabaseError, match="say what"):
+        queue.requeue(engine)
+
+
+def test_status_report(engine):
+    seed_jobs(engine, 3)
+    w = register(engine)
+    [job] = queue.claim_jobs(engine, w, 1, 60, MAX)
+    queue.complete_job(engine, job, w, rows(96))
+    report = queue.status_report(engine)
+    assert report["jobs"] == {"todo": 2, "running": 0, "done": 1, "failed": 0}
+    assert report["completions"] == 96 and report["candidates"] == 3
+    assert report["workers"][0]["state"] == "live" and report["workers"][0]["jobs_done"] == 1
+    assert report["throughput_jobs_per_minute"] > 0 and report["eta_seconds"] > 0
+    queue.stop_worker(engine, w)
+    assert queue.status_report(engine)["workers"][0]["state"] == "stopped"
+
+
+def test_database_clock_is_used_for_leases(engine):
+    seed_jobs(engine, 1)
+    w = register(engine)
+    with db.read(engine) as conn:
+        before = conn.execute(select(db.db_now())).scalar_one()
+    queue.claim_jobs(engine, w, 1, 30, MAX)
+    with db.read(engine) as conn:
+        lease = conn.execute(select(jobs.c.lease_expires_at)).scalar_one()
+    assert 29 < lease - before < 40
