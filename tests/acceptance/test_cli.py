@@ -1,0 +1,123 @@
+"""The CLI in-process: one-line errors with no data touched, help for every command, the docs."""
+
+import re
+
+import joblib
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.linear_model import LogisticRegression
+
+from posresample.cli import cli
+from tests.helpers import REPO
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, pattern):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def scan_args(tiny_dir, tiny_probe, sample_conllu, tmp_path):
+    db = tmp_path / "scan.db"
+
+    def build(**over):
+        opts = {"--probe": tiny_probe, "--dataset": sample_conllu, "--model": tiny_dir, "--layer": "2",
+                "--device": "cpu", "--db": f"sqlite:///{db}", "--num-samples": "4", "--max-new-tokens": "4"}
+        opts.update(over)
+        return ["scan", *[x for kv in opts.items() for x in kv]]
+
+    build.db = db
+    return build
+
+
+@pytest.fixture
+def wrong_width_probe(tmp_path):
+    rng = np.random.default_rng(0)
+    probe = LogisticRegression(max_iter=50).fit(rng.standard_normal((60, 10)), rng.integers(0, 3, 60))
+    joblib.dump(probe, tmp_path / "narrow.joblib")
+    return str(tmp_path / "narrow.joblib")
+
+
+def test_scan_errors_are_one_line_and_touch_no_data(scan_args, tmp_path, wrong_width_probe):
+    (tmp_path / "corrupt.joblib").write_bytes(b"not a pickle")
+    (tmp_path / "notud.conllu").write_text("hello world\n")
+    cases = [
+        ({"--probe": str(tmp_path / "missing.joblib")}, "probe file not found"),
+        ({"--probe": str(tmp_path / "corrupt.joblib")}, "cannot load probe"),
+        ({"--probe": wrong_width_probe}, "expects 10 features but the model's hidden size is 64"),
+        ({"--layer": "9"}, r"--layer 9 is out of range: the model has hidden_states\[0..4\]"),
+        ({"--dataset": str(tmp_path / "nowhere")}, "dataset not found"),
+        ({"--dataset": str(tmp_path / "notud.conllu")}, "is not CoNLL-U"),
+        ({"--db": "mysql://x/y"}, "unsupported database"),
+        ({"--db": "sqlite:////no/such/folder/x.db"}, "folder /no/such/folder does not exist"),
+        ({"--db": "postgresql+psycopg://nobody@127.0.0.1:1/none"}, "cannot open database"),
+        ({"--temperature": "0"}, "--temperature must be > 0"),
+    ]
+    for over, pattern in cases:
+        assert_one_line_error(invoke(*scan_args(**over)), pattern)
+        assert not scan_args.db.exists(), over  # nothing written, not even an empty file
+
+
+def test_scan_then_rescan_via_cli(scan_args):
+    first = invoke(*scan_args())
+    assert first.exit_code == 0, first.output
+    n = int(re.search(r"(\d+) candidates \((\d+) new\)", first.stdout).group(1))
+    again = invoke(*scan_args())
+    assert f"{n} candidates (0 new)" in again.stdout
+    assert_one_line_error(invoke(*scan_args(**{"--threshold": "0.5"})), "exists with another configuration")
+
+
+def test_read_commands_on_a_missing_or_empty_database(tmp_path):
+    missing = f"sqlite:///{tmp_path / 'none.db'}"
+    out = tmp_path / "x.jsonl"
+    assert_one_line_error(invoke("export", "-o", str(out), "--db", missing), "no database at")
+    assert_one_line_error(invoke("status", "--db", missing), "no database at")
+    assert_one_line_error(invoke("worker", "--db", missing, "--fake-sampler"), "no database at")
+    assert not (tmp_path / "none.db").exists()
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert invoke("db", "upgrade", "--db", empty).exit_code == 0
+    assert_one_line_error(invoke("export", "-o", str(out), "--db", empty), "holds no scan")
+    assert not out.exists()
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    result = CliRunner().invoke(cli, ["-v", "status", "--db", f"sqlite:///{tmp_path / 'none.db'}"])
+    assert result.exit_code != 0 and type(result.exception).__name__ == "DatabaseError"
+
+
+def test_db_upgrade_reports_the_revision(tmp_path):
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    first, second = invoke("db", "upgrade", "--db", url), invoke("db", "upgrade", "--db", url)
+    assert re.fullmatch(r"schema at \w+ \(was empty\)\n", first.stdout)
+    assert re.fullmatch(r"schema at \w+\n", second.stdout)
+
+
+def test_version():
+    from posresample import __version__
+
+    assert invoke("--version").stdout.strip().endswith(__version__)
+
+
+def all_commands(group=cli, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from all_commands(command, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+def test_every_command_has_help_with_an_example_and_is_documented():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    docs = readme + (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    for path in all_commands():
+        result = invoke(*path, "--help")
+        assert result.exit_code == 0
+        assert "Example" in result.stdout, path
+        assert f"cli.py {' '.join(path)}" in docs, f"{' '.join(path)} is not documented"
