@@ -326,6 +326,42 @@ def upgrade(db_url):
     click.echo(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 
+@cli.command("train-probe", context_settings=CONTEXT)
+@click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
+@click.option("--split", default="train", show_default=True, help="Split to fit on.")
+@click.option("--eval-split", default="validation", show_default=True, help="Split to report accuracy on ('' for none).")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="HF model id or local folder.")
+@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=int, help="hidden_states index to read.")
+@click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="Labels left out of the fit (names or ids).")
+@click.option("--max-sentences", default=None, type=click.IntRange(min=1), help="Fit on the first N sentences only.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep activations as .npz here; a second fit skips the model.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Sentences per forward pass.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save the probe (.joblib); a .json sidecar goes beside it.")
+def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences, cache_dir, device, attn, batch_size, output):
+    """Fit the research probe: LogisticRegression on one layer's activations.
+
+    The recipe: C=1.0, max_iter=500, class_weight=balanced, lbfgs, multinomial; integer classes in
+    the Hugging Face UPOS id order, the excluded labels left out.
+
+    \b
+    Example:
+        python cli.py train-probe --dataset ../shared/data/ud_english_ewt \\
+            --split train --layer 12 -o probe.joblib
+    """
+    from .train import TrainOptions, train_probe as run_train
+
+    opts = TrainOptions(dataset=dataset, split=split, eval_split=eval_split or None, model=model, layer=layer,
+                        exclude=parse_exclude(exclude), output=output, max_sentences=max_sentences,
+                        cache_dir=cache_dir, device=device, attn=attn, batch_size=batch_size)
+    result = run_train(opts)
+    if result.accuracy is not None:
+        click.echo(result.report)
+        click.echo(f"{eval_split} accuracy: {result.accuracy:.4f}")
+    click.echo(f"wrote {result.probe_path} ({len(result.classes)} classes, {result.n_train} training tokens) and {result.sidecar_path}")
+
+
 @cli.command(context_settings=CONTEXT)
 @click.option("--workdir", default="demo_out", show_default=True, type=click.Path(file_okay=False), help="Where the model, probe, database and export go.")
 @click.option("--db", "db_url", default=None, help="Database URL [default: sqlite:///WORKDIR/posresample.db].")

@@ -120,3 +120,96 @@ def save_probe(probe, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     joblib.dump(probe, path)
     return file_sha256(path)
+
+
+@dataclass
+class TrainOptions:
+    dataset: str
+    split: str
+    eval_split: str | None
+    model: str
+    layer: int
+    exclude: tuple[int, ...]
+    output: str
+    max_sentences: int | None = None
+    cache_dir: str | None = None
+    device: str | None = None
+    attn: str = "auto"
+    batch_size: int = ACTIVATION_BATCH
+
+
+@dataclass
+class TrainResult:
+    probe_path: str
+    sidecar_path: str
+    accuracy: float | None
+    report: str
+    n_train: int
+    classes: list[int]
+
+
+def _cache_key(opts: TrainOptions, split: str) -> str:
+    from .store import canonical
+
+    return canonical({"model": opts.model, "layer": opts.layer, "dataset": os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
+                      "split": split, "exclude": list(opts.exclude), "max_sentences": opts.max_sentences})
+
+
+def _cached(opts: TrainOptions, split: str, compute) -> Activations:
+    """Activations from `cache_dir/<split>-L<layer>.npz` when its key matches, else computed (and saved)."""
+    if not opts.cache_dir:
+        return compute()
+    path = os.path.join(opts.cache_dir, f"{split}-L{opts.layer}.npz")
+    key = _cache_key(opts, split)
+    if os.path.isfile(path):
+        with np.load(path) as data:
+            if "key" in data and str(data["key"]) == key:
+                log.info("activations for %s from cache %s", split, path)
+                return Activations(X=data["X"], y=data["y"], positions=data["positions"])
+        log.info("cache %s was made with other settings: recomputing", path)
+    acts = compute()
+    os.makedirs(opts.cache_dir, exist_ok=True)
+    np.savez(path, X=acts.X, y=acts.y, positions=acts.positions, key=np.asarray(key))
+    return acts
+
+
+def train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
+    """Activations (or the cache) -> research-recipe probe -> joblib + sidecar JSON."""
+    from .data import load_sentences
+    from .errors import DatasetError
+    from .export import package_versions
+    from .modeling import check_layer, load_model, load_tokenizer, pick_device
+
+    train_sents = load_sentences(opts.dataset, opts.split)[: opts.max_sentences]
+    eval_sents = load_sentences(opts.dataset, opts.eval_split) if opts.eval_split else []
+    loaded = {}
+
+    def model_and_tokenizer():
+        if not loaded:
+            loaded["tok"] = load_tokenizer(opts.model)
+            loaded["model"] = load_model(opts.model, pick_device(opts.device), opts.attn)
+            check_layer(loaded["model"], opts.layer)
+        return loaded["model"], loaded["tok"]
+
+    def compute(sentences):
+        return lambda: collect_activations(*model_and_tokenizer(), sentences, opts.layer, opts.exclude, opts.batch_size, progress)
+
+    train = _cached(opts, opts.split, compute(train_sents))
+    if len(set(train.y.tolist())) < 2:
+        raise DatasetError(f"{opts.split} has fewer than two labels after excluding {opts.exclude}: nothing to fit")
+    log.info("fitting LogisticRegression on %d tokens x %d features", *train.X.shape)
+    probe = fit_probe(train)
+    accuracy, report = (None, "")
+    if eval_sents:
+        accuracy, report = evaluate(probe, _cached(opts, opts.eval_split, compute(eval_sents)))
+    sha = save_probe(probe, opts.output)
+    meta = {
+        "model": opts.model, "layer": opts.layer, "dataset": opts.dataset, "split": opts.split,
+        "eval_split": opts.eval_split, "max_sentences": opts.max_sentences,
+        "classes": [int(c) for c in probe.classes_], "label_names": [UPOS_NAMES[int(c)] for c in probe.classes_],
+        "excluded_labels": [UPOS_NAMES[i] for i in opts.exclude], "n_train_tokens": int(len(train.y)),
+        "eval_accuracy": accuracy, "recipe": {k: v for k, v in probe.get_params().items() if k in ("C", "max_iter", "class_weight", "solver")},
+        "package_versions": package_versions(), "sha256": sha,
+    }
+    sidecar = write_sidecar(opts.output, meta)
+    return TrainResult(opts.output, sidecar, accuracy, report, int(len(train.y)), meta["classes"])
