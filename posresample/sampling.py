@@ -2,9 +2,11 @@
 
 Noise is a counter-based hash of (seed, key, sample_index, step, token_id), so a sample draws the
 same randomness alone, batched with others, or re-run on another worker. A token is drawn by an
-exponential race, argmax(p / Exp) over the kept tokens, which samples exactly from the
-renormalised nucleus. For speed the race runs on a top-`prefilter` set; rows whose nucleus does
-not fit in it fall back to the full vocabulary, so the result is the same either way.
+exponential race, argmax(p / Exp), over the kept tokens: an exact draw from the renormalised
+nucleus that, unlike an inverse CDF, only flips when two tokens' perturbed scores tie, so the
+last-bit differences between batch shapes almost never change a sample. For speed the race runs
+on the top-`prefilter` tokens; a row whose nucleus does not fit there is redone on the whole
+vocabulary (in row chunks, to bound memory), so the result is the same either way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 MASK32 = 0xFFFFFFFF
 NEG_INF = float("-inf")
 DEFAULT_PREFILTER = 256  # candidates per row for the fast path; exact fallback beyond it
+FALLBACK_ELEMENTS = 1 << 25  # rows x vocabulary hashed at once on the full-vocabulary path
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -39,7 +42,7 @@ def row_hash(seed: int, keys: torch.Tensor, sample_index: torch.Tensor, step: in
 
 
 def uniform(rows: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Uniform(0, 1) float64 noise for each (row, token): rows [R], token_ids [R, C] -> [R, C]."""
+    """Uniform (0, 1) float64 noise for each (row, token): rows [R], token_ids [R, C] -> [R, C]."""
     h1 = mix32(rows[:, None] ^ token_ids)  # [R, C]
     h2 = mix32(h1 ^ 0x5BD1E995)
     bits53 = (h1 << 21) | (h2 >> 11)  # 53 random bits
@@ -55,58 +58,58 @@ def apply_temperature_top_k(logits: torch.Tensor, temperature: float, top_k: int
     return scores
 
 
-def top_p_full(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """HF TopPLogitsWarper on the whole vocabulary, returning log-probabilities ([R, V], -inf removed)."""
-    if top_p < 1.0:
-        sorted_scores, sorted_ids = torch.sort(scores, descending=False)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        remove_sorted = cumulative <= (1 - top_p)
-        remove_sorted[..., -1:] = False  # min_tokens_to_keep=1
-        remove = remove_sorted.scatter(-1, sorted_ids, remove_sorted)
-        scores = scores.masked_fill(remove, NEG_INF)
-    return scores.log_softmax(dim=-1)
+def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-p on scores sorted in descending order: (kept probabilities [R, C], fits [R]).
 
-
-def top_p_prefiltered(scores: torch.Tensor, top_p: float, k: int):
-    """Top-p on the top-k candidates: (token_ids [R, k], logprobs [R, k], fits [R]).
-
-    `fits` says the nucleus ends inside the k candidates; rows where it does not must use top_p_full.
+    HF's TopPLogitsWarper drops a token when the ascending cumulative mass up to it is <= 1 - top_p,
+    that is, when the mass ranked strictly above it is >= top_p; the top token is always kept.
+    `fits` is False where the candidates' total mass is below top_p: the nucleus may go beyond them.
     """
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # [R, 1]
-    top_scores, top_ids = scores.topk(k, dim=-1)  # [R, k], descending
-    logp = top_scores - lse
-    probs = logp.exp()
-    above = probs.cumsum(dim=-1) - probs  # probability mass ranked strictly above each candidate
+    probs = (sorted_scores - lse).exp()  # [R, C] under the full softmax
+    above = probs.cumsum(dim=-1) - probs
     keep = above < top_p
     keep[:, 0] = True
     fits = probs.sum(dim=-1) >= top_p if top_p < 1.0 else torch.zeros_like(keep[:, 0])
-    if k == scores.shape[-1]:
-        fits = torch.ones_like(fits)
-    logp = logp.masked_fill(~keep, NEG_INF)
-    logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)  # renormalise over the nucleus
-    return top_ids, logp, fits
+    return probs * keep, fits
 
 
-def race(logp: torch.Tensor, token_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """argmax over kept tokens of log p - log Exp: an exact draw from softmax(logp). -> [R] token ids."""
-    noise = -torch.log(-torch.log(uniform(rows, token_ids)))  # Gumbel(0, 1) from Exp(1)
-    winner = (logp.double() + noise).argmax(dim=-1, keepdim=True)
-    return token_ids.gather(-1, winner).squeeze(-1)
+def race(probs: torch.Tensor, token_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """argmax of p / Exp(1) over kept tokens (p > 0): an exact draw from the renormalised probs. -> [R]"""
+    exp_noise = -torch.log(uniform(rows, token_ids))  # [R, C]
+    score = probs.double() / exp_noise
+    return token_ids.gather(-1, score.argmax(dim=-1, keepdim=True)).squeeze(-1)
+
+
+def _candidates(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int):
+    """Yield (row index or None for all rows, token ids [r, C], kept probs [r, C]), fast rows first."""
+    vocab = scores.shape[-1]
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # [R, 1]
+    k = min(max(prefilter, top_k or 0), vocab)
+    top_scores, top_ids = scores.topk(k, dim=-1)  # descending
+    probs, fits = nucleus(top_scores, lse, top_p)
+    if k == vocab or bool(fits.all()):
+        yield None, top_ids, probs
+        return
+    fast = fits.nonzero().squeeze(-1)
+    if len(fast):
+        yield fast, top_ids[fast], probs[fast]
+    slow = (~fits).nonzero().squeeze(-1)
+    step = max(1, FALLBACK_ELEMENTS // vocab)
+    for part in slow.split(step):
+        all_scores, all_ids = scores[part].sort(dim=-1, descending=True)
+        all_probs, _ = nucleus(all_scores, lse[part], top_p)
+        yield part, all_ids, all_probs
 
 
 def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, top_p: float,
                   top_k: int | None = None, prefilter: int = DEFAULT_PREFILTER) -> torch.Tensor:
     """Draw one token per row from logits [R, V] with per-row noise hashes `rows` [R] -> [R]."""
     scores = apply_temperature_top_k(logits, temperature, top_k)
-    vocab = scores.shape[-1]
-    k = min(max(prefilter, top_k or 0), vocab)
-    token_ids, logp, fits = top_p_prefiltered(scores, top_p, k)
-    chosen = race(logp, token_ids, rows)
-    if not bool(fits.all()):
-        slow = (~fits).nonzero().squeeze(-1)
-        full_logp = top_p_full(scores[slow], top_p)
-        all_ids = torch.arange(vocab, device=scores.device).expand(len(slow), vocab)
-        chosen[slow] = race(full_logp, all_ids, rows[slow])
+    chosen = torch.empty(len(scores), dtype=torch.long, device=scores.device)
+    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter):
+        if which is None:
+            return race(probs, ids, rows)
+        chosen[which] = race(probs, ids, rows[which])
     return chosen
 
 
@@ -114,10 +117,10 @@ def processed_probs(logits: torch.Tensor, temperature: float, top_p: float, top_
                     prefilter: int = DEFAULT_PREFILTER) -> torch.Tensor:
     """The distribution sample_tokens draws from, dense [R, V]: for tests against HF's warpers."""
     scores = apply_temperature_top_k(logits, temperature, top_k)
-    k = min(max(prefilter, top_k or 0), scores.shape[-1])
-    token_ids, logp, fits = top_p_prefiltered(scores, top_p, k)
-    dense = torch.zeros_like(scores).scatter(-1, token_ids, logp.exp())
-    if not bool(fits.all()):
-        slow = (~fits).nonzero().squeeze(-1)
-        dense[slow] = top_p_full(scores[slow], top_p).exp()
+    dense = torch.zeros_like(scores)
+    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter):
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+        if which is None:
+            return dense.scatter(-1, ids, probs)
+        dense[which] = torch.zeros_like(dense[which]).scatter(-1, ids, probs)
     return dense
