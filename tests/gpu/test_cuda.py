@@ -1,0 +1,33 @@
+"""Checks that need a CUDA device; skipped without one (run them on the GPU machine)."""
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_probe_on_gpu_equals_predict_proba():
+    from sklearn.linear_model import LogisticRegression
+
+    from posresample.probe import Probe
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 2304)).astype(np.float32)
+    est = LogisticRegression(max_iter=100).fit(X, rng.integers(0, 15, 500))
+    probe = Probe("mem", "0" * 64, est, tuple(range(15)), est.coef_, est.intercept_)
+    ours = probe.to_torch("cuda").predict_proba(torch.tensor(X, device="cuda")).cpu().numpy()
+    assert np.allclose(ours, est.predict_proba(X), atol=1e-5)
+
+
+def test_bf16_sampler_is_deterministic_for_a_fixed_batch(tiny_dir):
+    from posresample.modeling import load_model, load_tokenizer
+    from posresample.sampler import SampleRequest, Sampler, SamplingParams
+
+    model = load_model(tiny_dir, torch.device("cuda"))
+    tok = load_tokenizer(tiny_dir)
+    params = SamplingParams(0.7, 0.95, None, 16, 123)
+    requests = [SampleRequest(tok(t)["input_ids"], i, tuple(range(96))) for i, t in enumerate(["I like", "The run took"])]
+    first = [[s.token_ids for s in r] for r in Sampler(model, tok).sample(requests, params)]
+    again = [[s.token_ids for s in r] for r in Sampler(model, tok).sample(requests, params)]
+    assert first == again and all(len(r) == 96 for r in first)
