@@ -112,18 +112,20 @@ def _sqlite_engine(parsed) -> Engine:
     return engine
 
 
-def warn_if_network_filesystem(folder: Path) -> None:
+def warn_if_network_filesystem(folder: Path, mounts_file: str = "/proc/mounts") -> str | None:
     """SQLite locking is unreliable on network filesystems: say so instead of corrupting silently."""
     try:
-        with open("/proc/mounts", encoding="utf-8") as handle:
+        with open(mounts_file, encoding="utf-8") as handle:
             mounts = [line.split()[1:3] for line in handle if len(line.split()) > 2]
     except OSError:
-        return
+        return None
     best = max((m for m in mounts if str(folder).startswith(m[0].rstrip("/") + "/") or str(folder) == m[0]),
                key=lambda m: len(m[0]), default=None)
     if best and best[1] in NETWORK_FILESYSTEMS:
         log.warning("the SQLite file is on a %s filesystem (%s): SQLite is for one host; "
                     "use PostgreSQL for workers on several hosts", best[1], best[0])
+        return best[1]
+    return None
 
 
 @contextlib.contextmanager

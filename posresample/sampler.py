@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 CPU_MAX_ROWS = 512  # rows per decode batch on the CPU
 GPU_MEMORY_FRACTION = 0.6  # share of free GPU memory the KV cache and logits may use
 GPU_MAX_ROWS = 8192
+
+
+class Aborted(Exception):
+    """Raised inside a decode loop when the worker was told to stop and its grace time ran out."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,6 @@ class SamplerStats:
     oom_splits: int = 0
     seconds: float = 0.0
     eos: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Sampler:
@@ -216,7 +219,3 @@ class Sampler:
                 self.stats.tokens += len(s.token_ids)
                 self.stats.eos += s.finish_reason == "eos"
         self.stats.seconds += time.perf_counter() - started
-
-
-class Aborted(Exception):
-    """Raised inside a decode loop when the worker was told to stop and its grace time ran out."""

@@ -41,3 +41,13 @@ def test_sqlite_pragmas(sqlite_url):
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == db.SQLITE_BUSY_TIMEOUT_MS
+
+
+def test_sqlite_on_a_network_filesystem_warns(tmp_path, caplog):
+    from pathlib import Path
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/vda / ext4 rw 0 0\nserver:/export /mnt/shared nfs4 rw 0 0\n")
+    assert db.warn_if_network_filesystem(Path("/mnt/shared/runs"), str(mounts)) == "nfs4"
+    assert "SQLite is for one host" in caplog.text
+    assert db.warn_if_network_filesystem(Path("/home/me"), str(mounts)) is None
