@@ -78,6 +78,18 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> (ids [B, T], attention mask [B, T]), padded on `side` (right to scan, left to generate)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+        mask[row, cols] = 1
+    return ids, mask
+
+
 @contextlib.contextmanager
 def _first_layers(model, layer: int):
     """Temporarily keep only the first `layer` decoder layers, capturing the last one's output."""

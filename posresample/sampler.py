@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .modeling import cache_kwarg
+from .modeling import cache_kwarg, pad_batch
 from .sampling import DEFAULT_PREFILTER, row_hash, sample_tokens
 
 log = logging.getLogger(__name__)
@@ -190,12 +190,7 @@ class Sampler:
         return out.logits[:, -1]  # [B, V]
 
     def _left_pad(self, prefixes: list[list[int]]):
-        width = max(len(p) for p in prefixes)
-        ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for row, prefix in enumerate(prefixes):
-            ids[row, width - len(prefix):] = torch.tensor(prefix)
-            mask[row, width - len(prefix):] = 1
+        ids, mask = pad_batch(prefixes, self.pad_id, side="left")
         return ids.to(self.device), mask.to(self.device)
 
     def _split_rows(self, tokens: torch.Tensor, chunk: list[_Unit]) -> list[list[Sample]]:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from . import db, store
 from .config import GenerationParams
 from .data import UPOS_NAMES, Sentence, TokenizedSentence, load_sentences, tokenize_with_labels
-from .modeling import check_layer, layer_activations, load_model, load_tokenizer, pick_device
+from .modeling import check_layer, layer_activations, load_model, load_tokenizer, pad_batch, pick_device
 from .probe import check_sidecar, load_probe, validate_probe
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,7 @@ class _Scorer:
     def _probe_probs(self, encoded: list[TokenizedSentence]) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
         for group in _token_groups(encoded, MAX_BATCH_TOKENS):
-            width = max(len(e.input_ids) for e in group)
-            ids = torch.full((len(group), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-            mask = torch.zeros((len(group), width), dtype=torch.long)
-            for row, e in enumerate(group):
-                ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-                mask[row, : len(e.input_ids)] = 1
+            ids, mask = pad_batch([e.input_ids for e in group], self.tokenizer.pad_token_id or 0)
             hidden = layer_activations(self.model, ids.to(self.device), mask.to(self.device), self.opts.layer)  # [B, T, D]
             probs = self.torch_probe.predict_proba(hidden[mask.to(self.device).bool()])  # [N, C]
             out += list(probs.cpu().split([len(e.input_ids) for e in group]))

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .data import UPOS_NAMES, Sentence, tokenize_with_labels
-from .modeling import layer_activations
+from .modeling import layer_activations, pad_batch
 
 log = logging.getLogger(__name__)
 ACTIVATION_BATCH = 32  # sentences per forward pass
@@ -35,12 +35,7 @@ def collect_activations(model, tokenizer, sentences: list[Sentence], layer: int,
     for start in tqdm(range(0, len(sentences), batch_size), desc="activations", unit="batch", disable=not progress):
         batch = sentences[start:start + batch_size]
         encoded = [tokenize_with_labels(tokenizer, s) for s in batch]
-        width = max(len(e.input_ids) for e in encoded)
-        ids = torch.full((len(batch), width), tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, e in enumerate(encoded):
-            ids[row, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            mask[row, : len(e.input_ids)] = 1
+        ids, mask = pad_batch([e.input_ids for e in encoded], tokenizer.pad_token_id or 0)
         hidden = layer_activations(model, ids.to(device), mask.to(device), layer).float().cpu()  # [B, T, D]
         for row, (sentence, e) in enumerate(zip(batch, encoded)):
             for pos, label in enumerate(e.labels):
