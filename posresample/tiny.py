@@ -26,7 +26,7 @@ def _corpus() -> list[str]:
     return texts * 4 + [t.lower() for t in texts]
 
 
-def build_tokenizer(out_dir: str, vocab_size: int = 300):
+def build_tokenizer(out_dir: str, vocab_size: int = 300, texts: list[str] | None = None):
     """A BPE tokenizer with Gemma's special ids, a leading BOS and offsets, saved as a HF fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -37,7 +37,7 @@ def build_tokenizer(out_dir: str, vocab_size: int = 300):
     )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(texts if texts is not None else _corpus(), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"

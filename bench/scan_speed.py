@@ -1,0 +1,92 @@
+"""Scan speed: the whole scan stage (tokenize, first `layer` layers, probe on the device, SQLite writes).
+
+    python bench/scan_speed.py --config tiny --device cpu
+    python bench/scan_speed.py --config gemma-2-2b --device cuda      # target: 2,001 sentences < 20 s
+
+Uses UD English-EWT validation from ../shared/data/ud_english_ewt (CC BY-SA 4.0), a randomly
+initialised Gemma2ForCausalLM (gemma-2-2b's exact config, or a tiny one), a BPE tokenizer trained
+here on the train split (32k entries: about as many tokens per sentence as Gemma's own), and a
+probe fit on random features of the model's width. The clock covers `run_scan` after the model
+is loaded and warmed up: the scan a user waits for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from posresample import db, modeling, scan, tiny  # noqa: E402
+from posresample.config import GenerationParams  # noqa: E402
+from posresample.data import parse_label_list, read_conllu  # noqa: E402
+
+EWT = os.path.join(os.path.dirname(REPO), "shared", "data", "ud_english_ewt")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layer", type=int, default=None, help="default: 12 for gemma-2-2b, 2 for tiny")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sentences", type=int, default=None, help="scan only the first N (default: all 2,001)")
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="scan-bench-")
+    train = [s.text for s in read_conllu(os.path.join(EWT, "en_ewt-ud-train.conllu"))]
+    tokenizer = tiny.build_tokenizer(os.path.join(work, "model"), vocab_size=32000, texts=train)
+    config = tiny.gemma2_2b_config() if args.config == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=32000)
+    layer = args.layer if args.layer is not None else (12 if args.config == "gemma-2-2b" else 2)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    tiny.build_model(config, seed=0, dtype=dtype, out_dir=os.path.join(work, "model"))
+
+    rng = np.random.default_rng(0)
+    classes = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17])
+    probe = tiny.fit_probe(rng.standard_normal((600, config.hidden_size)) * 0.05, classes[rng.integers(0, 15, 600)])
+    import joblib
+
+    joblib.dump(probe, os.path.join(work, "probe.joblib"))
+    dataset = os.path.join(EWT, "en_ewt-ud-dev.conllu")
+    if args.sentences:
+        dataset = os.path.join(work, "dev.conllu")
+        with open(os.path.join(EWT, "en_ewt-ud-dev.conllu"), encoding="utf-8") as src:
+            blocks = src.read().split("\n\n")[: args.sentences]
+        with open(dataset, "w", encoding="utf-8") as dst:
+            dst.write("\n\n".join(blocks) + "\n\n")
+
+    opts = scan.ScanOptions(probe=os.path.join(work, "probe.joblib"), dataset=dataset, split="validation",
+                            model=os.path.join(work, "model"), layer=layer, threshold=0.95,
+                            exclude=parse_label_list("_,SYM,INTJ"), params=GenerationParams(model="bench"),
+                            name="bench", device=args.device, batch_size=args.batch_size)
+    # Load once and warm up outside the clock: run_scan loads again from the OS cache.
+    model = modeling.load_model(opts.model, device)
+    ids = torch.tensor([tokenizer("warm up")["input_ids"]], device=device)
+    modeling.layer_activations(model, ids, torch.ones_like(ids), layer)
+    engine = db.make_engine(f"sqlite:///{os.path.join(work, 'scan.db')}")
+    db.upgrade(engine)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    result = scan.run_scan(engine, opts, progress=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    n = result.scan["sentences_done"]
+    tokens = result.scan["tokens_seen"]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"# {args.config}, layer {layer}, {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    print(f"{n} sentences, {tokens} labelled tokens, {result.candidates} candidates in {seconds:.1f} s "
+          f"({n / seconds:.0f} sentences/s), model load included")
+
+
+if __name__ == "__main__":
+    main()
