@@ -72,23 +72,22 @@ def test_eight_workers_two_thousand_jobs(engine, db_url, tmp_path):
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(engine, db_url, tmp_path):
-    n = 240
+    n = 400
     seed_jobs(engine, n)
     rng = random.Random(7)
-    args = ("--fake-sampler", "--fake-delay", "0.05", "--batch-jobs", "4", "--lease-seconds", "1.5")
+    args = ("--fake-sampler", "--fake-delay", "0.2", "--batch-jobs", "4", "--lease-seconds", "1.5")
     procs = [start_worker(db_url, *args, log_path=tmp_path / f"w{i}.log") for i in range(3)]
-    killed = 0
+
+    def busy_workers():
+        return [i for i, p in enumerate(procs) if p.poll() is None and running_job_of(engine, p.pid)]
+
     for round_ in range(4):
-        target = rng.randrange(len(procs))
-        victim = procs[target]
-        wait_for(lambda: running_job_of(engine, victim.pid), what="a worker mid-job")
-        time.sleep(rng.uniform(0, 0.05))  # a random moment inside the job (a kill point, not a synchronisation)
-        victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL
-        killed += 1
+        target = rng.choice(wait_for(busy_workers, what="a worker mid-job"))
+        time.sleep(rng.uniform(0, 0.2))  # a random moment inside the job (a kill point, not a synchronisation)
+        procs[target].send_signal(signal.SIGKILL)
+        assert procs[target].wait(timeout=30) == -signal.SIGKILL
         procs[target] = start_worker(db_url, *args, log_path=tmp_path / f"r{round_}.log")
     assert finish(procs) == [0] * len(procs)
-    assert killed == 4
     assert_all_done_exactly_once(engine, n)
     assert scalar(engine, select(func.max(jobs.c.attempt))) >= 2  # some job really was reclaimed
 
