@@ -152,7 +152,8 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @click.option("--fake-delay", default=0.0, type=float, hidden=True)
 @click.option("--fake-poison-token", default=None, type=int, hidden=True)
 @db_option
-def worker(device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, no_wait, max_restarts, attn,
+@click.pass_context
+def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, no_wait, max_restarts, attn,
            no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
     """Claim queued prefixes, sample continuations, write them back.
 
@@ -168,6 +169,8 @@ def worker(device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, s
         from .supervise import Supervisor, parse_devices
 
         argv = _argv_without(sys.argv[sys.argv.index("worker"):], ("--devices", "--device", "--max-restarts"))
+        if ctx.obj.get("verbose"):
+            argv = ["-v", *argv]
         raise SystemExit(Supervisor(argv, parse_devices(devices), max_restarts).run())
     from . import db
     from .modeling import pick_device
