@@ -27,6 +27,7 @@ sys.path.insert(0, REPO)
 from posresample import db, modeling, scan, tiny  # noqa: E402
 from posresample.config import GenerationParams  # noqa: E402
 from posresample.data import parse_label_list, read_conllu  # noqa: E402
+from posresample.train import research_probe  # noqa: E402
 
 EWT = os.path.join(os.path.dirname(REPO), "shared", "data", "ud_english_ewt")
 
@@ -51,7 +52,7 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     classes = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17])
-    probe = tiny.fit_probe(rng.standard_normal((600, config.hidden_size)) * 0.05, classes[rng.integers(0, 15, 600)])
+    probe = research_probe().fit(rng.standard_normal((600, config.hidden_size)) * 0.05, classes[rng.integers(0, 15, 600)])
     import joblib
 
     joblib.dump(probe, os.path.join(work, "probe.joblib"))

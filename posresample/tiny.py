@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from importlib import resources
 
-import numpy as np
 import torch
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>"]  # ids 0, 1, 2, 3 as in Gemma
@@ -89,11 +88,3 @@ def build_assets(out_dir: str, seed: int = 0) -> str:
     tokenizer = build_tokenizer(out_dir)
     build_model(tiny_gemma2_config(len(tokenizer)), seed=seed, out_dir=out_dir)
     return out_dir
-
-
-def fit_probe(features: np.ndarray, labels: np.ndarray, seed: int = 0):
-    """A multinomial LogisticRegression with the research recipe's settings, on whatever activations."""
-    from sklearn.linear_model import LogisticRegression
-
-    probe = LogisticRegression(C=1.0, max_iter=500, class_weight="balanced", solver="lbfgs", random_state=seed)
-    return probe.fit(features, labels)

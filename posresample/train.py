@@ -50,15 +50,6 @@ def collect_activations(model, tokenizer, sentences: list[Sentence], layer: int,
     )
 
 
-def save_activations(path: str, acts: Activations) -> None:
-    np.savez(path, X=acts.X, y=acts.y, positions=acts.positions)
-
-
-def load_activations(path: str) -> Activations:
-    with np.load(path) as data:
-        return Activations(X=data["X"], y=data["y"], positions=data["positions"])
-
-
 def research_probe(seed: int = 0):
     """LogisticRegression(C=1.0, max_iter=500, class_weight='balanced', solver='lbfgs'), multinomial.
 
