@@ -147,6 +147,8 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @click.option("--no-wait", is_flag=True, help="Exit when nothing is claimable, even if other workers hold leases.")
 @click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(min=0), help="With --devices: restarts per device.")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
+@click.option("--decode", type=click.Choice(["hf", "fast"]), default="hf", show_default=True,
+              help="Decode path: the model's forward on copied KV (hf) or the shared-prefix Gemma 2 step (fast).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--fake-sampler", is_flag=True, hidden=True, help="Model-free sampler for queue tests and benchmarks.")
 @click.option("--fake-delay", default=0.0, type=float, hidden=True)
@@ -154,7 +156,7 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @db_option
 @click.pass_context
 def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, no_wait, max_restarts, attn,
-           no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
+           decode, no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
     """Claim queued prefixes, sample continuations, write them back.
 
     Exits when no job is left; waits while another worker's lease is pending.
@@ -182,7 +184,7 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
     opts = WorkerOptions(device=dev, batch_jobs=batch_jobs or (32 if dev.startswith("cuda") else 4),
                          lease_seconds=lease_seconds, max_attempts=max_attempts, stop_grace=stop_grace,
                          wait=not no_wait, progress=not no_progress)
-    w = Worker(engine, _sampler_factory(dev, max_rows, attn, fake_sampler, fake_delay, fake_poison_token), opts)
+    w = Worker(engine, _sampler_factory(dev, max_rows, attn, decode, fake_sampler, fake_delay, fake_poison_token), opts)
     w.install_signal_handlers()
     raise SystemExit(w.run())
 
@@ -202,7 +204,7 @@ def _argv_without(argv: list[str], names: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _sampler_factory(device: str, max_rows, attn, fake: bool, fake_delay: float, poison):
+def _sampler_factory(device: str, max_rows, attn, decode: str, fake: bool, fake_delay: float, poison):
     def factory(model_name: str):
         if fake:
             from .fake import FakeSampler
@@ -214,7 +216,8 @@ def _sampler_factory(device: str, max_rows, attn, fake: bool, fake_delay: float,
         from .sampler import Sampler
 
         log.info("loading %s on %s", model_name, device)
-        return Sampler(load_model(model_name, torch.device(device), attn), load_tokenizer(model_name), max_rows=max_rows)
+        model = load_model(model_name, torch.device(device), attn)
+        return Sampler(model, load_tokenizer(model_name), max_rows=max_rows, decode=decode)
 
     return factory
 

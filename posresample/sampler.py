@@ -19,6 +19,9 @@ from .sampling import DEFAULT_PREFILTER, row_hash, sample_tokens
 
 log = logging.getLogger(__name__)
 CPU_MAX_ROWS = 512  # rows per decode batch on the CPU
+# "hf": the model's own forward on a KV cache copied per sample; "fast": gemma_decode's shared-prefix
+# step (Gemma 2, equal-sized groups), falling back to "hf" for a chunk it cannot take.
+DECODE_PATHS = ("hf", "fast")
 GPU_MEMORY_FRACTION = 0.6  # share of free GPU memory the KV cache and logits may use
 GPU_MAX_ROWS = 8192
 
@@ -68,8 +71,12 @@ class SamplerStats:
 class Sampler:
     """Shared-prefill batched sampler over a Hugging Face causal LM."""
 
-    def __init__(self, model, tokenizer=None, max_rows: int | None = None, prefilter: int = DEFAULT_PREFILTER):
+    def __init__(self, model, tokenizer=None, max_rows: int | None = None, prefilter: int = DEFAULT_PREFILTER,
+                 decode: str = "hf"):
+        if decode not in DECODE_PATHS:
+            raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
         self.model = model
+        self.decode_path = decode
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
         self.prefilter = prefilter
@@ -161,7 +168,9 @@ class Sampler:
 
         repeats = torch.tensor([len(u.sample_indices) for u in chunk], device=self.device)
         source = torch.repeat_interleave(torch.arange(len(chunk), device=self.device), repeats)  # [R]
-        cache.reorder_cache(source)  # copy each prefix's KV into its sample rows
+        shared = self._shared_prefix_decoder(chunk, cache, attention, positions, params)
+        if shared is None:
+            cache.reorder_cache(source)  # copy each prefix's KV into its sample rows
         logits, attention = logits[source], attention[source]
         next_pos = positions[source, -1] + 1  # [R]
         keys = torch.tensor([requests[u.request].key for u in chunk], device=self.device)[source]
@@ -179,10 +188,24 @@ class Sampler:
                 break
             if should_abort():
                 raise Aborted()
+            if shared is not None:
+                logits = shared.forward(tokens[:, step])
+                continue
             attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=-1)
             logits = self._forward(tokens[:, step:step + 1], attention, next_pos[:, None], cache)
             next_pos = next_pos + 1
         return self._split_rows(tokens.cpu(), chunk)
+
+    def _shared_prefix_decoder(self, chunk, cache, attention, positions, params):
+        """gemma_decode's step for this chunk, or None where the HF path must run."""
+        from . import gemma_decode
+
+        sizes = {len(u.sample_indices) for u in chunk}
+        if self.decode_path != "fast" or len(sizes) != 1 or not gemma_decode.supports(
+                self.model, attention.shape[1], params.max_new_tokens):
+            return None
+        return gemma_decode.SharedPrefixDecoder(self.model, cache, attention, positions, sizes.pop(),
+                                                params.max_new_tokens - 1)
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,

@@ -31,3 +31,14 @@ def test_bf16_sampler_is_deterministic_for_a_fixed_batch(tiny_dir):
     first = [[s.token_ids for s in r] for r in Sampler(model, tok).sample(requests, params)]
     again = [[s.token_ids for s in r] for r in Sampler(model, tok).sample(requests, params)]
     assert first == again and all(len(r) == 96 for r in first)
+
+
+def test_shared_prefix_decode_runs_in_bf16(tiny_dir):
+    from posresample.modeling import load_model, load_tokenizer
+    from posresample.sampler import SampleRequest, Sampler, SamplingParams
+
+    model = load_model(tiny_dir, torch.device("cuda"))
+    tok = load_tokenizer(tiny_dir)
+    requests = [SampleRequest(tok("The back door")["input_ids"], 0, tuple(range(96)))]
+    out = Sampler(model, tok, decode="fast").sample(requests, SamplingParams(0.7, 0.95, None, 16, 123))
+    assert len(out[0]) == 96 and all(1 <= len(s.token_ids) <= 16 for s in out[0])
