@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 DEFAULT_MODEL = "google/gemma-2-2b"  # the model the probe was trained on
 DEFAULT_LAYER = 12  # hidden_states[12]: residual stream after 12 of Gemma 2 2B's 26 layers
@@ -61,3 +61,6 @@ class GenerationParams:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+PARAM_FIELDS = tuple(f.name for f in fields(GenerationParams))  # the generation_params columns

@@ -69,7 +69,7 @@ def load_sentences(source: str, split: str = "validation") -> list[Sentence]:
         if source.endswith(".parquet"):
             return read_parquet([source])
         return read_conllu(source)
-    if source in (HF_DATASET_ID, HF_LEGACY_ID) or source.startswith(HF_DATASET_ID + ":"):
+    if source.partition(":")[0] in (HF_DATASET_ID, HF_LEGACY_ID):
         return read_hf_hub(source, split)
     raise DatasetError(f"dataset not found: {source} (a .conllu file, a UD directory or {HF_DATASET_ID}:en_ewt)")
 

@@ -19,6 +19,7 @@ from importlib import metadata as importlib_metadata
 from tqdm import tqdm
 
 from . import __version__, db, store
+from .config import PARAM_FIELDS
 from .data import UPOS_NAMES
 
 PACKAGES = ("torch", "transformers", "scikit-learn", "sqlalchemy", "alembic", "datasets", "tokenizers")
@@ -51,8 +52,7 @@ def header(scan: dict, params: dict, counts: dict, candidates: int) -> dict:
 
 
 def _params(params: dict, layer: int) -> dict:
-    keys = ("model", "temperature", "top_p", "top_k", "max_new_tokens", "num_samples", "seed")
-    return {"model": params["model"], "layer": layer} | {k: params[k] for k in keys[1:]}
+    return {"model": params["model"], "layer": layer} | {k: params[k] for k in PARAM_FIELDS if k != "model"}
 
 
 def record(head: dict, rows: list[dict], gen: dict) -> dict:
@@ -122,7 +122,7 @@ def export(engine, out: str, scan_name: str | None = None, params_id: int | None
             stream.write(json.dumps(meta, ensure_ascii=False) + "\n")
             bar = tqdm(total=counts.get("done", 0), desc="export", unit="rec", disable=not progress)
             written = 0
-            for head, rows in store.iter_done(conn, scan["id"], params["id"]):
+            for head, rows in store.iter_done(conn, scan["id"], params):
                 stream.write(json.dumps(record(head, rows, gen), ensure_ascii=False) + "\n")
                 written += 1
                 bar.update(1)

@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import Text, and_, case, cast, func, insert, literal, or_, select, update
 from sqlalchemy.engine import Engine
 
-from .db import db_now, write, read
+from .config import PARAM_FIELDS
+from .db import db_now, read, write
 from .errors import DatabaseError
 from .models import JOB_STATES, candidates, completions, generation_params, jobs, workers
-
-
-PARAM_FIELDS = ("model", "temperature", "top_p", "top_k", "max_new_tokens", "num_samples", "seed")
 
 
 class LeaseLost(Exception):
@@ -31,7 +29,6 @@ class LeaseLost(Exception):
 class ClaimedJob:
     id: int
     attempt: int
-    candidate_id: int
     dataset_idx: int
     target_position: int
     prefix_token_ids: list[int]
@@ -98,7 +95,7 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
             return []
         attempts = dict(claimed)
         rows = conn.execute(
-            select(jobs.c.id, jobs.c.candidate_id, candidates.c.dataset_idx, candidates.c.target_position,
+            select(jobs.c.id, candidates.c.dataset_idx, candidates.c.target_position,
                    candidates.c.prefix_token_ids, generation_params.c.id.label("params_id"),
                    *[generation_params.c[name] for name in PARAM_FIELDS])
             .join(candidates, candidates.c.id == jobs.c.candidate_id)
@@ -111,7 +108,7 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
 
 def _claimed(row, attempt: int) -> ClaimedJob:
     params = {name: row[name] for name in ("params_id", *PARAM_FIELDS)}
-    return ClaimedJob(id=row["id"], attempt=attempt, candidate_id=row["candidate_id"], dataset_idx=row["dataset_idx"],
+    return ClaimedJob(id=row["id"], attempt=attempt, dataset_idx=row["dataset_idx"],
                       target_position=row["target_position"], prefix_token_ids=list(row["prefix_token_ids"]), params=params)
 
 
@@ -233,9 +230,8 @@ def status_report(engine) -> dict:
 
 
 def _rate(count: int, first_done: float | None, now: float) -> float:
-    if not count or first_done is None:
-        return 0.0
-    return count / max(now - first_done, 1.0) if now - first_done < THROUGHPUT_WINDOW else count / THROUGHPUT_WINDOW
+    """Jobs per second since the first of the window's done jobs (at least a second, at most the window)."""
+    return count / max(now - first_done, 1.0) if count else 0.0
 
 
 def _worker_view(w, now: float) -> dict:

@@ -9,7 +9,6 @@ sized from free GPU memory and halved (and remembered) on out-of-memory. Noise i
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import torch
@@ -58,16 +57,6 @@ class _Unit:
     sample_indices: tuple[int, ...]
 
 
-@dataclass
-class SamplerStats:
-    prefixes: int = 0
-    samples: int = 0
-    tokens: int = 0
-    oom_splits: int = 0
-    seconds: float = 0.0
-    eos: int = 0
-
-
 class Sampler:
     """Shared-prefill batched sampler over a Hugging Face causal LM."""
 
@@ -85,14 +74,13 @@ class Sampler:
         eos = model.config.eos_token_id
         self.eos_ids = torch.tensor(sorted(eos if isinstance(eos, (list, tuple)) else [eos]), device=self.device)
         self._cache_kwarg = cache_kwarg(model)
-        self.stats = SamplerStats()
+        self.oom_splits = 0  # times a batch was halved after running out of memory
 
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
     def sample(self, requests: list[SampleRequest], params: SamplingParams, should_abort=lambda: False) -> list[list[Sample]]:
         """Return, per request, one Sample per sample index (in the order given)."""
-        started = time.perf_counter()
         results: list[dict[int, Sample]] = [{} for _ in requests]
         pending = self._plan(requests, self._row_budget(requests, params))
         while pending:
@@ -104,7 +92,7 @@ class Sampler:
                 if rows <= 1:
                     raise
                 self.max_rows = max(1, rows // 2)
-                self.stats.oom_splits += 1
+                self.oom_splits += 1
                 log.warning("out of memory at %d rows: splitting, now at most %d rows", rows, self.max_rows)
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -112,7 +100,6 @@ class Sampler:
                 continue
             for unit, unit_samples in zip(chunk, samples):
                 results[unit.request].update(zip(unit.sample_indices, unit_samples))
-        self._record(requests, results, started)
         return [[res[i] for i in req.sample_indices] for req, res in zip(requests, results)]
 
     # --- planning ---
@@ -228,12 +215,3 @@ class Sampler:
                 row += 1
             out.append(samples)
         return out
-
-    def _record(self, requests, results, started) -> None:
-        self.stats.prefixes += len(requests)
-        for res in results:
-            for s in res.values():
-                self.stats.samples += 1
-                self.stats.tokens += len(s.token_ids)
-                self.stats.eos += s.finish_reason == "eos"
-        self.stats.seconds += time.perf_counter() - started

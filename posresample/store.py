@@ -134,16 +134,16 @@ def job_counts(conn: Connection, scan_id: int, pid: int) -> dict:
     return {state: n for state, n in rows}
 
 
-def iter_done(conn: Connection, scan_id: int, pid: int, batch: int = 500) -> Iterator[tuple[dict, list[dict]]]:
+def iter_done(conn: Connection, scan_id: int, params: dict, batch: int = 500) -> Iterator[tuple[dict, list[dict]]]:
     """Stream (candidate+job, completions) for done jobs, ordered by job id; memory stays flat.
 
     Two cursors walk the same snapshot side by side (merge join on job id), each fetched in batches.
     """
-    done = and_(candidates.c.scan_id == scan_id, jobs.c.params_id == pid, jobs.c.state == "done")
+    done = and_(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"], jobs.c.state == "done")
     heads = conn.execution_options(stream_results=True, yield_per=batch).execute(
         select(candidates, jobs.c.id.label("job_id"), jobs.c.attempt)
         .join(jobs, jobs.c.candidate_id == candidates.c.id).where(done).order_by(jobs.c.id)).mappings()
-    tails = conn.execution_options(stream_results=True, yield_per=batch * 96).execute(
+    tails = conn.execution_options(stream_results=True, yield_per=batch * params["num_samples"]).execute(
         select(completions.c.job_id, completions.c.sample_index, completions.c.text, completions.c.token_ids,
                completions.c.num_tokens, completions.c.finish_reason)
         .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)

@@ -43,7 +43,7 @@ def job_states(engine) -> dict:
 
 
 def completion_stats(engine) -> tuple[int, int, int]:
-    """(rows, distinct (job, sample) pairs, jobs with exactly the expected count are checked by callers)."""
+    """(completion rows, distinct (job, sample_index) pairs, jobs that have any rows)."""
     with db.read(engine) as conn:
         total = conn.execute(select(func.count()).select_from(completions)).scalar_one()
         distinct = conn.execute(select(func.count()).select_from(

@@ -74,8 +74,6 @@ def test_rescan_adds_nothing_and_resumes_after_interruption(engine, tiny_dir, ti
         assert conn.execute(select(scans.c.sentences_done).where(scans.c.name == "interrupted")).scalar() == 10
     resumed = run_scan(engine, other, progress=False)
     assert resumed.candidates == full
-    rows = lambda name: table(engine, candidates, "dataset_idx", "target_position", "probe_probs",
-                              order=[candidates.c.dataset_idx, candidates.c.target_position])
     with db.read(engine) as conn:
         per_scan = dict(conn.execute(select(scans.c.name, func.count(candidates.c.id)).join(candidates).group_by(scans.c.name)).all())
     assert per_scan == {"t": full, "interrupted": full}

@@ -140,3 +140,11 @@ def test_parse_label_list_accepts_names_and_ids():
     assert UPOS_NAMES[13] == "_"
     with pytest.raises(DatasetError, match="unknown UPOS"):
         parse_label_list("NOUNS")
+
+
+def test_text_is_rebuilt_from_forms_when_a_file_has_no_text_line(tmp_path):
+    path = tmp_path / "notext.conllu"
+    lines = [l for l in CONLLU.split("\n\n")[0].splitlines() if not l.startswith("# text")]
+    path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
+    [sentence] = read_conllu(str(path))
+    assert sentence.text == "I don't know."  # the multiword surface form, SpaceAfter=No honoured
