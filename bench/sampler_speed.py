@@ -110,22 +110,27 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--max-rows", type=int, default=None)
     parser.add_argument("--peaked", action="store_true", help="peaked next-token distributions, as a trained model has")
-    parser.add_argument("--decode", default="hf,fast", help="sampler decode paths to time: hf, fast or both")
+    parser.add_argument("--decode", default="hf,fast",
+                        help="sampler variants to time, comma-separated: hf, fast, or fast:MODE with MODE one of "
+                             "gemma_decode's compile modes (fast:inductor, fast:cuda-graph)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     model = make_model(args.config, device, args.attn, args.peaked)
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = random_prefixes(max(args.prefixes, args.baseline_prefixes), args.prefix_len, model.config.vocab_size)
-    samplers = {path: Sampler(model, max_rows=args.max_rows, decode=path) for path in args.decode.split(",")}
+    samplers = {variant: Sampler(model, max_rows=args.max_rows, decode=variant.split(":")[0],
+                                 compile=(variant.split(":") + ["off"])[1])
+                for variant in args.decode.split(",")}
 
     print(f"# {args.config} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}"
           f" ({os.cpu_count()} cpus), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, attn={args.attn}, "
           f"prefix {args.prefix_len} tokens, {args.num_samples} x {args.max_new_tokens} new tokens, "
           f"{'peaked' if args.peaked else 'flat (random)'} distributions, {nucleus_share(model, prefixes[:4]):.0%} of first steps fit the top-256 prefilter")
     run_generate(model, prefixes[:1], params, args.num_samples)  # warm-up
-    for sampler in samplers.values():
-        run_sampler(sampler, prefixes[:2], params, args.num_samples, args.per_call)
+    for sampler in samplers.values():  # warm-up on two batch shapes: inductor then compiles for any shape
+        for n in (1, 2):
+            run_sampler(sampler, prefixes[:n], params, args.num_samples, args.per_call)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     base_s, base_tok = timed(device, lambda: run_generate(model, prefixes[: args.baseline_prefixes], params, args.num_samples))
@@ -134,12 +139,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     print(f"| per-prefix generate (96 copies) | {args.baseline_prefixes} | {base_s:.2f} | {1000 / base_rate:.1f} | "
           f"{base_rate:.2f} | {base_tok / base_s:.0f} | {peak_memory_mb(device):.0f} | 1.0x |")
-    for path, sampler in samplers.items():
+    for variant, sampler in samplers.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         secs, toks = timed(device, lambda: run_sampler(sampler, prefixes[: args.prefixes], params, args.num_samples, args.per_call))
         rate = args.prefixes / secs
-        print(f"| Sampler decode={path} (max_rows {sampler.max_rows}) | {args.prefixes} | {secs:.2f} | {1000 / rate:.1f} | "
+        print(f"| Sampler decode={variant} (max_rows {sampler.max_rows}) | {args.prefixes} | {secs:.2f} | {1000 / rate:.1f} | "
               f"{rate:.2f} | {toks / secs:.0f} | {peak_memory_mb(device):.0f} | {rate / base_rate:.1f}x |")
 
 

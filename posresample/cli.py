@@ -149,6 +149,9 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
 @click.option("--decode", type=click.Choice(["hf", "fast"]), default="hf", show_default=True,
               help="Decode path: the model's forward on copied KV (hf) or the shared-prefix Gemma 2 step (fast).")
+@click.option("--compile", "compile_mode", type=click.Choice(["off", "inductor", "cuda-graph"]), default="off",
+              show_default=True, help="With --decode fast: run its step through torch.compile (inductor) or "
+              "capture it once per batch as a CUDA graph and replay it (cuda-graph, CUDA only).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--fake-sampler", is_flag=True, hidden=True, help="Model-free sampler for queue tests and benchmarks.")
 @click.option("--fake-delay", default=0.0, type=float, hidden=True)
@@ -156,7 +159,7 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @db_option
 @click.pass_context
 def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, no_wait, max_restarts, attn,
-           decode, no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
+           decode, compile_mode, no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
     """Claim queued prefixes, sample continuations, write them back.
 
     Exits when no job is left; waits while another worker's lease is pending.
@@ -166,7 +169,10 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
     Examples:
         python cli.py worker --device cuda:0
         python cli.py worker --devices all --db postgresql+psycopg://user@host/posresample
+        python cli.py worker --device cuda:0 --decode fast --compile cuda-graph
     """
+    if compile_mode != "off" and decode != "fast":
+        raise click.UsageError(f"--compile {compile_mode} needs --decode fast")
     if devices:
         from .supervise import Supervisor, parse_devices
 
@@ -178,13 +184,15 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
     from .modeling import pick_device
     from .worker import Worker, WorkerOptions
 
+    dev = "cpu" if fake_sampler and device == "auto" else str(pick_device(device))
+    if compile_mode == "cuda-graph" and not dev.startswith("cuda"):
+        raise click.UsageError(f"--compile cuda-graph needs a CUDA device, not {dev}")
     engine = open_engine(db_url, must_exist=True)
     db.ensure_schema(engine, migrate=False)
-    dev = "cpu" if fake_sampler and device == "auto" else str(pick_device(device))
     opts = WorkerOptions(device=dev, batch_jobs=batch_jobs or (32 if dev.startswith("cuda") else 4),
                          lease_seconds=lease_seconds, max_attempts=max_attempts, stop_grace=stop_grace,
                          wait=not no_wait, progress=not no_progress)
-    w = Worker(engine, _sampler_factory(dev, max_rows, attn, decode, fake_sampler, fake_delay, fake_poison_token), opts)
+    w = Worker(engine, _sampler_factory(dev, max_rows, attn, decode, compile_mode, fake_sampler, fake_delay, fake_poison_token), opts)
     w.install_signal_handlers()
     raise SystemExit(w.run())
 
@@ -204,7 +212,7 @@ def _argv_without(argv: list[str], names: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _sampler_factory(device: str, max_rows, attn, decode: str, fake: bool, fake_delay: float, poison):
+def _sampler_factory(device: str, max_rows, attn, decode: str, compile_mode: str, fake: bool, fake_delay: float, poison):
     def factory(model_name: str):
         if fake:
             from .fake import FakeSampler
@@ -217,7 +225,7 @@ def _sampler_factory(device: str, max_rows, attn, decode: str, fake: bool, fake_
 
         log.info("loading %s on %s", model_name, device)
         model = load_model(model_name, torch.device(device), attn)
-        return Sampler(model, load_tokenizer(model_name), max_rows=max_rows, decode=decode)
+        return Sampler(model, load_tokenizer(model_name), max_rows=max_rows, decode=decode, compile=compile_mode)
 
     return factory
 

@@ -61,13 +61,19 @@ class Sampler:
     """Shared-prefill batched sampler over a Hugging Face causal LM."""
 
     def __init__(self, model, tokenizer=None, max_rows: int | None = None, prefilter: int = DEFAULT_PREFILTER,
-                 decode: str = "hf"):
+                 decode: str = "hf", compile: str = "off"):
+        from .gemma_decode import check_compile_mode
+
         if decode not in DECODE_PATHS:
             raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
         self.model = model
         self.decode_path = decode
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        check_compile_mode(compile, self.device)
+        if compile != "off" and decode != "fast":
+            raise ValueError(f"compile {compile!r} applies to decode 'fast' only")
+        self.compile = compile  # how gemma_decode runs its step: off, inductor or cuda-graph
         self.prefilter = prefilter
         self.max_rows = max_rows
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -192,7 +198,7 @@ class Sampler:
                 self.model, attention.shape[1], params.max_new_tokens):
             return None
         return gemma_decode.SharedPrefixDecoder(self.model, cache, attention, positions, sizes.pop(),
-                                                params.max_new_tokens - 1)
+                                                params.max_new_tokens - 1, compile=self.compile)
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,

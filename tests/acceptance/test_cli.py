@@ -87,6 +87,15 @@ def test_read_commands_on_a_missing_or_empty_database(tmp_path):
     assert not out.exists()
 
 
+def test_worker_refuses_a_compile_mode_it_cannot_run(tmp_path):
+    db = f"sqlite:///{tmp_path / 'w.db'}"
+    for args, pattern in [(["--compile", "inductor"], "needs --decode fast"),
+                          (["--decode", "fast", "--compile", "cuda-graph", "--device", "cpu"], "needs a CUDA device")]:
+        result = CliRunner().invoke(cli, ["worker", "--db", db, *args])
+        assert result.exit_code == 2 and re.search(r"Error: .*" + pattern, result.stderr), result.stderr
+    assert not (tmp_path / "w.db").exists()
+
+
 def test_verbose_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(cli, ["-v", "status", "--db", f"sqlite:///{tmp_path / 'none.db'}"])
     assert result.exit_code != 0 and type(result.exception).__name__ == "DatabaseError"

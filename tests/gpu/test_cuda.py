@@ -42,3 +42,20 @@ def test_shared_prefix_decode_runs_in_bf16(tiny_dir):
     requests = [SampleRequest(tok("The back door")["input_ids"], 0, tuple(range(96)))]
     out = Sampler(model, tok, decode="fast").sample(requests, SamplingParams(0.7, 0.95, None, 16, 123))
     assert len(out[0]) == 96 and all(1 <= len(s.token_ids) <= 16 for s in out[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_replay_draws_what_the_eager_step_draws(tiny_dir, dtype):
+    from transformers import AutoModelForCausalLM
+
+    from posresample.modeling import load_tokenizer
+    from posresample.sampler import SampleRequest, Sampler, SamplingParams
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=dtype, attn_implementation="eager").to("cuda").eval()
+    tok = load_tokenizer(tiny_dir)
+    params = SamplingParams(0.7, 0.95, None, 16, 123)
+    requests = [SampleRequest(tok(t)["input_ids"], i, tuple(range(96))) for i, t in enumerate(["I like", "The run took"])]
+    eager, graphed = Sampler(model, tok, decode="fast"), Sampler(model, tok, decode="fast", compile="cuda-graph")
+    for chunk in (requests, requests[:1]):  # two chunks of different shapes: each captures its own graph
+        want = [[s.token_ids for s in r] for r in eager.sample(chunk, params)]
+        assert [[s.token_ids for s in r] for r in graphed.sample(chunk, params)] == want

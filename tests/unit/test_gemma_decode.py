@@ -1,5 +1,6 @@
 """The shared-prefix Gemma 2 decode step against the HF forward, on the tiny model (float32, CPU)."""
 
+import pytest
 import torch
 
 from posresample.sampler import SampleRequest, Sampler, SamplingParams
@@ -40,3 +41,36 @@ def test_fast_path_draws_the_same_samples_as_the_hf_path(tiny_model, tokenizer):
     assert completions(Sampler(tiny_model, decode="fast"), prefixes) == hf
     # max_rows 12 splits 16 samples into 12 + 4: unequal groups take the HF path, same samples.
     assert completions(Sampler(tiny_model, decode="fast", max_rows=12), prefixes) == hf
+
+
+def test_decoder_refuses_more_steps_than_its_cache_holds(tiny_model, tokenizer):
+    from transformers import DynamicCache
+
+    from posresample.gemma_decode import SharedPrefixDecoder
+
+    sampler = Sampler(tiny_model)
+    ids, mask = sampler._left_pad([tokenizer("I like")["input_ids"]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=tiny_model.config)
+    sampler._forward(ids, mask, positions, cache)
+    decoder = SharedPrefixDecoder(tiny_model, cache, mask, positions, 2, max_steps=2)
+    for _ in range(2):
+        decoder.forward(torch.tensor([5, 6]))
+    with pytest.raises(IndexError, match="sized for 2 steps"):
+        decoder.forward(torch.tensor([5, 6]))
+
+
+def test_compile_modes_are_checked(tiny_model):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        Sampler(tiny_model, decode="fast", compile="cuda-graph")
+    with pytest.raises(ValueError, match="decode 'fast' only"):
+        Sampler(tiny_model, decode="hf", compile="inductor")
+    with pytest.raises(ValueError, match="compile must be one of"):
+        Sampler(tiny_model, decode="fast", compile="max")
+
+
+def test_inductor_compiled_step_draws_the_same_samples(tiny_model, tokenizer):
+    """torch.compile of the fixed-shape step (about 20 s of compiling on 2 CPU cores)."""
+    prefixes = [tokenizer(t)["input_ids"] for t in ["Paris is a big", "The run", "You can book online or"]]
+    hf = completions(Sampler(tiny_model, decode="hf"), prefixes)
+    assert completions(Sampler(tiny_model, decode="fast", compile="inductor"), prefixes) == hf
