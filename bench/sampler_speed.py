@@ -38,9 +38,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def make_model(name: str, device: torch.device, attn: str, peaked: bool):
+def make_model(name: str, device: torch.device, attn: str, peaked: bool, dtype: torch.dtype | None = None):
+    """Random weights; bf16 on a GPU and float32 on the CPU unless dtype says otherwise."""
     config = tiny.gemma2_2b_config() if name == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=4096)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = tiny.build_model(config, seed=0, dtype=dtype)
     if peaked:
         # Random weights give near-uniform next-token distributions, whose 95% nucleus spans most of
