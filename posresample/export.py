@@ -33,7 +33,7 @@ def package_versions() -> dict:
     return versions
 
 
-def header(scan: dict, params: dict, counts: dict, candidates: int) -> dict:
+def header(scan: dict, params: dict, counts: dict, candidates: int, samplers: list[dict]) -> dict:
     return {"metadata": {
         "format": "posresample.export/1",
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -46,6 +46,7 @@ def header(scan: dict, params: dict, counts: dict, candidates: int) -> dict:
         "label_names": list(UPOS_NAMES),
         "generation_params": _params(params, scan["layer"]) | {"id": params["id"]},
         "package_versions": package_versions(),
+        "samplers": samplers,  # [{"jobs": n, "sampler": {decode, compile, dtype, device, versions}}]
         "counts": {"sentences_scanned": scan["sentences_done"], "sentences_total": scan["sentences_total"],
                    "candidates": candidates, "jobs": counts, "records": counts.get("done", 0)},
     }}
@@ -116,7 +117,7 @@ def export(engine, out: str, scan_name: str | None = None, params_id: int | None
         params = store.pick_params(conn, scan["id"], params_id)
         counts = store.job_counts(conn, scan["id"], params["id"])
         n_candidates = sum(counts.values())
-        meta = header(scan, params, counts, n_candidates)
+        meta = header(scan, params, counts, n_candidates, store.samplers_used(conn, scan["id"], params))
         gen = _params(params, scan["layer"])
         with open_output(out) as stream:
             stream.write(json.dumps(meta, ensure_ascii=False) + "\n")

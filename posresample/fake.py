@@ -27,6 +27,9 @@ class FakeSampler:
     def decode(self, token_ids: list[int]) -> str:
         return " ".join(f"t{t}" for t in token_ids)
 
+    def describe(self) -> dict:
+        return {"decode": "fake", "torch": torch.__version__}
+
     def sample(self, requests: list[SampleRequest], params: SamplingParams, should_abort=lambda: False):
         if self.poison_token is not None and any(self.poison_token in r.prefix_ids for r in requests):
             os.kill(os.getpid(), signal.SIGKILL)  # the poison job takes its worker down, every time

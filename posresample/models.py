@@ -126,4 +126,7 @@ workers = Table(
     Column("heartbeat_at", Float, nullable=False),
     Column("stopped_at", Float),
     Column("jobs_done", Integer, nullable=False, default=0),
+    # {model: how its samples were drawn}: decode path, compile mode, dtype, device, library versions.
+    # Set when the worker loads a model (jobs.last_worker joins here).
+    Column("sampler", JSONType),
 )

@@ -55,6 +55,13 @@ def register_worker(engine: Engine, worker_id: str, device: str, lease_seconds: 
         ))
 
 
+def record_sampler(engine: Engine, worker_id: str, model: str, description: dict) -> None:
+    """Add how this worker samples `model` to workers.sampler ({model: description})."""
+    with write(engine) as conn:
+        current = conn.execute(select(workers.c.sampler).where(workers.c.id == worker_id)).scalar()
+        conn.execute(update(workers).where(workers.c.id == worker_id).values(sampler={**(current or {}), model: description}))
+
+
 def stop_worker(engine: Engine, worker_id: str) -> None:
     with write(engine) as conn:
         conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=db_now(), heartbeat_at=db_now()))
@@ -238,4 +245,5 @@ def _worker_view(w, now: float) -> dict:
     alive = w["stopped_at"] is None and now - w["heartbeat_at"] <= w["lease_seconds"]
     state = "stopped" if w["stopped_at"] is not None else ("live" if alive else "lost")
     return {"id": w["id"], "device": w["device"], "state": state, "jobs_done": w["jobs_done"],
+            "sampler": w["sampler"],
             "last_heartbeat_seconds_ago": round(now - w["heartbeat_at"], 1)}

@@ -85,6 +85,16 @@ class Sampler:
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 
+    def describe(self) -> dict:
+        """What decides the samples besides the seed: recorded per worker (workers.sampler)."""
+        import transformers
+
+        param = next(self.model.parameters())
+        return {"decode": self.decode_path, "compile": self.compile, "dtype": str(param.dtype).removeprefix("torch."),
+                "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+                "attn": self.model.config._attn_implementation, "prefilter": self.prefilter,
+                "torch": torch.__version__, "transformers": transformers.__version__}
+
     def sample(self, requests: list[SampleRequest], params: SamplingParams, should_abort=lambda: False) -> list[list[Sample]]:
         """Return, per request, one Sample per sample index (in the order given)."""
         results: list[dict[int, Sample]] = [{} for _ in requests]

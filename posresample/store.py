@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from .config import GenerationParams
 from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
-from .models import candidates, completions, generation_params, jobs, scans
+from .models import candidates, completions, generation_params, jobs, scans, workers
 
 SCAN_IDENTITY = ("dataset", "split", "model", "layer", "probe_sha256", "threshold", "excluded_labels")
 
@@ -132,6 +132,23 @@ def job_counts(conn: Connection, scan_id: int, pid: int) -> dict:
         select(jobs.c.state, func.count()).join(candidates, candidates.c.id == jobs.c.candidate_id)
         .where(candidates.c.scan_id == scan_id, jobs.c.params_id == pid).group_by(jobs.c.state)).all()
     return {state: n for state, n in rows}
+
+
+def samplers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
+    """How the done jobs were sampled: each distinct workers.sampler entry for the params' model,
+    with its job count (most jobs first); None where a worker recorded nothing."""
+    per_worker = conn.execute(
+        select(jobs.c.last_worker, func.count()).join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"], jobs.c.state == "done")
+        .group_by(jobs.c.last_worker)).all()
+    described = dict(conn.execute(select(workers.c.id, workers.c.sampler)
+                                  .where(workers.c.id.in_([w for w, _ in per_worker]))).all())
+    totals: dict[str, list] = {}
+    for worker, n in per_worker:
+        description = (described.get(worker) or {}).get(params["model"])
+        entry = totals.setdefault(canonical(description) if description else "", [description, 0])
+        entry[1] += n
+    return [{"jobs": n, "sampler": d} for d, n in sorted(totals.values(), key=lambda e: -e[1])]
 
 
 def iter_done(conn: Connection, scan_id: int, params: dict, batch: int = 500) -> Iterator[tuple[dict, list[dict]]]:

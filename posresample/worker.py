@@ -135,7 +135,8 @@ class Worker:
 
     def _sampler(self, model: str):
         if model not in self._samplers:
-            self._samplers[model] = self.sampler_factory(model)
+            self._samplers[model] = sampler = self.sampler_factory(model)
+            queue.record_sampler(self.engine, self.id, model, sampler.describe())
         return self._samplers[model]
 
     def _past_deadline(self) -> bool:

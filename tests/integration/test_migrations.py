@@ -51,3 +51,33 @@ def test_sqlite_on_a_network_filesystem_warns(tmp_path, caplog):
     assert db.warn_if_network_filesystem(Path("/mnt/shared/runs"), str(mounts)) == "nfs4"
     assert "SQLite is for one host" in caplog.text
     assert db.warn_if_network_filesystem(Path("/home/me"), str(mounts)) is None
+
+
+def test_a_0001_database_upgrades_in_place_and_downgrades(db_url):
+    import pytest
+    from alembic import command
+    from sqlalchemy import inspect, insert, select
+
+    from posresample.errors import DatabaseError
+    from posresample.models import workers
+
+    engine = db.make_engine(db_url)
+    with engine.connect() as conn:
+        command.upgrade(db.alembic_config(connection=conn), "0001")
+        conn.commit()
+    with engine.begin() as conn:  # a worker row written before workers.sampler existed
+        conn.exec_driver_sql("INSERT INTO workers (id, host, pid, device, lease_seconds, started_at, heartbeat_at, "
+                             "jobs_done) VALUES ('h:1:abc', 'h', 1, 'cpu', 60, 0, 0, 3)")
+    with pytest.raises(DatabaseError, match="at 0001, not 0002: run `cli.py db upgrade`"):
+        db.ensure_schema(engine, migrate=False)
+    assert db.upgrade(engine) == ("0001", "0002")
+    with engine.begin() as conn:
+        assert conn.execute(select(workers.c.jobs_done, workers.c.sampler)).one() == (3, None)
+        conn.execute(insert(workers).values(id="h:2:def", host="h", pid=2, device="cpu", lease_seconds=60,
+                                            started_at=0, heartbeat_at=0, jobs_done=0, sampler={"m": {"decode": "fast"}}))
+    with engine.connect() as conn:
+        command.downgrade(db.alembic_config(connection=conn), "0001")
+        conn.commit()
+    assert "sampler" not in {c["name"] for c in inspect(engine).get_columns("workers")}
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM workers").scalar() == 2

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+import torch
+import transformers
 from sqlalchemy import func, select
 
 from posresample import db, store
@@ -10,7 +12,7 @@ from posresample.config import GenerationParams
 from posresample.data import UPOS_NAMES, parse_label_list
 from posresample.errors import ConfigError
 from posresample.export import export
-from posresample.models import candidates, completions, jobs, scans
+from posresample.models import candidates, completions, jobs, scans, workers
 from posresample.scan import ScanOptions, run_scan
 from posresample.sampler import Sampler
 from posresample.worker import Worker, WorkerOptions
@@ -127,8 +129,16 @@ def test_worker_and_export_end_to_end(engine, tiny_dir, tiny_probe, sample_conll
     assert set(header) == {"metadata"} and meta["counts"]["records"] == len(records) == 15
     m = header["metadata"]
     for key in ("model", "layer", "dataset", "split", "probe_path", "probe_sha256", "probe_classes", "threshold",
-                "excluded_labels", "generation_params", "package_versions", "counts"):
+                "excluded_labels", "generation_params", "package_versions", "samplers", "counts"):
         assert key in m, key
+    # How the samples were drawn is on the worker row that each done job names, and in the header.
+    with db.read(engine) as conn:
+        described = conn.execute(select(workers.c.sampler).join(jobs, jobs.c.last_worker == workers.c.id)
+                                 .distinct()).scalars().all()
+    assert described == [{tiny_dir: {"decode": "hf", "compile": "off", "dtype": "float32", "device": "cpu",
+                                      "attn": "eager", "prefilter": 256, "torch": torch.__version__,
+                                      "transformers": transformers.__version__}}]
+    assert m["samplers"] == [{"jobs": 15, "sampler": described[0][tiny_dir]}]
     assert m["layer"] == LAYER and m["excluded_labels"] == ["SYM", "_", "INTJ"] and m["generation_params"]["top_k"] is None
     check_records(engine, records, m)
 
@@ -165,6 +175,25 @@ def test_completions_are_queryable_with_sql_json(engine, tiny_dir, tiny_probe, s
         tokens = conn.execute(text(sql)).scalar_one()
         expected = conn.execute(text("select sum(num_tokens) from completions")).scalar_one()
     assert tokens == expected > 0
+
+
+def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer):
+    """docs/sql.md: its first sql block is for SQLite, its second for PostgreSQL; every statement runs."""
+    import re
+
+    from tests.helpers import REPO
+
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=3), progress=False)
+    run_worker(engine, tiny_model, tokenizer)
+    blocks = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "sql.md").read_text(encoding="utf-8"), re.S)
+    statements = [s.strip() for s in blocks[0 if engine.dialect.name == "sqlite" else 1].split(";") if s.strip()]
+    assert len(statements) >= 4
+    with db.read(engine) as conn:
+        results = {s: conn.exec_driver_sql(s).fetchall() for s in statements}
+    # Every example finds rows, but the live-worker query: the worker has stopped.
+    assert [s for s, rows in results.items() if not rows and "stopped_at is null" not in s] == []
+    provenance = next(rows for s, rows in results.items() if "decode" in s)
+    assert {(row[-2], row[-1]) for row in provenance} == {("hf", "float32")}
 
 
 def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):
