@@ -42,7 +42,7 @@ def make_model(name: str, device: torch.device, attn: str, peaked: bool, dtype: 
     """Random weights; bf16 on a GPU and float32 on the CPU unless dtype says otherwise."""
     config = tiny.gemma2_2b_config() if name == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=4096)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model = tiny.build_model(config, seed=0, dtype=dtype)
+    model = tiny.build_model(config, seed=0, dtype=dtype, device=device)
     if peaked:
         # Random weights give near-uniform next-token distributions, whose 95% nucleus spans most of
         # the vocabulary (every row takes the exact full-vocabulary path). A trained model's is

@@ -3,7 +3,7 @@
     python bench/scan_speed.py --config tiny --device cpu
     python bench/scan_speed.py --config gemma-2-2b --device cuda      # target: 2,001 sentences < 20 s
 
-Uses UD English-EWT validation from ../shared/data/ud_english_ewt (CC BY-SA 4.0), a randomly
+Uses UD English-EWT validation from ../shared/data/ud_english_ewt or --ewt (CC BY-SA 4.0), a randomly
 initialised Gemma2ForCausalLM (gemma-2-2b's exact config, or a tiny one), a BPE tokenizer trained
 here on the train split (32k entries: about as many tokens per sentence as Gemma's own), and a
 probe fit on random features of the model's width. The clock covers `run_scan` after the model
@@ -29,7 +29,7 @@ from posresample.config import GenerationParams  # noqa: E402
 from posresample.data import parse_label_list, read_conllu  # noqa: E402
 from posresample.train import research_probe  # noqa: E402
 
-EWT = os.path.join(os.path.dirname(REPO), "shared", "data", "ud_english_ewt")
+EWT = os.environ.get("POSRESAMPLE_EWT") or os.path.join(os.path.dirname(REPO), "shared", "data", "ud_english_ewt")
 
 
 def main() -> None:
@@ -39,16 +39,19 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=None, help="default: 12 for gemma-2-2b, 2 for tiny")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sentences", type=int, default=None, help="scan only the first N (default: all 2,001)")
+    parser.add_argument("--ewt", default=EWT, help="folder with en_ewt-ud-{train,dev}.conllu [default: $POSRESAMPLE_EWT "
+                        "or ../shared/data/ud_english_ewt]")
     args = parser.parse_args()
+    ewt = args.ewt
 
     work = tempfile.mkdtemp(prefix="scan-bench-")
-    train = [s.text for s in read_conllu(os.path.join(EWT, "en_ewt-ud-train.conllu"))]
+    train = [s.text for s in read_conllu(os.path.join(ewt, "en_ewt-ud-train.conllu"))]
     tokenizer = tiny.build_tokenizer(os.path.join(work, "model"), vocab_size=32000, texts=train)
     config = tiny.gemma2_2b_config() if args.config == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=32000)
     layer = args.layer if args.layer is not None else (12 if args.config == "gemma-2-2b" else 2)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    tiny.build_model(config, seed=0, dtype=dtype, out_dir=os.path.join(work, "model"))
+    tiny.build_model(config, seed=0, dtype=dtype, out_dir=os.path.join(work, "model"), device=device)
 
     rng = np.random.default_rng(0)
     classes = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17])
@@ -56,10 +59,10 @@ def main() -> None:
     import joblib
 
     joblib.dump(probe, os.path.join(work, "probe.joblib"))
-    dataset = os.path.join(EWT, "en_ewt-ud-dev.conllu")
+    dataset = os.path.join(ewt, "en_ewt-ud-dev.conllu")
     if args.sentences:
         dataset = os.path.join(work, "dev.conllu")
-        with open(os.path.join(EWT, "en_ewt-ud-dev.conllu"), encoding="utf-8") as src:
+        with open(os.path.join(ewt, "en_ewt-ud-dev.conllu"), encoding="utf-8") as src:
             blocks = src.read().split("\n\n")[: args.sentences]
         with open(dataset, "w", encoding="utf-8") as dst:
             dst.write("\n\n".join(blocks) + "\n\n")

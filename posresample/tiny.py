@@ -70,13 +70,18 @@ def gemma2_2b_config():
     )
 
 
-def build_model(config, seed: int = 0, out_dir: str | None = None, dtype=torch.float32):
-    """A randomly initialised Gemma2ForCausalLM (eager attention keeps the soft-cap)."""
+def build_model(config, seed: int = 0, out_dir: str | None = None, dtype=torch.float32, device=None):
+    """A randomly initialised Gemma2ForCausalLM (eager attention keeps the soft-cap).
+
+    `device` builds (and initialises) it there: gemma-2-2b's shapes take seconds on a GPU.
+    """
     from transformers import Gemma2ForCausalLM
 
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
-    model = Gemma2ForCausalLM(config).to(dtype).eval()
+    with torch.device(device or "cpu"):
+        model = Gemma2ForCausalLM(config)
+    model = model.to(dtype).eval()
     if out_dir:
         model.save_pretrained(out_dir)
     return model
