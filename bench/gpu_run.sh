@@ -3,7 +3,7 @@
 #
 # Here, once:   scripts/gpu-wheels                       (fills .gpu/: wheels and EWT files)
 # Device tool:  run(command="bash bench/gpu_run.sh tests sampler", carry=[".gpu"], timeout_s=600)
-#               run(command="bash bench/gpu_run.sh invariance scan inductor", carry=[".gpu"], timeout_s=600)
+#               run(command="bash bench/gpu_run.sh invariance scan tiers inductor", carry=[".gpu"], timeout_s=600)
 #
 # Steps (in the order given):
 #   tests       pytest tests/gpu (probe on the GPU, bf16 determinism, the fast step, CUDA-graph replay)
@@ -12,6 +12,7 @@
 #   inductor    the same, peaked, with fast:inductor (compiles the step first)
 #   invariance  bench/batch_invariance.py in bf16, peaked and flat
 #   scan        bench/scan_speed.py, all 2,001 dev sentences                   (target: < 20 s)
+#   tiers       bench/sampling_tiers.py, 1,024 rows over 256,000 tokens
 # DEVICE=cpu CONFIG=tiny PY=.venv/bin/python NO_WHEELS=1 runs the same steps here (a dry run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +60,7 @@ for what in "$@"; do
                     done ;;
         scan) step scan "$PY" bench/scan_speed.py --config "$CONFIG" --device "$DEVICE" \
                   $([ "$DEVICE" = cuda ] || echo --sentences 50) ;;
+        tiers) step tiers "$PY" bench/sampling_tiers.py --device "$DEVICE" --rows $([ "$DEVICE" = cuda ] && echo 1024 || echo 16) ;;
         *) echo "unknown step $what"; exit 2 ;;
     esac
 done

@@ -5,8 +5,11 @@ same randomness alone, batched with others, or re-run on another worker. A token
 exponential race, argmax(p / Exp), over the kept tokens: an exact draw from the renormalised
 nucleus that, unlike an inverse CDF, only flips when two tokens' perturbed scores tie, so the
 last-bit differences between batch shapes almost never change a sample. For speed the race runs
-on the top-`prefilter` tokens; a row whose nucleus does not fit there is redone on the whole
-vocabulary (in row chunks, to bound memory), so the result is the same either way.
+on the top-`prefilter` tokens; a row whose nucleus does not fit there is redone on its top
+`wide_prefilter` tokens, and a row whose nucleus does not fit those either on the whole
+vocabulary (both in row chunks, to bound memory). The noise is keyed by token id, not by rank, so
+the result is the same whichever tier a row ends in, and the tier depends on the row's own logits
+only.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 MASK32 = 0xFFFFFFFF
 NEG_INF = float("-inf")
 DEFAULT_PREFILTER = 256  # candidates per row for the fast path; exact fallback beyond it
-FALLBACK_ELEMENTS = 1 << 25  # rows x vocabulary hashed at once on the full-vocabulary path
+WIDE_PREFILTER = 4096  # second tier, for rows whose nucleus is wider than the first
+FALLBACK_ELEMENTS = 1 << 25  # rows x vocabulary handled at once beyond the first tier
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -80,8 +84,12 @@ def race(probs: torch.Tensor, token_ids: torch.Tensor, rows: torch.Tensor) -> to
     return token_ids.gather(-1, score.argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
-def _candidates(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int):
-    """Yield (row index or None for all rows, token ids [r, C], kept probs [r, C]), fast rows first."""
+def _candidates(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int, wide_prefilter: int):
+    """Yield (row index or None for all rows, token ids [r, C], kept probs [r, C]), fast rows first.
+
+    Tiers: the top `prefilter` tokens for every row; for the rows whose nucleus is wider, their top
+    `wide_prefilter` tokens; for the rest, the whole vocabulary sorted.
+    """
     vocab = scores.shape[-1]
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # [R, 1]
     k = min(max(prefilter, top_k or 0), vocab)
@@ -93,20 +101,29 @@ def _candidates(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter
     fast = fits.nonzero().squeeze(-1)
     if len(fast):
         yield fast, top_ids[fast], probs[fast]
-    slow = (~fits).nonzero().squeeze(-1)
-    step = max(1, FALLBACK_ELEMENTS // vocab)
-    for part in slow.split(step):
-        all_scores, all_ids = scores[part].sort(dim=-1, descending=True)
-        all_probs, _ = nucleus(all_scores, lse[part], top_p)
+    wide = min(max(wide_prefilter, top_k or 0), vocab)
+    for part in (~fits).nonzero().squeeze(-1).split(max(1, FALLBACK_ELEMENTS // vocab)):
+        part_scores, part_lse = scores[part], lse[part]
+        if k < wide < vocab:
+            top_scores, top_ids = part_scores.topk(wide, dim=-1)
+            probs, fits = nucleus(top_scores, part_lse, top_p)
+            if bool(fits.any()):
+                yield part[fits], top_ids[fits], probs[fits]
+            if bool(fits.all()):
+                continue
+            part, part_scores, part_lse = part[~fits], part_scores[~fits], part_lse[~fits]
+        all_scores, all_ids = part_scores.sort(dim=-1, descending=True)
+        all_probs, _ = nucleus(all_scores, part_lse, top_p)
         yield part, all_ids, all_probs
 
 
 def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, top_p: float,
-                  top_k: int | None = None, prefilter: int = DEFAULT_PREFILTER) -> torch.Tensor:
+                  top_k: int | None = None, prefilter: int = DEFAULT_PREFILTER,
+                  wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
     """Draw one token per row from logits [R, V] with per-row noise hashes `rows` [R] -> [R]."""
     scores = apply_temperature_top_k(logits, temperature, top_k)
     chosen = torch.empty(len(scores), dtype=torch.long, device=scores.device)
-    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter):
+    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter, wide_prefilter):
         if which is None:
             return race(probs, ids, rows)
         chosen[which] = race(probs, ids, rows[which])
@@ -114,11 +131,11 @@ def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, 
 
 
 def processed_probs(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None = None,
-                    prefilter: int = DEFAULT_PREFILTER) -> torch.Tensor:
+                    prefilter: int = DEFAULT_PREFILTER, wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
     """The distribution sample_tokens draws from, dense [R, V]: for tests against HF's warpers."""
     scores = apply_temperature_top_k(logits, temperature, top_k)
     dense = torch.zeros_like(scores)
-    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter):
+    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter, wide_prefilter):
         probs = probs / probs.sum(dim=-1, keepdim=True)
         if which is None:
             return dense.scatter(-1, ids, probs)

@@ -37,6 +37,36 @@ def test_fallback_case_really_exceeds_the_prefilter():
     assert (kept > 16).all()  # so the test above exercised the fallback path
 
 
+def tiered_logits():
+    """Rows whose nucleus (t=0.7, p=0.95) fits 16 tokens, fits 128, or needs more, interleaved."""
+    torch.manual_seed(3)
+    scales = torch.tensor([6.0, 3.0, 0.2] * 8)[:, None]
+    return torch.randn(24, 1000) * scales
+
+
+def test_three_tiers_each_taken_and_equal_to_hf(monkeypatch):
+    import posresample.sampling as sampling
+
+    logits = tiered_logits()
+    kept = (hf_probs(logits, 0.7, 0.95) > 0).sum(-1)
+    assert (kept <= 16).any() and ((kept > 16) & (kept <= 128)).any() and (kept > 128).any()
+    monkeypatch.setattr(sampling, "FALLBACK_ELEMENTS", 5 * 1000)  # 5 rows per chunk beyond the first tier
+    ours = processed_probs(logits, 0.7, 0.95, None, prefilter=16, wide_prefilter=128)
+    assert torch.allclose(ours, hf_probs(logits, 0.7, 0.95), atol=1e-6)
+
+
+def test_the_tier_a_row_ends_in_does_not_change_its_token(monkeypatch):
+    import posresample.sampling as sampling
+
+    logits = tiered_logits()
+    monkeypatch.setattr(sampling, "FALLBACK_ELEMENTS", 5 * 1000)
+    for step in range(20):
+        rows = row_hash(9, torch.arange(24), torch.zeros(24, dtype=torch.long), step)
+        tiered = sample_tokens(logits, rows, 0.7, 0.95, None, prefilter=16, wide_prefilter=128)
+        assert torch.equal(tiered, sample_tokens(logits, rows, 0.7, 0.95, None, prefilter=16, wide_prefilter=16))
+        assert torch.equal(tiered, sample_tokens(logits, rows, 0.7, 0.95, None, prefilter=1000))
+
+
 def test_samples_follow_the_distribution_chi_square():
     from scipy.stats import chisquare
 
