@@ -42,10 +42,9 @@ def main() -> None:
     parser.add_argument("--ewt", default=EWT, help="folder with en_ewt-ud-{train,dev}.conllu [default: $POSRESAMPLE_EWT "
                         "or ../shared/data/ud_english_ewt]")
     args = parser.parse_args()
-    ewt = args.ewt
 
     work = tempfile.mkdtemp(prefix="scan-bench-")
-    train = [s.text for s in read_conllu(os.path.join(ewt, "en_ewt-ud-train.conllu"))]
+    train = [s.text for s in read_conllu(os.path.join(args.ewt, "en_ewt-ud-train.conllu"))]
     tokenizer = tiny.build_tokenizer(os.path.join(work, "model"), vocab_size=32000, texts=train)
     config = tiny.gemma2_2b_config() if args.config == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=32000)
     layer = args.layer if args.layer is not None else (12 if args.config == "gemma-2-2b" else 2)
@@ -59,10 +58,10 @@ def main() -> None:
     import joblib
 
     joblib.dump(probe, os.path.join(work, "probe.joblib"))
-    dataset = os.path.join(ewt, "en_ewt-ud-dev.conllu")
+    dataset = os.path.join(args.ewt, "en_ewt-ud-dev.conllu")
     if args.sentences:
         dataset = os.path.join(work, "dev.conllu")
-        with open(os.path.join(ewt, "en_ewt-ud-dev.conllu"), encoding="utf-8") as src:
+        with open(os.path.join(args.ewt, "en_ewt-ud-dev.conllu"), encoding="utf-8") as src:
             blocks = src.read().split("\n\n")[: args.sentences]
         with open(dataset, "w", encoding="utf-8") as dst:
             dst.write("\n\n".join(blocks) + "\n\n")

@@ -16,6 +16,7 @@ and replayed (`compile` below; `worker --compile`), with no host sync inside a s
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -45,15 +46,10 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-_compiled_step = None
-
-
+@functools.cache
 def _inductor_step():
     """One compiled function for all decoders: chunks of new shapes recompile with dynamic sizes."""
-    global _compiled_step
-    if _compiled_step is None:
-        _compiled_step = torch.compile(_step, fullgraph=True)
-    return _compiled_step
+    return torch.compile(_step, fullgraph=True)
 
 
 class SharedPrefixDecoder:
@@ -76,10 +72,12 @@ class SharedPrefixDecoder:
                  getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads))
         self.gen_k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.prefix_k]
         self.gen_v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.prefix_k]
-        self.slot_ids = torch.arange(self.slots, device=device)
         self.step = torch.zeros(1, dtype=torch.long, device=device)  # advanced in place, never read on the host
         self.steps_taken = 0
         self._graph = None
+        self._state = dict(prefix_k=self.prefix_k, prefix_v=self.prefix_v, prefix_pad=self.prefix_pad,
+                           gen_k=self.gen_k, gen_v=self.gen_v, row_pos=self.row_pos,
+                           slot_ids=torch.arange(self.slots, device=device), groups=self.groups, samples=self.samples)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -94,15 +92,10 @@ class SharedPrefixDecoder:
             logits = self._replay(tokens)
         else:
             step = _inductor_step() if self.compile == "inductor" else _step
-            logits = step(self.model, tokens, self.step, self._state())
+            logits = step(self.model, tokens, self.step, self._state)
         self.step += 1
         self.steps_taken += 1
         return logits
-
-    def _state(self) -> dict:
-        return dict(prefix_k=self.prefix_k, prefix_v=self.prefix_v, prefix_pad=self.prefix_pad,
-                    gen_k=self.gen_k, gen_v=self.gen_v, row_pos=self.row_pos, slot_ids=self.slot_ids,
-                    groups=self.groups, samples=self.samples)
 
     def _replay(self, tokens: torch.Tensor) -> torch.Tensor:
         if self._graph is not None:
@@ -115,11 +108,11 @@ class SharedPrefixDecoder:
         side = torch.cuda.Stream(device=tokens.device)
         side.wait_stream(torch.cuda.current_stream(tokens.device))
         with torch.cuda.stream(side):
-            logits = _step(self.model, self._tokens, self.step, self._state())
+            logits = _step(self.model, self._tokens, self.step, self._state)
         torch.cuda.current_stream(tokens.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._logits = _step(self.model, self._tokens, self.step, self._state())
+            self._logits = _step(self.model, self._tokens, self.step, self._state)
         self._graph = graph
         return logits
 

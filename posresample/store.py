@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Iterator
 
 from sqlalchemy import and_, exists, func, insert, literal, select, update
@@ -143,12 +144,10 @@ def samplers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
         .group_by(jobs.c.last_worker)).all()
     described = dict(conn.execute(select(workers.c.id, workers.c.sampler)
                                   .where(workers.c.id.in_([w for w, _ in per_worker]))).all())
-    totals: dict[str, list] = {}
+    jobs_by_description: Counter[str] = Counter()
     for worker, n in per_worker:
-        description = (described.get(worker) or {}).get(params["model"])
-        entry = totals.setdefault(canonical(description) if description else "", [description, 0])
-        entry[1] += n
-    return [{"jobs": n, "sampler": d} for d, n in sorted(totals.values(), key=lambda e: -e[1])]
+        jobs_by_description[json.dumps((described.get(worker) or {}).get(params["model"]), sort_keys=True)] += n
+    return [{"jobs": n, "sampler": json.loads(d)} for d, n in jobs_by_description.most_common()]
 
 
 def iter_done(conn: Connection, scan_id: int, params: dict, batch: int = 500) -> Iterator[tuple[dict, list[dict]]]:
