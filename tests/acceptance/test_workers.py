@@ -48,6 +48,14 @@ def running_job_of(engine, pid):
                             .where(workers.c.pid == pid, jobs.c.state == "running").limit(1)).scalar()
 
 
+def sampling_job_of(engine, pid):
+    """Like running_job_of, once the worker has also recorded its sampler: it is then sampling, and
+    holds no write transaction (it records the sampler right after its first claim)."""
+    with db.read(engine) as conn:
+        recorded = conn.execute(select(workers.c.sampler).where(workers.c.pid == pid)).scalar()
+    return running_job_of(engine, pid) if recorded else None
+
+
 def assert_all_done_exactly_once(engine, n_jobs, num_samples=96):
     assert job_states(engine) == {"done": n_jobs}
     total, distinct, jobs_with_rows = completion_stats(engine)
@@ -95,7 +103,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(engine, db_url, 
 def test_frozen_worker_late_write_is_rejected(engine, db_url, tmp_path):
     seed_jobs(engine, 1)
     frozen = start_worker(db_url, "--fake-sampler", "--fake-delay", "1.0", "--lease-seconds", "1", log_path=tmp_path / "frozen.log")
-    job = wait_for(lambda: running_job_of(engine, frozen.pid), what="the claim")
+    # Freeze it while it samples: frozen inside a write transaction, it would hold SQLite's write lock.
+    job = wait_for(lambda: sampling_job_of(engine, frozen.pid), what="the claim")
     frozen.send_signal(signal.SIGSTOP)
     try:
         # Past its lease, another worker reclaims the job and finishes it.
