@@ -10,6 +10,13 @@ on the top-`prefilter` tokens; a row whose nucleus does not fit there is redone 
 vocabulary (both in row chunks, to bound memory). The noise is keyed by token id, not by rank, so
 the result is the same whichever tier a row ends in, and the tier depends on the row's own logits
 only.
+
+Ties are defined: candidates are ordered by score descending, then token id ascending, in every
+tier, and a tier is used only when the tie group at the top-p cut lies wholly inside it. So the kept
+set is a function of the row's logits alone (bf16 logits tie constantly). HF's TopPLogitsWarper
+sorts ascending with an unspecified order among ties and sums the mass in that order: where a tie
+group straddles the cut, or the cumulative sum rounds differently, its kept set can differ from ours
+by members of that tie group (or the one token at the cut); elsewhere the two are the same.
 """
 
 from __future__ import annotations
@@ -46,10 +53,14 @@ def row_hash(seed: int, keys: torch.Tensor, sample_index: torch.Tensor, step: in
 
 
 def uniform(rows: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Uniform (0, 1) float64 noise for each (row, token): rows [R], token_ids [R, C] -> [R, C]."""
+    """Uniform (0, 1) float64 noise for each (row, token): rows [R], token_ids [R, C] -> [R, C].
+
+    Two hashes of (row, token) that are not functions of each other (the second mixes the row
+    before the token), so the 53 bits are 53 bits, not 32 stretched.
+    """
     h1 = mix32(rows[:, None] ^ token_ids)  # [R, C]
-    h2 = mix32(h1 ^ 0x5BD1E995)
-    bits53 = (h1 << 21) | (h2 >> 11)  # 53 random bits
+    h2 = mix32(mix32(rows ^ 0x5BD1E995)[:, None] ^ token_ids)  # [R, C]
+    bits53 = (h1 << 21) | (h2 >> 11)
     return (bits53.to(torch.float64) + 0.5) / 2.0**53
 
 
@@ -62,18 +73,37 @@ def apply_temperature_top_k(logits: torch.Tensor, temperature: float, top_k: int
     return scores
 
 
-def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-p on scores sorted in descending order: (kept probabilities [R, C], fits [R]).
+def order_candidates(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reorder [R, C] candidates by score descending, then token id ascending (the defined tie order)."""
+    by_id = ids.argsort(dim=-1)
+    scores, ids = scores.gather(-1, by_id), ids.gather(-1, by_id)
+    by_score = scores.argsort(dim=-1, descending=True, stable=True)  # stable: ties stay in id order
+    return scores.gather(-1, by_score), ids.gather(-1, by_score)
+
+
+def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float,
+            complete: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-p on candidates in the defined order: (kept probabilities [R, C], fits [R]).
 
     HF's TopPLogitsWarper drops a token when the ascending cumulative mass up to it is <= 1 - top_p,
-    that is, when the mass ranked strictly above it is >= top_p; the top token is always kept.
-    `fits` is False where the candidates' total mass is below top_p: the nucleus may go beyond them.
+    that is, when the mass ranked strictly above it is >= top_p; the top token is always kept; at
+    top_p >= 1 there is no top-p step. `fits` is False where the nucleus may reach beyond the
+    candidates (`complete`: they are the whole vocabulary): their mass is below top_p, or the tie
+    group at the cut reaches the candidates' lowest score, so tokens outside tie with kept ones.
     """
     probs = (sorted_scores - lse).exp()  # [R, C] under the full softmax
+    lowest = sorted_scores[:, -1]
+    if top_p >= 1.0:
+        keep = torch.ones_like(probs, dtype=torch.bool)
+        fits = torch.full_like(lowest, complete, dtype=torch.bool) | (lowest == NEG_INF)
+        return probs, fits
     above = probs.cumsum(dim=-1) - probs
     keep = above < top_p
     keep[:, 0] = True
-    fits = probs.sum(dim=-1) >= top_p if top_p < 1.0 else torch.zeros_like(keep[:, 0])
+    cut_score = sorted_scores.masked_fill(~keep, float("inf")).min(dim=-1).values  # [R] last kept score
+    fits = (probs.sum(dim=-1) >= top_p) & (cut_score > lowest)
+    if complete:
+        fits = torch.ones_like(fits)
     return probs * keep, fits
 
 
@@ -93,9 +123,9 @@ def _candidates(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter
     vocab = scores.shape[-1]
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # [R, 1]
     k = min(max(prefilter, top_k or 0), vocab)
-    top_scores, top_ids = scores.topk(k, dim=-1)  # descending
-    probs, fits = nucleus(top_scores, lse, top_p)
-    if k == vocab or bool(fits.all()):
+    top_scores, top_ids = order_candidates(*scores.topk(k, dim=-1))
+    probs, fits = nucleus(top_scores, lse, top_p, complete=k == vocab)
+    if bool(fits.all()):
         yield None, top_ids, probs
         return
     fast = fits.nonzero().squeeze(-1)
@@ -105,15 +135,16 @@ def _candidates(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter
     for part in (~fits).nonzero().squeeze(-1).split(max(1, FALLBACK_ELEMENTS // vocab)):
         part_scores, part_lse = scores[part], lse[part]
         if k < wide < vocab:
-            top_scores, top_ids = part_scores.topk(wide, dim=-1)
+            top_scores, top_ids = order_candidates(*part_scores.topk(wide, dim=-1))
             probs, fits = nucleus(top_scores, part_lse, top_p)
             if bool(fits.any()):
                 yield part[fits], top_ids[fits], probs[fits]
             if bool(fits.all()):
                 continue
             part, part_scores, part_lse = part[~fits], part_scores[~fits], part_lse[~fits]
-        all_scores, all_ids = part_scores.sort(dim=-1, descending=True)
-        all_probs, _ = nucleus(all_scores, part_lse, top_p)
+        # ids are already ascending along the vocabulary: a stable sort keeps ties in id order
+        all_scores, all_ids = part_scores.sort(dim=-1, descending=True, stable=True)
+        all_probs, _ = nucleus(all_scores, part_lse, top_p, complete=True)
         yield part, all_ids, all_probs
 
 

@@ -107,3 +107,71 @@ def test_same_row_hash_same_token_whatever_the_batch():
     together = sample_tokens(logits, rows, 0.7, 0.95)
     alone = torch.stack([sample_tokens(logits[i:i + 1], rows[i:i + 1], 0.7, 0.95)[0] for i in range(6)])
     assert torch.equal(together, alone)
+
+
+def reference_kept(logits_row: torch.Tensor, temperature: float, top_p: float) -> set[int]:
+    """The kept set by definition: order by (score desc, id asc), keep while the mass above < top_p."""
+    import numpy as np
+
+    scores = (logits_row.float() / temperature).double().numpy()
+    order = np.lexsort((np.arange(len(scores)), -scores))  # last key first: score desc, then id asc
+    probs = np.exp(scores[order] - np.logaddexp.reduce(scores))
+    above = np.cumsum(probs) - probs
+    keep = above < top_p
+    keep[0] = True
+    return set(order[keep].tolist())
+
+
+def bf16_softcapped(rows: int, vocab: int, seed: int) -> torch.Tensor:
+    """Gemma-like final logits: soft-capped at 30 and rounded to bf16, so equal scores are common."""
+    torch.manual_seed(seed)
+    scales = torch.linspace(2.0, 12.0, rows)[:, None]
+    raw = torch.randn(rows, vocab) * scales
+    return (30 * torch.tanh(raw / 30)).to(torch.bfloat16).float()
+
+
+def test_a_tie_straddling_the_cut_keeps_the_lowest_token_ids():
+    # 10 tokens share the top score: top_p 0.35 keeps exactly the 4 lowest ids of them (mass above < 0.35)
+    logits = torch.full((1, 300), -20.0)
+    tied = torch.tensor([250, 7, 180, 33, 99, 2, 140, 61, 210, 5])
+    logits[0, tied] = 5.0
+    for prefilter in (4, 8, 16, 300):
+        kept = processed_probs(logits, 1.0, 0.35, None, prefilter=prefilter, wide_prefilter=32)[0].nonzero().flatten()
+        assert set(kept.tolist()) == {2, 5, 7, 33}, prefilter
+
+
+def test_bf16_ties_give_the_same_kept_set_and_draws_in_every_tier():
+    logits = bf16_softcapped(48, 20000, seed=4)
+    straddles = 0
+    for row in logits:
+        kept = reference_kept(row, 0.7, 0.95)
+        cut = (row / 0.7)[list(kept)].min()
+        straddles += int(((row / 0.7) == cut).sum()) > sum(float((row[i] / 0.7)) == float(cut) for i in kept)
+    assert straddles >= 5  # the case the tie order exists for is really exercised
+    tiers = {p: processed_probs(logits, 0.7, 0.95, None, prefilter=p, wide_prefilter=max(p, 512)) for p in (16, 256, 20000)}
+    for row_index, row in enumerate(logits):
+        expected = reference_kept(row, 0.7, 0.95)
+        for p, probs in tiers.items():
+            assert set(probs[row_index].nonzero().flatten().tolist()) == expected, (row_index, p)
+    for step in range(10):
+        hashes = row_hash(5, torch.arange(48), torch.zeros(48, dtype=torch.long), step)
+        draws = [sample_tokens(logits, hashes, 0.7, 0.95, None, prefilter=p, wide_prefilter=max(p, 512)) for p in (16, 256, 20000)]
+        assert torch.equal(draws[0], draws[1]) and torch.equal(draws[1], draws[2])
+
+
+def test_top_p_one_keeps_the_whole_tail_as_hf_does():
+    logits = torch.zeros(2, 5000)
+    logits[:, 0] = 30.0  # the tail's mass rounds to nothing in a float32 cumulative sum
+    for prefilter in (16, 5000):
+        probs = processed_probs(logits, 0.7, 1.0, None, prefilter=prefilter)
+        assert bool((probs > 0).all()), prefilter
+        assert torch.allclose(probs, hf_probs(logits, 0.7, 1.0), rtol=1e-5, atol=0)
+
+
+def test_the_two_noise_hashes_are_independent():
+    # (row r, token 0) and (row r ^ 3, token 3) share row ^ token, so they share the first hash;
+    # when the second hash was a function of the first, their 53 "random" bits were identical
+    rows = row_hash(1, torch.arange(512), torch.zeros(512, dtype=torch.long), 0)
+    a = uniform(rows, torch.zeros(512, 1, dtype=torch.long))[:, 0]
+    b = uniform(rows ^ 3, torch.full((512, 1), 3, dtype=torch.long))[:, 0]
+    assert int((a == b).sum()) == 0
