@@ -58,6 +58,10 @@ class SharedPrefixDecoder:
     def __init__(self, model, prefix_cache, prefix_mask: torch.Tensor, prefix_positions: torch.Tensor,
                  samples_per_group: int, max_steps: int, compile: str = "off"):
         check_compile_mode(compile, prefix_mask.device)
+        if not supports(model, prefix_mask.shape[1], max_steps + 1):
+            raise ValueError(f"the shared-prefix step takes Gemma 2 only, with prefix + new tokens "
+                             f"({prefix_mask.shape[1]} + {max_steps + 1}) inside the sliding window "
+                             f"({getattr(model.config, 'sliding_window', None)})")
         cfg = model.config
         self.model = model
         self.compile = compile

@@ -6,6 +6,61 @@ import torch
 from posresample.sampler import SampleRequest, Sampler, SamplingParams
 
 
+def decode_logits(model, tokenizer):
+    """(decoder logits, HF forward logits) per step for 3 prefixes x 2 samples fed the same tokens."""
+    from transformers import DynamicCache
+
+    from posresample.gemma_decode import SharedPrefixDecoder
+
+    prefixes = [tokenizer(t)["input_ids"] for t in ["The back door was", "I like", "They light the fire at"]]
+    sampler = Sampler(model)
+    ids, mask = sampler._left_pad(prefixes)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    sampler._forward(ids, mask, positions, cache)
+    decoder = SharedPrefixDecoder(model, cache, mask, positions, 2, max_steps=3)
+    torch.manual_seed(0)
+    fed = torch.randint(4, model.config.vocab_size, (len(prefixes) * 2, 3))
+    out = []
+    with torch.inference_mode():
+        for step in range(3):
+            ours = decoder.forward(fed[:, step]).clone()
+            theirs = torch.stack([model(input_ids=torch.tensor([prefixes[row // 2] + fed[row, : step + 1].tolist()])).logits[0, -1]
+                                  for row in range(len(fed))])
+            out.append((ours, theirs))
+    return out
+
+
+def test_shared_prefix_step_equals_hf_forward_where_both_soft_caps_bite(tiny_dir, tokenizer):
+    from posresample import tiny
+
+    base = tiny.tiny_gemma2_config(len(tokenizer))
+    capped = tiny.build_model(tiny.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=0.02, final_logit_softcapping=0.05))
+    uncapped = tiny.build_model(tiny.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=None, final_logit_softcapping=None))
+    assert base.attn_logit_softcapping == 50.0
+    capped_steps, free_steps = decode_logits(capped, tokenizer), decode_logits(uncapped, tokenizer)
+    for (ours, theirs), (free, _) in zip(capped_steps, free_steps):
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        assert float(ours.abs().max()) <= 0.05 + 1e-6  # the final cap binds ...
+        assert float((ours - free).abs().max()) > 0.05  # ... and changes the result
+
+
+def test_decoder_refuses_a_sliding_window_it_would_cross(tokenizer):
+    from transformers import DynamicCache
+
+    from posresample import tiny
+    from posresample.gemma_decode import SharedPrefixDecoder
+
+    model = tiny.build_model(tiny.tiny_gemma2_config(len(tokenizer), sliding_window=6))
+    sampler = Sampler(model)
+    ids, mask = sampler._left_pad([tokenizer("They light the fire at")["input_ids"]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=model.config)
+    sampler._forward(ids, mask, positions, cache)
+    with pytest.raises(ValueError, match="inside the sliding window"):
+        SharedPrefixDecoder(model, cache, mask, positions, 2, max_steps=4)
+
+
 def test_shared_prefix_step_equals_hf_forward(tiny_model, tokenizer):
     from transformers import DynamicCache
 
