@@ -26,6 +26,7 @@ class Probe:
     class_ids: tuple[int, ...]  # UPOS ids, in the estimator's classes_ order
     weight: np.ndarray  # [C, D] (C == 1 for a binary probe)
     bias: np.ndarray  # [C]
+    readout: str = "softmax"  # how predict_proba turns X W^T + b into probabilities: see READOUTS
 
     @property
     def class_names(self) -> list[str]:
@@ -35,19 +36,36 @@ class Probe:
         return TorchProbe(self, device)
 
 
+# softmax: multinomial LogisticRegression (lbfgs and the other multinomial solvers).
+# ovr: one-vs-rest, as scikit-learn's _predict_proba_lr does it: sigmoid per class, rows normalised
+#      (SGDClassifier(loss="log_loss"), LogisticRegression liblinear or multi_class="ovr").
+# A binary probe (one decision value) is the sigmoid under both.
+READOUTS = ("softmax", "ovr")
+READOUT_TOLERANCE = 1e-6  # largest |ours - predict_proba| accepted
+
+
+def readout_probs(logits: torch.Tensor, readout: str) -> torch.Tensor:
+    """Probabilities from decision values [N, C] (C == 1: binary) the way `readout` says. -> [N, C or 2]"""
+    if logits.shape[1] == 1:  # binary: sigmoid of one decision value
+        positive = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - positive, positive], dim=1)
+    if readout == "softmax":
+        return torch.softmax(logits, dim=1)
+    per_class = torch.sigmoid(logits)
+    return per_class / per_class.sum(dim=1, keepdim=True)
+
+
 class TorchProbe:
-    """predict_proba on the GPU in float64: softmax(X W^T + b), equal to scikit-learn within 1e-9."""
+    """predict_proba on the GPU in float64, equal to scikit-learn's within 1e-9 (checked at load)."""
 
     def __init__(self, probe: Probe, device):
         self.weight = torch.as_tensor(probe.weight, dtype=torch.float64, device=device)  # [C, D]
         self.bias = torch.as_tensor(probe.bias, dtype=torch.float64, device=device)  # [C]
+        self.readout = probe.readout
 
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
         logits = features.to(torch.float64) @ self.weight.T + self.bias  # [N, C]
-        if logits.shape[1] == 1:  # binary LogisticRegression: sigmoid of one decision value
-            positive = torch.sigmoid(logits[:, 0])
-            return torch.stack([1 - positive, positive], dim=1)
-        return torch.softmax(logits, dim=1)
+        return readout_probs(logits, self.readout)
 
 
 def file_sha256(path: str) -> str:
@@ -72,7 +90,7 @@ def load_probe(path: str) -> Probe:
             raise ProbeError(f"cannot load probe {path}: {type(exc).__name__}: {exc}") from None
     for warning in caught:
         if "InconsistentVersionWarning" in type(warning.message).__name__:
-            log.warning("probe %s: %s", path, str(warning.message).splitlines()[0])
+            log.warning("%s", version_warning(path, warning.message))
     for attr in ("coef_", "intercept_", "classes_", "predict_proba"):
         if not hasattr(estimator, attr):
             raise ProbeError(f"{path} is not a fitted linear classifier (no {attr})")
@@ -84,6 +102,15 @@ def load_probe(path: str) -> Probe:
     return Probe(path=path, sha256=file_sha256(path), estimator=estimator, class_ids=class_ids, weight=weight, bias=bias)
 
 
+def version_warning(path: str, message) -> str:
+    """scikit-learn's InconsistentVersionWarning as one complete line."""
+    old = getattr(message, "original_sklearn_version", None)
+    new = getattr(message, "current_sklearn_version", None)
+    if old is None or new is None:
+        return f"probe {path}: " + " ".join(str(message).split())
+    return f"probe {path} was pickled with scikit-learn {old}, running {new}: results may differ"
+
+
 def _class_id(value, path: str) -> int:
     if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(UPOS_NAMES):
         return int(value)
@@ -93,25 +120,61 @@ def _class_id(value, path: str) -> int:
 
 
 def validate_probe(probe: Probe, hidden_size: int, sample: np.ndarray | None = None) -> None:
-    """Features must match the model; predict_proba rows must sum to 1 within 1e-6."""
+    """Features must match the model; predict_proba rows must sum to 1 within 1e-6; and the device
+    read-out must reproduce predict_proba: sets `probe.readout` to the one that does, or refuses."""
     n_features = getattr(probe.estimator, "n_features_in_", probe.weight.shape[1])
     if n_features != hidden_size:
         raise ProbeError(f"probe expects {n_features} features but the model's hidden size is {hidden_size}")
     if len(set(probe.class_ids)) != len(probe.class_ids):
         raise ProbeError(f"{probe.path}: duplicate classes {probe.class_ids}")
     if sample is None:
-        sample = np.random.default_rng(0).standard_normal((4, hidden_size))
-    sums = np.asarray(probe.estimator.predict_proba(sample)).sum(axis=1)
+        sample = probe_sample(probe, hidden_size)
+    expected = np.asarray(probe.estimator.predict_proba(sample), dtype=np.float64)
+    sums = expected.sum(axis=1)
     if not np.allclose(sums, 1.0, atol=1e-6):
-        raise ProbeError(f"{probe.path}: predict_proba rows do not sum to 1 (got {sums.tolist()})")
+        raise ProbeError(f"{probe.path}: predict_proba rows do not sum to 1 (got {sums[:4].tolist()})")
+    errors = {}
+    for readout in READOUTS:
+        probe.readout = readout
+        errors[readout] = readout_error(probe, torch.as_tensor(sample), expected)
+        if errors[readout] <= READOUT_TOLERANCE:
+            return
+    raise ProbeError(f"{probe.path}: predict_proba is neither the softmax nor the one-vs-rest normalisation of "
+                     f"X coef_^T + intercept_ (off by {min(errors.values()):.2g}): its probabilities cannot be "
+                     "reproduced on the device")
+
+
+def probe_sample(probe: Probe, hidden_size: int, rows: int = 48) -> np.ndarray:
+    """Random features whose decision values span the range where read-outs differ (|z| ~ 0.3 to 10)."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((rows, hidden_size))
+    spread = float(np.std(X @ probe.weight.T)) or 1.0
+    return X * np.geomspace(0.3, 10.0, rows)[:, None] / spread
+
+
+def readout_error(probe: Probe, features: torch.Tensor, expected: np.ndarray) -> float:
+    """Largest |device read-out - predict_proba| on these features."""
+    ours = probe.to_torch("cpu").predict_proba(features.double().cpu()).numpy()
+    return float(np.abs(ours - expected).max()) if ours.shape == expected.shape else float("inf")
+
+
+def check_readout(probe: Probe, features: torch.Tensor, rows: int = 64) -> None:
+    """On real activations (the scan's first batch): the device read-out equals predict_proba."""
+    sample = features[:rows].double().cpu()
+    expected = np.asarray(probe.estimator.predict_proba(sample.numpy()), dtype=np.float64)
+    error = readout_error(probe, sample, expected)
+    if error > READOUT_TOLERANCE:
+        raise ProbeError(f"{probe.path}: on the model's activations the {probe.readout} read-out differs from "
+                         f"predict_proba by {error:.2g}")
 
 
 def sidecar_path(probe_path: str) -> str:
     return os.path.splitext(probe_path)[0] + ".json"
 
 
-def check_sidecar(probe: Probe, model: str, layer: int) -> None:
-    """When train-probe's sidecar JSON sits beside the probe, refuse a model or layer mismatch."""
+def check_sidecar(probe: Probe, model: str, layer: int, dtype: str | None = None) -> None:
+    """When train-probe's sidecar JSON sits beside the probe, refuse a model or layer mismatch and
+    warn when the probe was fit on activations of another dtype than the scan computes."""
     path = sidecar_path(probe.path)
     if not os.path.isfile(path):
         return
@@ -124,5 +187,8 @@ def check_sidecar(probe: Probe, model: str, layer: int) -> None:
         raise ProbeError(f"probe was trained on model {meta['model']!r} ({path}), not {model!r}")
     if meta.get("layer") not in (None, layer):
         raise ProbeError(f"probe was trained on layer {meta['layer']} ({path}), not layer {layer}")
+    if dtype is not None and meta.get("dtype") not in (None, dtype):
+        log.warning("probe was fit on %s activations (%s) and this scan computes %s ones: probabilities "
+                    "near the threshold may differ", meta["dtype"], path, dtype)
     if meta.get("sha256") not in (None, probe.sha256):
         log.warning("probe sidecar %s records another sha256 than %s", path, probe.path)

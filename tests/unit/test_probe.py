@@ -124,3 +124,61 @@ class _Reduced:
 
     def __reduce__(self):
         return (LogisticRegression, (), self.state)
+
+
+def probes_of_every_kind():
+    """A multinomial, a one-vs-rest and a binary probe, each with its own predict_proba."""
+    from sklearn.linear_model import SGDClassifier
+
+    multinomial, X = fitted(RESEARCH_CLASSES[:5])
+    ovr = SGDClassifier(loss="log_loss", max_iter=50, tol=None, random_state=0).fit(X, multinomial.predict(X))
+    binary, _ = fitted([0, 16])
+    return {"softmax": multinomial, "ovr": ovr, "binary": binary}, X
+
+
+@pytest.mark.parametrize("kind", ["softmax", "ovr", "binary"])
+def test_device_read_out_equals_predict_proba_for_every_kind_of_probe(tmp_path, kind):
+    est = probes_of_every_kind()[0][kind]
+    joblib.dump(est, tmp_path / "p.joblib")
+    probe = load_probe(str(tmp_path / "p.joblib"))
+    validate_probe(probe, hidden_size=16)
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 16)) * 3  # decision values well into the range where OvR and softmax differ
+    ours = probe.to_torch("cpu").predict_proba(torch.tensor(X)).numpy()
+    assert np.abs(ours - est.predict_proba(X)).max() < 1e-9
+    if kind == "ovr":
+        assert probe.readout == "ovr"
+        softmax = torch.softmax(torch.tensor(X @ probe.weight.T + probe.bias), 1).numpy()
+        assert np.abs(softmax - ours).max() > 0.05  # the case the read-out check exists for
+
+
+def test_a_probe_whose_probabilities_no_read_out_reproduces_is_refused(tmp_path):
+    est, X = fitted(RESEARCH_CLASSES[:4])
+    joblib.dump(TemperedProbe(max_iter=200).fit(X, est.predict(X)), tmp_path / "p.joblib")
+    with pytest.raises(ProbeError, match="neither the softmax nor the one-vs-rest"):
+        validate_probe(load_probe(str(tmp_path / "p.joblib")), hidden_size=16)
+
+
+def test_version_mismatch_warning_is_one_complete_line(tmp_path, caplog):
+    import pickle
+
+    est, _ = fitted(RESEARCH_CLASSES)
+    state = est.__getstate__()
+    state["_sklearn_version"] = "0.24.2"
+    with open(tmp_path / "old.joblib", "wb") as handle:
+        pickle.dump(_Reduced(est, state), handle)
+    load_probe(str(tmp_path / "old.joblib"))
+    import sklearn
+
+    lines = [r.getMessage() for r in caplog.records if "0.24.2" in r.getMessage()]
+    assert lines == [f"probe {tmp_path / 'old.joblib'} was pickled with scikit-learn 0.24.2, "
+                     f"running {sklearn.__version__}: results may differ"]
+
+
+class TemperedProbe(LogisticRegression):
+    """predict_proba = softmax(z / 2): sums to 1, but is not what coef_ and intercept_ say."""
+
+    def predict_proba(self, X):
+        z = self.decision_function(X) / 2
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
