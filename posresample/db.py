@@ -23,7 +23,10 @@ from .errors import DatabaseError
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue this long for the lock before failing
+# writers queue this long for the lock before failing (then the worker's retry takes over)
+SQLITE_BUSY_TIMEOUT_MS = int(float(os.environ.get("POSRESAMPLE_SQLITE_BUSY_TIMEOUT", "60")) * 1000)
+RETRY_FIRST_DELAY = 0.5  # seconds before the first retry of a transient database error; doubles up to
+RETRY_MAX_DELAY = 10.0
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "lustre", "gpfs", "beegfs", "9p", "ceph"}
 MIGRATION_LOCK_KEY = 0x706F737265  # pg_advisory_xact_lock key for `db upgrade`
 
@@ -145,6 +148,32 @@ def read(engine: Engine):
         yield conn
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A database error that can pass: the server is down or restarting, a connection dropped, a
+    lock was held past the busy timeout. Not a bad statement or a constraint violation."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def retrying(call, seconds: float, what: str = "database"):
+    """Run call(); on a transient database error retry with exponential back-off for up to `seconds`."""
+    import time
+
+    deadline, delay = time.monotonic() + seconds, RETRY_FIRST_DELAY
+    while True:
+        try:
+            return call()
+        except SQLAlchemyError as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s unavailable (%s); retrying in %.1fs", what, _first_line(exc), delay)
+            time.sleep(delay)  # back-off between reconnection attempts
+            delay = min(delay * 2, RETRY_MAX_DELAY)
+
+
 # --- migrations ------------------------------------------------------------------------------
 
 
@@ -171,11 +200,28 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def check_known_revision(engine: Engine, current: str | None) -> None:
+    """A revision this code does not know was written by a newer posresample: say so, touch nothing."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if current is None:
+        return
+    try:
+        known = ScriptDirectory.from_config(alembic_config()).get_revision(current) is not None
+    except CommandError:
+        known = False
+    if not known:
+        raise DatabaseError(f"{safe_url(str(engine.url))} was written by a newer posresample (schema revision "
+                            f"{current}; this one knows up to {head_revision()}): upgrade posresample")
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Run migrations to head once, serialised across processes. Returns (before, after)."""
     from alembic import command
 
     before = current_revision(engine)
+    check_known_revision(engine, before)
     head = head_revision()
     if before != head:
         with engine.connect() as conn:
@@ -189,6 +235,7 @@ def ensure_schema(engine: Engine, migrate: bool) -> None:
     current = current_revision(engine)
     if current == head_revision():
         return
+    check_known_revision(engine, current)
     if migrate:
         upgrade(engine)
     elif current is None:

@@ -10,7 +10,7 @@ import torch
 from . import tiny
 from .config import DEFAULT_EXCLUDE, GenerationParams
 from .data import parse_label_list, read_conllu
-from .modeling import load_model, load_tokenizer
+from .modeling import load_model, load_tokenizer, model_dtype
 from .scan import ScanOptions, run_scan
 from .train import collect_activations, fit_probe, save_probe, write_sidecar
 
@@ -25,7 +25,8 @@ def build_demo_probe(model_dir: str, probe_path: str, layer: int = DEMO_LAYER) -
     sentences = read_conllu(tiny.sample_conllu_path())
     acts = collect_activations(model, load_tokenizer(model_dir), sentences, layer, exclude, progress=False)
     sha = save_probe(fit_probe(acts), probe_path)
-    write_sidecar(probe_path, {"model": model_dir, "layer": layer, "sha256": sha, "dataset": tiny.sample_conllu_path()})
+    write_sidecar(probe_path, {"model": model_dir, "layer": layer, "dtype": model_dtype(model), "sha256": sha,
+                               "dataset": tiny.sample_conllu_path()})
     return probe_path
 
 
@@ -54,6 +55,7 @@ def run_demo(workdir: str, engine_factory, params: GenerationParams, progress: b
     worker.run()
 
     out = os.path.join(workdir, "uncertain_resamples.jsonl")
-    meta = export(engine, out, scan_name="demo", progress=progress)
+    # the params just sampled: a re-run with other settings exports those (the database keeps both)
+    meta = export(engine, out, scan_name="demo", params_id=scan.params_id, progress=progress)
     return {"workdir": workdir, "model": model_dir, "probe": probe, "candidates": scan.candidates,
             "records": meta["counts"]["records"], "export": out, "completions": worker.samples}

@@ -52,7 +52,7 @@ def load_model(name: str, device: torch.device, attn: str = "auto"):
 
     try:
         config = AutoConfig.from_pretrained(name)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = default_dtype(device)
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, attn_implementation=attention_implementation(config.model_type, attn)
         )
@@ -60,6 +60,31 @@ def load_model(name: str, device: torch.device, attn: str = "auto"):
         raise ModelError(f"cannot load model {name}: {str(exc).splitlines()[0]}") from None
     model.to(device).eval().requires_grad_(False)
     return model
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on GPU, float32 on CPU: the dtype activations (and so probe decisions) are computed in."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def model_dtype(model) -> str:
+    return dtype_name(next(model.parameters()).dtype)
+
+
+def silence_library_progress() -> None:
+    """--no-progress: transformers' and huggingface_hub's own bars ("Loading weights") too."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+    except ImportError:  # very old huggingface_hub
+        return
+    disable_progress_bars()
 
 
 def num_layers(model) -> int:

@@ -39,7 +39,9 @@ scans = Table(
     Column("probe_sha256", String(64), nullable=False),
     Column("probe_classes", JSONType, nullable=False),
     Column("threshold", Float, nullable=False),
-    Column("excluded_labels", JSONType, nullable=False),
+    Column("excluded_labels", JSONType, nullable=False),  # ids, in the order the user gave them
+    Column("dtype", String(20)),  # the model's dtype for the scan (bfloat16 on GPU, float32 on CPU)
+    Column("attn", String(50)),  # attention implementation (eager, sdpa, flex_attention)
     Column("sentences_total", Integer, nullable=False),
     Column("sentences_done", Integer, nullable=False, default=0),
     Column("tokens_seen", Integer, nullable=False, default=0),
@@ -47,6 +49,8 @@ scans = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float),
+    Column("lease_owner", String(200)),  # host:pid:uuid of the process running the scan
+    Column("lease_expires_at", Float),  # renewed by its heartbeat; another process may take it after
 )
 
 candidates = Table(

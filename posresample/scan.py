@@ -14,10 +14,12 @@ import torch
 from tqdm import tqdm
 
 from . import db, store
-from .config import GenerationParams
+from .config import DEFAULT_LEASE_SECONDS, GenerationParams
+from .heartbeat import Heartbeat
 from .data import UPOS_NAMES, Sentence, TokenizedSentence, load_sentences, tokenize_with_labels
-from .modeling import check_layer, layer_activations, load_model, load_tokenizer, pad_batch, pick_device
-from .probe import check_sidecar, load_probe, validate_probe
+from .modeling import check_layer, layer_activations, load_model, load_tokenizer, model_dtype, pad_batch, pick_device
+from .queue import new_worker_id
+from .probe import check_readout, check_sidecar, load_probe, validate_probe
 
 log = logging.getLogger(__name__)
 SENTENCE_BATCH = 32  # sentences per forward pass
@@ -39,6 +41,7 @@ class ScanOptions:
     device: str | None = None
     attn: str = "auto"
     batch_size: int = SENTENCE_BATCH
+    lease_seconds: float = DEFAULT_LEASE_SECONDS  # a second process of this scan is refused while the lease is live
 
 
 @dataclass
@@ -57,39 +60,62 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True) -> ScanResult:
     model = load_model(opts.model, device, opts.attn)
     check_layer(model, opts.layer)
     validate_probe(probe, model.config.hidden_size)
-    check_sidecar(probe, opts.model, opts.layer)
+    check_sidecar(probe, opts.model, opts.layer, model_dtype(model))
 
     db.ensure_schema(engine, migrate=True)
     identity = dict(
         dataset=os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
         split=opts.split, model=opts.model, layer=opts.layer, probe_sha256=probe.sha256,
         threshold=opts.threshold, excluded_labels=list(opts.exclude),
+        dtype=model_dtype(model), attn=model.config._attn_implementation,
     )
     extra = dict(probe_path=os.path.abspath(opts.probe), probe_classes=list(probe.class_ids), sentences_total=len(sentences))
-    scan, pid = store.open_scan(engine, opts.name, identity, extra, opts.params)
-    total = store.count_candidates(engine, scan["id"])
-    start = scan["sentences_done"]
-    if start:
-        log.info("resuming scan %r at sentence %d of %d (%d candidates so far)", opts.name, start, len(sentences), total)
-
-    scorer = _Scorer(model, tokenizer, probe, opts, device)
-    # A run stopped by --max-prefixes inside a sentence left that sentence not done, with some of
-    # its candidates stored: skip those so the limit counts only new ones.
-    stored = store.candidate_positions(engine, scan["id"], start) if start < len(sentences) else set()
-    added, pos = 0, start
-    bar = tqdm(total=len(sentences), initial=start, desc="scan", unit="sent", disable=not progress)
-    while pos < len(sentences) and (opts.max_prefixes is None or total < opts.max_prefixes):
-        batch = sentences[pos:pos + opts.batch_size]
-        limit = None if opts.max_prefixes is None else opts.max_prefixes - total
-        rows, seen, skipped, pos = scorer.score(batch, limit, stored)
-        new = store.save_scan_batch(engine, scan["id"], pid, rows, pos, seen, skipped)
-        total, added, stored = total + new, added + new, set()
-        bar.update(pos - bar.n)
-        bar.set_postfix(candidates=total)
-    bar.close()
-    scan = store.finish_scan(engine, scan["id"])
+    owner = new_worker_id()
+    scan, pid = store.open_scan(engine, opts.name, identity, extra, opts.params, owner, opts.lease_seconds)
+    try:
+        with Heartbeat(lambda: store.renew_scan_lease(engine, scan["id"], owner, opts.lease_seconds),
+                       opts.lease_seconds / 3, name="scan lease"):
+            added, total = _scan_sentences(engine, scan, pid, owner, sentences, _Scorer(model, tokenizer, probe, opts, device),
+                                           opts, progress)
+            scan = store.finish_scan(engine, scan["id"])
+    finally:
+        store.release_scan_lease(engine, scan["id"], owner)
     _log_summary(scan, total, added)
     return ScanResult(scan=scan, candidates=total, added=added, params_id=pid)
+
+
+def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Sentence], scorer: "_Scorer",
+                    opts: ScanOptions, progress: bool) -> tuple[int, int]:
+    """Score batches from where the scan stopped until the end or --max-prefixes. -> (added, total).
+
+    Candidates already stored (a run stopped inside a sentence, a reset counter) are left out of the
+    rows, so the limit counts only new ones; each pass either moves past a sentence or stores a new
+    candidate, so the loop always ends.
+    """
+    total = store.count_candidates(engine, scan["id"])
+    added, pos, limit = 0, scan["sentences_done"], opts.max_prefixes
+    if pos:
+        log.info("resuming scan %r at sentence %d of %d (%d candidates so far)", opts.name, pos, len(sentences), total)
+    bar = _progress_bar(limit, total, pos, len(sentences), progress)
+    while pos < len(sentences) and (limit is None or total < limit):
+        batch = sentences[pos:pos + opts.batch_size]
+        stored = store.candidate_positions(engine, scan["id"], batch[0].idx, batch[-1].idx)
+        rows, seen, skipped, next_pos = scorer.score(batch, None if limit is None else limit - total, stored)
+        new = store.save_scan_batch(engine, scan["id"], pid, rows, next_pos, seen, skipped, owner=owner)
+        if next_pos == pos and new == 0:
+            raise RuntimeError(f"scan made no progress at sentence {pos}")  # a bug, never a user error
+        total, added, pos = total + new, added + new, next_pos
+        bar.update((new if limit else pos - bar.n))
+        bar.set_postfix_str(f"sentences {pos}/{len(sentences)}" if limit else f"candidates {total}")
+    bar.close()
+    return added, total
+
+
+def _progress_bar(limit: int | None, total: int, pos: int, n_sentences: int, progress: bool):
+    """Sentences against the split; under --max-prefixes, candidates against the limit."""
+    if limit is not None:
+        return tqdm(total=limit, initial=min(total, limit), desc="scan", unit="cand", disable=not progress)
+    return tqdm(total=n_sentences, initial=pos, desc="scan", unit="sent", disable=not progress)
 
 
 def _log_summary(scan: dict, total: int, added: int) -> None:
@@ -107,6 +133,7 @@ class _Scorer:
         self.model, self.tokenizer, self.probe, self.opts, self.device = model, tokenizer, probe, opts, device
         self.torch_probe = probe.to_torch(device)
         self.class_ids = set(probe.class_ids)
+        self.readout_checked = False
 
     def score(self, batch: list[Sentence], limit: int | None, stored: set = frozenset()):
         """-> (new candidate rows, labelled tokens seen, skipped, index of the next sentence to scan).
@@ -133,7 +160,11 @@ class _Scorer:
         for group in _token_groups(encoded, MAX_BATCH_TOKENS):
             ids, mask = pad_batch([e.input_ids for e in group], self.tokenizer.pad_token_id or 0)
             hidden = layer_activations(self.model, ids.to(self.device), mask.to(self.device), self.opts.layer)  # [B, T, D]
-            probs = self.torch_probe.predict_proba(hidden[mask.to(self.device).bool()])  # [N, C]
+            features = hidden[mask.to(self.device).bool()]  # [N, D]
+            if not self.readout_checked:  # once, on real activations, before any candidate is stored
+                check_readout(self.probe, features)
+                self.readout_checked = True
+            probs = self.torch_probe.predict_proba(features)  # [N, C]
             out += list(probs.cpu().split([len(e.input_ids) for e in group]))
         return out
 

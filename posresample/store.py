@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from typing import Iterator
 
-from sqlalchemy import and_, exists, func, insert, literal, select, update
+from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -16,7 +16,8 @@ from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
 from .models import candidates, completions, generation_params, jobs, scans, workers
 
-SCAN_IDENTITY = ("dataset", "split", "model", "layer", "probe_sha256", "threshold", "excluded_labels")
+SCAN_IDENTITY = ("dataset", "split", "model", "layer", "probe_sha256", "threshold", "excluded_labels", "dtype", "attn")
+ADOPTED_IF_MISSING = ("dtype", "attn")  # added in revision 0003: a scan made before takes the first values it resumes with
 
 
 def canonical(data: dict) -> str:
@@ -38,23 +39,60 @@ def params_id(conn: Connection, params: GenerationParams) -> int:
     return conn.execute(select(generation_params.c.id).where(generation_params.c.key == key)).scalar_one()
 
 
-def open_scan(engine: Engine, name: str, identity: dict, extra: dict, params: GenerationParams) -> tuple[dict, int]:
-    """Create the scan or resume it; refuse the same name with another identity. -> (scan row, params id)."""
-    key = canonical({k: identity[k] for k in SCAN_IDENTITY})
+def scan_key(identity: dict) -> dict:
+    """What makes two scans the same; the excluded labels as a set (their order is the user's)."""
+    return {k: sorted(identity[k]) if k == "excluded_labels" else identity[k] for k in SCAN_IDENTITY}
+
+
+def open_scan(engine: Engine, name: str, identity: dict, extra: dict, params: GenerationParams,
+              owner: str, lease_seconds: float) -> tuple[dict, int]:
+    """Create the scan or resume it, and take its lease. -> (scan row, params id).
+
+    Refused: the same name with another identity, and a scan whose lease another live process holds
+    (two processes of one scan would overshoot --max-prefixes and double-count progress).
+    """
+    key = scan_key(identity)
     with write(engine) as conn:
-        row = conn.execute(select(scans).where(scans.c.name == name)).mappings().first()
-        if row is None:
-            conn.execute(insert(scans).values(
-                name=name, config_key=key, **identity, **extra, sentences_done=0, tokens_seen=0,
-                tokens_skipped_unknown_label=0, created_at=db_now(), updated_at=db_now()))
-            row = conn.execute(select(scans).where(scans.c.name == name)).mappings().one()
-        elif row["config_key"] != key:
-            stored = json.loads(row["config_key"])
-            diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {identity[k]!r}" for k in SCAN_IDENTITY if stored.get(k) != identity[k])
+        # ON CONFLICT DO NOTHING: two processes creating one scan at once do not fail on its name
+        dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        conn.execute(dialect_insert(scans).values(
+            name=name, config_key=canonical(key), **identity, **extra, sentences_done=0, tokens_seen=0,
+            tokens_skipped_unknown_label=0, created_at=db_now(), updated_at=db_now()).on_conflict_do_nothing())
+        row = conn.execute(select(scans).where(scans.c.name == name)).mappings().one()
+        stored = json.loads(row["config_key"])
+        differs = [k for k in SCAN_IDENTITY if stored.get(k) != key[k] and not (k in ADOPTED_IF_MISSING and k not in stored)]
+        if differs:
+            diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {key[k]!r}" for k in differs)
             raise ConfigError(f"scan {name!r} exists with another configuration ({diffs}); use --name for a new scan")
+        if stored != key:  # a scan from before 0003 adopts this run's dtype and attention
+            conn.execute(update(scans).where(scans.c.id == row["id"]).values(
+                config_key=canonical(key), **{k: identity[k] for k in ADOPTED_IF_MISSING}))
+        take_scan_lease(conn, row, owner, lease_seconds)
         pid = params_id(conn, params)
         enqueue_missing_jobs(conn, row["id"], pid)
     return dict(row), pid
+
+
+def take_scan_lease(conn: Connection, row, owner: str, lease_seconds: float) -> None:
+    free = or_(scans.c.lease_owner.is_(None), scans.c.lease_owner == owner, scans.c.lease_expires_at < db_now())
+    taken = conn.execute(update(scans).where(scans.c.id == row["id"], free).values(
+        lease_owner=owner, lease_expires_at=db_now() + lease_seconds)).rowcount
+    if taken != 1:
+        holder = conn.execute(select(scans.c.lease_owner, scans.c.lease_expires_at - db_now()).where(scans.c.id == row["id"])).one()
+        raise ConfigError(f"scan {row['name']!r} is being run by {holder[0]} (lease valid {max(holder[1], 0):.0f}s more); "
+                          "wait for it to finish, or use --name for another scan")
+
+
+def renew_scan_lease(engine: Engine, scan_id: int, owner: str, lease_seconds: float) -> int:
+    with write(engine) as conn:
+        return conn.execute(update(scans).where(scans.c.id == scan_id, scans.c.lease_owner == owner).values(
+            lease_expires_at=db_now() + lease_seconds)).rowcount
+
+
+def release_scan_lease(engine: Engine, scan_id: int, owner: str) -> None:
+    with write(engine) as conn:
+        conn.execute(update(scans).where(scans.c.id == scan_id, scans.c.lease_owner == owner).values(
+            lease_owner=None, lease_expires_at=None))
 
 
 def enqueue_missing_jobs(conn: Connection, scan_id: int, pid: int) -> int:
@@ -71,17 +109,21 @@ def count_candidates(engine: Engine, scan_id: int) -> int:
         return conn.execute(select(func.count()).select_from(candidates).where(candidates.c.scan_id == scan_id)).scalar_one()
 
 
-def candidate_positions(engine: Engine, scan_id: int, dataset_idx: int) -> set[tuple[int, int]]:
+def candidate_positions(engine: Engine, scan_id: int, first_idx: int, last_idx: int) -> set[tuple[int, int]]:
+    """(dataset_idx, target_position) of the candidates stored for sentences first_idx..last_idx."""
     with read(engine) as conn:
         rows = conn.execute(select(candidates.c.dataset_idx, candidates.c.target_position).where(
-            candidates.c.scan_id == scan_id, candidates.c.dataset_idx == dataset_idx)).all()
+            candidates.c.scan_id == scan_id, candidates.c.dataset_idx.between(first_idx, last_idx))).all()
     return {tuple(r) for r in rows}
 
 
 def save_scan_batch(engine: Engine, scan_id: int, pid: int, rows: list[dict], sentences_done: int,
-                    tokens_seen: int, skipped: int) -> int:
-    """Candidates of some sentences, their jobs and the scan's progress, in one transaction."""
+                    tokens_seen: int, skipped: int, owner: str | None = None) -> int:
+    """Candidates of some sentences, their jobs and the scan's progress, in one transaction;
+    with `owner`, only while that process still holds the scan's lease."""
     with write(engine) as conn:
+        if owner is not None and conn.execute(select(scans.c.lease_owner).where(scans.c.id == scan_id)).scalar() != owner:
+            raise ConfigError("this process lost the scan's lease (another took it over): stopping without saving")
         added = insert_ignoring_duplicates(conn, candidates, [dict(r, scan_id=scan_id) for r in rows])
         if added:
             enqueue_missing_jobs(conn, scan_id, pid)
@@ -92,8 +134,11 @@ def save_scan_batch(engine: Engine, scan_id: int, pid: int, rows: list[dict], se
 
 
 def finish_scan(engine: Engine, scan_id: int) -> dict:
+    """End a run of the scan; finished_at is set only once every sentence is scanned."""
     with write(engine) as conn:
-        conn.execute(update(scans).where(scans.c.id == scan_id).values(finished_at=db_now(), updated_at=db_now()))
+        complete = scans.c.sentences_done >= scans.c.sentences_total
+        conn.execute(update(scans).where(scans.c.id == scan_id).values(
+            finished_at=case((complete, func.coalesce(scans.c.finished_at, db_now())), else_=None), updated_at=db_now()))
         return dict(conn.execute(select(scans).where(scans.c.id == scan_id)).mappings().one())
 
 

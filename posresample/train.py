@@ -137,8 +137,15 @@ class TrainResult:
 def _cache_key(opts: TrainOptions, split: str) -> str:
     from .store import canonical
 
-    return canonical({"model": opts.model, "layer": opts.layer, "dataset": os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
+    return canonical({"model": opts.model, "layer": opts.layer, "dtype": _dtype(opts), "dataset": os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
                       "split": split, "exclude": list(opts.exclude), "max_sentences": opts.max_sentences})
+
+
+def _dtype(opts: TrainOptions) -> str:
+    """The dtype the activations are computed in (the model loads in it on this device)."""
+    from .modeling import default_dtype, dtype_name, pick_device
+
+    return dtype_name(default_dtype(pick_device(opts.device)))
 
 
 def _cached(opts: TrainOptions, split: str, compute) -> Activations:
@@ -190,7 +197,7 @@ def train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
         accuracy, report = evaluate(probe, _cached(opts, opts.eval_split, compute(eval_sents)))
     sha = save_probe(probe, opts.output)
     meta = {
-        "model": opts.model, "layer": opts.layer, "dataset": opts.dataset, "split": opts.split,
+        "model": opts.model, "layer": opts.layer, "dtype": _dtype(opts), "dataset": opts.dataset, "split": opts.split,
         "eval_split": opts.eval_split, "max_sentences": opts.max_sentences,
         "classes": [int(c) for c in probe.classes_], "label_names": [UPOS_NAMES[int(c)] for c in probe.classes_],
         "excluded_labels": [UPOS_NAMES[i] for i in opts.exclude], "n_train_tokens": int(len(train.y)),

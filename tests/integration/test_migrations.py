@@ -68,9 +68,9 @@ def test_a_0001_database_upgrades_in_place_and_downgrades(db_url):
     with engine.begin() as conn:  # a worker row written before workers.sampler existed
         conn.exec_driver_sql("INSERT INTO workers (id, host, pid, device, lease_seconds, started_at, heartbeat_at, "
                              "jobs_done) VALUES ('h:1:abc', 'h', 1, 'cpu', 60, 0, 0, 3)")
-    with pytest.raises(DatabaseError, match="at 0001, not 0002: run `cli.py db upgrade`"):
+    with pytest.raises(DatabaseError, match="at 0001, not 0003: run `cli.py db upgrade`"):
         db.ensure_schema(engine, migrate=False)
-    assert db.upgrade(engine) == ("0001", "0002")
+    assert db.upgrade(engine) == ("0001", "0003")
     with engine.begin() as conn:
         assert conn.execute(select(workers.c.jobs_done, workers.c.sampler)).one() == (3, None)
         conn.execute(insert(workers).values(id="h:2:def", host="h", pid=2, device="cpu", lease_seconds=60,
@@ -81,3 +81,24 @@ def test_a_0001_database_upgrades_in_place_and_downgrades(db_url):
     assert "sampler" not in {c["name"] for c in inspect(engine).get_columns("workers")}
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM workers").scalar() == 2
+
+
+def test_a_database_from_a_newer_posresample_is_refused_by_every_command(sqlite_url, tmp_path):
+    """db upgrade, scan, worker, export and status all say to upgrade posresample, in one line."""
+    from click.testing import CliRunner
+
+    from posresample.cli import cli
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
+    engine.dispose()
+    commands = [["db", "upgrade"], ["status"], ["export", "-o", str(tmp_path / "x.jsonl")], ["worker", "--fake-sampler"],
+                ["scan", "--probe", str(tmp_path / "p.joblib"), "--dataset", "x", "--model", "m"]]
+    for args in commands:
+        result = CliRunner().invoke(cli, [*args, "--db", sqlite_url])
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"Error: {sqlite_url} was written by a newer posresample (schema revision 0099; this one knows up to "
+            f"{db.head_revision()}): upgrade posresample"), args

@@ -139,7 +139,8 @@ def test_worker_and_export_end_to_end(engine, tiny_dir, tiny_probe, sample_conll
                                       "attn": "eager", "prefilter": 256, "torch": torch.__version__,
                                       "transformers": transformers.__version__}}]
     assert m["samplers"] == [{"jobs": 15, "sampler": described[0][tiny_dir]}]
-    assert m["layer"] == LAYER and m["excluded_labels"] == ["SYM", "_", "INTJ"] and m["generation_params"]["top_k"] is None
+    assert m["layer"] == LAYER and m["excluded_labels"] == ["_", "SYM", "INTJ"] and m["generation_params"]["top_k"] is None
+    assert m["format"] == "posresample.export/2"
     check_records(engine, records, m)
 
 
@@ -155,7 +156,8 @@ def check_records(engine, records, meta):
         assert rec["dataset_idx"] == c["dataset_idx"] and rec["sentence_text"] == c["sentence_text"]
         assert (p["text"], p["token_ids"], p["target_position"], p["target_token"]) == (
             c["prefix_text"], c["prefix_token_ids"], c["target_position"], c["target_token"])
-        assert (p["true_label"], p["probe_pred"]) == (c["true_label"], c["probe_pred"])
+        assert (p["true_label"], p["probe_pred_id"]) == (c["true_label"], c["probe_pred"])
+        assert (p["true_label_name"], p["probe_pred"]) == (UPOS_NAMES[c["true_label"]], UPOS_NAMES[c["probe_pred"]])
         assert p["probe_probs"] == pytest.approx(c["probe_probs"])
         assert rec["generation_params"]["num_samples"] == NUM_SAMPLES == len(rec["completions"])
         assert rec["generation_params"]["layer"] == meta["layer"] and rec["generation_params"]["seed"] == 123
@@ -207,3 +209,66 @@ def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, s
     packed = zstandard.ZstdDecompressor().decompress((tmp_path / "a.jsonl.zst").read_bytes(), max_output_size=1 << 26)
     assert packed.decode().splitlines()[1:] == plain
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_limit_inside_already_stored_sentences_never_spins(engine, tiny_dir, tiny_probe, sample_conllu, monkeypatch):
+    """Issue 9.11: a reset progress counter and a larger --max-prefixes used to rescore one sentence forever."""
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=20), progress=False)
+    with db.write(engine) as conn:
+        conn.execute(scans.update().values(sentences_done=0))
+    real, calls = store.save_scan_batch, []
+
+    def bounded(*args, **kw):
+        calls.append(1)
+        assert len(calls) < 50, "the scan is not making progress"
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, "save_scan_batch", bounded)
+    assert run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=25), progress=False).candidates == 25
+
+
+def test_progress_counts_candidates_against_the_limit(engine, tiny_dir, tiny_probe, sample_conllu, capsys):
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=9), progress=True)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "9/9" in last and "cand" in last and "sentences" in last, last
+
+
+def test_a_scan_resumed_in_another_dtype_is_refused(engine, tiny_dir, tiny_probe, sample_conllu, monkeypatch, caplog):
+    from posresample import modeling
+
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=5), progress=False)
+    with db.read(engine) as conn:
+        assert conn.execute(select(scans.c.dtype, scans.c.attn)).one() == ("float32", "eager")
+    monkeypatch.setattr(modeling, "default_dtype", lambda device: torch.bfloat16)  # as a GPU would load it
+    with pytest.raises(ConfigError, match="dtype: 'float32' -> 'bfloat16'"):
+        run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+    assert "probe was fit on float32 activations" in caplog.text  # the sidecar's dtype, warned about
+    assert run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, name="bf16", max_prefixes=3), progress=False).candidates == 3
+
+
+def test_a_scan_another_process_is_running_is_refused(engine, tiny_dir, tiny_probe, sample_conllu):
+    first = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=4), progress=False)
+    with db.write(engine) as conn:  # another process holds the lease, renewed moments ago
+        conn.execute(scans.update().values(lease_owner="otherhost:1:abc", lease_expires_at=db.db_now() + 60))
+    with pytest.raises(ConfigError, match="is being run by otherhost:1:abc"):
+        run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False)
+    assert store.count_candidates(engine, first.scan["id"]) == 4
+    with db.write(engine) as conn:  # its lease expired: it died; the scan may be taken over
+        conn.execute(scans.update().values(lease_expires_at=db.db_now() - 1))
+    assert run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False).candidates == 8
+    with db.read(engine) as conn:
+        assert conn.execute(select(scans.c.lease_owner)).scalar() is None  # released at the end
+
+
+def test_noise_keys_differ_between_splits_and_reproduce_from_content():
+    from posresample.queue import ClaimedJob
+    from posresample.worker import noise_key
+
+    def job(split, text="I like it", idx=3, pos=2):
+        return ClaimedJob(id=1, attempt=1, dataset_idx=idx, target_position=pos, prefix_token_ids=[2, 5, 6],
+                          split=split, sentence_text=text, params={})
+
+    assert noise_key(job("validation")) == noise_key(job("validation"))  # any database, any host
+    assert len({noise_key(job("validation")), noise_key(job("test")), noise_key(job("validation", "Other text")),
+                noise_key(job("validation", pos=3))}) == 4
+    assert 0 <= noise_key(job("test")) < 2**63

@@ -38,7 +38,7 @@ def test_fixture_probe_excludes_labels_writes_sidecar_and_drives_a_scan(tiny_dir
     from posresample.probe import file_sha256
 
     assert (meta["model"], meta["layer"], meta["sha256"]) == (tiny_dir, 2, file_sha256(result.probe_path))
-    assert meta["classes"] == probe.classes_.tolist() and meta["excluded_labels"] == ["SYM", "_", "INTJ"]
+    assert meta["classes"] == probe.classes_.tolist() and meta["excluded_labels"] == ["_", "SYM", "INTJ"]
     assert "scikit-learn" in meta["package_versions"]
 
     scan = run_scan(engine, ScanOptions(
