@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import sys
 
@@ -12,7 +13,7 @@ import click
 
 from . import __version__
 from .config import (
-    DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_DB_RETRY_SECONDS, INT32_MAX, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, SEED_MAX, DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
     DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, GenerationParams,
 )
@@ -41,6 +42,32 @@ class Group(click.Group):
             orig = getattr(exc, "orig", None) or exc
             click.echo(f"Error: database: {str(orig).strip().splitlines()[0]}", err=True)
             ctx.exit(1)
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite (no nan, no inf) and within [min, max]; `min_open` excludes min itself."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float | None = None, min_open: bool = False):
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low_ok = self.min is None or (number > self.min if self.min_open else number >= self.min)
+        if not low_ok or (self.max is not None and number > self.max):
+            low = "-inf" if self.min is None else f"{self.min:g}"
+            high = "inf" if self.max is None else f"{self.max:g}"
+            self.fail(f"{number:g} is not in {'(' if self.min_open else '['}{low}, {high}]", param, ctx)
+        return number
+
+
+COUNT = click.IntRange(1, INT32_MAX)  # a positive count that fits the 32-bit integer columns
 
 
 def db_option(func):
@@ -83,14 +110,20 @@ def cli(ctx, verbose):
 
 def generation_options(func):
     options = [
-        click.option("--num-samples", default=DEFAULT_NUM_SAMPLES, show_default=True, type=click.IntRange(min=1), help="Continuations per prefix."),
-        click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(min=1), help="Tokens per continuation."),
-        click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True, type=float, help="Sampling temperature."),
-        click.option("--top-p", default=DEFAULT_TOP_P, show_default=True, type=float, help="Nucleus mass kept."),
-        click.option("--top-k", default=None, type=click.IntRange(min=1), help="Top-k before top-p (off unless given)."),
-        click.option("--seed", default=DEFAULT_SEED, show_default=True, type=click.IntRange(min=0), help="Sampling seed."),
+        click.option("--num-samples", default=DEFAULT_NUM_SAMPLES, show_default=True, type=click.IntRange(1, MAX_NUM_SAMPLES), help="Continuations per prefix."),
+        click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(1, MAX_NEW_TOKENS), help="Tokens per continuation."),
+        click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True, type=FiniteFloat(0, min_open=True), help="Sampling temperature."),
+        click.option("--top-p", default=DEFAULT_TOP_P, show_default=True, type=FiniteFloat(0, 1, min_open=True), help="Nucleus mass kept (1.0: no top-p step)."),
+        click.option("--top-k", default=None, type=COUNT, help="Top-k before top-p (off unless given)."),
+        click.option("--seed", default=DEFAULT_SEED, show_default=True, type=click.IntRange(0, SEED_MAX), help="Sampling seed."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
+
+
+def silence_library_progress() -> None:
+    from .modeling import silence_library_progress as silence
+
+    silence()
 
 
 def parse_exclude(spec: str) -> tuple[int, ...]:
@@ -104,19 +137,20 @@ def parse_exclude(spec: str) -> tuple[int, ...]:
 @click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
 @click.option("--split", default=DEFAULT_SPLIT, show_default=True, help="train, validation or test.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="HF model id or local folder.")
-@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=int, help="hidden_states index the probe reads.")
-@click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=click.FloatRange(0, 1), help="Keep tokens whose max probe probability is below this.")
+@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=click.IntRange(0, 10_000), help="hidden_states index the probe reads.")
+@click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=FiniteFloat(0, 1), help="Keep tokens whose max probe probability is below this.")
 @click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="True labels to skip (names or ids).")
-@click.option("--max-prefixes", default=None, type=click.IntRange(min=1), help="Stop after this many candidates.")
+@click.option("--max-prefixes", default=None, type=COUNT, help="Stop after this many candidates.")
 @click.option("--name", default=DEFAULT_SCAN_NAME, show_default=True, help="Scan name; re-running it resumes.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Sentences per forward pass.")
+@click.option("--batch-size", default=32, show_default=True, type=COUNT, help="Sentences per forward pass.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (the model loader's neither).")
 @generation_options
 @db_option
 @click.pass_context
 def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefixes, name, device, attn, batch_size,
-         num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
+         no_progress, num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
     """Find the tokens where the probe is unsure and queue them for sampling.
 
     \b
@@ -130,7 +164,14 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
     opts = ScanOptions(probe=probe, dataset=dataset, split=split, model=model, layer=layer, threshold=threshold,
                        exclude=parse_exclude(exclude), params=params, name=name, max_prefixes=max_prefixes,
                        device=device, attn=attn, batch_size=batch_size)
-    result = run_scan(open_engine(db_url), opts)
+    if no_progress:
+        silence_library_progress()
+    engine = open_engine(db_url)
+    from . import db
+
+    if db.file_exists_for(db_url):  # a newer schema is refused before the model loads; nothing is created
+        db.check_known_revision(engine, db.current_revision(engine))
+    result = run_scan(engine, opts, progress=not no_progress)
     click.echo(f"scan {name!r}: {result.candidates} candidates ({result.added} new), "
                f"{result.scan['sentences_done']}/{result.scan['sentences_total']} sentences; "
                f"jobs queued with generation params {result.params_id}")
@@ -139,13 +180,15 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @cli.command(context_settings=CONTEXT)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--devices", default=None, help="Start one worker per device and supervise them: 0,1,2,3 or all.")
-@click.option("--batch-jobs", default=None, type=click.IntRange(min=1), help="Jobs claimed and sampled together [default: 32 on GPU, 4 on CPU].")
-@click.option("--max-rows", default=None, type=click.IntRange(min=1), help="Rows per decode batch [default: from free GPU memory].")
-@click.option("--lease-seconds", default=DEFAULT_LEASE_SECONDS, show_default=True, type=click.FloatRange(min=0.5), help="Lease per claimed job, renewed by heartbeats.")
-@click.option("--max-attempts", default=DEFAULT_MAX_ATTEMPTS, show_default=True, type=click.IntRange(min=1), help="Claims before a job ends failed.")
-@click.option("--stop-grace", default=DEFAULT_STOP_GRACE, show_default=True, type=click.FloatRange(min=0), help="Seconds to finish the batch after SIGINT/SIGTERM.")
+@click.option("--batch-jobs", default=None, type=COUNT, help="Jobs claimed and sampled together [default: 32 on GPU, 4 on CPU].")
+@click.option("--max-rows", default=None, type=COUNT, help="Rows per decode batch [default: from free GPU memory].")
+@click.option("--lease-seconds", default=DEFAULT_LEASE_SECONDS, show_default=True, type=FiniteFloat(0.5), help="Lease per claimed job, renewed by heartbeats.")
+@click.option("--max-attempts", default=DEFAULT_MAX_ATTEMPTS, show_default=True, type=COUNT, help="Claims before a job ends failed.")
+@click.option("--stop-grace", default=DEFAULT_STOP_GRACE, show_default=True, type=FiniteFloat(0), help="Seconds to finish the batch after SIGINT/SIGTERM.")
+@click.option("--db-retry-seconds", default=DEFAULT_DB_RETRY_SECONDS, show_default=True, type=FiniteFloat(0),
+              help="Ride out a database outage (restart, held lock) this long, retrying with back-off.")
 @click.option("--no-wait", is_flag=True, help="Exit when nothing is claimable, even if other workers hold leases.")
-@click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(min=0), help="With --devices: restarts per device.")
+@click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(0, INT32_MAX), help="With --devices: restarts per device (after a back-off of 1, 2, 4 ... 60 s).")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
 @click.option("--decode", type=click.Choice(["hf", "fast"]), default="hf", show_default=True,
               help="Decode path: the model's forward on copied KV (hf) or the shared-prefix Gemma 2 step (fast).")
@@ -158,11 +201,13 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @click.option("--fake-poison-token", default=None, type=int, hidden=True)
 @db_option
 @click.pass_context
-def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, no_wait, max_restarts, attn,
-           decode, compile_mode, no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
+def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, db_retry_seconds, no_wait,
+           max_restarts, attn, decode, compile_mode, no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
     """Claim queued prefixes, sample continuations, write them back.
 
-    Exits when no job is left; waits while another worker's lease is pending.
+    Exits when no job is left; waits while another worker's lease is pending. Loads the model of
+    the queued jobs before claiming any: a model that will not load stops the worker (exit 1) and
+    leaves every job untouched. A database outage is ridden out for --db-retry-seconds.
     SIGINT/SIGTERM: finish or release the current batch, then stop; a second signal quits at once.
 
     \b
@@ -189,9 +234,11 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
         raise click.UsageError(f"--compile cuda-graph needs a CUDA device, not {dev}")
     engine = open_engine(db_url, must_exist=True)
     db.ensure_schema(engine, migrate=False)
+    if no_progress:
+        silence_library_progress()
     opts = WorkerOptions(device=dev, batch_jobs=batch_jobs or (32 if dev.startswith("cuda") else 4),
                          lease_seconds=lease_seconds, max_attempts=max_attempts, stop_grace=stop_grace,
-                         wait=not no_wait, progress=not no_progress)
+                         wait=not no_wait, progress=not no_progress, db_retry_seconds=db_retry_seconds)
     w = Worker(engine, _sampler_factory(dev, max_rows, attn, decode, compile_mode, fake_sampler, fake_delay, fake_poison_token), opts)
     w.install_signal_handlers()
     raise SystemExit(w.run())
@@ -233,7 +280,7 @@ def _sampler_factory(device: str, max_rows, attn, decode: str, compile_mode: str
 @cli.command(context_settings=CONTEXT)
 @click.option("-o", "--output", required=True, help="Output path: .jsonl, .jsonl.zst, or - for stdout.")
 @click.option("--scan", "scan_name", default=None, help="Scan to export (needed when the database holds several).")
-@click.option("--params", "params_id", default=None, type=int, help="Generation params id (when a scan was sampled with several).")
+@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_option
 def export(output, scan_name, params_id, no_progress, db_url):
@@ -277,20 +324,26 @@ def status(as_json, db_url):
 
 def format_status(r: dict) -> str:
     jobs = r["jobs"]
-    lines = [
+    lines = [f"scan         {_scan_line(scan)}" for scan in r["scans"]] or ["scan         (none)"]
+    totals = r["workers_total"]
+    lines += [
         f"candidates   {r['candidates']}",
         "jobs         " + "  ".join(f"{k} {v}" for k, v in jobs.items()),
         f"completions  {r['completions']}",
         f"stale leases {r['stale_leases']}",
         f"oldest todo  {_age(r['oldest_pending_seconds'])}",
         f"throughput   {r['throughput_jobs_per_minute']} jobs/min (last 10 min)",
-        f"eta          {_age(r['eta_seconds'])}",
-        f"workers      {sum(w['state'] == 'live' for w in r['workers'])} live of {len(r['workers'])}",
+        f"eta          {_age(r['eta_seconds'])}" + ("" if r["workers"] or not (jobs["todo"] or jobs["running"]) else "  (no live worker)"),
+        f"workers      {totals['live']} live, {totals['lost']} lost (no heartbeat), {totals['stopped']} stopped",
     ]
     for w in r["workers"]:
-        if w["state"] != "stopped":
-            lines.append(f"  {w['id']}  {w['device']}  {w['state']}  jobs {w['jobs_done']}  heartbeat {w['last_heartbeat_seconds_ago']}s ago")
+        lines.append(f"  {w['id']}  {w['device']}  jobs {w['jobs_done']}  heartbeat {w['last_heartbeat_seconds_ago']}s ago")
     return "\n".join(lines)
+
+
+def _scan_line(scan: dict) -> str:
+    return (f"{scan['name']}  {scan['split']}  {scan['sentences_done']}/{scan['sentences_total']} sentences, "
+            f"{scan['state']}  ({scan['candidates']} candidates)")
 
 
 def _age(seconds) -> str:
@@ -303,9 +356,10 @@ def _age(seconds) -> str:
 @cli.command(context_settings=CONTEXT)
 @click.option("--failed", is_flag=True, help="Requeue failed jobs.")
 @click.option("--stale", is_flag=True, help="Requeue running jobs whose lease expired.")
-@click.option("--job", "job_id", type=int, default=None, help="Requeue one job by id.")
+@click.option("--job", "job_id", type=COUNT, default=None, help="Requeue one job by id.")
+@click.option("--force", is_flag=True, help="With --job: even when a live worker holds it (its work is then discarded).")
 @db_option
-def requeue(failed, stale, job_id, db_url):
+def requeue(failed, stale, job_id, force, db_url):
     """Put failed or stale jobs back in the queue, attempts reset.
 
     \b
@@ -317,7 +371,7 @@ def requeue(failed, stale, job_id, db_url):
 
     engine = open_engine(db_url, must_exist=True)
     db.ensure_schema(engine, migrate=False)
-    click.echo(f"requeued {run_requeue(engine, failed, stale, job_id)} job(s)")
+    click.echo(f"requeued {run_requeue(engine, failed, stale, job_id, force)} job(s)")
 
 
 @cli.group(cls=Group, context_settings=CONTEXT)
@@ -345,9 +399,9 @@ def upgrade(db_url):
 @click.option("--split", default="train", show_default=True, help="Split to fit on.")
 @click.option("--eval-split", default="validation", show_default=True, help="Split to report accuracy on ('' for none).")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="HF model id or local folder.")
-@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=int, help="hidden_states index to read.")
+@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=click.IntRange(0, 10_000), help="hidden_states index to read.")
 @click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="Labels left out of the fit (names or ids).")
-@click.option("--max-sentences", default=None, type=click.IntRange(min=1), help="Fit on the first N sentences only.")
+@click.option("--max-sentences", default=None, type=COUNT, help="Fit on the first N sentences only.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep activations as .npz here; a second fit skips the model.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")

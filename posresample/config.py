@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -20,10 +21,15 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = None  # off: HF generate would silently add top_k=50, we do not
 DEFAULT_SEED = 123
+MAX_NUM_SAMPLES = 65_536  # continuations per prefix (96 is the study's)
+MAX_NEW_TOKENS = 4_096  # Gemma 2's context is 8,192 tokens
+INT32_MAX = 2**31 - 1  # integer columns (top_k, counts) are 32-bit
+SEED_MAX = 2**63 - 1  # the seed column is 64-bit
 
 DEFAULT_LEASE_SECONDS = 60.0  # a claimed job is reclaimable this long after the last heartbeat
 DEFAULT_MAX_ATTEMPTS = 3  # claims before a job that keeps failing ends `failed`
 DEFAULT_STOP_GRACE = 30.0  # seconds a signalled worker may spend finishing its batch
+DEFAULT_DB_RETRY_SECONDS = 300.0  # a worker rides out a database outage (restart, lock) this long
 
 
 def default_db_url() -> str:
@@ -45,17 +51,17 @@ class GenerationParams:
     def validate(self) -> "GenerationParams":
         from .errors import ConfigError
 
-        if not self.temperature > 0:
-            raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"--temperature must be a finite number > 0, got {self.temperature}")
+        if not (math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.num_samples < 1:
-            raise ConfigError(f"--num-samples must be >= 1, got {self.num_samples}")
-        if not 0 <= self.seed < 2**63:
+        if self.top_k is not None and not 1 <= self.top_k <= INT32_MAX:
+            raise ConfigError(f"--top-k must be in [1, {INT32_MAX}], got {self.top_k}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            raise ConfigError(f"--max-new-tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_new_tokens}")
+        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise ConfigError(f"--num-samples must be in [1, {MAX_NUM_SAMPLES}], got {self.num_samples}")
+        if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"--seed must be in [0, 2**63), got {self.seed}")
         return self
 

@@ -47,14 +47,14 @@ def label_id(name: str) -> int:
 
 
 def parse_label_list(spec: str | Sequence[str]) -> tuple[int, ...]:
-    """'_,SYM,INTJ' (names or ids) -> sorted unique label ids."""
+    """'_,SYM,INTJ' (names or ids) -> unique label ids, in the order given."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
-    ids = set()
+    ids: dict[int, None] = {}
     for item in (str(i).strip() for i in items):
         if not item:
             continue
-        ids.add(int(item) if item.isdigit() and int(item) < len(UPOS_NAMES) else label_id(item))
-    return tuple(sorted(ids))
+        ids[int(item) if item.isdigit() and int(item) < len(UPOS_NAMES) else label_id(item)] = None
+    return tuple(ids)
 
 
 # --- sources ---------------------------------------------------------------------------------
@@ -96,12 +96,34 @@ def read_conllu(path: str) -> list[Sentence]:
 
     try:
         with open(path, encoding="utf-8") as handle:
-            sentences = [_sentence_from_tokenlist(i, tl) for i, tl in enumerate(conllu.parse_incr(handle))]
+            lines = _CheckedLines(handle, path)
+            sentences = [_sentence_from_tokenlist(i, tl) for i, tl in enumerate(conllu.parse_incr(lines))]
     except (UnicodeDecodeError, conllu.exceptions.ParseException, ValueError, KeyError) as exc:
         raise DatasetError(f"{path} is not CoNLL-U: {exc}") from None
     if not sentences:
         raise DatasetError(f"{path} holds no CoNLL-U sentences")
     return sentences
+
+
+CONLLU_COLUMNS = 10
+
+
+class _CheckedLines:
+    """The lines of a CoNLL-U file, refusing a token line without exactly 10 tab-separated columns
+    (the conllu parser pads or truncates such lines silently)."""
+
+    def __init__(self, handle, path: str):
+        self.handle, self.path = handle, path
+
+    def read(self, *args):  # conllu.parse_incr checks that its input has one
+        return self.handle.read(*args)
+
+    def __iter__(self):
+        for number, line in enumerate(self.handle, 1):
+            if line.strip() and not line.startswith("#") and line.count("\t") != CONLLU_COLUMNS - 1:
+                raise DatasetError(f"{self.path}:{number} is not CoNLL-U: a token line has {CONLLU_COLUMNS} "
+                                   f"tab-separated columns, this one has {line.count(chr(9)) + 1}")
+            yield line
 
 
 def _sentence_from_tokenlist(i: int, tokenlist) -> Sentence:

@@ -23,3 +23,7 @@ class DatabaseError(PosresampleError):
 
 class ConfigError(PosresampleError):
     """Options that contradict each other or an existing scan."""
+
+
+class ExportError(PosresampleError):
+    """The export's output cannot be written (missing folder, a folder as output, a full disk)."""

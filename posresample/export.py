@@ -21,7 +21,11 @@ from tqdm import tqdm
 from . import __version__, db, store
 from .config import PARAM_FIELDS
 from .data import UPOS_NAMES
+from .errors import ExportError
 
+# /2: prefix.probe_pred is the tag name (as in the seed's schema), its id moved to probe_pred_id;
+#     excluded_labels keep the order the user gave.
+EXPORT_FORMAT = "posresample.export/2"
 PACKAGES = ("torch", "transformers", "scikit-learn", "sqlalchemy", "alembic", "datasets", "tokenizers")
 
 
@@ -35,7 +39,7 @@ def package_versions() -> dict:
 
 def header(scan: dict, params: dict, counts: dict, candidates: int, samplers: list[dict]) -> dict:
     return {"metadata": {
-        "format": "posresample.export/1",
+        "format": EXPORT_FORMAT,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "scan": scan["name"], "model": scan["model"], "layer": scan["layer"],
         "dataset": scan["dataset"], "split": scan["split"],
@@ -71,8 +75,8 @@ def record(head: dict, rows: list[dict], gen: dict) -> dict:
             "true_label": head["true_label"],
             "true_label_name": head["true_label_name"],
             "probe_probs": list(head["probe_probs"]),
-            "probe_pred": head["probe_pred"],
-            "probe_pred_name": head["probe_pred_name"],
+            "probe_pred": head["probe_pred_name"],
+            "probe_pred_id": head["probe_pred"],
             "probe_max_prob": head["probe_max_prob"],
         },
         "sentence_text": head["sentence_text"],
@@ -112,6 +116,27 @@ def open_output(path: str):
 
 def export(engine, out: str, scan_name: str | None = None, params_id: int | None = None, progress: bool = True) -> dict:
     """Write the header and every done record; returns the header's metadata."""
+    check_output(out)
+    try:
+        return _export(engine, out, scan_name, params_id, progress)
+    except OSError as exc:  # a full disk or a vanished folder while writing: the partial file is gone
+        raise ExportError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def check_output(out: str) -> None:
+    """Refuse an output that cannot be a file before reading anything."""
+    if out == "-":
+        return
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ExportError(f"cannot write {out}: it is a folder; give a file name such as {os.path.join(out, 'export.jsonl')}")
+    if not os.path.isdir(folder):
+        raise ExportError(f"cannot write {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ExportError(f"cannot write {out}: folder {folder} is not writable")
+
+
+def _export(engine, out: str, scan_name: str | None, params_id: int | None, progress: bool) -> dict:
     with db.read(engine) as conn:
         scan = store.pick_scan(conn, scan_name)
         params = store.pick_params(conn, scan["id"], params_id)

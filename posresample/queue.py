@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from .config import PARAM_FIELDS
 from .db import db_now, read, write
 from .errors import DatabaseError
-from .models import JOB_STATES, candidates, completions, generation_params, jobs, workers
+from .models import JOB_STATES, candidates, completions, generation_params, jobs, scans, workers
 
 
 class LeaseLost(Exception):
@@ -32,6 +32,8 @@ class ClaimedJob:
     dataset_idx: int
     target_position: int
     prefix_token_ids: list[int]
+    split: str  # with the sentence text, what the sample noise is keyed on (worker.noise_key)
+    sentence_text: str
     params: dict  # a generation_params row: model, temperature, top_p, top_k, max_new_tokens, num_samples, seed
 
 
@@ -79,14 +81,30 @@ def heartbeat(engine: Engine, worker_id: str, lease_seconds: float) -> int:
     return renewed
 
 
-def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float, max_attempts: int) -> list[ClaimedJob]:
-    """Fail jobs whose attempts ran out on an expired lease, then claim up to `limit` jobs."""
+def _claimable(max_attempts: int):
+    expired = and_(jobs.c.state == "running", jobs.c.lease_expires_at < db_now())
+    return and_(or_(jobs.c.state == "todo", expired), jobs.c.attempt < max_attempts)
+
+
+def claimable_models(engine: Engine, max_attempts: int) -> list[str]:
+    """The models of the jobs a worker could claim now: it loads them before it claims."""
+    with read(engine) as conn:
+        return list(conn.execute(select(generation_params.c.model).where(generation_params.c.id.in_(
+            select(jobs.c.params_id).where(_claimable(max_attempts)).distinct())).order_by(generation_params.c.id)).scalars())
+
+
+def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float, max_attempts: int,
+               models: list[str] | None = None) -> list[ClaimedJob]:
+    """Fail jobs whose attempts ran out on an expired lease, then claim up to `limit` jobs (of
+    `models` only, when given: the ones this worker has loaded)."""
     with write(engine) as conn:
         _fail_exhausted(conn, max_attempts)
-        expired = and_(jobs.c.state == "running", jobs.c.lease_expires_at < db_now())
+        wanted = _claimable(max_attempts)
+        if models is not None:
+            wanted = and_(wanted, jobs.c.params_id.in_(select(generation_params.c.id).where(generation_params.c.model.in_(models))))
         pick = (
             select(jobs.c.id)
-            .where(or_(jobs.c.state == "todo", expired), jobs.c.attempt < max_attempts)
+            .where(wanted)
             .order_by(jobs.c.priority, jobs.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer (BEGIN IMMEDIATE)
@@ -103,9 +121,10 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
         attempts = dict(claimed)
         rows = conn.execute(
             select(jobs.c.id, candidates.c.dataset_idx, candidates.c.target_position,
-                   candidates.c.prefix_token_ids, generation_params.c.id.label("params_id"),
-                   *[generation_params.c[name] for name in PARAM_FIELDS])
+                   candidates.c.prefix_token_ids, candidates.c.sentence_text, scans.c.split,
+                   generation_params.c.id.label("params_id"), *[generation_params.c[name] for name in PARAM_FIELDS])
             .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .join(scans, scans.c.id == candidates.c.scan_id)
             .join(generation_params, generation_params.c.id == jobs.c.params_id)
             .where(jobs.c.id.in_(list(attempts)))
             .order_by(jobs.c.id)
@@ -116,14 +135,24 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
 def _claimed(row, attempt: int) -> ClaimedJob:
     params = {name: row[name] for name in ("params_id", *PARAM_FIELDS)}
     return ClaimedJob(id=row["id"], attempt=attempt, dataset_idx=row["dataset_idx"],
-                      target_position=row["target_position"], prefix_token_ids=list(row["prefix_token_ids"]), params=params)
+                      target_position=row["target_position"], prefix_token_ids=list(row["prefix_token_ids"]),
+                      split=row["split"], sentence_text=row["sentence_text"], params=params)
 
 
 def _fail_exhausted(conn, max_attempts: int) -> None:
-    """A job whose worker died on its last attempt (lease expired) ends failed, with a reason."""
+    """A job whose worker died on its last attempt (lease expired) ends failed, with a reason.
+
+    Rows another transaction has locked are skipped (PostgreSQL), so a frozen transaction holding
+    one cannot stall every claimer; a later claim fails them.
+    """
+    exhausted = (
+        select(jobs.c.id)
+        .where(jobs.c.state == "running", jobs.c.lease_expires_at < db_now(), jobs.c.attempt >= max_attempts)
+        .with_for_update(skip_locked=True)
+    )
     conn.execute(
         update(jobs)
-        .where(jobs.c.state == "running", jobs.c.lease_expires_at < db_now(), jobs.c.attempt >= max_attempts)
+        .where(jobs.c.id.in_(exhausted.scalar_subquery()))
         .values(state="failed", lease_owner=None, lease_expires_at=None,
                 last_error=literal("lease expired on attempt ") + cast(jobs.c.attempt, Text) +
                 literal(": worker ") + func.coalesce(jobs.c.lease_owner, "?") + literal(" stopped heartbeating"))
@@ -183,8 +212,12 @@ def pending(engine: Engine, max_attempts: int) -> Pending:
     return Pending(*row)
 
 
-def requeue(engine: Engine, failed: bool = False, stale: bool = False, job_id: int | None = None) -> int:
-    """Put failed jobs, jobs with expired leases, or one job back to todo with attempts reset."""
+def requeue(engine: Engine, failed: bool = False, stale: bool = False, job_id: int | None = None,
+            force: bool = False) -> int:
+    """Put failed jobs, jobs with expired leases, or one job back to todo with attempts reset.
+
+    One job that a live worker holds (lease not expired) is refused without `force`: requeueing it
+    discards that worker's work when it finishes."""
     conditions = []
     if failed:
         conditions.append(jobs.c.state == "failed")
@@ -201,6 +234,11 @@ def requeue(engine: Engine, failed: bool = False, stale: bool = False, job_id: i
                 raise DatabaseError(f"no job with id {job_id}")
             if state == "done":
                 raise DatabaseError(f"job {job_id} is done; its completions are kept")
+            holder = conn.execute(select(jobs.c.lease_owner).where(
+                jobs.c.id == job_id, jobs.c.state == "running", jobs.c.lease_expires_at >= db_now())).scalar()
+            if holder is not None and not force:
+                raise DatabaseError(f"job {job_id} is held by live worker {holder}; requeueing it discards that "
+                                    "worker's work: pass --force to do it anyway")
         return conn.execute(
             update(jobs).where(or_(*conditions))
             .values(state="todo", attempt=0, lease_owner=None, lease_expires_at=None)
@@ -211,7 +249,7 @@ THROUGHPUT_WINDOW = 600.0  # seconds of history behind the throughput and ETA
 
 
 def status_report(engine) -> dict:
-    """Everything `status` prints: jobs by state, stale leases, workers, throughput, ETA."""
+    """Everything `status` prints: scans, jobs by state, stale leases, live workers, throughput, ETA."""
     with read(engine) as conn:
         now = conn.execute(select(db_now())).scalar_one()
         states = {state: 0 for state in JOB_STATES} | dict(conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
@@ -222,18 +260,39 @@ def status_report(engine) -> dict:
         recent = conn.execute(select(func.count(), func.min(jobs.c.done_at)).where(
             jobs.c.state == "done", jobs.c.done_at >= now - THROUGHPUT_WINDOW)).one()
         worker_rows = conn.execute(select(workers).order_by(workers.c.started_at)).mappings().all()
+        scan_rows = conn.execute(
+            select(scans, select(func.count()).where(candidates.c.scan_id == scans.c.id).scalar_subquery().label("n"))
+            .order_by(scans.c.id)).mappings().all()
     per_second = _rate(recent[0], recent[1], now)
     remaining = states["todo"] + states["running"]
+    views = [_worker_view(w, now) for w in worker_rows]
+    live = [w for w in views if w["state"] == "live"]
     return {
+        "scans": [_scan_view(row, now) for row in scan_rows],
         "candidates": n_candidates,
         "jobs": states,
         "completions": n_completions,
         "stale_leases": stale,
         "oldest_pending_seconds": None if oldest is None else round(now - oldest, 1),
         "throughput_jobs_per_minute": round(per_second * 60, 2),
-        "eta_seconds": round(remaining / per_second, 1) if per_second > 0 and remaining else None,
-        "workers": [_worker_view(w, now) for w in worker_rows],
+        # no live worker, no ETA: the queue is not draining whatever the recent rate was
+        "eta_seconds": round(remaining / per_second, 1) if per_second > 0 and remaining and live else None,
+        "workers": live,  # the live ones; every worker that ever ran is counted below
+        "workers_total": {state: sum(w["state"] == state for w in views) for state in ("live", "lost", "stopped")},
     }
+
+
+def _scan_view(row, now: float) -> dict:
+    """complete: every sentence scanned; running: a process holds its lease now; partial: stopped
+    before the end (--max-prefixes, Ctrl-C or a crash): re-running the scan resumes it."""
+    if row["sentences_done"] >= row["sentences_total"]:
+        state = "complete"
+    elif row["lease_owner"] is not None and row["lease_expires_at"] >= now:
+        state = "running"
+    else:
+        state = "partial"
+    return {"name": row["name"], "split": row["split"], "sentences_done": row["sentences_done"],
+            "sentences_total": row["sentences_total"], "state": state, "candidates": row["n"]}
 
 
 def _rate(count: int, first_done: float | None, now: float) -> float:

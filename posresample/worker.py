@@ -6,6 +6,8 @@ The loop reads top-down: register, start the heartbeat, claim-and-process until 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import signal
@@ -17,7 +19,9 @@ from itertools import groupby
 from tqdm import tqdm
 
 from . import queue
-from .config import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_STOP_GRACE
+from .config import DEFAULT_DB_RETRY_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_STOP_GRACE
+from .db import retrying
+from .heartbeat import Heartbeat
 from .queue import ClaimedJob, LeaseLost
 from .sampler import Aborted, SampleRequest, SamplingParams
 
@@ -34,11 +38,15 @@ class WorkerOptions:
     stop_grace: float = DEFAULT_STOP_GRACE
     wait: bool = True  # wait for other workers' leases instead of exiting
     progress: bool = True
+    db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS  # how long a transient database error is retried
 
 
 def noise_key(job: ClaimedJob) -> int:
-    """The sample noise depends on the prefix's place in the dataset, not on row ids of one database."""
-    return job.dataset_idx * 65536 + job.target_position
+    """A 63-bit key for the job's sample noise: a hash of (split, sentence index, target position,
+    sentence text). Content, not row ids or paths, so the same scan reproduces its samples in any
+    database on any host; the split and text keep scans of other splits or datasets apart."""
+    identity = json.dumps([job.split, job.dataset_idx, job.target_position, job.sentence_text], ensure_ascii=False)
+    return int.from_bytes(hashlib.blake2b(identity.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
 class Worker:
@@ -49,35 +57,43 @@ class Worker:
         self.id = queue.new_worker_id()
         self.stop_requested = threading.Event()
         self.stop_deadline: float | None = None
-        self._heartbeat_stop = threading.Event()
         self._samplers: dict[str, object] = {}
         self.jobs_done = self.lost = self.failed = 0
         self.samples = self.tokens = self.eos = 0
 
     def run(self) -> int:
-        queue.register_worker(self.engine, self.id, self.opts.device, self.opts.lease_seconds)
+        self._db(queue.register_worker, self.engine, self.id, self.opts.device, self.opts.lease_seconds)
         log.info("worker %s on %s", self.id, self.opts.device)
-        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        beat.start()
         bar = tqdm(desc="jobs", unit="job", disable=not self.opts.progress)
         try:
-            self._loop(bar)
+            with Heartbeat(self._beat, self.opts.lease_seconds / 3):
+                self._loop(bar)
         finally:
             bar.close()
-            self._heartbeat_stop.set()
-            beat.join(timeout=5)
-            queue.stop_worker(self.engine, self.id)
+            self._db(queue.stop_worker, self.engine, self.id)
             self._log_summary()
         return 0
 
+    def _db(self, statement, *args):
+        """A queue statement, retried with back-off while the database is unreachable or locked."""
+        return retrying(lambda: statement(*args), self.opts.db_retry_seconds)
+
+    def _beat(self) -> None:
+        queue.heartbeat(self.engine, self.id, self.opts.lease_seconds)
+
     def _loop(self, bar) -> None:
         while not self.stop_requested.is_set():
-            claimed = queue.claim_jobs(self.engine, self.id, self.opts.batch_jobs, self.opts.lease_seconds, self.opts.max_attempts)
+            self._load_claimable_models()  # before claiming: a model that will not load costs no attempt
+            claimed = self._db(queue.claim_jobs, self.engine, self.id, self.opts.batch_jobs, self.opts.lease_seconds,
+                               self.opts.max_attempts, list(self._samplers))
+            pending = self._db(queue.pending, self.engine, self.opts.max_attempts)
+            left = pending.todo + pending.running_live + pending.running_expired
+            bar.total = bar.n + left  # others drain the queue too: the total shrinks as they do
+            bar.refresh()
             if claimed:
                 self._process(claimed, bar)
                 continue
-            pending = queue.pending(self.engine, self.opts.max_attempts)
-            if pending.todo + pending.running_live + pending.running_expired == 0:
+            if left == 0:
                 log.info("no job left")
                 return
             if not self.opts.wait:
@@ -86,11 +102,15 @@ class Worker:
             bar.set_postfix_str(f"waiting on {pending.running_live} leased job(s)")
             self.stop_requested.wait(POLL_SECONDS)
 
+    def _load_claimable_models(self) -> None:
+        for model in self._db(queue.claimable_models, self.engine, self.opts.max_attempts):
+            self._sampler(model)
+
     def _process(self, claimed: list[ClaimedJob], bar) -> None:
         by_params = [list(g) for _, g in groupby(claimed, key=lambda j: j.params["params_id"])]
         for i, group in enumerate(by_params):
             if self.stop_requested.is_set() and self._past_deadline():
-                released = queue.release_jobs(self.engine, [j for g in by_params[i:] for j in g], self.id)
+                released = self._db(queue.release_jobs, self.engine, [j for g in by_params[i:] for j in g], self.id)
                 log.info("stopping: released %d job(s)", released)
                 return
             self._process_group(group, bar)
@@ -99,17 +119,17 @@ class Worker:
         p = group[0].params
         params = SamplingParams(p["temperature"], p["top_p"], p["top_k"], p["max_new_tokens"], p["seed"])
         requests = [SampleRequest(j.prefix_token_ids, noise_key(j), tuple(range(p["num_samples"]))) for j in group]
+        sampler = self._samplers[p["model"]]
         try:
-            sampler = self._sampler(p["model"])
             results = sampler.sample(requests, params, should_abort=self._past_deadline)
         except Aborted:
-            released = queue.release_jobs(self.engine, group, self.id)
+            released = self._db(queue.release_jobs, self.engine, group, self.id)
             log.info("stopping: grace time over, released %d job(s)", released)
             return
         except Exception as exc:  # a job must not kill the worker: record the error on each job
             log.exception("sampling failed for jobs %s", [j.id for j in group])
             for job in group:
-                state = queue.fail_job(self.engine, job, self.id, f"{type(exc).__name__}: {exc}", self.opts.max_attempts)
+                state = self._db(queue.fail_job, self.engine, job, self.id, f"{type(exc).__name__}: {exc}", self.opts.max_attempts)
                 self.failed += state == "failed"
             return
         for job, samples in zip(group, results):
@@ -123,7 +143,7 @@ class Worker:
             for i, s in enumerate(samples)
         ]
         try:
-            queue.complete_job(self.engine, job, self.id, rows)
+            self._db(queue.complete_job, self.engine, job, self.id, rows)
         except LeaseLost as exc:
             self.lost += 1
             log.warning("%s", exc)
@@ -134,21 +154,14 @@ class Worker:
         self.eos += sum(r["finish_reason"] == "eos" for r in rows)
 
     def _sampler(self, model: str):
+        """Load `model` once; a load error stops the worker (exit 1) with every job untouched."""
         if model not in self._samplers:
             self._samplers[model] = sampler = self.sampler_factory(model)
-            queue.record_sampler(self.engine, self.id, model, sampler.describe())
+            self._db(queue.record_sampler, self.engine, self.id, model, sampler.describe())
         return self._samplers[model]
 
     def _past_deadline(self) -> bool:
         return self.stop_deadline is not None and time.monotonic() >= self.stop_deadline
-
-    def _heartbeat_loop(self) -> None:
-        interval = self.opts.lease_seconds / 3
-        while not self._heartbeat_stop.wait(interval):
-            try:
-                queue.heartbeat(self.engine, self.id, self.opts.lease_seconds)
-            except Exception:  # a database hiccup must not kill the heartbeat; the lease has slack
-                log.warning("heartbeat failed", exc_info=True)
 
     def request_stop(self) -> None:
         if not self.stop_requested.is_set():

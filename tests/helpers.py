@@ -17,13 +17,15 @@ REPO = Path(__file__).resolve().parent.parent
 POISON_TOKEN = 999_999
 
 
-def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, poison: tuple[int, ...] = ()) -> list[int]:
+def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, poison: tuple[int, ...] = (),
+              model: str = "fake") -> list[int]:
     """A scan with n fake candidates and one todo job each; candidates listed in `poison` carry POISON_TOKEN."""
-    params = GenerationParams(model="fake", num_samples=num_samples, max_new_tokens=max_new_tokens)
+    params = GenerationParams(model=model, num_samples=num_samples, max_new_tokens=max_new_tokens)
     identity = dict(dataset="fake", split="validation", model="fake", layer=1, probe_sha256="0" * 64,
-                    threshold=0.95, excluded_labels=[])
+                    threshold=0.95, excluded_labels=[], dtype="float32", attn="eager")
     extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=n)
-    scan, pid = store.open_scan(engine, "fake", identity, extra, params)
+    scan, pid = store.open_scan(engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60)
+    store.release_scan_lease(engine, scan["id"], "seed_jobs")
     rows = [
         dict(dataset_idx=i, sent_id=str(i), sentence_text=f"sentence {i}", target_position=1, target_token_id=7,
              target_token="x", prefix_text="x", prefix_token_ids=[2, POISON_TOKEN if i in poison else 7],
@@ -70,7 +72,7 @@ def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, str(REPO / "cli.py"), *args]
 
 
-def start_worker(db_url: str, *args: str, log_path: Path | None = None) -> subprocess.Popen:
+def start_worker(db_url: str, *args: str, log_path: Path | None = None, env: dict | None = None) -> subprocess.Popen:
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     return subprocess.Popen(cli_cmd("worker", "--db", db_url, "--no-progress", *args), stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))

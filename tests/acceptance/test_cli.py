@@ -1,5 +1,6 @@
 """The CLI in-process: one-line errors with no data touched, help for every command, the docs."""
 
+import json
 import re
 
 import joblib
@@ -130,3 +131,76 @@ def test_every_command_has_help_with_an_example_and_is_documented():
         assert result.exit_code == 0
         assert "Example" in result.stdout, path
         assert f"cli.py {' '.join(path)}" in docs, f"{' '.join(path)} is not documented"
+
+
+def test_non_finite_and_out_of_range_values_are_refused_before_anything_is_written(scan_args):
+    """Issue 9.19: nan/inf floats and integers past the 32/64-bit columns, each one line, no file."""
+    cases = [
+        ({"--threshold": "nan"}, r"--threshold.*'nan' is not a finite number"),
+        ({"--temperature": "inf"}, r"--temperature.*'inf' is not a finite number"),
+        ({"--top-p": "1.5"}, r"--top-p.*1\.5 is not in \(0, 1\]"),
+        ({"--num-samples": "100000"}, r"--num-samples.*100000 is not in the range 1<=x<=65536"),
+        ({"--max-new-tokens": "5000"}, r"--max-new-tokens"),
+        ({"--top-k": str(2**31)}, r"--top-k"),
+        ({"--seed": str(2**63)}, r"--seed"),
+        ({"--max-prefixes": str(2**31)}, r"--max-prefixes"),
+    ]
+    for over, pattern in cases:
+        result = invoke(*scan_args(**over))
+        assert result.exit_code == 2, (over, result.output)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1 and re.search(pattern, errors[0]), (over, result.stderr)
+        assert not scan_args.db.exists(), over
+
+
+def test_a_conllu_line_with_the_wrong_number_of_columns_is_an_error(scan_args, tmp_path):
+    bad = tmp_path / "short.conllu"
+    bad.write_text("# text = a b\n1\ta\ta\tNOUN\t_\t_\t0\troot\t_\t_\n2\tb\tb\tNOUN\t_\n\n")
+    assert_one_line_error(invoke(*scan_args(**{"--dataset": str(bad)})), r"short\.conllu:3 is not CoNLL-U: .* has 5")
+    assert not scan_args.db.exists()
+
+
+def test_export_file_errors_are_one_line(scan_args, tmp_path, monkeypatch):
+    assert invoke(*scan_args(**{"--max-prefixes": "2"})).exit_code == 0
+    db = f"sqlite:///{scan_args.db}"
+    assert_one_line_error(invoke("export", "-o", "/nonexistent/x.jsonl", "--db", db), "folder /nonexistent does not exist")
+    assert_one_line_error(invoke("export", "-o", str(tmp_path), "--db", db), "it is a folder")
+    import io
+    from types import SimpleNamespace
+
+    from posresample import export as export_module
+
+    class FullDisk(io.TextIOWrapper):
+        def write(self, _text):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "io", SimpleNamespace(TextIOWrapper=FullDisk))
+    out = tmp_path / "full.jsonl"
+    assert_one_line_error(invoke("export", "-o", str(out), "--db", db), r"cannot write .*full\.jsonl: No space left on device")
+    assert not out.exists() and not (tmp_path / "full.jsonl.partial").exists()
+
+
+def test_status_names_the_scan_and_how_far_it_got(scan_args):
+    assert invoke(*scan_args(**{"--max-prefixes": "3"})).exit_code == 0
+    db = f"sqlite:///{scan_args.db}"
+    text = invoke("status", "--db", db).stdout
+    assert re.search(r"scan +default +validation +\d+/24 sentences, partial +\(3 candidates\)", text), text
+    assert "workers      0 live, 0 lost (no heartbeat), 0 stopped" in text
+    report = json.loads(invoke("status", "--json", "--db", db).stdout)
+    [scan] = report["scans"]
+    assert scan["name"] == "default" and scan["state"] == "partial" and scan["sentences_total"] == 24
+    assert scan["sentences_done"] < 24 and report["workers"] == []
+    assert invoke(*scan_args()).exit_code == 0
+    assert json.loads(invoke("status", "--json", "--db", db).stdout)["scans"][0]["state"] == "complete"
+
+
+def test_requeue_of_a_held_job_needs_force(scan_args):
+    from posresample import db as dbmod, queue
+
+    assert invoke(*scan_args(**{"--max-prefixes": "1"})).exit_code == 0
+    url = f"sqlite:///{scan_args.db}"
+    engine = dbmod.make_engine(url)
+    queue.register_worker(engine, "h:1:live", "cpu", 60)
+    [job] = queue.claim_jobs(engine, "h:1:live", 1, 60, 3)
+    assert_one_line_error(invoke("requeue", "--job", str(job.id), "--db", url), "held by live worker h:1:live.*--force")
+    assert invoke("requeue", "--job", str(job.id), "--force", "--db", url).stdout == "requeued 1 job(s)\n"

@@ -183,8 +183,101 @@ def test_supervisor_restarts_dead_children_and_stops_all_on_ctrl_c(engine, db_ur
     assert sup.wait(timeout=60) == 0
     text = (tmp_path / "sup.log").read_text()
     assert "died with signal SIGKILL" in text
+    assert "restarting worker on cpu in 1s (restart 1 of 3)" in text  # a back-off, not an instant respawn
     with db.read(engine) as conn:
         live = conn.execute(select(func.count()).select_from(workers).where(workers.c.stopped_at.is_(None))).scalar()
         running = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.state == "running", jobs.c.id != 1)).scalar()
     assert live == 1  # only the poisoned child, SIGKILLed, never marked itself stopped
     assert running == 0  # the stopped children finished or released their jobs
+
+
+def test_a_model_that_will_not_load_costs_no_attempt(engine, db_url, tmp_path):
+    """Issue 9.13: the model loads before any claim; its error stops the worker, every job untouched."""
+    seed_jobs(engine, 20, model=str(tmp_path / "moved-away"))
+    w = start_worker(db_url, "--device", "cpu", log_path=tmp_path / "w.log", env={"HF_HUB_OFFLINE": "1"})
+    assert w.wait(timeout=TIMEOUT) == 1
+    assert job_states(engine) == {"todo": 20}
+    assert scalar(engine, select(func.max(jobs.c.attempt))) == 0
+    errors = [line for line in (tmp_path / "w.log").read_text().splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "cannot load" in errors[0] and "moved-away" in errors[0]
+
+
+def outage(engine, db_url):
+    """Make the database unreachable for the worker: a held exclusive lock (SQLite), or connections
+    refused and the open ones terminated (PostgreSQL). Returns the function that ends it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    if engine.dialect.name == "sqlite":
+        import sqlite3
+
+        holder = sqlite3.connect(make_url(db_url).database, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        return lambda: (holder.execute("COMMIT"), holder.close())
+    name = make_url(db_url).database
+    admin = create_engine(make_url(db_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+
+    def end():
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+    return end
+
+
+def test_a_worker_rides_out_a_database_outage(engine, db_url, tmp_path):
+    """Issue 9.14: a lock held past the busy timeout, or a PostgreSQL outage, is retried, not fatal."""
+    n = 60
+    seed_jobs(engine, n)
+    log = tmp_path / "w.log"
+    w = start_worker(db_url, "--fake-sampler", "--fake-delay", "0.05", "--batch-jobs", "2", "--db-retry-seconds", "120",
+                     log_path=log, env={"POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"})
+    wait_for(lambda: job_states(engine).get("done", 0) >= 4, what="some progress")
+    engine.dispose()
+    end = outage(engine, db_url)
+    try:
+        wait_for(lambda: "database unavailable" in log.read_text(), what="the worker to meet the outage")
+        assert w.poll() is None  # still alive, retrying
+    finally:
+        end()
+    assert w.wait(timeout=TIMEOUT) == 0
+    assert_all_done_exactly_once(engine, n)
+
+
+def test_children_stop_when_their_supervisor_is_killed(engine, db_url, tmp_path):
+    """Issue 9.15: SIGKILL of `worker --devices` reaches the children (PR_SET_PDEATHSIG), which stop cleanly."""
+    from tests.helpers import cli_cmd
+
+    seed_jobs(engine, 2000)
+    log = open(tmp_path / "sup.log", "wb")
+    sup = subprocess.Popen(cli_cmd("worker", "--db", db_url, "--no-progress", "--devices", "cpu,cpu", "--fake-sampler",
+                                   "--fake-delay", "0.1", "--batch-jobs", "1"), stdout=log, stderr=subprocess.STDOUT)
+    pids = wait_for(lambda: _live_worker_pids(engine, 2), what="two working children")
+    sup.send_signal(signal.SIGKILL)
+    sup.wait(timeout=60)
+    wait_for(lambda: scalar(engine, select(func.count()).select_from(workers).where(workers.c.stopped_at.is_(None))) == 0,
+             what="the children to stop")
+    for pid in pids:
+        wait_for(lambda: not _alive(pid), what=f"child {pid} to exit")
+    assert job_states(engine).get("running", 0) == 0  # they finished or released their jobs
+
+
+def _live_worker_pids(engine, n):
+    with db.read(engine) as conn:
+        pids = conn.execute(select(workers.c.pid).join(jobs, jobs.c.last_worker == workers.c.id)
+                            .where(workers.c.stopped_at.is_(None)).distinct()).scalars().all()
+    return pids if len(pids) >= n else None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:  # a zombie (exited, not yet reaped by init) counts as gone
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

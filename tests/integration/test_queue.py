@@ -4,6 +4,8 @@ import pytest
 from sqlalchemy import select, update
 
 from posresample import db, queue
+from posresample.errors import DatabaseError
+from posresample.queue import LeaseLost
 from posresample.models import completions, jobs
 from tests.helpers import job_states, seed_jobs
 
@@ -137,6 +139,55 @@ def test_requeue_one_job_and_refusals(engine):
         queue.requeue(engine)
 
 
+def test_requeue_of_a_job_a_live_worker_holds_needs_force(engine):
+    seed_jobs(engine, 1)
+    w = register(engine)
+    [job] = queue.claim_jobs(engine, w, 1, 60, MAX)
+    with pytest.raises(DatabaseError, match="held by live worker .*--force"):
+        queue.requeue(engine, job_id=job.id)
+    with pytest.raises(LeaseLost):  # untouched: the worker still finishes it
+        queue.complete_job(engine, job, "someone else", rows())
+    assert queue.requeue(engine, job_id=job.id, force=True) == 1
+    with pytest.raises(LeaseLost):  # forced: the holder's late write is discarded
+        queue.complete_job(engine, job, w, rows())
+
+
+@pytest.mark.postgres
+def test_a_locked_exhausted_job_does_not_stall_claims(pg_url):
+    """A frozen transaction holding a row lock on a job the claim would fail must not block claimers."""
+    from sqlalchemy import text
+
+    engine = db.make_engine(pg_url)
+    db.upgrade(engine)
+    seed_jobs(engine, 3)
+    w = register(engine)
+    [stuck] = queue.claim_jobs(engine, w, 1, 60, 1)
+    with db.write(engine) as conn:  # its lease has expired on its last attempt: the claim fails it
+        conn.execute(update(jobs).where(jobs.c.id == stuck.id).values(lease_expires_at=0.0))
+    frozen = engine.connect()
+    frozen.begin()
+    frozen.execute(text("select id from jobs where id = :i for update"), {"i": stuck.id})
+    from sqlalchemy import event
+
+    strict = db.make_engine(pg_url, check=False)
+
+    @event.listens_for(strict, "connect")
+    def _lock_timeout(dbapi_conn, _record):
+        with dbapi_conn.cursor() as cur:
+            cur.execute("set lock_timeout = '2s'")  # a blocked claim errors instead of waiting
+        dbapi_conn.commit()
+
+    claimed = queue.claim_jobs(strict, register(strict, "other"), 2, 60, 1)
+    assert len(claimed) == 2 and stuck.id not in {j.id for j in claimed}
+    frozen.rollback()
+    frozen.close()
+    queue.claim_jobs(strict, "nobody", 0, 60, 1)  # the lock is gone: now the job is failed
+    with db.read(engine) as conn:
+        assert conn.execute(select(jobs.c.state).where(jobs.c.id == stuck.id)).scalar() == "failed"
+    strict.dispose()
+    engine.dispose()
+
+
 def test_status_report(engine):
     seed_jobs(engine, 3)
     w = register(engine)
@@ -147,8 +198,14 @@ def test_status_report(engine):
     assert report["completions"] == 96 and report["candidates"] == 3
     assert report["workers"][0]["state"] == "live" and report["workers"][0]["jobs_done"] == 1
     assert report["throughput_jobs_per_minute"] > 0 and report["eta_seconds"] > 0
+    assert report["scans"] == [{"name": "fake", "split": "validation", "sentences_done": 3, "sentences_total": 3,
+                                "state": "complete", "candidates": 3}]
+    for i in range(40):  # a kill campaign leaves many dead workers: counted, not listed
+        queue.stop_worker(engine, register(engine, f"dead{i}"))
     queue.stop_worker(engine, w)
-    assert queue.status_report(engine)["workers"][0]["state"] == "stopped"
+    after = queue.status_report(engine)
+    assert after["workers"] == [] and after["workers_total"] == {"live": 0, "lost": 0, "stopped": 41}
+    assert after["eta_seconds"] is None  # jobs left but no live worker: no ETA
 
 
 def test_database_clock_is_used_for_leases(engine):

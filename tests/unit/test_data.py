@@ -135,8 +135,8 @@ def test_hf_parquet_rows_give_the_same_sentences_as_conllu(tmp_path, conllu_file
 
 
 def test_parse_label_list_accepts_names_and_ids():
-    assert parse_label_list("_,SYM,INTJ") == (4, 13, 15)
-    assert parse_label_list("4, NOUN") == (0, 4)
+    assert parse_label_list("_,SYM,INTJ") == (13, 4, 15)  # the user's order, kept for the export header
+    assert parse_label_list("4, NOUN, SYM") == (4, 0)
     assert UPOS_NAMES[13] == "_"
     with pytest.raises(DatasetError, match="unknown UPOS"):
         parse_label_list("NOUNS")
