@@ -49,6 +49,24 @@ def compare(reference, other) -> tuple[float, float, float]:
     return len(differ) / len(pairs), first / len(pairs), (sum(steps) / len(steps) if steps else float("nan"))
 
 
+@torch.inference_mode()
+def prefill_logit_delta(model, prefixes: list[list[int]]) -> float:
+    """max |logit alone - logit in one left-padded batch| over the prefixes' next-token logits: the
+    size of what a batch shape moves, which is what can flip a draw."""
+    from transformers import DynamicCache
+
+    sampler = Sampler(model)
+    ids, mask = sampler._left_pad(prefixes)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    batched = sampler._forward(ids, mask, positions, DynamicCache(config=model.config)).float()
+    delta = 0.0
+    for row, prefix in enumerate(prefixes):
+        one, one_mask = sampler._left_pad([prefix])
+        alone = sampler._forward(one, one_mask, (one_mask.cumsum(-1) - 1).clamp(min=0), DynamicCache(config=model.config))
+        delta = max(delta, float((alone[0].float() - batched[row]).abs().max()))
+    return delta
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
@@ -72,6 +90,7 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d')}, {'peaked' if args.peaked else 'flat (random)'} distributions, "
           f"{len(prefixes)} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens x "
           f"{args.num_samples} samples x {args.max_new_tokens} tokens")
+    print(f"max |logit alone - logit batched| at prefill: {prefill_logit_delta(model, prefixes):.3g}")
     print("| variant | batching vs alone | samples that differ | first token differs | mean first differing step |")
     print("|---|---|---|---|---|")
     together = {}

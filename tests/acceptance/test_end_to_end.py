@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from tests.acceptance.test_workers import running_job_of, wait_for
-from tests.helpers import cli_cmd, job_states, start_worker
+from tests.helpers import assert_samples_agree, cli_cmd, job_states, start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -50,4 +50,35 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
     clean = export_records(clean_url, tmp_path / "clean.jsonl")
     assert len(resumed) == 40 and all(len(r["completions"]) == 24 for r in resumed)
     key = lambda r: (r["dataset_idx"], r["prefix"]["target_position"])
-    assert sorted(resumed, key=key) == sorted(clean, key=key)
+    resumed, clean = sorted(resumed, key=key), sorted(clean, key=key)
+    assert [(r["dataset_idx"], r["prefix"]) for r in resumed] == [(r["dataset_idx"], r["prefix"]) for r in clean]
+    assert_samples_agree([[c["token_ids"] for c in r["completions"]] for r in resumed],
+                         [[c["token_ids"] for c in r["completions"]] for r in clean])
+
+
+def test_two_scans_of_one_name_at_once_are_safe(db_url, tiny_dir, tiny_probe, sample_conllu, tmp_path):
+    """Issue 9.12: on a fresh database, the second is refused in one line (or runs after the first);
+    either way the limit holds and progress is counted once."""
+    from sqlalchemy import func, select
+
+    from posresample import db as dbmod
+    from posresample.models import candidates, scans
+
+    args = ("scan", "--probe", tiny_probe, "--dataset", sample_conllu, "--model", tiny_dir, "--layer", "2", "--device",
+            "cpu", "--num-samples", "2", "--max-new-tokens", "2", "--max-prefixes", "15", "--no-progress")
+    procs = [subprocess.Popen(cli_cmd(*args, "--db", db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for code, err in outcomes:
+        errors = [line for line in err.splitlines() if line.startswith("Error: ")]
+        assert code == 0 or (code == 1 and len(errors) == 1 and "is being run by" in errors[0]), err
+    clean = f"sqlite:///{tmp_path / 'clean.db'}"
+    subprocess.run(cli_cmd(*args, "--db", clean), check=True, capture_output=True)
+    seen = []
+    for url in (db_url, clean):
+        engine = dbmod.make_engine(url)
+        with dbmod.read(engine) as conn:
+            seen.append(conn.execute(select(scans.c.tokens_seen, scans.c.sentences_done)).one())
+            assert conn.execute(select(func.count()).select_from(candidates)).scalar() == 15
+        engine.dispose()
+    assert seen[0] == seen[1]

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from posresample.sampler import SampleRequest, Sampler, SamplingParams
+from tests.helpers import assert_samples_agree
 
 
 def decode_logits(model, tokenizer):
@@ -93,9 +94,9 @@ def completions(sampler, prefixes, n=16):
 def test_fast_path_draws_the_same_samples_as_the_hf_path(tiny_model, tokenizer):
     prefixes = [tokenizer(t)["input_ids"] for t in ["Paris is a big", "The run", "You can book online or"]]
     hf = completions(Sampler(tiny_model, decode="hf"), prefixes)
-    assert completions(Sampler(tiny_model, decode="fast"), prefixes) == hf
+    assert_samples_agree(completions(Sampler(tiny_model, decode="fast"), prefixes), hf)
     # max_rows 12 splits 16 samples into 12 + 4: unequal groups take the HF path, same samples.
-    assert completions(Sampler(tiny_model, decode="fast", max_rows=12), prefixes) == hf
+    assert_samples_agree(completions(Sampler(tiny_model, decode="fast", max_rows=12), prefixes), hf)
 
 
 def test_decoder_refuses_more_steps_than_its_cache_holds(tiny_model, tokenizer):
@@ -128,4 +129,4 @@ def test_inductor_compiled_step_draws_the_same_samples(tiny_model, tokenizer):
     """torch.compile of the fixed-shape step (about 20 s of compiling on 2 CPU cores)."""
     prefixes = [tokenizer(t)["input_ids"] for t in ["Paris is a big", "The run", "You can book online or"]]
     hf = completions(Sampler(tiny_model, decode="hf"), prefixes)
-    assert completions(Sampler(tiny_model, decode="fast", compile="inductor"), prefixes) == hf
+    assert_samples_agree(completions(Sampler(tiny_model, decode="fast", compile="inductor"), prefixes), hf)
