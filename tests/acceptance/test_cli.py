@@ -204,3 +204,49 @@ def test_requeue_of_a_held_job_needs_force(scan_args):
     [job] = queue.claim_jobs(engine, "h:1:live", 1, 60, 3)
     assert_one_line_error(invoke("requeue", "--job", str(job.id), "--db", url), "held by live worker h:1:live.*--force")
     assert invoke("requeue", "--job", str(job.id), "--force", "--db", url).stdout == "requeued 1 job(s)\n"
+
+
+def test_no_progress_silences_the_model_loader_too(scan_args):
+    import subprocess
+    import sys
+
+    args = scan_args(**{"--max-prefixes": "2"})
+    quiet = subprocess.run([sys.executable, str(REPO / "cli.py"), *args, "--no-progress"], capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    # transformers >= 5 draws "Loading weights: 100%|...| 46/46 [...it/s]" unless told not to
+    assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr
+
+
+def test_worker_bar_has_a_total_and_an_eta(tmp_path, capsys):
+    from posresample import db as dbmod
+    from posresample.fake import FakeSampler
+    from posresample.worker import Worker, WorkerOptions
+    from tests.helpers import seed_jobs
+
+    engine = dbmod.make_engine(f"sqlite:///{tmp_path / 'bar.db'}")
+    dbmod.upgrade(engine)
+    seed_jobs(engine, 12, num_samples=2, max_new_tokens=2)
+    Worker(engine, lambda _m: FakeSampler(), WorkerOptions(batch_jobs=4, progress=True)).run()
+    frames = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    assert any(re.search(r"jobs: +100%\|.*\| 12/12 \[", f) for f in frames), frames
+    assert any(re.search(r"4/12 \[\d\d:\d\d<\d\d:\d\d", f) for f in frames), frames  # elapsed<remaining: an ETA
+
+
+def test_demo_run_again_with_other_settings_exports_what_it_just_sampled(tmp_path):
+    """Issue 9.2: the second run samples new params and exports them, not 'pick one with --params'."""
+    workdir = tmp_path / "demo"
+    first = invoke("demo", "--workdir", str(workdir), "--no-progress", "--num-samples", "2", "--max-new-tokens", "2")
+    assert first.exit_code == 0, first.output
+    second = invoke("demo", "--workdir", str(workdir), "--no-progress", "--num-samples", "3", "--max-new-tokens", "2")
+    assert second.exit_code == 0, second.output
+    lines = (workdir / "uncertain_resamples.jsonl").read_text(encoding="utf-8").splitlines()
+    header, record = json.loads(lines[0])["metadata"], json.loads(lines[1])
+    assert header["generation_params"]["num_samples"] == 3 and len(record["completions"]) == 3
+
+
+def test_the_full_help_in_the_docs_is_current():
+    """docs/cli.md ends with every command's --help; `python scripts/cli-help-doc` rewrites it."""
+    from posresample.cli import full_help_markdown
+
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert text[text.index("## Full help"):] == full_help_markdown()
