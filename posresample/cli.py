@@ -13,7 +13,8 @@ import click
 
 from . import __version__
 from .config import (
-    DEFAULT_DB_RETRY_SECONDS, INT32_MAX, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, SEED_MAX, DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_DB_RETRY_SECONDS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_LABEL_BATCH, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LABEL_LEASE,
+    DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_TAGGER_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_TAGGER_STEPS, INT32_MAX, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, SEED_MAX, DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
     DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, GenerationParams,
 )
@@ -101,8 +102,10 @@ def cli(ctx, verbose):
     The pipeline:
       scan     dataset + model + probe  ->  candidates and queued jobs
       worker   claims jobs, samples     ->  completions  (one per GPU, any host)
+      label    completions + tagger     ->  the target word's UPOS in each completion
       export   candidates + completions ->  JSONL
-    status, requeue and `db upgrade` look after the queue; `demo` runs it all offline.
+    train-probe and train-tagger make the probe and the tagger; status, requeue and
+    `db upgrade` look after the queue; `demo` runs scan -> worker -> export offline.
     """
     ctx.ensure_object(dict)["verbose"] = verbose
     setup_logging(verbose)
@@ -431,6 +434,69 @@ def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences
 
 
 @cli.command(context_settings=CONTEXT)
+@click.option("--tagger", "tagger_spec", required=True, help="spacy:PATH (a train-tagger folder) or spacy:PACKAGE (an installed pipeline).")
+@click.option("--tagger-name", default=None, help="Name for the tagger's labels [default: the folder or package name].")
+@click.option("--scan", "scan_name", default=None, help="Label this scan's completions only [default: every scan].")
+@click.option("--batch", "batch_jobs", default=DEFAULT_LABEL_BATCH, show_default=True, type=COUNT, help="Done jobs claimed and tagged together.")
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 256), help="Label processes on this host.")
+@click.option("--lease-seconds", default=DEFAULT_LABEL_LEASE, show_default=True, type=FiniteFloat(0.5),
+              help="A killed process's jobs are taken over after this.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@db_option
+@click.pass_context
+def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease_seconds, no_progress, db_url):
+    """Tag the target word of every sampled completion with a POS tagger.
+
+    Resumable (a re-run labels only what is missing) and parallel (several processes or hosts split
+    the done jobs through leases); it can run while workers still sample. The original sentence of
+    each candidate is tagged too, to show how far to trust the tagger on these tokens.
+
+    \b
+    Example:
+        python cli.py label --tagger spacy:taggers/ewt --processes 2
+    """
+    from .label import LabelOptions, run_label
+
+    opts = LabelOptions(tagger=tagger_spec, tagger_name=tagger_name, scan=scan_name, batch_jobs=batch_jobs,
+                        processes=processes, lease_seconds=lease_seconds, progress=not no_progress)
+    result = run_label(open_engine(db_url, must_exist=True), db_url, opts, verbose=ctx.obj.get("verbose", False))
+    summary = result.summary
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items()))
+    upos = " ".join(f"{k} {v}" for k, v in summary["upos"].items())
+    rate = result.added / result.seconds if result.seconds > 0 else 0.0
+    click.echo(f"tagger {result.tagger!r}: {result.added} completions labelled now ({rate:.0f}/s), "
+               f"{summary['labels']} in all ({statuses}); {result.candidates_added} original sentences tagged")
+    click.echo(f"upos: {upos}")
+
+
+@cli.command("train-tagger", context_settings=CONTEXT)
+@click.option("--dataset", required=True, help="A UD directory (train, dev, test), a .conllu file (a tenth held out) or a HF id.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="New folder for the spaCy pipeline; OUTPUT.json is its sidecar.")
+@click.option("--max-steps", default=DEFAULT_TAGGER_STEPS, show_default=True, type=COUNT, help="Training steps at most (spaCy keeps the best on dev).")
+@click.option("--max-epochs", default=DEFAULT_TAGGER_EPOCHS, show_default=True, type=COUNT, help="Passes over the training data at most.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Training seed.")
+@click.option("--no-progress", is_flag=True, help="No training log.")
+def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
+    """Train a UPOS tagger (spaCy tok2vec + morphologizer) on a treebank, offline.
+
+    Writes the pipeline folder and a sidecar JSON with dev and test UPOS accuracy, on gold tokens
+    and on raw text through the span lookup `label` uses. About 25 minutes on 2 CPU cores for
+    UD English-EWT at the default --max-steps.
+
+    \b
+    Example:
+        python cli.py train-tagger --dataset ../shared/data/ud_english_ewt -o taggers/ewt
+    """
+    from .train_tagger import train_tagger as run_train
+
+    result = run_train(dataset, output, max_steps=max_steps, max_epochs=max_epochs, seed=seed, progress=not no_progress)
+    for name, acc in result.accuracy.items():
+        click.echo(f"{name} ({result.sources[name]}): UPOS accuracy {acc['gold_tokens']:.4f} on gold tokens, "
+                   f"{acc['raw_text']:.4f} on raw text ({acc['words']} words)")
+    click.echo(f"wrote {result.model_dir} and {result.sidecar}; use it as --tagger spacy:{result.model_dir}")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("--workdir", default="demo_out", show_default=True, type=click.Path(file_okay=False), help="Where the model, probe, database and export go.")
 @click.option("--db", "db_url", default=None, help="Database URL [default: sqlite:///WORKDIR/posresample.db].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -461,6 +527,26 @@ def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature,
 Try:
   python cli.py status --db {url}
   sqlite3 {url.removeprefix('sqlite:///')} 'select finish_reason, count(*) from completions group by 1'""")
+
+
+def _command_paths(group=None, prefix=()):
+    group = group or cli
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, prefix + (name,))
+        else:
+            yield prefix + (name,)
+
+
+def full_help_markdown() -> str:
+    """docs/cli.md's "Full help" section: the top-level --help and every command's."""
+    from click.testing import CliRunner
+
+    parts = ["## Full help\n"]
+    for path in [(), *_command_paths()]:
+        result = CliRunner().invoke(cli, [*path, "--help"], prog_name="posresample", terminal_width=100)
+        parts.append(f"\n```\n$ python cli.py {' '.join(path)} --help\n{result.output.rstrip()}\n```\n")
+    return "".join(parts)
 
 
 def main():

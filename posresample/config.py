@@ -29,6 +29,10 @@ SEED_MAX = 2**63 - 1  # the seed column is 64-bit
 DEFAULT_LEASE_SECONDS = 60.0  # a claimed job is reclaimable this long after the last heartbeat
 DEFAULT_MAX_ATTEMPTS = 3  # claims before a job that keeps failing ends `failed`
 DEFAULT_STOP_GRACE = 30.0  # seconds a signalled worker may spend finishing its batch
+DEFAULT_LABEL_BATCH_JOBS = 16  # done jobs (x 96 completions) a label process claims and tags together
+DEFAULT_LABEL_LEASE_SECONDS = 30.0  # a killed label process's jobs are taken over after this
+DEFAULT_TAGGER_MAX_STEPS = 6000  # train-tagger: about 25 minutes on 2 CPU cores for EWT train
+DEFAULT_TAGGER_MAX_EPOCHS = 20
 DEFAULT_DB_RETRY_SECONDS = 300.0  # a worker rides out a database outage (restart, lock) this long
 
 

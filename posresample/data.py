@@ -199,6 +199,23 @@ def _sentence_from_hf_row(i: int, row: dict) -> Sentence:
 # --- alignment -------------------------------------------------------------------------------
 
 
+def word_spans(text: str, words: Sequence[tuple[str, int]]) -> list[tuple[int, int] | None]:
+    """Each UD word's character span in `text` (first to last matched character, end exclusive),
+    by the same walk as char_labels; None for a word none of whose characters was found."""
+    spans: list[tuple[int, int] | None] = []
+    pos = 0
+    for form, _label in words:
+        first = last = None
+        for ch in form:
+            found = text.find(ch, pos)
+            if found < 0:
+                continue
+            first = found if first is None else first
+            last, pos = found, found + 1
+        spans.append(None if first is None else (first, last + 1))
+    return spans
+
+
 def char_labels(text: str, words: Sequence[tuple[str, int]]) -> list[int | None]:
     """Label each character of `text` with the UD word that covers it; spaces stay None.
 

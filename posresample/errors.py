@@ -27,3 +27,7 @@ class ConfigError(PosresampleError):
 
 class ExportError(PosresampleError):
     """The export's output cannot be written (missing folder, a folder as output, a full disk)."""
+
+
+class TaggerError(PosresampleError):
+    """The tagger spec, folder or package cannot be used (not a pipeline, no UPOS tags)."""

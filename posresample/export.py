@@ -29,6 +29,20 @@ EXPORT_FORMAT = "posresample.export/2"
 PACKAGES = ("torch", "transformers", "scikit-learn", "sqlalchemy", "alembic", "datasets", "tokenizers")
 
 
+LABEL_CHUNK = 200  # records whose labels are read in one query
+
+
+def _chunks(items, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def package_versions() -> dict:
     versions = {"posresample": __version__, "python": platform.python_version()}
     for name in PACKAGES:
@@ -37,7 +51,7 @@ def package_versions() -> dict:
     return versions
 
 
-def header(scan: dict, params: dict, counts: dict, candidates: int, samplers: list[dict]) -> dict:
+def header(scan: dict, params: dict, counts: dict, candidates: int, samplers: list[dict], taggers: list[dict] | None = None) -> dict:
     return {"metadata": {
         "format": EXPORT_FORMAT,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -51,6 +65,7 @@ def header(scan: dict, params: dict, counts: dict, candidates: int, samplers: li
         "generation_params": _params(params, scan["layer"]) | {"id": params["id"]},
         "package_versions": package_versions(),
         "samplers": samplers,  # [{"jobs": n, "sampler": {decode, compile, dtype, device, versions}}]
+        "taggers": taggers or [],  # the taggers whose labels the records carry (label stage)
         "counts": {"sentences_scanned": scan["sentences_done"], "sentences_total": scan["sentences_total"],
                    "candidates": candidates, "jobs": counts, "records": counts.get("done", 0)},
     }}
@@ -60,7 +75,24 @@ def _params(params: dict, layer: int) -> dict:
     return {"model": params["model"], "layer": layer} | {k: params[k] for k in PARAM_FIELDS if k != "model"}
 
 
-def record(head: dict, rows: list[dict], gen: dict) -> dict:
+def record(head: dict, rows: list[dict], gen: dict, labels: tuple[dict, dict] | None = None) -> dict:
+    """One candidate with its completions; with labels, each completion's `upos` per tagger, the
+    record's empirical `label_counts` per tagger, and the tagger's label on the original sentence."""
+    out = _record(head, rows, gen)
+    if labels:
+        per_completion, per_candidate = labels
+        counts: dict[str, dict[str, int]] = {}
+        for row, completion in zip(rows, out["completions"]):
+            completion["upos"] = per_completion.get(row["id"], {})
+            for tagger, upos in completion["upos"].items():
+                if upos is not None:
+                    counts.setdefault(tagger, {})[upos] = counts.setdefault(tagger, {}).get(upos, 0) + 1
+        out["label_counts"] = {t: dict(sorted(c.items(), key=lambda kv: -kv[1])) for t, c in counts.items()}
+        out["original_upos"] = per_candidate.get(head["id"], {})
+    return out
+
+
+def _record(head: dict, rows: list[dict], gen: dict) -> dict:
     return {
         "dataset_idx": head["dataset_idx"],
         "sent_id": head["sent_id"],
@@ -142,16 +174,19 @@ def _export(engine, out: str, scan_name: str | None, params_id: int | None, prog
         params = store.pick_params(conn, scan["id"], params_id)
         counts = store.job_counts(conn, scan["id"], params["id"])
         n_candidates = sum(counts.values())
-        meta = header(scan, params, counts, n_candidates, store.samplers_used(conn, scan["id"], params))
+        taggers = store.taggers_used(conn, scan["id"], params)
+        meta = header(scan, params, counts, n_candidates, store.samplers_used(conn, scan["id"], params), taggers)
         gen = _params(params, scan["layer"])
         with open_output(out) as stream:
             stream.write(json.dumps(meta, ensure_ascii=False) + "\n")
             bar = tqdm(total=counts.get("done", 0), desc="export", unit="rec", disable=not progress)
             written = 0
-            for head, rows in store.iter_done(conn, scan["id"], params):
-                stream.write(json.dumps(record(head, rows, gen), ensure_ascii=False) + "\n")
-                written += 1
-                bar.update(1)
+            for chunk in _chunks(store.iter_done(conn, scan["id"], params), LABEL_CHUNK):
+                labels = store.labels_for(conn, [head["job_id"] for head, _ in chunk]) if taggers else None
+                for head, rows in chunk:
+                    stream.write(json.dumps(record(head, rows, gen, labels), ensure_ascii=False) + "\n")
+                written += len(chunk)
+                bar.update(len(chunk))
             bar.close()
     meta["metadata"]["counts"]["records"] = written
     return meta["metadata"]

@@ -134,3 +134,56 @@ workers = Table(
     # Set when the worker loads a model (jobs.last_worker joins here).
     Column("sampler", JSONType),
 )
+
+LABEL_STATUSES = ("ok", "no_span", "empty", "not_upos")
+
+
+def _label_columns():
+    return [
+        Column("upos", Integer),  # HF ClassLabel id; NULL unless status is ok
+        Column("upos_name", String(10)),
+        Column("tag", String(50)),  # the fine tag, when the tagger gives one
+        Column("word", Text),  # the tagger's token that covers the target span
+        Column("status", String(10), nullable=False),  # see LABEL_STATUSES
+    ]
+
+
+taggers = Table(
+    "taggers", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("spec", Text, nullable=False),  # spacy:PATH_OR_PACKAGE as given
+    Column("identity_key", Text, nullable=False, unique=True),  # canonical JSON: name, library, files/package
+    Column("library", String(50), nullable=False),
+    Column("library_version", String(50), nullable=False),
+    Column("files_sha256", String(64)),  # a trained folder: sha256 over its files
+    Column("package_version", String(50)),  # an installed pipeline package
+    Column("accuracy", JSONType),  # what the tagger's sidecar records (dev/test UPOS accuracy)
+    Column("created_at", Float, nullable=False),
+)
+
+labels = Table(
+    "labels", metadata,
+    Column("id", BigId, primary_key=True),
+    Column("completion_id", BigId, ForeignKey("completions.id", ondelete="CASCADE"), nullable=False),
+    Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), nullable=False),
+    *_label_columns(),
+    UniqueConstraint("completion_id", "tagger_id"),
+)
+
+candidate_labels = Table(
+    "candidate_labels", metadata,  # the tagger on the candidate's original sentence
+    Column("id", Integer, primary_key=True),
+    Column("candidate_id", Integer, ForeignKey("candidates.id", ondelete="CASCADE"), nullable=False),
+    Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), nullable=False),
+    *_label_columns(),
+    UniqueConstraint("candidate_id", "tagger_id"),
+)
+
+label_leases = Table(
+    "label_leases", metadata,  # which label process holds which done job; expired ones are taken over
+    Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), primary_key=True),
+    Column("owner", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)

@@ -205,7 +205,7 @@ def iter_done(conn: Connection, scan_id: int, params: dict, batch: int = 500) ->
         select(candidates, jobs.c.id.label("job_id"), jobs.c.attempt)
         .join(jobs, jobs.c.candidate_id == candidates.c.id).where(done).order_by(jobs.c.id)).mappings()
     tails = conn.execution_options(stream_results=True, yield_per=batch * params["num_samples"]).execute(
-        select(completions.c.job_id, completions.c.sample_index, completions.c.text, completions.c.token_ids,
+        select(completions.c.id, completions.c.job_id, completions.c.sample_index, completions.c.text, completions.c.token_ids,
                completions.c.num_tokens, completions.c.finish_reason)
         .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
         .where(done).order_by(completions.c.job_id, completions.c.sample_index)).mappings()
@@ -217,3 +217,39 @@ def iter_done(conn: Connection, scan_id: int, params: dict, batch: int = 500) ->
                 rows.append(dict(pending))
             pending = next(tails, None)
         yield dict(head), rows
+
+
+# --- labels, for export ----------------------------------------------------------------------
+
+
+def taggers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
+    """The taggers that labelled this scan's completions under these params, with their identity."""
+    from .models import labels, taggers
+
+    used = (select(labels.c.tagger_id).join(completions, completions.c.id == labels.c.completion_id)
+            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"]).distinct())
+    rows = conn.execute(select(taggers).where(taggers.c.id.in_(used)).order_by(taggers.c.id)).mappings().all()
+    return [{k: r[k] for k in ("id", "name", "spec", "library", "library_version", "files_sha256", "package_version",
+                               "accuracy")} for r in rows]
+
+
+def labels_for(conn: Connection, job_ids: list[int]) -> tuple[dict, dict]:
+    """({completion_id: {tagger name: UPOS name or None}}, {candidate_id: {tagger name: UPOS name or None}})."""
+    from .models import candidate_labels, labels, taggers
+
+    per_completion: dict[int, dict] = {}
+    rows = conn.execute(select(labels.c.completion_id, taggers.c.name, labels.c.upos_name)
+                        .join(taggers, taggers.c.id == labels.c.tagger_id)
+                        .join(completions, completions.c.id == labels.c.completion_id)
+                        .where(completions.c.job_id.in_(job_ids))).all()
+    for completion_id, name, upos in rows:
+        per_completion.setdefault(completion_id, {})[name] = upos
+    per_candidate: dict[int, dict] = {}
+    rows = conn.execute(select(candidate_labels.c.candidate_id, taggers.c.name, candidate_labels.c.upos_name)
+                        .join(taggers, taggers.c.id == candidate_labels.c.tagger_id)
+                        .join(jobs, jobs.c.candidate_id == candidate_labels.c.candidate_id)
+                        .where(jobs.c.id.in_(job_ids))).all()
+    for candidate_id, name, upos in rows:
+        per_candidate.setdefault(candidate_id, {})[name] = upos
+    return per_completion, per_candidate

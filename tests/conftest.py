@@ -132,3 +132,14 @@ def shared_ewt() -> Path:
     if not (SHARED_EWT / "en_ewt-ud-dev.conllu").is_file():
         pytest.skip("../shared/data/ud_english_ewt is absent")
     return SHARED_EWT
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tmp_path_factory) -> str:
+    """A spaCy UPOS tagger trained in the session on the bundled sample (a few seconds): its folder."""
+    from posresample.tiny import sample_conllu_path
+    from posresample.train_tagger import train_tagger
+
+    out = str(tmp_path_factory.mktemp("tagger") / "sample-tagger")
+    train_tagger(sample_conllu_path(), out, max_steps=40, max_epochs=50, progress=False)
+    return out

@@ -179,23 +179,43 @@ def test_completions_are_queryable_with_sql_json(engine, tiny_dir, tiny_probe, s
     assert tokens == expected > 0
 
 
-def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer):
+def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger):
     """docs/sql.md: its first sql block is for SQLite, its second for PostgreSQL; every statement runs."""
     import re
+    from collections import Counter
 
+    from posresample.label import LabelOptions, run_label
+    from posresample.models import labels
     from tests.helpers import REPO
 
     run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=3), progress=False)
     run_worker(engine, tiny_model, tokenizer)
+    run_label(engine, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", progress=False))
     blocks = re.findall(r"```sql\n(.*?)```", (REPO / "docs" / "sql.md").read_text(encoding="utf-8"), re.S)
     statements = [s.strip() for s in blocks[0 if engine.dialect.name == "sqlite" else 1].split(";") if s.strip()]
     assert len(statements) >= 4
     with db.read(engine) as conn:
         results = {s: conn.exec_driver_sql(s).fetchall() for s in statements}
-    # Every example finds rows, but the live-worker query: the worker has stopped.
-    assert [s for s, rows in results.items() if not rows and "stopped_at is null" not in s] == []
+    # Every example finds rows, but the live-worker query (the worker has stopped) and the disagreements,
+    # checked against Python instead.
+    assert [s for s, rows in results.items() if not rows and "stopped_at is null" not in s and "disagrees" not in s] == []
+    with db.read(engine) as conn:
+        per_candidate = {}
+        for cid, upos in conn.execute(select(jobs.c.candidate_id, labels.c.upos_name).join(
+                completions, completions.c.job_id == jobs.c.id).join(labels, labels.c.completion_id == completions.c.id)
+                .where(labels.c.status == "ok")):
+            per_candidate.setdefault(cid, Counter())[upos] += 1
+        preds = dict(conn.execute(select(candidates.c.id, candidates.c.probe_pred_name)).all())
+    majority = {cid: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for cid, c in per_candidate.items()}
+    disagree = next(rows for s, rows in results.items() if "disagrees" in s)
+    assert {row[0] for row in disagree} == {cid for cid, m in majority.items() if m != preds[cid]}
     provenance = next(rows for s, rows in results.items() if "decode" in s)
     assert {(row[-2], row[-1]) for row in provenance} == {("hf", "float32")}
+    # the probe's probability for its own prediction: one row, equal to the stored max probability
+    [own] = next(rows for s, rows in results.items() if "its own prediction" in s)
+    with db.read(engine) as conn:
+        name, top = conn.execute(select(candidates.c.probe_pred_name, candidates.c.probe_max_prob).where(candidates.c.id == 1)).one()
+    assert (own[0], own[1]) == (1, name) and float(own[2]) == pytest.approx(top)
 
 
 def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):

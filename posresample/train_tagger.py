@@ -1,0 +1,158 @@
+"""train-tagger: a spaCy UPOS tagger (tok2vec + morphologizer) trained here on UD, offline.
+
+No pretrained weights: `spacy init config --pipeline morphologizer --optimize efficiency` builds a
+small CNN tok2vec from scratch. Multiword tokens stay split, with no space between their parts
+("do" + "n't"), which is what UPOS needs. Training is capped (`max_steps`, `max_epochs`): spaCy's
+own limits never finish on 2 cores; it keeps the best model on dev. Accuracy is measured on gold
+tokens and on raw text through the span lookup `label` uses, and written to a sidecar JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_MAX_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_MAX_STEPS
+from .data import UPOS_NAMES, Sentence, load_sentences, word_spans
+from .errors import DatasetError
+from .tagger import SpacyTagger, sidecar_path, token_at
+
+log = logging.getLogger(__name__)
+HELD_OUT_EVERY = 10  # given one .conllu file: every 10th sentence is held out for evaluation
+
+
+@dataclass
+class TaggerTrainResult:
+    model_dir: str
+    sidecar: str
+    accuracy: dict  # {split: {"gold_tokens": acc, "raw_text": acc, "words": n}}
+    sources: dict  # what was trained and evaluated on
+
+
+def splits_for(dataset: str) -> tuple[list[Sentence], dict[str, list[Sentence]], dict]:
+    """(train, {eval name: sentences}, description). One .conllu file: a held-out tenth of it."""
+    if os.path.isfile(dataset):
+        sentences = load_sentences(dataset)
+        train = [s for s in sentences if s.idx % HELD_OUT_EVERY]
+        held = [s for s in sentences if not s.idx % HELD_OUT_EVERY]
+        if not train or not held:
+            raise DatasetError(f"{dataset} has too few sentences to hold out a tenth")
+        return train, {"dev": held}, {"train": f"{dataset} (9 of every 10 sentences)",
+                                      "dev": f"{dataset} (every 10th sentence, held out)"}
+    train = load_sentences(dataset, "train")
+    evals = {"dev": load_sentences(dataset, "validation")}
+    with contextlib.suppress(DatasetError):
+        evals["test"] = load_sentences(dataset, "test")
+    return train, evals, {"train": f"{dataset} train", **{k: f"{dataset} {k}" for k in evals}}
+
+
+def to_docs(vocab, sentences: list[Sentence]):
+    """spaCy Docs with the UD words, their spacing in `# text`, and their UPOS."""
+    from spacy.tokens import Doc
+
+    docs = []
+    for s in sentences:
+        spans = word_spans(s.text, s.words)
+        if not s.words or any(span is None for span in spans):
+            continue  # a word not found in the text: the spacing cannot be known
+        spaces = [end < len(s.text) and s.text[end].isspace() for _, end in spans]
+        docs.append(Doc(vocab, words=[w for w, _ in s.words], spaces=spaces, pos=[UPOS_NAMES[u] for _, u in s.words]))
+    return docs
+
+
+def train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_MAX_STEPS, max_epochs: int = DEFAULT_MAX_EPOCHS,
+                 seed: int = 0, progress: bool = True) -> TaggerTrainResult:
+    import spacy
+    from spacy.tokens import DocBin
+
+    train, evals, sources = splits_for(dataset)
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        raise DatasetError(f"{out_dir} exists and is not empty: give a new folder")
+    vocab = spacy.blank("en").vocab
+    with tempfile.TemporaryDirectory(prefix="posresample-tagger-") as work:
+        paths = {}
+        for name, sentences in (("train", train), ("dev", evals["dev"])):
+            paths[name] = os.path.join(work, f"{name}.spacy")
+            DocBin(docs=to_docs(vocab, sentences), store_user_data=False).to_disk(paths[name])
+        best = _run_spacy_training(paths, os.path.join(work, "out"), max_steps, max_epochs, seed, progress)
+        os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+        shutil.copytree(best, out_dir, dirs_exist_ok=True)
+    tagger = SpacyTagger(f"spacy:{out_dir}", out_dir)
+    accuracy = {name: evaluate(tagger, sentences) for name, sentences in evals.items()}
+    sidecar = write_sidecar(out_dir, accuracy, sources, len(train), max_steps, max_epochs, seed)
+    return TaggerTrainResult(out_dir, sidecar, accuracy, sources)
+
+
+def _run_spacy_training(paths: dict, output: str, max_steps: int, max_epochs: int, seed: int, progress: bool) -> str:
+    from spacy import util
+    from spacy.cli.init_config import init_config
+    from spacy.training.initialize import init_nlp
+    from spacy.training.loop import train as train_loop
+
+    config = init_config(lang="en", pipeline=["morphologizer"], optimize="efficiency", gpu=False, silent=True)
+    overrides = {"paths.train": paths["train"], "paths.dev": paths["dev"], "training.max_steps": max_steps,
+                 "training.max_epochs": max_epochs, "system.seed": seed,
+                 "training.eval_frequency": max(1, min(200, max_steps // 5))}
+    config = util.load_config_from_str(config.to_str(), overrides=overrides, interpolate=False)
+    # spaCy's table of losses and scores goes to stderr (stdout is for data), or nowhere
+    stream = sys.stderr if progress else open(os.devnull, "w")
+    try:
+        with contextlib.redirect_stdout(stream):
+            nlp = init_nlp(config, use_gpu=-1)
+            os.makedirs(output, exist_ok=True)
+            train_loop(nlp, Path(output), use_gpu=-1, stdout=stream, stderr=stream)
+    finally:
+        if stream is not sys.stderr:
+            stream.close()
+    return os.path.join(output, "model-best")
+
+
+def evaluate(tagger: SpacyTagger, sentences: list[Sentence]) -> dict:
+    """UPOS accuracy on gold tokens (the pipeline on the UD words) and on raw text (the span lookup
+    `label` uses, on the tagger's own tokenization)."""
+    from spacy.tokens import Doc
+
+    gold_right = raw_right = total = 0
+    texts, spans, gold = [], [], []
+    words_docs = []
+    for s in sentences:
+        ws = word_spans(s.text, s.words)
+        if not s.words or any(w is None for w in ws):
+            continue
+        spaces = [end < len(s.text) and s.text[end].isspace() for _, end in ws]
+        words_docs.append((Doc(tagger.nlp.vocab, words=[w for w, _ in s.words], spaces=spaces), [u for _, u in s.words]))
+        for (start, end), (_form, upos) in zip(ws, s.words):
+            texts.append(s.text)
+            spans.append((start, end))
+            gold.append(upos)
+    for doc, labels in zip(tagger.nlp.pipe(d for d, _ in words_docs), (lab for _, lab in words_docs)):
+        gold_right += sum(t.pos_ == UPOS_NAMES[u] for t, u in zip(doc, labels))
+    results = tagger.tag(texts, spans)
+    raw_right = sum(r.upos == u for r, u in zip(results, gold))
+    total = len(gold)
+    return {"gold_tokens": round(gold_right / total, 4) if total else None,
+            "raw_text": round(raw_right / total, 4) if total else None, "words": total}
+
+
+def write_sidecar(out_dir: str, accuracy: dict, sources: dict, n_train: int, max_steps: int, max_epochs: int, seed: int) -> str:
+    import json
+
+    import spacy
+
+    from .export import package_versions
+
+    path = sidecar_path(out_dir)
+    meta = {"tagger": out_dir, "library": "spacy", "pipeline": ["tok2vec", "morphologizer"], "optimize": "efficiency",
+            "sources": sources, "train_sentences": n_train, "max_steps": max_steps, "max_epochs": max_epochs,
+            "seed": seed, "accuracy": accuracy,
+            "package_versions": package_versions() | {"spacy": spacy.__version__}}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=2)
+        handle.write("\n")
+    return path
