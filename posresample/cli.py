@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .config import (
-    DEFAULT_DB_RETRY_SECONDS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_LABEL_BATCH, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LABEL_LEASE,
+    DEFAULT_DB_RETRY_SECONDS, DEFAULT_MIN_LABELLED, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_LABEL_BATCH, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LABEL_LEASE,
     DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_TAGGER_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_TAGGER_STEPS, INT32_MAX, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, SEED_MAX, DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
     DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, GenerationParams,
@@ -87,7 +87,7 @@ def open_engine(db_url: str, must_exist: bool = False):
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("alembic", "httpx", "urllib3", "filelock"):
+    for noisy in ("alembic", "httpx", "urllib3", "filelock", "spacy", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -469,6 +469,41 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
     click.echo(f"upos: {upos}")
 
 
+@cli.command(context_settings=CONTEXT)
+@click.option("-o", "--output", default="report", show_default=True, type=click.Path(file_okay=False), help="Folder for the report.")
+@click.option("--tagger", "tagger_name", default=None, help="Tagger name (needed when several labelled the completions).")
+@click.option("--scan", "scan_name", default=None, help="Scan to analyse (needed when the database holds several).")
+@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
+@click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the bootstrap, the noise floor and the fit/test split.")
+@db_option
+def analyze(output, tagger_name, scan_name, params_id, min_labelled, seed, db_url):
+    """Compare each candidate's empirical UPOS distribution with the probe's; write a report.
+
+    Writes candidates.csv, summary.json, four PNG plots and index.html (one self-contained page).
+    Divergences come with 95% bootstrap intervals over candidates, a noise floor per candidate, and
+    baselines, among them the probe recalibrated by a temperature fitted on half the candidates.
+
+    \b
+    Example:
+        python cli.py analyze --tagger ewt -o report/
+    """
+    from . import db as dbmod
+    from .analyze import analyze as run_analyze
+    from .report import write_report
+
+    engine = open_engine(db_url, must_exist=True)
+    dbmod.ensure_schema(engine, migrate=False)
+    result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed)
+    paths = write_report(result, output)
+    s = result.summary
+    tv, amb = s["probe_vs_empirical"]["tv"], s["ambiguous_share"]
+    click.echo(f"{s['candidates_analysed']} candidates: mean TV(empirical, probe) {tv['mean']:.3f} "
+               f"[{tv['ci95'][0]:.3f}, {tv['ci95'][1]:.3f}], noise floor {s['tv_noise_floor']['mean']:.3f}; "
+               f"ambiguous {amb['mean']:.1%}; fitted temperature {s['baselines']['fitted_temperature']:.3g}")
+    click.echo(f"wrote {paths['html']} (and candidates.csv, summary.json, {len(paths) - 3} plots)")
+
+
 @cli.command("train-tagger", context_settings=CONTEXT)
 @click.option("--dataset", required=True, help="A UD directory (train, dev, test), a .conllu file (a tenth held out) or a HF id.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="New folder for the spaCy pipeline; OUTPUT.json is its sidecar.")
@@ -502,10 +537,10 @@ def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @generation_options
 def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature, top_p, top_k, seed):
-    """Run scan -> worker -> export offline on a tiny random Gemma 2.
+    """Run scan -> worker -> export -> label -> analyze offline on a tiny random Gemma 2.
 
-    Builds a tokenizer trained here, a randomly initialised tiny Gemma2ForCausalLM and a probe fit on
-    its activations for a bundled CoNLL-U sample; needs no download.
+    Builds a tokenizer trained here, a randomly initialised tiny Gemma2ForCausalLM, a probe fit on
+    its activations and a spaCy tagger trained on a bundled CoNLL-U sample; needs no download.
 
     \b
     Example:
@@ -515,6 +550,8 @@ def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature,
 
     params = GenerationParams(DEFAULT_MODEL, temperature, top_p, top_k, max_new_tokens, num_samples, seed).validate()
     url = db_url or f"sqlite:///{os.path.join(workdir, 'posresample.db')}"
+    if no_progress:
+        silence_library_progress()
     os.makedirs(workdir, exist_ok=True)
     r = run_demo(workdir, lambda: open_engine(url), params, progress=not no_progress)
     click.echo(f"""demo done in {r['workdir']}/
@@ -523,6 +560,9 @@ def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature,
   candidates   {r['candidates']}
   completions  {r['completions']}
   export       {r['export']}  ({r['records']} records)
+  tagger       {r['tagger']}  (spaCy, trained on the sample)
+  labels       {r['labels']}
+  report       {r['report']}
   database     {url}
 Try:
   python cli.py status --db {url}

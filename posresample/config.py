@@ -33,6 +33,7 @@ DEFAULT_LABEL_BATCH_JOBS = 16  # done jobs (x 96 completions) a label process cl
 DEFAULT_LABEL_LEASE_SECONDS = 30.0  # a killed label process's jobs are taken over after this
 DEFAULT_TAGGER_MAX_STEPS = 6000  # train-tagger: about 25 minutes on 2 CPU cores for EWT train
 DEFAULT_TAGGER_MAX_EPOCHS = 20
+DEFAULT_MIN_LABELLED = 20  # analyze: candidates with fewer labelled completions are left out
 DEFAULT_DB_RETRY_SECONDS = 300.0  # a worker rides out a database outage (restart, lock) this long
 
 

@@ -16,6 +16,8 @@ from .train import collect_activations, fit_probe, save_probe, write_sidecar
 
 log = logging.getLogger(__name__)
 DEMO_LAYER = 2  # of the tiny model's 4
+DEMO_TAGGER_STEPS = 100  # a few seconds; the sample is 24 sentences
+DEMO_MIN_LABELLED = 20  # analyze's default, or every sample when fewer are drawn
 
 
 def build_demo_probe(model_dir: str, probe_path: str, layer: int = DEMO_LAYER) -> str:
@@ -57,5 +59,23 @@ def run_demo(workdir: str, engine_factory, params: GenerationParams, progress: b
     out = os.path.join(workdir, "uncertain_resamples.jsonl")
     # the params just sampled: a re-run with other settings exports those (the database keeps both)
     meta = export(engine, out, scan_name="demo", params_id=scan.params_id, progress=progress)
+    report = label_and_analyze(engine, workdir, scan.params_id, params.num_samples, progress)
     return {"workdir": workdir, "model": model_dir, "probe": probe, "candidates": scan.candidates,
-            "records": meta["counts"]["records"], "export": out, "completions": worker.samples}
+            "records": meta["counts"]["records"], "export": out, "completions": worker.samples, **report}
+
+
+def label_and_analyze(engine, workdir: str, params_id: int, num_samples: int, progress: bool) -> dict:
+    """A tagger trained on the bundled sample (once per workdir), label, analyze, the report."""
+    from .analyze import analyze
+    from .label import LabelOptions, run_label
+    from .report import write_report
+    from .train_tagger import train_tagger
+
+    tagger_dir = os.path.join(workdir, "sample-tagger")
+    if not os.path.isdir(tagger_dir):
+        train_tagger(tiny.sample_conllu_path(), tagger_dir, max_steps=DEMO_TAGGER_STEPS, max_epochs=100, progress=False)
+        log.info("trained a spaCy tagger on the bundled sample: %s", tagger_dir)
+    labelled = run_label(engine, "", LabelOptions(tagger=f"spacy:{tagger_dir}", scan="demo", progress=progress))
+    result = analyze(engine, "demo", labelled.tagger, params_id, min_labelled=min(DEMO_MIN_LABELLED, num_samples))
+    paths = write_report(result, os.path.join(workdir, "report"))
+    return {"tagger": tagger_dir, "labels": labelled.summary["labels"], "report": paths["html"]}

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from posresample import db, store
 from posresample.config import GenerationParams
-from posresample.models import candidates, completions, jobs
+from posresample.models import candidates, completions, jobs, labels
 
 REPO = Path(__file__).resolve().parent.parent
 POISON_TOKEN = 999_999
@@ -86,3 +86,42 @@ def assert_samples_agree(a: list[list[list[int]]], b: list[list[list[int]]], max
     pairs = [(x, y) for ja, jb in zip(a, b) for x, y in zip(ja, jb)]
     differ = sum(x != y for x, y in pairs)
     assert differ <= max(1, int(max_share * len(pairs))), f"{differ} of {len(pairs)} samples differ"
+
+
+def seed_labelled(engine, true_dists, probe_dists, classes, num_samples: int = 96, seed: int = 0) -> None:
+    """A synthetic sampled-and-labelled scan: candidate i's probe says probe_dists[i] (over `classes`),
+    and its num_samples completions' labels are drawn from true_dists[i] (over all UPOS ids)."""
+    import numpy as np
+    from sqlalchemy import insert, update
+
+    from posresample.data import UPOS_NAMES
+    from posresample.models import candidate_labels, scans, taggers
+
+    rng = np.random.default_rng(seed)
+    n = len(true_dists)
+    seed_jobs(engine, n, num_samples=num_samples, model="/nonexistent/synthetic-model")  # no tokenizer: no decoding
+    with db.write(engine) as conn:
+        conn.execute(update(scans).values(probe_classes=list(classes)))
+        cand_ids = list(conn.execute(select(candidates.c.id).order_by(candidates.c.id)).scalars())
+        for cid, probs, truth in zip(cand_ids, probe_dists, true_dists):
+            pred = classes[int(np.argmax(probs))]
+            conn.execute(update(candidates).where(candidates.c.id == cid).values(
+                probe_probs=[float(x) for x in probs], probe_pred=pred, probe_pred_name=UPOS_NAMES[pred],
+                probe_max_prob=float(np.max(probs)), sentence_text=f"x sentence {cid}", true_label=int(np.argmax(truth)), true_label_name=UPOS_NAMES[int(np.argmax(truth))]))
+        conn.execute(update(jobs).values(state="done", attempt=1))
+        job_of = dict(conn.execute(select(jobs.c.candidate_id, jobs.c.id)).all())
+        tagger_id = conn.execute(insert(taggers).values(
+            name="synthetic", spec="synthetic:", identity_key="synthetic", library="none", library_version="0",
+            created_at=0.0).returning(taggers.c.id)).scalar_one()
+        comp_rows, label_upos = [], []
+        for cid, truth in zip(cand_ids, true_dists):
+            for i, upos in enumerate(rng.choice(len(truth), size=num_samples, p=truth)):
+                comp_rows.append(dict(job_id=job_of[cid], sample_index=i, text=f"c{i}", token_ids=[5],
+                                      num_tokens=1, finish_reason="length", attempt=1))
+                label_upos.append(int(upos))
+        ids = conn.execute(insert(completions).returning(completions.c.id, sort_by_parameter_order=True), comp_rows).scalars().all()
+        conn.execute(insert(labels), [dict(completion_id=c, tagger_id=tagger_id, upos=u, upos_name=UPOS_NAMES[u],
+                                            word="w", status="ok") for c, u in zip(ids, label_upos)])
+        conn.execute(insert(candidate_labels), [dict(candidate_id=cid, tagger_id=tagger_id, upos=int(np.argmax(t)),
+                                                     upos_name=UPOS_NAMES[int(np.argmax(t))], word="w", status="ok")
+                                                for cid, t in zip(cand_ids, true_dists)])

@@ -107,3 +107,17 @@ def test_jobs_leased_by_a_killed_process_are_taken_over(sampled, tiny_tagger):
     label_store.release_label_leases(sampled, tagger_id, "other:2:y")
     result = run_label(sampled, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", lease_seconds=1.0, progress=False))
     assert result.added == 48 and count(sampled, labels) == 48 and count(sampled, label_leases) == 0
+
+
+def test_labelling_while_workers_sample_picks_up_jobs_done_later(sampled, tiny_tagger):
+    from sqlalchemy import update
+
+    from posresample.models import jobs
+
+    with db.write(sampled) as conn:  # two jobs still being sampled
+        conn.execute(update(jobs).where(jobs.c.id.in_([2, 5])).values(state="running"))
+    opts = LabelOptions(tagger=f"spacy:{tiny_tagger}", progress=False)
+    assert run_label(sampled, "", opts).added == 32
+    with db.write(sampled) as conn:
+        conn.execute(update(jobs).where(jobs.c.id.in_([2, 5])).values(state="done"))
+    assert run_label(sampled, "", opts).added == 16 and count(sampled, labels) == 48

@@ -1,0 +1,60 @@
+"""Metrics against hand-computed values on small fixed distributions."""
+
+import numpy as np
+import pytest
+
+from posresample import metrics
+
+P = np.array([[0.5, 0.5, 0.0]])
+Q = np.array([[0.25, 0.25, 0.5]])
+
+
+def test_total_variation_and_brier():
+    assert metrics.total_variation(P, Q)[0] == pytest.approx(0.5)  # (0.25 + 0.25 + 0.5) / 2
+    assert metrics.brier(Q, P)[0] == pytest.approx(0.0625 + 0.0625 + 0.25)
+
+
+def test_entropy_in_bits():
+    assert metrics.entropy(P)[0] == pytest.approx(1.0)
+    assert metrics.entropy(np.full((1, 4), 0.25))[0] == pytest.approx(2.0)
+
+
+def test_js_divergence():
+    # M = (0.375, 0.375, 0.25): JS = 0.5 KL(P||M) + 0.5 KL(Q||M)
+    kl_pm = 2 * 0.5 * np.log2(0.5 / 0.375)
+    kl_qm = 2 * 0.25 * np.log2(0.25 / 0.375) + 0.5 * np.log2(0.5 / 0.25)
+    assert metrics.js(P, Q)[0] == pytest.approx(0.5 * kl_pm + 0.5 * kl_qm)
+    assert metrics.js(P, P)[0] == pytest.approx(0.0)
+    assert metrics.js(np.array([[1.0, 0]]), np.array([[0, 1.0]]))[0] == pytest.approx(1.0)
+
+
+def test_kl_smooths_the_probe_as_stated():
+    eps = metrics.KL_EPSILON
+    q = np.array([[1.0, 0.0]])
+    p = np.array([[0.5, 0.5]])
+    smoothed = (q + eps) / (1 + 2 * eps)
+    expected = 0.5 * np.log2(0.5 / smoothed[0, 0]) + 0.5 * np.log2(0.5 / smoothed[0, 1])
+    assert metrics.kl(p, q)[0] == pytest.approx(expected)
+    assert np.isfinite(metrics.kl(p, q)[0]) and metrics.kl(p, p)[0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_bootstrap_is_reproducible_and_covers_the_mean():
+    values = np.random.default_rng(3).normal(1.0, 1.0, 400)
+    first, again = metrics.bootstrap_ci(values, seed=7), metrics.bootstrap_ci(values, seed=7)
+    assert first == again and first[0] < values.mean() < first[1]
+    assert first[1] - first[0] == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.2)
+
+
+def test_noise_floor_shrinks_with_n():
+    p = np.array([[0.6, 0.3, 0.1]] * 2)
+    floor = metrics.expected_tv_between_draws(p, np.array([10, 1000]))
+    assert floor[0] > 5 * floor[1] > 0
+    se = metrics.multinomial_se(p, np.array([100, 100]))
+    assert se[0, 0] == pytest.approx(np.sqrt(0.6 * 0.4 / 100))
+
+
+def test_fitted_temperature_recovers_a_known_one():
+    rng = np.random.default_rng(0)
+    q = rng.dirichlet(np.ones(5), size=300)
+    p = metrics.temper(q, 2.5)  # the truth is the probe softened by T = 2.5
+    assert metrics.fit_temperature(p, q) == pytest.approx(2.5, rel=0.02)
