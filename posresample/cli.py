@@ -476,8 +476,10 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
 @click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
 @click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the bootstrap, the noise floor and the fit/test split.")
+@click.option("--distill", "distill_sidecar", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="A distilled probe's sidecar JSON: its cross-validation joins the report.")
 @db_option
-def analyze(output, tagger_name, scan_name, params_id, min_labelled, seed, db_url):
+def analyze(output, tagger_name, scan_name, params_id, min_labelled, seed, distill_sidecar, db_url):
     """Compare each candidate's empirical UPOS distribution with the probe's; write a report.
 
     Writes candidates.csv, summary.json, four PNG plots and index.html (one self-contained page).
@@ -495,13 +497,58 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, seed, db_ur
     engine = open_engine(db_url, must_exist=True)
     dbmod.ensure_schema(engine, migrate=False)
     result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed)
-    paths = write_report(result, output)
+    paths = write_report(result, output, distill_sidecar)
     s = result.summary
     tv, amb = s["probe_vs_empirical"]["tv"], s["ambiguous_share"]
     click.echo(f"{s['candidates_analysed']} candidates: mean TV(empirical, probe) {tv['mean']:.3f} "
                f"[{tv['ci95'][0]:.3f}, {tv['ci95'][1]:.3f}], noise floor {s['tv_noise_floor']['mean']:.3f}; "
                f"ambiguous {amb['mean']:.1%}; fitted temperature {s['baselines']['fitted_temperature']:.3g}")
     click.echo(f"wrote {paths['html']} (and candidates.csv, summary.json, {len(paths) - 3} plots)")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-o", "--output", default="distilled.joblib", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to save the distilled probe (.joblib); a .json sidecar goes beside it.")
+@click.option("--tagger", "tagger_name", default=None, help="Tagger whose labels make the targets (needed when several).")
+@click.option("--scan", "scan_name", default=None, help="Scan to distil from (needed when the database holds several).")
+@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
+@click.option("--layers", default=None, help="hidden_states indexes, comma-separated; the first is saved [default: the scan's layer].")
+@click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 100), help="Cross-validation folds (split by sentence).")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the prefix activations as .npz here.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the folds and the bootstrap.")
+@db_option
+def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, folds, cache_dir, device, seed, db_url):
+    """Train a probe on the empirical UPOS distributions and score it against the original.
+
+    Soft-label multinomial logistic regression (torch L-BFGS, L2 by cross-validation) on each
+    labelled candidate's activations at the target; sentence-level K-fold cross-validation gives
+    held-out KL, TV, Brier and accuracy for it, the original probe, and the original with a fitted
+    temperature. Several --layers give a layer curve (a PNG beside the output). The saved probe is
+    one the scan accepts; `analyze --distill OUTPUT.json` adds a section to the report.
+
+    \b
+    Example:
+        python cli.py distill --tagger ewt --layers 12,4,8,16 --cache-dir activations -o distilled.joblib
+    """
+    from . import db as dbmod
+    from .distill import run_distill
+
+    try:
+        layer_list = [int(x) for x in layers.split(",")] if layers else None
+    except ValueError:
+        raise click.BadParameter(f"{layers!r} is not a comma-separated list of integers", param_hint="--layers") from None
+    engine = open_engine(db_url, must_exist=True)
+    dbmod.ensure_schema(engine, migrate=False)
+    result = run_distill(engine, output, tagger_name, scan_name, params_id, layer_list, min_labelled, folds, cache_dir,
+                         device, seed)
+    click.echo(f"{result.n_candidates} candidates, {len(result.layer_results)} layer(s), held-out mean KL(empirical || .):")
+    for r in result.layer_results:
+        parts = [f"{name} {sc['kl']['mean']:.3f} [{sc['kl']['ci95'][0]:.3f}, {sc['kl']['ci95'][1]:.3f}]"
+                 for name, sc in r["scores"].items()]
+        click.echo(f"  layer {r['layer']}: " + "; ".join(parts))
+    click.echo(f"wrote {result.probe_path} and {result.sidecar_path}" + (f" and {result.plot_path}" if result.plot_path else ""))
 
 
 @cli.command("train-tagger", context_settings=CONTEXT)

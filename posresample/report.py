@@ -24,8 +24,8 @@ CSV_SKIP = ("empirical", "probe")  # dict columns: in the JSON of the page, not 
 PLOTS = ("reliability", "scatter", "tv_hist", "per_label")
 
 
-def write_report(a: Analysis, out_dir: str) -> dict:
-    """Write every file; returns {name: path}."""
+def write_report(a: Analysis, out_dir: str, distill_sidecar: str | None = None) -> dict:
+    """Write every file; returns {name: path}. With a distilled probe's sidecar, its section too."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"csv": os.path.join(out_dir, "candidates.csv"), "summary": os.path.join(out_dir, "summary.json"),
              "html": os.path.join(out_dir, "index.html")}
@@ -39,8 +39,30 @@ def write_report(a: Analysis, out_dir: str) -> dict:
         with open(paths[name], "wb") as handle:
             handle.write(data)
     with open(paths["html"], "w", encoding="utf-8") as handle:
-        handle.write(render_html(a, pngs))
+        handle.write(render_html(a, pngs, distill_section(distill_sidecar) if distill_sidecar else ""))
     return paths
+
+
+def distill_section(sidecar: str) -> str:
+    """The distilled probe's held-out scores per layer (and its layer plot, when there is one)."""
+    with open(sidecar, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    cv = meta["cross_validation"]
+    rows = "".join(
+        f"<tr><td>{r['layer']}</td><td>{html.escape(name)}</td>" +
+        "".join(f"<td>{_fmt(sc[m])}</td>" for m in ("kl", "tv", "brier", "accuracy_true_label")) + "</tr>"
+        for r in cv["layers"] for name, sc in r["scores"].items())
+    plot = os.path.splitext(sidecar)[0] + "-layers.png"
+    image = ""
+    if os.path.isfile(plot):
+        with open(plot, "rb") as handle:
+            image = f'<figure><img alt="layer curve" src="data:image/png;base64,{base64.b64encode(handle.read()).decode()}"></figure>'
+    data = meta["training_data"]
+    return (f"<h2>Distilled probe</h2><p>{html.escape(meta['kind'])}; {data['candidates']} candidates of scan "
+            f"{html.escape(str(data['scan']))}, tagger {html.escape(str(data['tagger']))}; {cv['folds']}-fold cross-validation "
+            f"split by {html.escape(cv['split_by'])}; held-out scores, 95% bootstrap intervals.</p>"
+            f"<table id=\"distill\"><tr><th>layer</th><th>model</th><th>KL</th><th>TV</th><th>Brier</th>"
+            f"<th>accuracy (true label)</th></tr>{rows}</table>{image}")
 
 
 def write_csv(rows: list[dict], path: str) -> None:
@@ -128,7 +150,7 @@ def _fmt(value) -> str:
     return html.escape(str(value))
 
 
-def render_html(a: Analysis, pngs: dict[str, bytes]) -> str:
+def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
     s = a.summary
     summary_rows = [
         ("candidates analysed", f"{s['candidates_analysed']} of {s['candidates_in_scan']} (at least {s['min_labelled']} labelled completions)"),
@@ -162,7 +184,7 @@ def render_html(a: Analysis, pngs: dict[str, bytes]) -> str:
                          f"tagger {s['tagger']['spec']}; label prior from {s['prior_source']}"),
         summary="".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in summary_rows),
         fitted=f"{b['fitted_temperature']:.3g}", fit_n=b["fit_candidates"], test_n=b["scored_candidates"],
-        baselines=baseline_rows, breakdowns=breakdown_html, images=images, examples=EXAMPLES_PER_LABEL,
+        baselines=baseline_rows, breakdowns=breakdown_html, images=images, examples=EXAMPLES_PER_LABEL, extra=extra,
         header="".join(f'<th data-key="{k}">{html.escape(k)}</th>' for k in TABLE_FIELDS), data=payload,
         upos=json.dumps(list(UPOS_NAMES)))
 
@@ -205,6 +227,7 @@ other half ({fit_n}): how far a one-parameter recalibration of the probe closes 
 {breakdowns}
 <h2>Plots</h2>
 {images}
+{extra}
 <h2>Candidates</h2>
 <p>Click a column to sort, a row to open it (or add <code>#open=ID</code> to the address). At most {examples}
 example completions per label are embedded.</p>

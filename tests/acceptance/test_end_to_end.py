@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def scan(db_url, tiny_dir, tiny_probe, sample_conllu):
     subprocess.run(cli_cmd("scan", "--probe", tiny_probe, "--dataset", sample_conllu, "--model", tiny_dir, "--layer", "2",
-                           "--device", "cpu", "--num-samples", "24", "--max-new-tokens", "8", "--max-prefixes", "40",
+                           "--device", "cpu", "--num-samples", "24", "--max-new-tokens", "8", "--max-prefixes", "24",
                            "--db", db_url), check=True, capture_output=True)
 
 
@@ -40,15 +40,15 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
     wait_for(lambda: job_states(engine).get("done", 0) >= 4 and running_job_of(engine, victim.pid), what="mid-run")
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=60) == -signal.SIGKILL
-    assert 0 < job_states(engine).get("done", 0) < 40
+    assert 0 < job_states(engine).get("done", 0) < 24
     assert start_worker(db_url, "--device", "cpu", "--lease-seconds", "2", log_path=tmp_path / "r.log").wait(timeout=300) == 0
     # The uninterrupted run takes the shared-prefix decode path: both paths must give the same samples.
     assert start_worker(clean_url, "--device", "cpu", "--decode", "fast", log_path=tmp_path / "c.log").wait(timeout=300) == 0
-    assert job_states(engine) == {"done": 40}
+    assert job_states(engine) == {"done": 24}
 
     resumed = export_records(db_url, tmp_path / "resumed.jsonl")
     clean = export_records(clean_url, tmp_path / "clean.jsonl")
-    assert len(resumed) == 40 and all(len(r["completions"]) == 24 for r in resumed)
+    assert len(resumed) == 24 and all(len(r["completions"]) == 24 for r in resumed)
     key = lambda r: (r["dataset_idx"], r["prefix"]["target_position"])
     resumed, clean = sorted(resumed, key=key), sorted(clean, key=key)
     assert [(r["dataset_idx"], r["prefix"]) for r in resumed] == [(r["dataset_idx"], r["prefix"]) for r in clean]
@@ -56,9 +56,13 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
                          [[c["token_ids"] for c in r["completions"]] for r in clean])
 
 
-def test_two_scans_of_one_name_at_once_are_safe(db_url, tiny_dir, tiny_probe, sample_conllu, tmp_path):
+@pytest.mark.postgres
+def test_two_scans_of_one_name_at_once_are_safe(pg_url, tiny_dir, tiny_probe, sample_conllu, tmp_path):
     """Issue 9.12: on a fresh database, the second is refused in one line (or runs after the first);
-    either way the limit holds and progress is counted once."""
+    either way the limit holds and progress is counted once. On PostgreSQL, where the second used to
+    die on the scan's unique name and both used to insert; SQLite's single writer hides the race
+    (the lease logic is the same code, tested on both in test_pipeline)."""
+    db_url = pg_url
     from sqlalchemy import func, select
 
     from posresample import db as dbmod

@@ -1,0 +1,63 @@
+"""distill on a labelled tiny-model database, end to end, on SQLite (distill only reads, through
+analyze.load, which test_analyze runs on both databases)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from posresample.distill import run_distill
+from posresample.errors import DatabaseError
+from posresample.label import LabelOptions, run_label
+from posresample.probe import check_sidecar, load_probe, validate_probe
+from posresample.scan import run_scan
+from tests.integration.test_pipeline import NUM_SAMPLES, options, run_worker
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    from posresample import db
+
+    eng = db.make_engine(sqlite_url)
+    db.upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def labelled(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger):
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=24), progress=False)
+    run_worker(engine, tiny_model, tokenizer)
+    run_label(engine, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", progress=False))
+    return engine
+
+
+def test_distill_end_to_end(labelled, tiny_dir, tiny_model, tmp_path, monkeypatch):
+    from posresample import distill
+
+    monkeypatch.setattr(distill, "LAMBDAS", (1e-2, 1.0))  # two L2 strengths keep the nested CV quick here
+    out = str(tmp_path / "distilled.joblib")
+    result = run_distill(labelled, out, layers=[2, 1], min_labelled=NUM_SAMPLES, folds=3, cache_dir=str(tmp_path / "cache"),
+                         device="cpu")
+    assert result.n_candidates == 24 and [r["layer"] for r in result.layer_results] == [2, 1]
+    for r in result.layer_results:
+        assert set(r["scores"]) == {"distilled", "original probe", "original probe, fitted T"}
+        for scores in r["scores"].values():
+            lo, hi = scores["kl"]["ci95"]
+            assert lo <= scores["kl"]["mean"] <= hi and scores["kl"]["mean"] >= 0
+    probe = load_probe(out)  # the scan accepts it
+    validate_probe(probe, tiny_model.config.hidden_size)
+    check_sidecar(probe, tiny_dir, 2)
+    meta = json.loads(open(result.sidecar_path).read())
+    assert meta["training_data"]["candidates"] == 24 and meta["cross_validation"]["split_by"].startswith("sentence")
+    assert open(result.plot_path, "rb").read(4) == b"\x89PNG"
+    # the activations are cached: a second run does not need the model
+    again = run_distill(labelled, str(tmp_path / "again.joblib"), layers=[2], min_labelled=NUM_SAMPLES, folds=3,
+                        cache_dir=str(tmp_path / "cache"), device="cpu")
+    assert np.isclose(again.layer_results[0]["scores"]["distilled"]["kl"]["mean"],
+                      result.layer_results[0]["scores"]["distilled"]["kl"]["mean"])
+
+
+def test_distill_refuses_too_few_labelled_candidates(labelled, tmp_path):
+    with pytest.raises(DatabaseError, match="too few to distil"):
+        run_distill(labelled, str(tmp_path / "d.joblib"), min_labelled=NUM_SAMPLES + 1)
