@@ -28,12 +28,20 @@ def export_records(db_url, path):
     return [{k: r[k] for k in ("dataset_idx", "prefix", "completions")} for r in map(json.loads, lines[1:])]
 
 
-def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, sample_conllu, tmp_path):
+@pytest.fixture(scope="module")
+def clean_records(tiny_dir, tiny_probe, sample_conllu, tmp_path_factory):
+    """An uninterrupted run on the shared-prefix decode path, made once for both databases' tests."""
+    folder = tmp_path_factory.mktemp("clean")
+    clean_url = f"sqlite:///{folder / 'clean.db'}"
+    scan(clean_url, tiny_dir, tiny_probe, sample_conllu)
+    assert start_worker(clean_url, "--device", "cpu", "--decode", "fast", log_path=folder / "c.log").wait(timeout=300) == 0
+    return export_records(clean_url, folder / "clean.jsonl")
+
+
+def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, sample_conllu, tmp_path, clean_records):
     from posresample import db as dbmod
 
-    clean_url = f"sqlite:///{tmp_path / 'clean.db'}"
-    for url in (db_url, clean_url):
-        scan(url, tiny_dir, tiny_probe, sample_conllu)
+    scan(db_url, tiny_dir, tiny_probe, sample_conllu)
     engine = dbmod.make_engine(db_url)
 
     victim = start_worker(db_url, "--device", "cpu", "--batch-jobs", "2", "--lease-seconds", "2", log_path=tmp_path / "v.log")
@@ -42,12 +50,11 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
     assert victim.wait(timeout=60) == -signal.SIGKILL
     assert 0 < job_states(engine).get("done", 0) < 24
     assert start_worker(db_url, "--device", "cpu", "--lease-seconds", "2", log_path=tmp_path / "r.log").wait(timeout=300) == 0
-    # The uninterrupted run takes the shared-prefix decode path: both paths must give the same samples.
-    assert start_worker(clean_url, "--device", "cpu", "--decode", "fast", log_path=tmp_path / "c.log").wait(timeout=300) == 0
     assert job_states(engine) == {"done": 24}
 
     resumed = export_records(db_url, tmp_path / "resumed.jsonl")
-    clean = export_records(clean_url, tmp_path / "clean.jsonl")
+    # The uninterrupted run took the shared-prefix decode path: both paths must give the same samples.
+    clean = clean_records
     assert len(resumed) == 24 and all(len(r["completions"]) == 24 for r in resumed)
     key = lambda r: (r["dataset_idx"], r["prefix"]["target_position"])
     resumed, clean = sorted(resumed, key=key), sorted(clean, key=key)

@@ -67,8 +67,8 @@ def assert_all_done_exactly_once(engine, n_jobs, num_samples=96):
     assert mixed == []
 
 
-def test_eight_workers_twelve_hundred_jobs(engine, db_url, tmp_path):
-    n = 1200
+def test_eight_workers_eight_hundred_jobs(engine, db_url, tmp_path):
+    n = 800
     seed_jobs(engine, n)
     procs = [start_worker(db_url, "--fake-sampler", "--batch-jobs", "8", log_path=tmp_path / f"w{i}.log") for i in range(8)]
     assert finish(procs) == [0] * 8

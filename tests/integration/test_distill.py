@@ -14,14 +14,7 @@ from posresample.scan import run_scan
 from tests.integration.test_pipeline import NUM_SAMPLES, options, run_worker
 
 
-@pytest.fixture
-def engine(sqlite_url):
-    from posresample import db
-
-    eng = db.make_engine(sqlite_url)
-    db.upgrade(eng)
-    yield eng
-    eng.dispose()
+pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

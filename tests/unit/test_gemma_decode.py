@@ -63,26 +63,8 @@ def test_decoder_refuses_a_sliding_window_it_would_cross(tokenizer):
 
 
 def test_shared_prefix_step_equals_hf_forward(tiny_model, tokenizer):
-    from transformers import DynamicCache
-
-    from posresample.gemma_decode import SharedPrefixDecoder
-
-    prefixes = [tokenizer(t)["input_ids"] for t in ["The back door was", "I like", "They light the fire at"]]
-    sampler = Sampler(tiny_model)
-    ids, mask = sampler._left_pad(prefixes)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=tiny_model.config)
-    sampler._forward(ids, mask, positions, cache)
-    samples = 2
-    decoder = SharedPrefixDecoder(tiny_model, cache, mask, positions, samples, max_steps=3)
-    torch.manual_seed(0)
-    fed = torch.randint(4, tiny_model.config.vocab_size, (len(prefixes) * samples, 3))  # rows grouped by prefix
-    for step in range(3):
-        logits = decoder.forward(fed[:, step])
-        for row in range(len(fed)):
-            full = prefixes[row // samples] + fed[row, : step + 1].tolist()
-            expected = tiny_model(input_ids=torch.tensor([full])).logits[0, -1]
-            assert torch.allclose(logits[row], expected, atol=1e-4), (step, row)
+    for ours, theirs in decode_logits(tiny_model, tokenizer):
+        assert torch.allclose(ours, theirs, atol=1e-4)
 
 
 def completions(sampler, prefixes, n=16):
