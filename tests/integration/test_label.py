@@ -60,6 +60,7 @@ def test_an_interrupted_run_is_finished_by_the_next(sampled, tiny_tagger, monkey
     assert count(sampled, labels) == 48
 
 
+@pytest.mark.slow
 def test_two_label_processes_split_the_work(sampled, db_url, tiny_tagger):
     run = subprocess.run(cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--processes", "2",
                                  "--batch", "1", "--no-progress"), capture_output=True, text=True)
