@@ -178,8 +178,9 @@ def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) ->
     backlog, _ = label_store.label_backlog(engine, tagger_id, scan_id)
     bar = tqdm(total=backlog, desc="label", unit="text", disable=not opts.progress)
     if opts.processes > 1:
+        before = label_store.label_summary(engine, tagger_id, scan_id)["labels"]
         _run_children(engine, db_url, opts, tagger_id, scan_id, bar, verbose)
-        added = label_store.label_summary(engine, tagger_id, scan_id)["labels"]
+        added = label_store.label_summary(engine, tagger_id, scan_id)["labels"] - before
     else:
         added = labeller.run(bar)
     bar.close()

@@ -65,7 +65,10 @@ def test_two_label_processes_split_the_work(sampled, db_url, tiny_tagger):
     run = subprocess.run(cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--processes", "2",
                                  "--batch", "1", "--no-progress"), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "48 in all" in run.stdout
+    assert "48 completions labelled now" in run.stdout and "48 in all" in run.stdout
+    again = subprocess.run(cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--processes", "2",
+                                   "--no-progress"), capture_output=True, text=True)
+    assert "0 completions labelled now" in again.stdout and "48 in all" in again.stdout
     with db.read(sampled) as conn:
         per_completion = conn.execute(select(func.count()).select_from(
             select(labels.c.completion_id).group_by(labels.c.completion_id, labels.c.tagger_id)
