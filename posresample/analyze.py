@@ -13,13 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from . import db, metrics
 from .config import DEFAULT_MIN_LABELLED
 from .data import UPOS_NAMES
 from .errors import ConfigError, DatabaseError
-from .models import candidate_labels, candidates, completions, jobs, labels, scans, taggers
+from .models import candidate_labels, candidates, completions, jobs, labels, taggers
 
 log = logging.getLogger(__name__)
 K = len(UPOS_NAMES)  # every UPOS id in HF order; classes the probe lacks get probability 0
@@ -51,11 +51,10 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
         params = pick_params(conn, scan["id"], params_id)
         tagger = _pick_tagger(conn, tagger_name)
         cands = conn.execute(select(candidates).where(candidates.c.scan_id == scan["id"]).order_by(candidates.c.id)).mappings().all()
-        counts = conn.exec_driver_sql(
+        counts = conn.execute(text(
             "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = e.candidate_id "
-            "WHERE c.scan_id = ? AND e.params_id = ? AND e.tagger_id = ?" if engine.dialect.name == "sqlite" else
-            "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = e.candidate_id "
-            "WHERE c.scan_id = %s AND e.params_id = %s AND e.tagger_id = %s", (scan["id"], params["id"], tagger["id"])).all()
+            "WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"),
+            {"scan": scan["id"], "params": params["id"], "tagger": tagger["id"]}).all()
         original = dict(conn.execute(select(candidate_labels.c.candidate_id, candidate_labels.c.upos).where(
             candidate_labels.c.tagger_id == tagger["id"])).all())
     per_candidate: dict[int, np.ndarray] = {}
@@ -237,7 +236,6 @@ def load_examples(engine, candidate_ids: list[int], tagger_id: int, params_id: i
     from .errors import ModelError
     from .label import target_span
     from .modeling import load_tokenizer
-    from .models import generation_params
 
     try:
         tok = load_tokenizer(model)
@@ -255,12 +253,12 @@ def load_examples(engine, candidate_ids: list[int], tagger_id: int, params_id: i
             .join(candidates, candidates.c.id == jobs.c.candidate_id)
             .where(labels.c.tagger_id == tagger_id, jobs.c.params_id == params_id)
             .order_by(jobs.c.candidate_id, completions.c.sample_index))
-        for cid, upos, status, word, text, token_ids, prefix_ids in rows:
+        for cid, upos, status, word, continuation, token_ids, prefix_ids in rows:
             key = upos if status == "ok" else f"({status})"
             if cid not in wanted or seen[cid, key] >= EXAMPLES_PER_LABEL:
                 continue
             seen[cid, key] += 1
-            example = [text, 0, 0]
+            example = [continuation, 0, 0]
             if decode is not None:
                 full, span = target_span(decode, list(prefix_ids), list(token_ids))
                 example = [full, 0, 0]

@@ -518,8 +518,9 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, seed, disti
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the prefix activations as .npz here.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the folds and the bootstrap.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 @db_option
-def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, folds, cache_dir, device, seed, db_url):
+def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, folds, cache_dir, device, seed, no_progress, db_url):
     """Train a probe on the empirical UPOS distributions and score it against the original.
 
     Soft-label multinomial logistic regression (torch L-BFGS, L2 by cross-validation) on each
@@ -541,8 +542,10 @@ def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, fol
         raise click.BadParameter(f"{layers!r} is not a comma-separated list of integers", param_hint="--layers") from None
     engine = open_engine(db_url, must_exist=True)
     dbmod.ensure_schema(engine, migrate=False)
+    if no_progress:
+        silence_library_progress()
     result = run_distill(engine, output, tagger_name, scan_name, params_id, layer_list, min_labelled, folds, cache_dir,
-                         device, seed)
+                         device, seed, progress=not no_progress)
     click.echo(f"{result.n_candidates} candidates, {len(result.layer_results)} layer(s), held-out mean KL(empirical || .):")
     for r in result.layer_results:
         parts = [f"{name} {sc['kl']['mean']:.3f} [{sc['kl']['ci95'][0]:.3f}, {sc['kl']['ci95'][1]:.3f}]"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from .errors import DatasetError
 

@@ -95,12 +95,14 @@ def choose_lambda(X, P, groups, seed: int = 0) -> float:
     return LAMBDAS[int(np.argmin(losses))]
 
 
-def cross_validate(data: DistillData, layer: int, folds: int, seed: int = 0) -> dict:
+def cross_validate(data: DistillData, layer: int, folds: int, seed: int = 0, bar=None) -> dict:
     """Held-out scores of the distilled probe, the original, and the original with a fitted T."""
     X, P = data.features[layer], data.target
     held = {name: np.zeros_like(P) for name in ("distilled", "original probe", "original probe, fitted T")}
     lambdas = []
     for test in group_folds(data.groups, folds, seed):
+        if bar is not None:
+            bar.update(1)
         train = np.setdiff1d(np.arange(len(X)), test)
         lam = choose_lambda(X[train], P[train], data.groups[train], seed)
         lambdas.append(lam)
@@ -176,7 +178,7 @@ def prefix_activations(model, prefixes: list[list[int]], layers: list[int], batc
 def cached_activations(model_name: str, prefixes: list[list[int]], layers: list[int], cache_dir: str | None,
                        device: str | None) -> dict[int, np.ndarray]:
     """Activations from cache_dir when the same model and prefixes were read before, else computed."""
-    from .modeling import load_model, model_dtype, pick_device
+    from .modeling import check_layer, load_model, model_dtype, pick_device
 
     key = hashlib.sha256(json.dumps([model_name, prefixes]).encode()).hexdigest()[:16]
     found, missing = {}, []
@@ -189,6 +191,8 @@ def cached_activations(model_name: str, prefixes: list[list[int]], layers: list[
             missing.append(layer)
     if missing:
         model = load_model(model_name, pick_device(device))
+        for layer in missing:
+            check_layer(model, layer)  # one line, before any work
         log.info("reading layers %s of %s for %d prefixes (%s)", missing, model_name, len(prefixes), model_dtype(model))
         fresh = prefix_activations(model, prefixes, missing)
         for layer, X in fresh.items():
@@ -210,8 +214,10 @@ class DistillResult:
 
 def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: str | None = None,
                 params_id: int | None = None, layers: list[int] | None = None, min_labelled: int = 20,
-                folds: int = 5, cache_dir: str | None = None, device: str | None = None, seed: int = 0) -> DistillResult:
-    from .modeling import check_layer  # noqa: F401  (layers are checked against the model when it loads)
+                folds: int = 5, cache_dir: str | None = None, device: str | None = None, seed: int = 0,
+                progress: bool = True) -> DistillResult:
+    from tqdm import tqdm
+
     from .train import save_probe, write_sidecar
 
     meta, data, kept = collect(engine, scan_name, tagger_name, params_id, min_labelled)
@@ -221,7 +227,8 @@ def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: 
     if folds < 2:
         raise DatabaseError("the labelled candidates come from one sentence: cross-validation needs two or more")
     data.features = cached_activations(scan["model"], [list(c["prefix_token_ids"]) for c in kept], layers, cache_dir, device)
-    results = [cross_validate(data, layer, folds, seed) for layer in layers]
+    with tqdm(total=len(layers) * folds, desc="cross-validate", unit="fold", disable=not progress) as bar:
+        results = [cross_validate(data, layer, folds, seed, bar) for layer in layers]
     layer = layers[0]
     classes = np.flatnonzero(data.target.sum(0) > 0)  # the UPOS ids the completions ever took
     lam = choose_lambda(data.features[layer], data.target[:, classes], data.groups, seed)

@@ -118,44 +118,36 @@ class Labeller:
             label_store.release_label_leases(self.engine, self.tagger_id, self.owner)
 
     def label_jobs(self, job_ids: list[int]) -> int:
-        inputs = label_store.label_inputs(self.engine, job_ids)
-        texts, spans, where, rows = [], [], [], []
+        targets = []
         prefix_texts: dict[int, tuple[str, str]] = {}
-        for item in inputs:
+        for item in label_store.label_inputs(self.engine, job_ids):
             tok = self.tokenizer(item.model)
             decode = lambda ids, tok=tok: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
             if item.job_id not in prefix_texts:  # the prefix is the same for a job's 96 completions
                 prefix_texts[item.job_id] = (decode(item.prefix_token_ids[:-1]), decode(item.prefix_token_ids))
             text, span = target_span(decode, item.prefix_token_ids, item.token_ids, prefix_texts[item.job_id])
-            row = {"completion_id": item.completion_id}
-            rows.append(row)
-            if span is None:
-                row.update(label_row(TagResult("no_span")))
-                continue
-            texts.append(text)
-            spans.append(span)
-            where.append(row)
-        for row, result in zip(where, self.tagger.tag(texts, spans)):
-            row.update(label_row(result))
+            targets.append(({"completion_id": item.completion_id}, text, span))
+        rows = self._tag(targets)
         self.added += label_store.write_labels(self.engine, self.tagger_id, self.owner, job_ids, rows)
         return len(rows)
 
     def label_candidates(self) -> int:
-        todo = label_store.unlabelled_candidates(self.engine, self.tagger_id, self.scan_id)
-        texts, spans, rows, where = [], [], [], []
-        for cand in todo:
+        targets = []
+        for cand in label_store.unlabelled_candidates(self.engine, self.tagger_id, self.scan_id):
             span = sentence_span(self.tokenizer(cand["model"]), cand["sentence_text"], cand["target_position"])
-            row = {"candidate_id": cand["id"]}
-            rows.append(row)
+            targets.append(({"candidate_id": cand["id"]}, cand["sentence_text"], span))
+        return label_store.write_candidate_labels(self.engine, self.tagger_id, self._tag(targets))
+
+    def _tag(self, targets: list[tuple[dict, str, tuple[int, int] | None]]) -> list[dict]:
+        """Fill each (row, text, span) row with the tagger's result; no span is status no_span."""
+        spanned = [(row, text, span) for row, text, span in targets if span is not None]
+        results = self.tagger.tag([text for _, text, _ in spanned], [span for _, _, span in spanned])
+        for (row, _, _), result in zip(spanned, results):
+            row.update(label_row(result))
+        for row, _, span in targets:
             if span is None:
                 row.update(label_row(TagResult("no_span")))
-                continue
-            texts.append(cand["sentence_text"])
-            spans.append(span)
-            where.append(row)
-        for row, result in zip(where, self.tagger.tag(texts, spans)):
-            row.update(label_row(result))
-        return label_store.write_candidate_labels(self.engine, self.tagger_id, rows)
+        return [row for row, _, _ in targets]
 
 
 def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) -> LabelResult:

@@ -238,18 +238,19 @@ def labels_for(conn: Connection, job_ids: list[int]) -> tuple[dict, dict]:
     """({completion_id: {tagger name: UPOS name or None}}, {candidate_id: {tagger name: UPOS name or None}})."""
     from .models import candidate_labels, labels, taggers
 
-    per_completion: dict[int, dict] = {}
-    rows = conn.execute(select(labels.c.completion_id, taggers.c.name, labels.c.upos_name)
-                        .join(taggers, taggers.c.id == labels.c.tagger_id)
-                        .join(completions, completions.c.id == labels.c.completion_id)
-                        .where(completions.c.job_id.in_(job_ids))).all()
-    for completion_id, name, upos in rows:
-        per_completion.setdefault(completion_id, {})[name] = upos
-    per_candidate: dict[int, dict] = {}
-    rows = conn.execute(select(candidate_labels.c.candidate_id, taggers.c.name, candidate_labels.c.upos_name)
-                        .join(taggers, taggers.c.id == candidate_labels.c.tagger_id)
-                        .join(jobs, jobs.c.candidate_id == candidate_labels.c.candidate_id)
-                        .where(jobs.c.id.in_(job_ids))).all()
-    for candidate_id, name, upos in rows:
-        per_candidate.setdefault(candidate_id, {})[name] = upos
+    per_completion = _by_tagger(conn.execute(
+        select(labels.c.completion_id, taggers.c.name, labels.c.upos_name)
+        .join(taggers, taggers.c.id == labels.c.tagger_id).join(completions, completions.c.id == labels.c.completion_id)
+        .where(completions.c.job_id.in_(job_ids))))
+    per_candidate = _by_tagger(conn.execute(
+        select(candidate_labels.c.candidate_id, taggers.c.name, candidate_labels.c.upos_name)
+        .join(taggers, taggers.c.id == candidate_labels.c.tagger_id)
+        .join(jobs, jobs.c.candidate_id == candidate_labels.c.candidate_id).where(jobs.c.id.in_(job_ids))))
     return per_completion, per_candidate
+
+
+def _by_tagger(rows) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for key, name, upos in rows:
+        out.setdefault(key, {})[name] = upos
+    return out

@@ -21,7 +21,7 @@ from pathlib import Path
 from .config import DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_MAX_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_MAX_STEPS
 from .data import UPOS_NAMES, Sentence, load_sentences, word_spans
 from .errors import DatasetError
-from .tagger import SpacyTagger, sidecar_path, token_at
+from .tagger import SpacyTagger, sidecar_path
 
 log = logging.getLogger(__name__)
 HELD_OUT_EVERY = 10  # given one .conllu file: every 10th sentence is held out for evaluation
@@ -52,18 +52,21 @@ def splits_for(dataset: str) -> tuple[list[Sentence], dict[str, list[Sentence]],
     return train, evals, {"train": f"{dataset} train", **{k: f"{dataset} {k}" for k in evals}}
 
 
+def aligned(sentences: list[Sentence]):
+    """(sentence, each word's span in `# text`) for the sentences whose every word was found in the
+    text (for the others the spacing, and so the tokenization, cannot be known)."""
+    for s in sentences:
+        spans = word_spans(s.text, s.words)
+        if s.words and all(span is not None for span in spans):
+            yield s, spans
+
+
 def to_docs(vocab, sentences: list[Sentence]):
     """spaCy Docs with the UD words, their spacing in `# text`, and their UPOS."""
     from spacy.tokens import Doc
 
-    docs = []
-    for s in sentences:
-        spans = word_spans(s.text, s.words)
-        if not s.words or any(span is None for span in spans):
-            continue  # a word not found in the text: the spacing cannot be known
-        spaces = [end < len(s.text) and s.text[end].isspace() for _, end in spans]
-        docs.append(Doc(vocab, words=[w for w, _ in s.words], spaces=spaces, pos=[UPOS_NAMES[u] for _, u in s.words]))
-    return docs
+    return [Doc(vocab, words=[w for w, _ in s.words], spaces=[end < len(s.text) and s.text[end].isspace() for _, end in spans],
+                pos=[UPOS_NAMES[u] for _, u in s.words]) for s, spans in aligned(sentences)]
 
 
 def train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_MAX_STEPS, max_epochs: int = DEFAULT_MAX_EPOCHS,
@@ -116,26 +119,13 @@ def _run_spacy_training(paths: dict, output: str, max_steps: int, max_epochs: in
 def evaluate(tagger: SpacyTagger, sentences: list[Sentence]) -> dict:
     """UPOS accuracy on gold tokens (the pipeline on the UD words) and on raw text (the span lookup
     `label` uses, on the tagger's own tokenization)."""
-    from spacy.tokens import Doc
-
-    gold_right = raw_right = total = 0
-    texts, spans, gold = [], [], []
-    words_docs = []
-    for s in sentences:
-        ws = word_spans(s.text, s.words)
-        if not s.words or any(w is None for w in ws):
-            continue
-        spaces = [end < len(s.text) and s.text[end].isspace() for _, end in ws]
-        words_docs.append((Doc(tagger.nlp.vocab, words=[w for w, _ in s.words], spaces=spaces), [u for _, u in s.words]))
-        for (start, end), (_form, upos) in zip(ws, s.words):
-            texts.append(s.text)
-            spans.append((start, end))
-            gold.append(upos)
-    for doc, labels in zip(tagger.nlp.pipe(d for d, _ in words_docs), (lab for _, lab in words_docs)):
-        gold_right += sum(t.pos_ == UPOS_NAMES[u] for t, u in zip(doc, labels))
-    results = tagger.tag(texts, spans)
-    raw_right = sum(r.upos == u for r, u in zip(results, gold))
-    total = len(gold)
+    docs = to_docs(tagger.nlp.vocab, sentences)
+    gold = [[t.pos_ for t in doc] for doc in docs]  # read before the pipeline overwrites them
+    gold_right = sum(t.pos_ == g for doc, tags in zip(tagger.nlp.pipe(docs), gold) for t, g in zip(doc, tags))
+    pairs = [(s.text, span, upos) for s, spans in aligned(sentences) for span, (_form, upos) in zip(spans, s.words)]
+    results = tagger.tag([text for text, _, _ in pairs], [span for _, span, _ in pairs])
+    raw_right = sum(r.upos == upos for r, (_, _, upos) in zip(results, pairs))
+    total = len(pairs)
     return {"gold_tokens": round(gold_right / total, 4) if total else None,
             "raw_text": round(raw_right / total, 4) if total else None, "words": total}
 

@@ -31,7 +31,7 @@ def test_distill_end_to_end(labelled, tiny_dir, tiny_model, tmp_path, monkeypatc
     monkeypatch.setattr(distill, "LAMBDAS", (1e-2, 1.0))  # two L2 strengths keep the nested CV quick here
     out = str(tmp_path / "distilled.joblib")
     result = run_distill(labelled, out, layers=[2, 1], min_labelled=NUM_SAMPLES, folds=3, cache_dir=str(tmp_path / "cache"),
-                         device="cpu")
+                         device="cpu", progress=False)
     assert result.n_candidates == 24 and [r["layer"] for r in result.layer_results] == [2, 1]
     for r in result.layer_results:
         assert set(r["scores"]) == {"distilled", "original probe", "original probe, fitted T"}
@@ -46,7 +46,7 @@ def test_distill_end_to_end(labelled, tiny_dir, tiny_model, tmp_path, monkeypatc
     assert open(result.plot_path, "rb").read(4) == b"\x89PNG"
     # the activations are cached: a second run does not need the model
     again = run_distill(labelled, str(tmp_path / "again.joblib"), layers=[2], min_labelled=NUM_SAMPLES, folds=3,
-                        cache_dir=str(tmp_path / "cache"), device="cpu")
+                        cache_dir=str(tmp_path / "cache"), device="cpu", progress=False)
     assert np.isclose(again.layer_results[0]["scores"]["distilled"]["kl"]["mean"],
                       result.layer_results[0]["scores"]["distilled"]["kl"]["mean"])
 
@@ -54,3 +54,12 @@ def test_distill_end_to_end(labelled, tiny_dir, tiny_model, tmp_path, monkeypatc
 def test_distill_refuses_too_few_labelled_candidates(labelled, tmp_path):
     with pytest.raises(DatabaseError, match="too few to distil"):
         run_distill(labelled, str(tmp_path / "d.joblib"), min_labelled=NUM_SAMPLES + 1)
+
+
+def test_a_layer_the_model_lacks_is_one_error_before_any_fit(labelled, tmp_path):
+    from posresample.errors import ModelError
+
+    with pytest.raises(ModelError, match="--layer 9 is out of range"):
+        run_distill(labelled, str(tmp_path / "d.joblib"), layers=[2, 9], min_labelled=NUM_SAMPLES, device="cpu",
+                    progress=False)
+    assert not (tmp_path / "d.joblib").exists()

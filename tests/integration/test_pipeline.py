@@ -115,7 +115,7 @@ def run_worker(engine, tiny_model, tokenizer):
 
 
 def test_worker_and_export_end_to_end(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):
-    scan = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=15), progress=False)
+    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=15), progress=False)
     w = run_worker(engine, tiny_model, tokenizer)
     assert w.jobs_done == 15
     with db.read(engine) as conn:
