@@ -182,7 +182,8 @@ def _export(engine, out: str, scan_name: str | None, params_id: int | None, prog
             bar = tqdm(total=counts.get("done", 0), desc="export", unit="rec", disable=not progress)
             written = 0
             for chunk in _chunks(store.iter_done(conn, scan["id"], params), LABEL_CHUNK):
-                labels = store.labels_for(conn, [head["job_id"] for head, _ in chunk]) if taggers else None
+                labels = store.labels_for(conn, [r["id"] for _, rows in chunk for r in rows],
+                                          [head["id"] for head, _ in chunk]) if taggers else None
                 for head, rows in chunk:
                     stream.write(json.dumps(record(head, rows, gen, labels), ensure_ascii=False) + "\n")
                 written += len(chunk)

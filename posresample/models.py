@@ -104,6 +104,7 @@ jobs = Table(
     Column("done_at", Float),
     UniqueConstraint("candidate_id", "params_id"),
     Index("ix_jobs_state_priority_id", "state", "priority", "id"),
+    Index("ix_jobs_params_id_state", "params_id", "state"),  # claimable_models: one probe per params
 )
 
 completions = Table(
@@ -159,7 +160,10 @@ taggers = Table(
     Column("files_sha256", String(64)),  # a trained folder: sha256 over its files
     Column("package_version", String(50)),  # an installed pipeline package
     Column("accuracy", JSONType),  # what the tagger's sidecar records (dev/test UPOS accuracy)
+    # {"source": what it was measured on, "counts": {true UPOS: {tagger's UPOS: n}}}: train-tagger, evaluate-tagger
+    Column("confusion", JSONType),
     Column("created_at", Float, nullable=False),
+    Index("ix_taggers_name", "name", unique=True),  # one name, one tagger: outputs are keyed by it
 )
 
 labels = Table(

@@ -81,43 +81,58 @@ def heartbeat(engine: Engine, worker_id: str, lease_seconds: float) -> int:
     return renewed
 
 
-def _claimable(max_attempts: int):
-    expired = and_(jobs.c.state == "running", jobs.c.lease_expires_at < db_now())
-    return and_(or_(jobs.c.state == "todo", expired), jobs.c.attempt < max_attempts)
+def _probes(max_attempts: int):
+    """The two index-ordered ways a job becomes claimable: todo, or running with an expired lease.
+
+    Each is an equality on `state` followed by ORDER BY priority, id, so both databases walk
+    ix_jobs_state_priority_id in order and stop after LIMIT rows; one OR over both made them read
+    and sort the whole backlog (SQLite: MULTI-INDEX OR and a temporary B-tree; PostgreSQL: a
+    BitmapOr and a sort) on every claim.
+    """
+    todo = and_(jobs.c.state == "todo", jobs.c.attempt < max_attempts)
+    expired = and_(jobs.c.state == "running", jobs.c.lease_expires_at < db_now(), jobs.c.attempt < max_attempts)
+    return todo, expired
 
 
 def claimable_models(engine: Engine, max_attempts: int) -> list[str]:
-    """The models of the jobs a worker could claim now: it loads them before it claims."""
+    """The models of the jobs a worker could claim now: it loads them before it claims.
+
+    One EXISTS per generation params row (there are a handful), each answered by
+    ix_jobs_params_id_state, so the cost does not grow with the backlog."""
+    found = []
     with read(engine) as conn:
-        return list(conn.execute(select(generation_params.c.model).where(generation_params.c.id.in_(
-            select(jobs.c.params_id).where(_claimable(max_attempts)).distinct())).order_by(generation_params.c.id)).scalars())
+        for pid, model in conn.execute(select(generation_params.c.id, generation_params.c.model).order_by(generation_params.c.id)):
+            for probe in _probes(max_attempts):
+                if conn.execute(select(jobs.c.id).where(jobs.c.params_id == pid, probe).limit(1)).first() is not None:
+                    found.append(model)
+                    break
+    return list(dict.fromkeys(found))
 
 
 def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float, max_attempts: int,
                models: list[str] | None = None) -> list[ClaimedJob]:
     """Fail jobs whose attempts ran out on an expired lease, then claim up to `limit` jobs (of
-    `models` only, when given: the ones this worker has loaded)."""
+    `models` only, when given: the ones this worker has loaded), lowest (priority, id) first."""
     with write(engine) as conn:
         _fail_exhausted(conn, max_attempts)
-        wanted = _claimable(max_attempts)
-        if models is not None:
-            wanted = and_(wanted, jobs.c.params_id.in_(select(generation_params.c.id).where(generation_params.c.model.in_(models))))
-        pick = (
-            select(jobs.c.id)
-            .where(wanted)
-            .order_by(jobs.c.priority, jobs.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer (BEGIN IMMEDIATE)
-        )
+        picked = []
+        for probe in _probes(max_attempts):
+            if models is not None:
+                probe = and_(probe, jobs.c.params_id.in_(select(generation_params.c.id).where(generation_params.c.model.in_(models))))
+            picked += [(priority, job_id) for priority, job_id in conn.execute(
+                select(jobs.c.priority, jobs.c.id).where(probe).order_by(jobs.c.priority, jobs.c.id).limit(limit)
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer (BEGIN IMMEDIATE)
+            )]
+        chosen = [job_id for _, job_id in sorted(picked)[:limit]]
+        if not chosen:
+            return []
         claimed = conn.execute(
             update(jobs)
-            .where(jobs.c.id.in_(pick.scalar_subquery()))
+            .where(jobs.c.id.in_(chosen))
             .values(state="running", attempt=jobs.c.attempt + 1, lease_owner=worker_id, last_worker=worker_id,
                     lease_expires_at=db_now() + lease_seconds, claimed_at=db_now())
             .returning(jobs.c.id, jobs.c.attempt)
         ).all()
-        if not claimed:
-            return []
         attempts = dict(claimed)
         rows = conn.execute(
             select(jobs.c.id, candidates.c.dataset_idx, candidates.c.target_position,
@@ -202,13 +217,14 @@ def release_jobs(engine: Engine, claimed: list[ClaimedJob], worker_id: str) -> i
 
 
 def pending(engine: Engine, max_attempts: int) -> Pending:
+    """Counts of the unfinished jobs only (an index range on state): done jobs cost nothing."""
     now = db_now()
     with read(engine) as conn:
         row = conn.execute(select(
             func.count().filter(and_(jobs.c.state == "todo", jobs.c.attempt < max_attempts)),
             func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at >= now)),
             func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at < now)),
-        )).one()
+        ).where(jobs.c.state.in_(("todo", "running")))).one()
     return Pending(*row)
 
 

@@ -234,23 +234,34 @@ def taggers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
                                "accuracy")} for r in rows]
 
 
-def labels_for(conn: Connection, job_ids: list[int]) -> tuple[dict, dict]:
-    """({completion_id: {tagger name: UPOS name or None}}, {candidate_id: {tagger name: UPOS name or None}})."""
+def labels_for(conn: Connection, completion_ids: list[int], candidate_ids: list[int]) -> tuple[dict, dict]:
+    """({completion_id: {tagger name: UPOS name or None}}, {candidate_id: {tagger name: UPOS name or None}}).
+
+    Looked up by the ids in hand, so both databases read the (completion_id, tagger_id) and
+    (candidate_id, tagger_id) unique indexes: the cost is per row asked, whatever the table's size
+    (a join through completions.job_id was planned as a scan of all labels on PostgreSQL).
+    """
     from .models import candidate_labels, labels, taggers
 
-    per_completion = _by_tagger(conn.execute(
-        select(labels.c.completion_id, taggers.c.name, labels.c.upos_name)
-        .join(taggers, taggers.c.id == labels.c.tagger_id).join(completions, completions.c.id == labels.c.completion_id)
-        .where(completions.c.job_id.in_(job_ids))))
-    per_candidate = _by_tagger(conn.execute(
-        select(candidate_labels.c.candidate_id, taggers.c.name, candidate_labels.c.upos_name)
-        .join(taggers, taggers.c.id == candidate_labels.c.tagger_id)
-        .join(jobs, jobs.c.candidate_id == candidate_labels.c.candidate_id).where(jobs.c.id.in_(job_ids))))
+    names = dict(conn.execute(select(taggers.c.id, taggers.c.name)).all())
+    per_completion: dict[int, dict] = {}
+    for part in _parts(completion_ids, LOOKUP_CHUNK):
+        _by_tagger(conn.execute(select(labels.c.completion_id, labels.c.tagger_id, labels.c.upos_name)
+                                .where(labels.c.completion_id.in_(part))), names, per_completion)
+    per_candidate: dict[int, dict] = {}
+    _by_tagger(conn.execute(select(candidate_labels.c.candidate_id, candidate_labels.c.tagger_id, candidate_labels.c.upos_name)
+                            .where(candidate_labels.c.candidate_id.in_(candidate_ids))), names, per_candidate)
     return per_completion, per_candidate
 
 
-def _by_tagger(rows) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for key, name, upos in rows:
-        out.setdefault(key, {})[name] = upos
+LOOKUP_CHUNK = 5000  # ids per IN list (SQLite allows 32,766 parameters)
+
+
+def _parts(items: list, size: int):
+    return (items[i:i + size] for i in range(0, len(items), size))
+
+
+def _by_tagger(rows, names: dict[int, str], out: dict[int, dict]) -> dict[int, dict]:
+    for key, tagger_id, upos in rows:
+        out.setdefault(key, {})[names[tagger_id]] = upos
     return out
