@@ -76,8 +76,56 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def load_probe(path: str) -> Probe:
-    """Load a joblib probe; warn on a scikit-learn version mismatch, refuse what cannot be used."""
+# What a pickled linear probe may reference. A pickle can name any importable callable and call it
+# on load (os.system, builtins.exec, ...): every other global is refused unless the user trusts the
+# file (scan --trust-probe).
+SAFE_GLOBALS = frozenset({
+    ("sklearn.linear_model._logistic", "LogisticRegression"),
+    ("sklearn.linear_model._logistic", "LogisticRegressionCV"),
+    ("sklearn.linear_model._stochastic_gradient", "SGDClassifier"),
+    ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+})
+SAFE_MODULES = ("sklearn._loss._loss", "sklearn.linear_model._sgd_fast")  # SGDClassifier's loss objects
+
+
+def _allowed(module: str, name: str) -> bool:
+    if (module, name) in SAFE_GLOBALS:
+        return True
+    if module in SAFE_MODULES and name[:1].isupper():  # the Cython loss classes only, no functions
+        return True
+    return module.startswith("numpy.dtypes") and name.endswith("DType")  # numpy 2's dtype classes
+
+
+def restricted_load(path: str):
+    """joblib.load through an unpickler that only builds the classes above (a linear probe and its
+    numpy arrays); anything else raises UnpicklingError naming the global, before it is called."""
+    import pickle
+
+    from joblib import numpy_pickle
+
+    class Unpickler(numpy_pickle.NumpyUnpickler):
+        def find_class(self, module, name):
+            if not _allowed(module, name):
+                raise pickle.UnpicklingError(f"it references {module}.{name}")
+            return super().find_class(module, name)
+
+    with open(path, "rb") as raw, numpy_pickle._validate_fileobject_and_memmap(raw, path, None) as (handle, _mmap):
+        if isinstance(handle, str):  # joblib < 0.10's format, which loads companion files
+            raise pickle.UnpicklingError("it is in joblib's pre-0.10 format")
+        return Unpickler(path, handle, True).load()
+
+
+def load_probe(path: str, trust: bool = False) -> Probe:
+    """Load a joblib probe; warn on a scikit-learn version mismatch, refuse what cannot be used.
+
+    By default only a linear classifier and its arrays are unpickled (restricted_load); `trust`
+    unpickles the file as it is, which runs whatever code it names."""
+    import pickle
+
     import joblib
 
     if not os.path.isfile(path):
@@ -85,8 +133,14 @@ def load_probe(path: str) -> Probe:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            estimator = joblib.load(path)
-        except Exception as exc:  # unpickling raises anything: EOFError, UnpicklingError, KeyError, ...
+            estimator = joblib.load(path) if trust else restricted_load(path)
+        except pickle.UnpicklingError as exc:
+            if trust or not str(exc).startswith("it "):
+                raise ProbeError(f"cannot load probe {path}: UnpicklingError: {exc}") from None
+            raise ProbeError(f"probe {path} is not unpickled: {exc}, and a pickle can run code when loaded; "
+                             "posresample loads scikit-learn linear classifiers only, unless you trust the file "
+                             "(--trust-probe)") from None
+        except Exception as exc:  # unpickling raises anything: EOFError, KeyError, ValueError, ...
             raise ProbeError(f"cannot load probe {path}: {type(exc).__name__}: {exc}") from None
     for warning in caught:
         if "InconsistentVersionWarning" in type(warning.message).__name__:
@@ -99,6 +153,8 @@ def load_probe(path: str) -> Probe:
     bias = np.asarray(estimator.intercept_, dtype=np.float64)
     if weight.ndim != 2 or weight.shape[0] not in (1, len(class_ids)):
         raise ProbeError(f"{path}: coef_ shape {weight.shape} does not fit {len(class_ids)} classes")
+    if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
+        raise ProbeError(f"{path}: coef_ or intercept_ holds NaN or infinite values: not a usable probe")
     return Probe(path=path, sha256=file_sha256(path), estimator=estimator, class_ids=class_ids, weight=weight, bias=bias)
 
 

@@ -42,6 +42,7 @@ class ScanOptions:
     attn: str = "auto"
     batch_size: int = SENTENCE_BATCH
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # a second process of this scan is refused while the lease is live
+    trust_probe: bool = False  # unpickle the probe as it is (runs any code it names), not only linear classifiers
 
 
 @dataclass
@@ -54,7 +55,7 @@ class ScanResult:
 
 def run_scan(engine, opts: ScanOptions, progress: bool = True) -> ScanResult:
     sentences = load_sentences(opts.dataset, opts.split)
-    probe = load_probe(opts.probe)
+    probe = load_probe(opts.probe, trust=opts.trust_probe)
     device = pick_device(opts.device)
     tokenizer = load_tokenizer(opts.model)
     model = load_model(opts.model, device, opts.attn)

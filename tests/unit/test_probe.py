@@ -82,8 +82,8 @@ def test_probabilities_that_do_not_sum_to_one_are_refused(tmp_path):
     est, X = fitted(RESEARCH_CLASSES)
     broken = BrokenProbe(max_iter=200).fit(X, est.predict(X))
     joblib.dump(broken, tmp_path / "p.joblib")
-    with pytest.raises(ProbeError, match="do not sum to 1"):
-        validate_probe(load_probe(str(tmp_path / "p.joblib")), hidden_size=16)
+    with pytest.raises(ProbeError, match="do not sum to 1"):  # a subclass of the test's: trusted to unpickle
+        validate_probe(load_probe(str(tmp_path / "p.joblib"), trust=True), hidden_size=16)
 
 
 def test_sidecar_mismatch_is_refused(tmp_path):
@@ -156,7 +156,7 @@ def test_a_probe_whose_probabilities_no_read_out_reproduces_is_refused(tmp_path)
     est, X = fitted(RESEARCH_CLASSES[:4])
     joblib.dump(TemperedProbe(max_iter=200).fit(X, est.predict(X)), tmp_path / "p.joblib")
     with pytest.raises(ProbeError, match="neither the softmax nor the one-vs-rest"):
-        validate_probe(load_probe(str(tmp_path / "p.joblib")), hidden_size=16)
+        validate_probe(load_probe(str(tmp_path / "p.joblib"), trust=True), hidden_size=16)
 
 
 def test_version_mismatch_warning_is_one_complete_line(tmp_path, caplog):
@@ -182,3 +182,45 @@ class TemperedProbe(LogisticRegression):
         z = self.decision_function(X) / 2
         e = np.exp(z - z.max(1, keepdims=True))
         return e / e.sum(1, keepdims=True)
+
+
+class _RunsCode:
+    """A 'probe' whose unpickling runs a shell command, as a crafted file would."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_is_refused_before_the_code_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    joblib.dump(_RunsCode(marker), tmp_path / "evil.joblib")
+    with pytest.raises(ProbeError, match=r"references posix\.system, and a pickle can run code.*--trust-probe"):
+        load_probe(str(tmp_path / "evil.joblib"))
+    assert not marker.exists()
+    from sklearn.pipeline import make_pipeline
+
+    est, X = fitted(RESEARCH_CLASSES[:4])
+    joblib.dump(make_pipeline(LogisticRegression(max_iter=200)).fit(X, est.predict(X)), tmp_path / "pipe.joblib")
+    with pytest.raises(ProbeError, match="sklearn.pipeline.Pipeline"):  # not code, but not a probe we unpickle
+        load_probe(str(tmp_path / "pipe.joblib"))
+
+
+@pytest.mark.parametrize("compress", [0, 3])
+def test_every_kind_of_linear_probe_loads_without_trust(tmp_path, compress):
+    for kind, est in probes_of_every_kind()[0].items():
+        joblib.dump(est, tmp_path / "p.joblib", compress=compress)
+        assert load_probe(str(tmp_path / "p.joblib")).class_ids == tuple(int(c) for c in est.classes_), kind
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_probe_with_non_finite_coefficients_is_refused_at_load(tmp_path, bad):
+    est, _ = fitted(RESEARCH_CLASSES)
+    est.coef_[3, 5] = bad
+    joblib.dump(est, tmp_path / "p.joblib")
+    with pytest.raises(ProbeError, match=f"{tmp_path / 'p.joblib'}: coef_ or intercept_ holds NaN or infinite"):
+        load_probe(str(tmp_path / "p.joblib"))
