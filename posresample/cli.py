@@ -76,12 +76,22 @@ def db_option(func):
                         help=f"Database URL (sqlite:///FILE or postgresql+psycopg://...); env {DB_ENV_VAR}.")(func)
 
 
-def open_engine(db_url: str, must_exist: bool = False):
+def open_engine(db_url: str, must_exist: bool = False, retry_seconds: float = 0.0, schema: bool = False):
+    """An engine on `db_url`; with `schema`, also check it holds posresample's current schema. Both
+    ride out an outage or a held lock for `retry_seconds` (worker, label)."""
     from . import db
 
     if must_exist and not db.file_exists_for(db_url):
         raise DatabaseError(f"no database at {db_url}: run `cli.py scan` first (or pass --db)")
-    return db.make_engine(db_url)
+    engine = db.make_engine(db_url, retry_seconds=retry_seconds)
+    if schema:
+        db.retrying(lambda: db.ensure_schema(engine, migrate=False), retry_seconds)
+    return engine
+
+
+def db_retry_option(func):
+    return click.option("--db-retry-seconds", default=DEFAULT_DB_RETRY_SECONDS, show_default=True, type=FiniteFloat(0),
+                        help="Ride out a database outage (restart, held lock) this long, retrying with back-off.")(func)
 
 
 def setup_logging(verbose: bool) -> None:
@@ -149,11 +159,13 @@ def parse_exclude(spec: str) -> tuple[int, ...]:
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
 @click.option("--batch-size", default=32, show_default=True, type=COUNT, help="Sentences per forward pass.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (the model loader's neither).")
+@click.option("--trust-probe", is_flag=True,
+              help="Unpickle the probe as it is, running any code it names (default: linear classifiers only).")
 @generation_options
 @db_option
 @click.pass_context
 def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefixes, name, device, attn, batch_size,
-         no_progress, num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
+         no_progress, trust_probe, num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
     """Find the tokens where the probe is unsure and queue them for sampling.
 
     \b
@@ -166,14 +178,14 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
     params = GenerationParams(model, temperature, top_p, top_k, max_new_tokens, num_samples, seed).validate()
     opts = ScanOptions(probe=probe, dataset=dataset, split=split, model=model, layer=layer, threshold=threshold,
                        exclude=parse_exclude(exclude), params=params, name=name, max_prefixes=max_prefixes,
-                       device=device, attn=attn, batch_size=batch_size)
+                       device=device, attn=attn, batch_size=batch_size, trust_probe=trust_probe)
     if no_progress:
         silence_library_progress()
     engine = open_engine(db_url)
     from . import db
 
-    if db.file_exists_for(db_url):  # a newer schema is refused before the model loads; nothing is created
-        db.check_known_revision(engine, db.current_revision(engine))
+    if db.file_exists_for(db_url):  # another app's or a newer schema is refused before the model loads
+        db.check_database(engine)
     result = run_scan(engine, opts, progress=not no_progress)
     click.echo(f"scan {name!r}: {result.candidates} candidates ({result.added} new), "
                f"{result.scan['sentences_done']}/{result.scan['sentences_total']} sentences; "
@@ -188,8 +200,7 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @click.option("--lease-seconds", default=DEFAULT_LEASE_SECONDS, show_default=True, type=FiniteFloat(0.5), help="Lease per claimed job, renewed by heartbeats.")
 @click.option("--max-attempts", default=DEFAULT_MAX_ATTEMPTS, show_default=True, type=COUNT, help="Claims before a job ends failed.")
 @click.option("--stop-grace", default=DEFAULT_STOP_GRACE, show_default=True, type=FiniteFloat(0), help="Seconds to finish the batch after SIGINT/SIGTERM.")
-@click.option("--db-retry-seconds", default=DEFAULT_DB_RETRY_SECONDS, show_default=True, type=FiniteFloat(0),
-              help="Ride out a database outage (restart, held lock) this long, retrying with back-off.")
+@db_retry_option
 @click.option("--no-wait", is_flag=True, help="Exit when nothing is claimable, even if other workers hold leases.")
 @click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(0, INT32_MAX), help="With --devices: restarts per device (after a back-off of 1, 2, 4 ... 60 s).")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
@@ -235,8 +246,7 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
     dev = "cpu" if fake_sampler and device == "auto" else str(pick_device(device))
     if compile_mode == "cuda-graph" and not dev.startswith("cuda"):
         raise click.UsageError(f"--compile cuda-graph needs a CUDA device, not {dev}")
-    engine = open_engine(db_url, must_exist=True)
-    db.ensure_schema(engine, migrate=False)
+    engine = open_engine(db_url, must_exist=True, retry_seconds=db_retry_seconds, schema=True)
     if no_progress:
         silence_library_progress()
     opts = WorkerOptions(device=dev, batch_jobs=batch_jobs or (32 if dev.startswith("cuda") else 4),
@@ -442,9 +452,10 @@ def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences
 @click.option("--lease-seconds", default=DEFAULT_LABEL_LEASE, show_default=True, type=FiniteFloat(0.5),
               help="A killed process's jobs are taken over after this.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@db_retry_option
 @db_option
 @click.pass_context
-def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease_seconds, no_progress, db_url):
+def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease_seconds, no_progress, db_retry_seconds, db_url):
     """Tag the target word of every sampled completion with a POS tagger.
 
     Resumable (a re-run labels only what is missing) and parallel (several processes or hosts split
@@ -458,8 +469,10 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
     from .label import LabelOptions, run_label
 
     opts = LabelOptions(tagger=tagger_spec, tagger_name=tagger_name, scan=scan_name, batch_jobs=batch_jobs,
-                        processes=processes, lease_seconds=lease_seconds, progress=not no_progress)
-    result = run_label(open_engine(db_url, must_exist=True), db_url, opts, verbose=ctx.obj.get("verbose", False))
+                        processes=processes, lease_seconds=lease_seconds, progress=not no_progress,
+                        db_retry_seconds=db_retry_seconds)
+    result = run_label(open_engine(db_url, must_exist=True, retry_seconds=db_retry_seconds), db_url, opts,
+                       verbose=ctx.obj.get("verbose", False))
     summary = result.summary
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items()))
     upos = " ".join(f"{k} {v}" for k, v in summary["upos"].items())

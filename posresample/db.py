@@ -55,7 +55,7 @@ def safe_url(url: str) -> str:
         return url
 
 
-def make_engine(url: str, check: bool = True) -> Engine:
+def make_engine(url: str, check: bool = True, retry_seconds: float = 0.0) -> Engine:
     """An engine with the pragmas and transaction mode above; `check` opens it once to fail early.
 
     A SQLite file that does not exist yet is not created here (only its folder is checked), so a
@@ -74,13 +74,21 @@ def make_engine(url: str, check: bool = True) -> Engine:
     else:
         raise DatabaseError(f"unsupported database {safe_url(url)}: use sqlite:/// or postgresql+psycopg://")
     if check and file_exists_for(url):
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            raise DatabaseError(f"cannot open database {safe_url(url)}: {_first_line(exc)}") from None
+        ping(engine, retry_seconds)
     return engine
+
+
+def ping(engine: Engine, retry_seconds: float = 0.0) -> None:
+    """Open a connection once (retrying a transient failure for `retry_seconds`), or say why not."""
+    def select_one():
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    try:
+        retrying(select_one, retry_seconds)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise DatabaseError(f"cannot open database {safe_url(str(engine.url))}: {_first_line(exc)}") from None
 
 
 def _first_line(exc: Exception) -> str:
@@ -103,7 +111,9 @@ def _sqlite_engine(parsed) -> Engine:
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
         cur = dbapi_conn.cursor()
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "foreign_keys=ON"):
+        # per connection only: nothing here changes the file (WAL, which persists, is set by
+        # `use_wal` once the file is known to be posresample's or new)
+        for pragma in (f"busy_timeout={SQLITE_BUSY_TIMEOUT_MS}", "synchronous=NORMAL", "foreign_keys=ON"):
             cur.execute(f"PRAGMA {pragma}")
         cur.close()
 
@@ -200,29 +210,73 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def check_known_revision(engine: Engine, current: str | None) -> None:
-    """A revision this code does not know was written by a newer posresample: say so, touch nothing."""
+OWN_TABLES = frozenset({"scans", "candidates", "jobs", "generation_params", "completions", "workers"})
+
+
+def _known(revision: str) -> bool:
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError
 
-    if current is None:
-        return
     try:
-        known = ScriptDirectory.from_config(alembic_config()).get_revision(current) is not None
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
     except CommandError:
-        known = False
-    if not known:
-        raise DatabaseError(f"{safe_url(str(engine.url))} was written by a newer posresample (schema revision "
-                            f"{current}; this one knows up to {head_revision()}): upgrade posresample")
+        return False
+
+
+def check_database(engine: Engine) -> str | None:
+    """The posresample revision of this database (None: empty), or a one-line refusal.
+
+    Refused: another application's tables, another application's Alembic history, and a
+    posresample schema newer than this code. Reads only: nothing is created or changed.
+    """
+    from sqlalchemy import inspect
+
+    with read(engine) as conn:
+        names = set(inspect(conn).get_table_names()) | set(inspect(conn).get_view_names())
+    current = current_revision(engine) if "alembic_version" in names else None
+    ours = OWN_TABLES <= names
+    where = safe_url(str(engine.url))
+    if current is not None and not _known(current):
+        if ours:
+            raise DatabaseError(f"{where} was written by a newer posresample (schema revision {current}; this one "
+                                f"knows up to {head_revision()}): upgrade posresample")
+        raise DatabaseError(f"{where} belongs to another application (Alembic revision {current}, no posresample "
+                            "tables): use a new database for posresample")
+    foreign = sorted(names - {"alembic_version"} - _all_own_names())
+    if foreign and not ours:
+        listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise DatabaseError(f"{where} holds another application's tables ({listed}): posresample uses an empty "
+                            "database or one of its own")
+    return current
+
+
+def _all_own_names() -> set[str]:
+    from .models import metadata
+
+    return set(metadata.tables) | {"empirical_labels"}
+
+
+def check_known_revision(engine: Engine, current: str | None = None) -> None:
+    """Refuse a database this code must not touch (see check_database)."""
+    check_database(engine)
+
+
+def use_wal(engine: Engine) -> None:
+    """SQLite's WAL journal (it persists in the file): set on posresample's own databases only."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        conn.connection.dbapi_connection.execute("PRAGMA journal_mode=WAL")
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Run migrations to head once, serialised across processes. Returns (before, after)."""
+    """Create or upgrade the schema to head, once, serialised across processes. Returns (before, after).
+    Only an empty database or posresample's own is touched."""
     from alembic import command
 
-    before = current_revision(engine)
-    check_known_revision(engine, before)
+    before = check_database(engine)
     head = head_revision()
+    use_wal(engine)
     if before != head:
         with engine.connect() as conn:
             command.upgrade(alembic_config(connection=conn), "head")
@@ -231,11 +285,10 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 
 
 def ensure_schema(engine: Engine, migrate: bool) -> None:
-    """Upgrade a fresh or old database (scan, demo) or refuse to touch it (worker, export, status)."""
-    current = current_revision(engine)
+    """Upgrade a fresh or old database (scan, demo) or refuse to touch it (every other command)."""
+    current = check_database(engine)
     if current == head_revision():
         return
-    check_known_revision(engine, current)
     if migrate:
         upgrade(engine)
     elif current is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from . import db, label_store
-from .config import DEFAULT_LABEL_BATCH_JOBS as DEFAULT_BATCH_JOBS, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LEASE_SECONDS
+from .config import DEFAULT_DB_RETRY_SECONDS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_BATCH_JOBS, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LEASE_SECONDS
 from .errors import DatabaseError
 from .heartbeat import Heartbeat
 from .queue import new_worker_id
@@ -39,6 +39,7 @@ class LabelOptions:
     processes: int = 1
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     progress: bool = True
+    db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS  # an outage or a held lock is ridden out this long
 
 
 @dataclass
@@ -97,30 +98,34 @@ class Labeller:
             self._tokenizers[model] = load_tokenizer(model)
         return self._tokenizers[model]
 
+    def _db(self, statement, *args):
+        """A label_store statement, retried with back-off while the database is unreachable or locked."""
+        return db.retrying(lambda: statement(self.engine, *args), self.opts.db_retry_seconds)
+
     def run(self, bar=None) -> int:
         try:
             with Heartbeat(lambda: label_store.renew_label_leases(self.engine, self.tagger_id, self.owner, self.opts.lease_seconds),
                            self.opts.lease_seconds / 3, name="label lease"):
                 while True:
-                    job_ids = label_store.claim_label_jobs(self.engine, self.tagger_id, self.owner, self.opts.batch_jobs,
-                                                           self.opts.lease_seconds, self.scan_id)
+                    job_ids = self._db(label_store.claim_label_jobs, self.tagger_id, self.owner, self.opts.batch_jobs,
+                                       self.opts.lease_seconds, self.scan_id)
                     if job_ids:
                         n = self.label_jobs(job_ids)
                         if bar is not None:
                             bar.update(n)
                         continue
-                    todo, leased = label_store.label_backlog(self.engine, self.tagger_id, self.scan_id)
+                    todo, leased = self._db(label_store.label_backlog, self.tagger_id, self.scan_id)
                     if todo == 0:
                         return self.added
                     log.debug("%d job(s) leased by other label processes: waiting", leased)
                     time.sleep(POLL_SECONDS)  # their leases end in a write or expire
         finally:
-            label_store.release_label_leases(self.engine, self.tagger_id, self.owner)
+            self._db(label_store.release_label_leases, self.tagger_id, self.owner)
 
     def label_jobs(self, job_ids: list[int]) -> int:
         targets = []
         prefix_texts: dict[int, tuple[str, str]] = {}
-        for item in label_store.label_inputs(self.engine, job_ids):
+        for item in self._db(label_store.label_inputs, job_ids):
             tok = self.tokenizer(item.model)
             decode = lambda ids, tok=tok: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
             if item.job_id not in prefix_texts:  # the prefix is the same for a job's 96 completions
@@ -128,15 +133,15 @@ class Labeller:
             text, span = target_span(decode, item.prefix_token_ids, item.token_ids, prefix_texts[item.job_id])
             targets.append(({"completion_id": item.completion_id}, text, span))
         rows = self._tag(targets)
-        self.added += label_store.write_labels(self.engine, self.tagger_id, self.owner, job_ids, rows)
+        self.added += self._db(label_store.write_labels, self.tagger_id, self.owner, job_ids, rows)
         return len(rows)
 
     def label_candidates(self) -> int:
         targets = []
-        for cand in label_store.unlabelled_candidates(self.engine, self.tagger_id, self.scan_id):
+        for cand in self._db(label_store.unlabelled_candidates, self.tagger_id, self.scan_id):
             span = sentence_span(self.tokenizer(cand["model"]), cand["sentence_text"], cand["target_position"])
             targets.append(({"candidate_id": cand["id"]}, cand["sentence_text"], span))
-        return label_store.write_candidate_labels(self.engine, self.tagger_id, self._tag(targets))
+        return self._db(label_store.write_candidate_labels, self.tagger_id, self._tag(targets))
 
     def _tag(self, targets: list[tuple[dict, str, tuple[int, int] | None]]) -> list[dict]:
         """Fill each (row, text, span) row with the tagger's result; no span is status no_span."""
@@ -152,32 +157,44 @@ class Labeller:
 
 def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) -> LabelResult:
     """Check the input, register the tagger, tag the original sentences, then the completions
-    (in this process, or in `opts.processes` child processes)."""
-    from .store import pick_scan
+    (in this process, or in `opts.processes` child processes).
 
-    db.ensure_schema(engine, migrate=True)
-    scan_id = None
-    if opts.scan is not None:
-        with db.read(engine) as conn:
-            scan_id = pick_scan(conn, opts.scan)["id"]
+    The tagger is loaded (and its sidecar read) before the database is touched; the database must
+    hold posresample's schema already (label creates none); every statement rides out an outage
+    or a held lock for `opts.db_retry_seconds`, at start-up too."""
     tagger = load_tagger(opts.tagger, opts.tagger_name)
-    if label_store.done_completion_count(engine, scan_id) == 0:
-        raise DatabaseError("no sampled completions to label: run `cli.py scan` and `cli.py worker` first")
-    tagger_id = label_store.register_tagger(engine, tagger.identity())
+    identity = tagger.identity()
+    retry = lambda call, *args: db.retrying(lambda: call(*args), opts.db_retry_seconds)  # noqa: E731
+    scan_id = retry(_check_database, engine, opts.scan)
+    tagger_id = retry(label_store.register_tagger, engine, identity)
     start = time.monotonic()
     labeller = Labeller(engine, tagger, tagger_id, opts, scan_id)
     candidates_added = labeller.label_candidates()
-    backlog, _ = label_store.label_backlog(engine, tagger_id, scan_id)
+    backlog, _ = retry(label_store.label_backlog, engine, tagger_id, scan_id)
     bar = tqdm(total=backlog, desc="label", unit="text", disable=not opts.progress)
     if opts.processes > 1:
-        before = label_store.label_summary(engine, tagger_id, scan_id)["labels"]
+        before = retry(label_store.label_summary, engine, tagger_id, scan_id)["labels"]
         _run_children(engine, db_url, opts, tagger_id, scan_id, bar, verbose)
-        added = label_store.label_summary(engine, tagger_id, scan_id)["labels"] - before
+        added = retry(label_store.label_summary, engine, tagger_id, scan_id)["labels"] - before
     else:
         added = labeller.run(bar)
     bar.close()
     return LabelResult(tagger.name, tagger_id, added, time.monotonic() - start,
-                       label_store.label_summary(engine, tagger_id, scan_id), candidates_added)
+                       retry(label_store.label_summary, engine, tagger_id, scan_id), candidates_added)
+
+
+def _check_database(engine, scan_name: str | None) -> int | None:
+    """The schema is posresample's and current, the scan exists, something is sampled. -> scan id"""
+    from .store import pick_scan
+
+    db.ensure_schema(engine, migrate=False)
+    scan_id = None
+    if scan_name is not None:
+        with db.read(engine) as conn:
+            scan_id = pick_scan(conn, scan_name)["id"]
+    if label_store.done_completion_count(engine, scan_id) == 0:
+        raise DatabaseError("no sampled completions to label: run `cli.py scan` and `cli.py worker` first")
+    return scan_id
 
 
 def _run_children(engine, db_url, opts: LabelOptions, tagger_id: int, scan_id, bar, verbose: bool) -> None:
@@ -186,7 +203,7 @@ def _run_children(engine, db_url, opts: LabelOptions, tagger_id: int, scan_id, b
 
     args = [sys.executable, "-m", "posresample.cli", *(["-v"] if verbose else []), "label", "--db", db_url,
             "--tagger", opts.tagger, "--batch", str(opts.batch_jobs), "--lease-seconds", str(opts.lease_seconds),
-            "--processes", "1", "--no-progress"]
+            "--processes", "1", "--no-progress", "--db-retry-seconds", str(opts.db_retry_seconds)]
     args += ["--tagger-name", opts.tagger_name] if opts.tagger_name else []
     args += ["--scan", opts.scan] if opts.scan else []
     parent = os.getpid()
@@ -195,7 +212,7 @@ def _run_children(engine, db_url, opts: LabelOptions, tagger_id: int, scan_id, b
     total = bar.total
     while any(c.poll() is None for c in children):
         time.sleep(POLL_SECONDS)  # progress is read from the database
-        left, _ = label_store.label_backlog(engine, tagger_id, scan_id)
+        left, _ = db.retrying(lambda: label_store.label_backlog(engine, tagger_id, scan_id), opts.db_retry_seconds)
         bar.update(total - left - bar.n)
     failed = [c.returncode for c in children if c.returncode != 0]
     if failed:

@@ -36,15 +36,31 @@ def _insert(conn: Connection, table):
 
 
 def register_tagger(engine: Engine, identity: dict) -> int:
-    """The taggers row for this identity (created on first use)."""
+    """The taggers row for this identity (created on first use). A name is one tagger: another
+    tagger (other files, version or library) under a name already taken is refused, since every
+    output (analyze, export, SQL) is keyed by the name."""
+    from .errors import TaggerError
+
     key = canonical({k: identity.get(k) for k in IDENTITY_FIELDS})
     with write(engine) as conn:
+        taken = conn.execute(select(taggers.c.id, taggers.c.identity_key, taggers.c.spec)
+                             .where(taggers.c.name == identity["name"])).first()
+        if taken is not None and taken.identity_key != key:
+            raise TaggerError(f"a different tagger is already named {identity['name']!r} in this database "
+                              f"(tagger {taken.id}, {taken.spec}): give this one another name with --tagger-name")
         conn.execute(_insert(conn, taggers).values(
             name=identity["name"], spec=identity["spec"], identity_key=key, library=identity["library"],
             library_version=identity["library_version"], files_sha256=identity.get("files_sha256"),
             package_version=identity.get("package_version"), accuracy=identity.get("accuracy"),
-            created_at=db_now()).on_conflict_do_nothing())
-        return conn.execute(select(taggers.c.id).where(taggers.c.identity_key == key)).scalar_one()
+            confusion=identity.get("confusion"), created_at=db_now()).on_conflict_do_nothing())
+        tagger_id = conn.execute(select(taggers.c.id).where(taggers.c.identity_key == key)).scalar()
+        if tagger_id is None:  # another process took the name between our check and our insert
+            raise TaggerError(f"a different tagger is already named {identity['name']!r} in this database: "
+                              "give this one another name with --tagger-name")
+        if identity.get("confusion") is not None:  # measured since the row was made (evaluate-tagger)
+            conn.execute(update(taggers).where(taggers.c.id == tagger_id, taggers.c.confusion.is_(None))
+                         .values(confusion=identity["confusion"]))
+        return tagger_id
 
 
 def _labelled(tagger_id: int):
@@ -62,11 +78,24 @@ def _unlabelled_jobs(tagger_id: int, scan_id: int | None):
 
 def claim_label_jobs(engine: Engine, tagger_id: int, owner: str, limit: int, lease_seconds: float,
                      scan_id: int | None = None) -> list[int]:
-    """Lease up to `limit` done, unlabelled jobs that no live lease holds. -> their ids."""
+    """Lease up to `limit` done, unlabelled jobs that no live lease holds. -> their ids.
+
+    PostgreSQL: the job rows and their existing lease rows are locked with SKIP LOCKED, so a row
+    another transaction holds (a frozen process, a slow renewal) is passed over instead of stalling
+    every label process; since the job row is locked first, no other process can be inserting a lease
+    for it meanwhile. SQLite has one writer (BEGIN IMMEDIATE).
+    """
     leased = exists().where(label_leases.c.job_id == jobs.c.id, label_leases.c.tagger_id == tagger_id,
                             label_leases.c.expires_at >= db_now())
     with write(engine) as conn:
-        wanted = conn.execute(_unlabelled_jobs(tagger_id, scan_id).where(~leased).order_by(jobs.c.id).limit(limit)).scalars().all()
+        wanted = conn.execute(_unlabelled_jobs(tagger_id, scan_id).where(~leased).order_by(jobs.c.id).limit(limit)
+                              .with_for_update(skip_locked=True, of=jobs)).scalars().all()
+        if wanted and conn.dialect.name == "postgresql":
+            existing = select(label_leases.c.job_id).where(label_leases.c.tagger_id == tagger_id,
+                                                           label_leases.c.job_id.in_(wanted))
+            free = set(conn.execute(existing.with_for_update(skip_locked=True)).scalars())
+            held = set(conn.execute(existing).scalars()) - free
+            wanted = [j for j in wanted if j not in held]
         if not wanted:
             return []
         stmt = _insert(conn, label_leases).values(

@@ -52,6 +52,21 @@ def sidecar_path(folder: str) -> str:
     return os.path.normpath(folder) + ".json"
 
 
+def read_sidecar(folder: str) -> dict:
+    """train-tagger's sidecar JSON beside the folder ({} when there is none); a malformed one is refused."""
+    path = sidecar_path(folder)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TaggerError(f"cannot read tagger sidecar {path}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise TaggerError(f"tagger sidecar {path} is not a JSON object")
+    return meta
+
+
 def files_sha256(folder: str) -> str:
     """sha256 over a folder's files (relative path and bytes, in sorted order)."""
     digest = hashlib.sha256()
@@ -94,15 +109,12 @@ class SpacyTagger:
     def identity(self) -> dict:
         import spacy
 
-        accuracy = None
-        if self.is_folder and os.path.isfile(sidecar_path(self.target)):
-            with open(sidecar_path(self.target), encoding="utf-8") as handle:
-                accuracy = json.load(handle).get("accuracy")
+        sidecar = read_sidecar(self.target) if self.is_folder else {}
         meta = self.nlp.meta
         return {"name": self.name, "spec": self.spec, "library": "spacy", "library_version": spacy.__version__,
                 "files_sha256": files_sha256(self.target) if self.is_folder else None,
                 "package_version": None if self.is_folder else f"{meta.get('name')}-{meta.get('version')}",
-                "accuracy": accuracy}
+                "accuracy": sidecar.get("accuracy"), "confusion": sidecar.get("confusion")}
 
     def tag(self, texts: list[str], spans: list[tuple[int, int]]) -> list[TagResult]:
         """Tag each distinct text once (nlp.pipe), then read the token at each span."""
