@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -60,18 +61,33 @@ def parse_label_list(spec: str | Sequence[str]) -> tuple[int, ...]:
 # --- sources ---------------------------------------------------------------------------------
 
 
-def load_sentences(source: str, split: str = "validation") -> list[Sentence]:
-    """Read a split from a .conllu file, a UD directory, a parquet file/dir, or a HF dataset id."""
+def load_sentences(source: str, split: str | None = "validation") -> list[Sentence]:
+    """Read a split from a .conllu file, a UD directory, a parquet file/dir, or a HF dataset id.
+
+    A single file is one split: `split` must still be a known name (it is stored and keys the
+    sample noise), and one the file's UD name (`*-ud-dev.conllu`) does not contradict; None skips
+    the check (a caller that holds out part of the file itself)."""
     if os.path.isdir(source):
         parquet = _find_parquet(source, split)
         return read_parquet(parquet) if parquet else read_conllu(_find_conllu(source, split))
     if os.path.isfile(source):
+        if split is not None:
+            check_file_split(source, split)
         if source.endswith(".parquet"):
             return read_parquet([source])
         return read_conllu(source)
     if source.partition(":")[0] in (HF_DATASET_ID, HF_LEGACY_ID):
         return read_hf_hub(source, split)
     raise DatasetError(f"dataset not found: {source} (a .conllu file, a UD directory or {HF_DATASET_ID}:en_ewt)")
+
+
+def check_file_split(path: str, split: str) -> None:
+    if split not in SPLIT_FILE_SUFFIX:
+        raise DatasetError(f"unknown split {split!r}; use train, validation or test")
+    named = re.search(r"-ud-(train|dev|test)\.conllu$", os.path.basename(path))
+    if named and named.group(1) != SPLIT_FILE_SUFFIX[split]:
+        raise DatasetError(f"{path} is the {named.group(1)} file of its treebank, not split {split!r}: "
+                           "pass the matching --split, or the treebank's folder")
 
 
 def _find_conllu(directory: str, split: str) -> str:

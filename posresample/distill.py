@@ -22,7 +22,7 @@ import torch
 from . import metrics
 from .analyze import K, load, probe_matrix
 from .data import UPOS_NAMES
-from .errors import DatabaseError
+from .errors import ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried by cross-validation
@@ -33,7 +33,7 @@ LBFGS_STEPS = 100  # iterations at most; a fit usually stops earlier, at a gradi
 @dataclass
 class DistillData:
     candidate_ids: list[int]
-    groups: np.ndarray  # [N] sentence (dataset_idx): folds never split one
+    groups: np.ndarray  # [N] sentence text: folds never split one, nor a text the split repeats
     target: np.ndarray  # [N, K] empirical distributions
     probe: np.ndarray  # [N, K] the original probe's probabilities
     true: np.ndarray  # [N] treebank UPOS ids
@@ -147,7 +147,9 @@ def collect(engine, scan_name, tagger_name, params_id, min_labelled: int) -> tup
         raise DatabaseError(f"{len(kept)} candidates have {min_labelled} or more labelled completions: too few to distil "
                             "(label more, or lower --min-labelled)")
     counts = np.stack([per_candidate[c["id"]] for c in kept])
-    data = DistillData([c["id"] for c in kept], np.array([c["dataset_idx"] for c in kept]),
+    # grouped by text, not index: EWT dev repeats 45 sentence texts ("Debra Perlingiere" 18 times),
+    # whose candidates would otherwise sit in both a training and a test fold
+    data = DistillData([c["id"] for c in kept], np.array([c["sentence_text"] for c in kept], dtype=str),
                        counts / counts.sum(1, keepdims=True), probe_matrix(kept, list(scan["probe_classes"])),
                        np.array([c["true_label"] for c in kept]), {})
     return {"scan": scan, "params": params, "tagger": tagger}, data, kept
@@ -175,12 +177,44 @@ def prefix_activations(model, prefixes: list[list[int]], layers: list[int], batc
     return {layer: np.concatenate(v) for layer, v in out.items()}
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model")
+
+
+def model_fingerprint(model_name: str) -> str:
+    """What the cached activations depend on: the model's files, not its name. A folder (or the Hub
+    snapshot it resolves to offline) is fingerprinted by config.json's bytes and each weight file's
+    name, size and mtime; a name that resolves to nothing here stays a name."""
+    folder = model_name if os.path.isdir(model_name) else _snapshot(model_name)
+    if folder is None:
+        return model_name
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(WEIGHT_SUFFIXES) or not os.path.isfile(path):
+            continue
+        stat = os.stat(path)
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+        if name == "config.json":
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+def _snapshot(model_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # not cached, not a repo id, or no huggingface_hub: the name is all there is
+        return None
+
+
 def cached_activations(model_name: str, prefixes: list[list[int]], layers: list[int], cache_dir: str | None,
                        device: str | None) -> dict[int, np.ndarray]:
     """Activations from cache_dir when the same model and prefixes were read before, else computed."""
     from .modeling import check_layer, load_model, model_dtype, pick_device
 
-    key = hashlib.sha256(json.dumps([model_name, prefixes]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model_fingerprint(model_name), prefixes]).encode()).hexdigest()[:16]
     found, missing = {}, []
     for layer in layers:
         path = os.path.join(cache_dir, f"distill-{key}-L{layer}.npz") if cache_dir else None
@@ -223,9 +257,12 @@ def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: 
     meta, data, kept = collect(engine, scan_name, tagger_name, params_id, min_labelled)
     scan = meta["scan"]
     layers = layers or [scan["layer"]]
-    folds = min(folds, len(np.unique(data.groups)))
-    if folds < 2:
+    sentences = len(np.unique(data.groups))
+    if sentences < 2:
         raise DatabaseError("the labelled candidates come from one sentence: cross-validation needs two or more")
+    if folds > sentences:
+        raise ConfigError(f"--folds {folds} is more than the {sentences} sentences the labelled candidates come from: "
+                          f"use --folds {sentences} or fewer")
     data.features = cached_activations(scan["model"], [list(c["prefix_token_ids"]) for c in kept], layers, cache_dir, device)
     with tqdm(total=len(layers) * folds, desc="cross-validate", unit="fold", disable=not progress) as bar:
         results = [cross_validate(data, layer, folds, seed, bar) for layer in layers]
@@ -241,7 +278,7 @@ def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: 
                           "generation_params_id": meta["params"]["id"], "tagger": meta["tagger"]["name"],
                           "candidates": len(kept), "min_labelled": min_labelled},
         "l2": lam, "classes": [int(c) for c in classes], "label_names": [UPOS_NAMES[c] for c in classes],
-        "cross_validation": {"folds": folds, "split_by": "sentence (dataset_idx)", "layers": results},
+        "cross_validation": {"folds": folds, "split_by": "sentence text", "layers": results},
     })
     plot = layer_plot(results, os.path.splitext(output)[0] + "-layers.png") if len(layers) > 1 else None
     return DistillResult(output, sidecar, results, plot, len(kept))

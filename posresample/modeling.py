@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import os
+import re
 
 import torch
 
@@ -34,9 +36,34 @@ def attention_implementation(model_type: str, requested: str = "auto") -> str:
     return "eager" if model_type.startswith("gemma2") else "sdpa"
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")  # namespace/repo_name, as the Hub allows
+
+
+def check_model_name(name: str) -> None:
+    """A name that is neither a folder here nor a Hub id gets one clear line (transformers would
+    complain about repo id syntax for /no/such/folder)."""
+    if os.path.isdir(name):
+        return
+    if os.path.exists(name):
+        raise ModelError(f"{name} is a file, not a model folder")
+    if not HUB_ID.match(name) or name.startswith((".", "~")):
+        raise ModelError(f"no model folder at {name}, and not a Hub id")
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    """What a missing, partial or corrupt checkpoint raises: OSError/ValueError from transformers,
+    SafetensorError from a truncated .safetensors, RuntimeError from torch's loaders."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # an old safetensors without the public name
+        return (OSError, ValueError, RuntimeError, EnvironmentError)
+    return (OSError, ValueError, RuntimeError, SafetensorError)
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
+    check_model_name(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
@@ -50,14 +77,16 @@ def load_model(name: str, device: torch.device, attn: str = "auto"):
     """bf16 on GPU, float32 on CPU; eval mode; no gradients."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_model_name(name)
     try:
         config = AutoConfig.from_pretrained(name)
         dtype = default_dtype(device)
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, attn_implementation=attention_implementation(config.model_type, attn)
         )
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model {name}: {str(exc).splitlines()[0]}") from None
+    except _load_errors() as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load model {name}: {first}") from None
     model.to(device).eval().requires_grad_(False)
     return model
 

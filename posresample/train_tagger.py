@@ -38,7 +38,7 @@ class TaggerTrainResult:
 def splits_for(dataset: str) -> tuple[list[Sentence], dict[str, list[Sentence]], dict]:
     """(train, {eval name: sentences}, description). One .conllu file: a held-out tenth of it."""
     if os.path.isfile(dataset):
-        sentences = load_sentences(dataset)
+        sentences = load_sentences(dataset, split=None)  # the whole file: a tenth is held out below
         train = [s for s in sentences if s.idx % HELD_OUT_EVERY]
         held = [s for s in sentences if not s.idx % HELD_OUT_EVERY]
         if not train or not held:

@@ -51,6 +51,41 @@ def test_distill_end_to_end(labelled, tiny_dir, tiny_model, tmp_path, monkeypatc
                       result.layer_results[0]["scores"]["distilled"]["kl"]["mean"])
 
 
+def test_folds_are_sentence_texts_and_too_many_folds_are_refused(labelled, tmp_path):
+    from sqlalchemy import func, select
+
+    from posresample import db
+    from posresample.errors import ConfigError
+    from posresample.models import candidates
+
+    with db.read(labelled) as conn:
+        texts = conn.execute(select(func.count(func.distinct(candidates.c.sentence_text)))).scalar_one()
+    with pytest.raises(ConfigError, match=f"--folds 50 is more than the {texts} sentences .* use --folds {texts} or fewer"):
+        run_distill(labelled, str(tmp_path / "d.joblib"), min_labelled=NUM_SAMPLES, folds=50, progress=False)
+    assert not (tmp_path / "d.joblib").exists()
+
+
+def test_the_activation_cache_follows_the_weights_not_the_path(labelled, tiny_dir, tmp_path):
+    """Same model path, new weights: the cached activations of the old weights must not be reused."""
+    import os
+    import shutil
+
+    from posresample import distill, tiny
+
+    model_dir = str(tmp_path / "model")
+    shutil.copytree(tiny_dir, model_dir)
+    prefixes = [[2, 5, 9], [2, 7]]
+    cache = str(tmp_path / "cache")
+    first = distill.cached_activations(model_dir, prefixes, [2], cache, "cpu")[2]
+    assert distill.cached_activations(model_dir, prefixes, [2], cache, "cpu")[2].tolist() == first.tolist()
+    from transformers import AutoConfig
+
+    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
+    tiny.build_model(tiny.tiny_gemma2_config(vocab), seed=1, out_dir=model_dir)  # other weights, same folder
+    again = distill.cached_activations(model_dir, prefixes, [2], cache, "cpu")[2]
+    assert np.abs(again - first).max() > 1e-3 and len(os.listdir(cache)) == 2
+
+
 def test_distill_refuses_too_few_labelled_candidates(labelled, tmp_path):
     with pytest.raises(DatabaseError, match="too few to distil"):
         run_distill(labelled, str(tmp_path / "d.joblib"), min_labelled=NUM_SAMPLES + 1)
@@ -60,6 +95,6 @@ def test_a_layer_the_model_lacks_is_one_error_before_any_fit(labelled, tmp_path)
     from posresample.errors import ModelError
 
     with pytest.raises(ModelError, match="--layer 9 is out of range"):
-        run_distill(labelled, str(tmp_path / "d.joblib"), layers=[2, 9], min_labelled=NUM_SAMPLES, device="cpu",
-                    progress=False)
+        run_distill(labelled, str(tmp_path / "d.joblib"), layers=[2, 9], min_labelled=NUM_SAMPLES, folds=2,
+                    device="cpu", progress=False)
     assert not (tmp_path / "d.joblib").exists()

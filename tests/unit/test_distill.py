@@ -27,6 +27,15 @@ def test_folds_never_share_a_sentence():
             assert not sentence_sets[i] & sentence_sets[j]
 
 
+def test_candidates_of_a_repeated_sentence_text_share_a_fold(tmp_path):
+    """EWT dev repeats sentence texts ("Debra Perlingiere" 18 times, at 18 dataset indexes): the
+    candidates of one text must never be split between training and test folds."""
+    texts = np.array(["Debra Perlingiere"] * 18 + [f"sentence {i}" for i in range(40)], dtype=str)
+    folds = group_folds(texts, 5, seed=3)
+    holding = [i for i, f in enumerate(folds) if (texts[f] == "Debra Perlingiere").any()]
+    assert len(holding) == 1 and (texts[folds[holding[0]]] == "Debra Perlingiere").sum() == 18
+
+
 def test_the_distilled_estimator_passes_the_scan_probe_checks(tmp_path):
     import joblib
 
