@@ -1,22 +1,26 @@
 """Exact, batch-independent token sampling: temperature -> top-k (if set) -> top-p, HF semantics.
 
-Noise is a counter-based hash of (seed, key, sample_index, step, token_id), so a sample draws the
-same randomness alone, batched with others, or re-run on another worker. A token is drawn by an
-exponential race, argmax(p / Exp), over the kept tokens: an exact draw from the renormalised
-nucleus that, unlike an inverse CDF, only flips when two tokens' perturbed scores tie, so the
-last-bit differences between batch shapes almost never change a sample. For speed the race runs
-on the top-`prefilter` tokens; a row whose nucleus does not fit there is redone on its top
-`wide_prefilter` tokens, and a row whose nucleus does not fit those either on the whole
-vocabulary (both in row chunks, to bound memory). The noise is keyed by token id, not by rank, so
-the result is the same whichever tier a row ends in, and the tier depends on the row's own logits
-only.
+Noise is a counter-based hash of (seed, key, sample_index, step) per row and of a token or bucket id
+per draw, so a sample draws the same randomness alone, batched with others, or re-run on another
+worker. A token is drawn by an exponential race, argmax(p / Exp), in two levels: first a bucket of
+256 consecutive token ids with probability its kept mass (a race over bucket masses), then a token
+inside it (a race over its kept tokens). Both races are exact draws, so the product is an exact
+draw from the renormalised nucleus; unlike an inverse CDF, a race only flips when two perturbed
+scores nearly tie, so the last-bit differences between batch shapes almost never change a sample;
+and a draw needs noise for about 2 x 256 ids whatever the nucleus's size, not one per kept token.
 
-Ties are defined: candidates are ordered by score descending, then token id ascending, in every
-tier, and a tier is used only when the tie group at the top-p cut lies wholly inside it. So the kept
-set is a function of the row's logits alone (bf16 logits tie constantly). HF's TopPLogitsWarper
-sorts ascending with an unspecified order among ties and sums the mass in that order: where a tie
-group straddles the cut, or the cumulative sum rounds differently, its kept set can differ from ours
-by members of that tie group (or the one token at the cut); elsewhere the two are the same.
+The kept set is found in tiers, each used for the rows it can decide: the top `prefilter` tokens,
+the top `wide_prefilter` tokens (both cut top-down), then the whole vocabulary cut bottom-up (the
+dropped tail is found among the lowest-scored tokens with a partial sort) or, where the tail is too
+long for that, a full sort. Which tier decides a row depends on its own logits only, and the noise
+is keyed by id, not rank, so tiers change speed, never samples.
+
+Ties are defined: tokens are ordered by score descending, then token id ascending, and a token is
+kept when the probability mass ranked strictly above it is < top_p (the top token always). The
+masses are float64; a top-down and a bottom-up cut agree unless a token's mass above lies within
+float64 rounding (1e-12) of top_p. HF's TopPLogitsWarper sorts ascending with an unspecified order
+among ties and sums in float32: where a tie group straddles the cut, or its float32 sum rounds the
+other way, its kept set can differ from ours by members of that tie group (or the token at the cut).
 """
 
 from __future__ import annotations
@@ -25,9 +29,13 @@ import torch
 
 MASK32 = 0xFFFFFFFF
 NEG_INF = float("-inf")
-DEFAULT_PREFILTER = 256  # candidates per row for the fast path; exact fallback beyond it
+DEFAULT_PREFILTER = 256  # candidates per row for the fast path; exact tiers beyond it
 WIDE_PREFILTER = 4096  # second tier, for rows whose nucleus is wider than the first
-FALLBACK_ELEMENTS = 1 << 25  # rows x vocabulary handled at once beyond the first tier
+FALLBACK_ELEMENTS = 1 << 25  # rows x vocabulary handled at once beyond the first tiers
+BUCKET_BITS = 8  # the race's first level picks a bucket of 2**8 consecutive token ids
+TAIL_FRACTION = 8  # bottom-up cut: the dropped tail is looked for among the lowest vocab/8 tokens
+SALT_BUCKET, SALT_TOKEN = 0x68E31DA4, 0xB5297A4D  # the two levels' noise streams
+MASS_SCALE = 2.0**52  # the cut adds masses as exact integer multiples of 2**-52: every tier cuts alike
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -44,6 +52,21 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def to_int32(x: torch.Tensor) -> torch.Tensor:
+    """uint32 values held in int64 -> the same 32 bits as int32."""
+    return torch.where(x >= 1 << 31, x - (1 << 32), x).to(torch.int32)
+
+
+def mix32_int32(x: torch.Tensor) -> torch.Tensor:
+    """mix32 on int32 bit patterns: the same bits, 4x cheaper. Multiplication wraps modulo 2**32 and
+    `& mask` makes the right shifts logical (checked against mix32 by a unit test)."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * 0x7FEB352D
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * (0x846CA68B - (1 << 32))
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
 def row_hash(seed: int, keys: torch.Tensor, sample_index: torch.Tensor, step: int) -> torch.Tensor:
     """One 32-bit hash per row from (seed, key, sample_index, step): [R] int64."""
     h = torch.full_like(keys, 0x243F6A88)
@@ -52,16 +75,11 @@ def row_hash(seed: int, keys: torch.Tensor, sample_index: torch.Tensor, step: in
     return h
 
 
-def uniform(rows: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
-    """Uniform (0, 1) float64 noise for each (row, token): rows [R], token_ids [R, C] -> [R, C].
-
-    Two hashes of (row, token) that are not functions of each other (the second mixes the row
-    before the token), so the 53 bits are 53 bits, not 32 stretched.
-    """
-    h1 = mix32(rows[:, None] ^ token_ids)  # [R, C]
-    h2 = mix32(mix32(rows ^ 0x5BD1E995)[:, None] ^ token_ids)  # [R, C]
-    bits53 = (h1 << 21) | (h2 >> 11)
-    return (bits53.to(torch.float64) + 0.5) / 2.0**53
+def exponential(rows: torch.Tensor, ids: torch.Tensor, salt: int) -> torch.Tensor:
+    """Exp(1) noise for each (row, id) of one stream: rows [R] uint32-in-int64, ids [R, C] -> [R, C] float64."""
+    stream = to_int32(mix32(rows ^ salt))  # [R]
+    bits = mix32_int32(stream[:, None] ^ ids.to(torch.int32)).to(torch.int64) & MASK32  # [R, C]
+    return -torch.log((bits.to(torch.float64) + 0.5) * 2.0**-32)
 
 
 def apply_temperature_top_k(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
@@ -71,6 +89,17 @@ def apply_temperature_top_k(logits: torch.Tensor, temperature: float, top_k: int
         kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [R, 1]
         scores = scores.masked_fill(scores < kth, NEG_INF)
     return scores
+
+
+def probabilities(scores: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Each token's float64 probability under the row's full softmax: the same value in every tier."""
+    return (scores.double() - lse).exp()
+
+
+def quantized(probs: torch.Tensor) -> torch.Tensor:
+    """Probabilities as int64 multiples of 2**-52. Their sums are exact, so a cut made top-down over
+    the top candidates and one made bottom-up over the tail see the same masses to the last bit."""
+    return torch.round(probs * MASS_SCALE).to(torch.int64)
 
 
 def order_candidates(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,69 +112,124 @@ def order_candidates(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Ten
 
 def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float,
             complete: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-p on candidates in the defined order: (kept probabilities [R, C], fits [R]).
+    """Top-p, top-down, on candidates in the defined order: (kept probabilities [R, C] float64, fits [R]).
 
-    HF's TopPLogitsWarper drops a token when the ascending cumulative mass up to it is <= 1 - top_p,
-    that is, when the mass ranked strictly above it is >= top_p; the top token is always kept; at
-    top_p >= 1 there is no top-p step. `fits` is False where the nucleus may reach beyond the
-    candidates (`complete`: they are the whole vocabulary): their mass is below top_p, or the tie
-    group at the cut reaches the candidates' lowest score, so tokens outside tie with kept ones.
+    A token is dropped when the mass ranked strictly above it is >= top_p (HF's rule); the top token
+    is always kept; at top_p >= 1 there is no top-p step. `fits` is False where the nucleus may reach
+    beyond the candidates (`complete`: they are the whole vocabulary): their mass is below top_p, or
+    the tie group at the cut reaches the candidates' lowest score, so tokens outside tie with kept ones.
     """
-    probs = (sorted_scores - lse).exp()  # [R, C] under the full softmax
+    probs = probabilities(sorted_scores, lse)  # [R, C]
     lowest = sorted_scores[:, -1]
     if top_p >= 1.0:
-        keep = torch.ones_like(probs, dtype=torch.bool)
         fits = torch.full_like(lowest, complete, dtype=torch.bool) | (lowest == NEG_INF)
         return probs, fits
-    above = probs.cumsum(dim=-1) - probs
-    keep = above < top_p
+    mass = quantized(probs)
+    above = mass.cumsum(dim=-1) - mass  # exact
+    keep = above < top_p * MASS_SCALE
     keep[:, 0] = True
     cut_score = sorted_scores.masked_fill(~keep, float("inf")).min(dim=-1).values  # [R] last kept score
-    fits = (probs.sum(dim=-1) >= top_p) & (cut_score > lowest)
+    fits = (mass.sum(dim=-1) >= top_p * MASS_SCALE) & (cut_score > lowest)
     if complete:
         fits = torch.ones_like(fits)
     return probs * keep, fits
 
 
-def race(probs: torch.Tensor, token_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """argmax of p / Exp(1) over kept tokens (p > 0): an exact draw from the renormalised probs. -> [R]"""
-    exp_noise = -torch.log(uniform(rows, token_ids))  # [R, C]
-    score = probs.double() / exp_noise
-    return token_ids.gather(-1, score.argmax(dim=-1, keepdim=True)).squeeze(-1)
+def bottom_up(scores: torch.Tensor, lse: torch.Tensor, top_p: float, tail: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-p over the whole vocabulary from the bottom: (kept probabilities [R, V] float64, fits [R]).
 
-
-def _candidates(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int, wide_prefilter: int):
-    """Yield (row index or None for all rows, token ids [r, C], kept probs [r, C]), fast rows first.
-
-    Tiers: the top `prefilter` tokens for every row; for the rows whose nucleus is wider, their top
-    `wide_prefilter` tokens; for the rest, the whole vocabulary sorted.
+    Walking up from the lowest token (score ascending, id descending: the defined order reversed), a
+    token is dropped while the mass at and below it is <= total - top_p: the top-down rule, on the
+    same exact integer masses, so the same tokens. The walk looks at the `tail` lowest tokens only
+    (a partial sort); `fits` is False where the dropped tail is longer than that.
     """
-    vocab = scores.shape[-1]
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)  # [R, 1]
-    k = min(max(prefilter, top_k or 0), vocab)
-    top_scores, top_ids = order_candidates(*scores.topk(k, dim=-1))
-    probs, fits = nucleus(top_scores, lse, top_p, complete=k == vocab)
-    if bool(fits.all()):
-        yield None, top_ids, probs
-        return
-    fast = fits.nonzero().squeeze(-1)
-    if len(fast):
-        yield fast, top_ids[fast], probs[fast]
-    wide = min(max(wide_prefilter, top_k or 0), vocab)
-    for part in (~fits).nonzero().squeeze(-1).split(max(1, FALLBACK_ELEMENTS // vocab)):
-        part_scores, part_lse = scores[part], lse[part]
-        if k < wide < vocab:
-            top_scores, top_ids = order_candidates(*part_scores.topk(wide, dim=-1))
-            probs, fits = nucleus(top_scores, part_lse, top_p)
-            if bool(fits.any()):
-                yield part[fits], top_ids[fits], probs[fits]
+    probs = probabilities(scores, lse)  # [R, V]
+    mass = quantized(probs)
+    total = mass.sum(dim=-1)  # [R] exact
+    low_scores, low_ids = scores.topk(tail, dim=-1, largest=False)  # [R, tail] ascending
+    walked = mass.gather(-1, low_ids).cumsum(dim=-1)  # equal scores have equal masses: order inside ties is moot
+    n_drop = (walked <= (total - top_p * MASS_SCALE)[:, None]).sum(dim=-1)  # [R]
+    fits = n_drop < tail
+    n_drop = n_drop.clamp(max=scores.shape[-1] - 1)  # the top token is always kept
+    boundary = low_scores.gather(-1, (n_drop - 1).clamp(min=0)[:, None])  # [R, 1] the highest dropped score
+    below = scores < boundary  # strictly lower: all dropped
+    ties = scores == boundary
+    rank_from_top_id = ties.flip(-1).cumsum(dim=-1).flip(-1)  # 1 for the highest tied id: it goes first
+    dropped = below | (ties & (rank_from_top_id <= n_drop[:, None] - below.sum(-1, keepdim=True)))
+    dropped &= (n_drop > 0)[:, None]
+    return probs * ~dropped, fits
+
+
+def race(probs: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor, vocab: int) -> torch.Tensor:
+    """An exact draw from kept probabilities probs [R, C] (0 = not kept) over token ids [R, C]. -> [R]
+
+    Level one races the buckets by their kept mass, level two the kept tokens of the winning bucket.
+    Both races use noise keyed by bucket or token id, so the winner does not depend on which
+    candidates a tier looked at, only on the kept set.
+    """
+    buckets = ids >> BUCKET_BITS  # [R, C]
+    n_buckets = (vocab >> BUCKET_BITS) + 1
+    mass = torch.zeros(len(ids), n_buckets, dtype=torch.float64, device=ids.device).scatter_add_(1, buckets, probs)
+    bucket_mass = mass.gather(1, buckets)  # [R, C]
+    first = torch.where(bucket_mass > 0, bucket_mass / exponential(rows, buckets, SALT_BUCKET), -1.0)
+    winner = buckets.gather(1, first.argmax(dim=1, keepdim=True))  # [R, 1]
+    second = torch.where((buckets == winner) & (probs > 0), probs / exponential(rows, ids, SALT_TOKEN), -1.0)
+    return ids.gather(1, second.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def race_vocabulary(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """race() over the whole vocabulary, probs [R, V]: bucket masses by a reshape, noise for the
+    buckets and for the 256 tokens of the winning one only. -> [R]"""
+    n_rows, vocab = probs.shape
+    size = 1 << BUCKET_BITS
+    n_buckets = (vocab >> BUCKET_BITS) + 1
+    padded = torch.nn.functional.pad(probs, (0, n_buckets * size - vocab))  # [R, n_buckets * size]
+    mass = padded.view(n_rows, n_buckets, size).sum(-1)  # [R, n_buckets]
+    buckets = torch.arange(n_buckets, device=probs.device).expand(n_rows, -1)
+    first = torch.where(mass > 0, mass / exponential(rows, buckets, SALT_BUCKET), -1.0)
+    winner = first.argmax(dim=1, keepdim=True)  # [R, 1]
+    ids = winner * size + torch.arange(size, device=probs.device)  # [R, size]
+    inside = padded.gather(1, ids)
+    second = torch.where(inside > 0, inside / exponential(rows, ids, SALT_TOKEN), -1.0)
+    return ids.gather(1, second.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
+def _kept(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int, wide_prefilter: int):
+    """Yield (row indices, or None for all rows; token ids [r, C] or None for the whole vocabulary;
+    kept probabilities [r, C or V]), deciding each row in the first tier that can."""
+    n_rows, vocab = scores.shape
+    chunk = max(1, FALLBACK_ELEMENTS // vocab)
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True).double()  # [R, 1]
+    top_prob = (scores.max(dim=-1).values.double() - lse[:, 0]).exp()  # [R]
+    pending = torch.arange(n_rows, device=scores.device)
+    sizes = dict.fromkeys(min(max(size, top_k or 0), vocab) for size in (prefilter, wide_prefilter))
+    for size in [s for s in sizes if s < vocab] or [vocab]:  # the whole vocabulary: the bottom-up tier below
+        # `size` tokens cannot hold top_p of the mass when size * p_max < top_p: such rows skip the tier
+        hopeful = size * top_prob[pending] >= min(top_p, 1.0)
+        undecided = [pending[~hopeful]]
+        for part in pending[hopeful].split(chunk if size > prefilter else n_rows):
+            top_scores, top_ids = order_candidates(*scores[part].topk(size, dim=-1))
+            probs, fits = nucleus(top_scores, lse[part], top_p, complete=size == vocab)  # complete: a tiny vocabulary
             if bool(fits.all()):
-                continue
-            part, part_scores, part_lse = part[~fits], part_scores[~fits], part_lse[~fits]
-        # ids are already ascending along the vocabulary: a stable sort keeps ties in id order
-        all_scores, all_ids = part_scores.sort(dim=-1, descending=True, stable=True)
-        all_probs, _ = nucleus(all_scores, part_lse, top_p, complete=True)
-        yield part, all_ids, all_probs
+                yield (None if len(part) == n_rows else part), top_ids, probs  # n_rows rows: 0..n-1 in order
+            elif bool(fits.any()):
+                yield part[fits], top_ids[fits], probs[fits]
+            undecided.append(part[~fits])
+        pending = torch.cat(undecided).sort().values  # ascending: all rows again is the identity
+        if not len(pending):
+            return
+    tail = max(1, vocab // TAIL_FRACTION)
+    for part in pending.split(chunk):
+        if top_p >= 1.0:
+            yield part, None, probabilities(scores[part], lse[part])
+            continue
+        probs, fits = bottom_up(scores[part], lse[part], top_p, tail)
+        if bool(fits.any()):
+            yield part[fits], None, probs[fits]
+        if bool((~fits).any()):  # a dropped tail longer than vocab/8: the full sort, top-down
+            rest = part[~fits]
+            all_scores, all_ids = scores[rest].sort(dim=-1, descending=True, stable=True)
+            yield rest, all_ids, nucleus(all_scores, lse[rest], top_p, complete=True)[0]
 
 
 def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, top_p: float,
@@ -153,11 +237,14 @@ def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, 
                   wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
     """Draw one token per row from logits [R, V] with per-row noise hashes `rows` [R] -> [R]."""
     scores = apply_temperature_top_k(logits, temperature, top_k)
+    vocab = scores.shape[-1]
     chosen = torch.empty(len(scores), dtype=torch.long, device=scores.device)
-    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter, wide_prefilter):
+    for which, ids, probs in _kept(scores, top_p, top_k, prefilter, wide_prefilter):
+        picks = rows if which is None else rows[which]
+        drawn = race_vocabulary(probs, picks) if ids is None else race(probs, ids, picks, vocab)
         if which is None:
-            return race(probs, ids, rows)
-        chosen[which] = race(probs, ids, rows[which])
+            return drawn
+        chosen[which] = drawn
     return chosen
 
 
@@ -165,10 +252,12 @@ def processed_probs(logits: torch.Tensor, temperature: float, top_p: float, top_
                     prefilter: int = DEFAULT_PREFILTER, wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
     """The distribution sample_tokens draws from, dense [R, V]: for tests against HF's warpers."""
     scores = apply_temperature_top_k(logits, temperature, top_k)
-    dense = torch.zeros_like(scores)
-    for which, ids, probs in _candidates(scores, top_p, top_k, prefilter, wide_prefilter):
+    dense = torch.zeros(scores.shape, dtype=torch.float64, device=scores.device)
+    for which, ids, probs in _kept(scores, top_p, top_k, prefilter, wide_prefilter):
         probs = probs / probs.sum(dim=-1, keepdim=True)
+        rows = torch.zeros(len(probs), scores.shape[-1], dtype=torch.float64, device=scores.device)
+        rows = probs if ids is None else rows.scatter(-1, ids, probs)
         if which is None:
-            return dense.scatter(-1, ids, probs)
-        dense[which] = torch.zeros_like(dense[which]).scatter(-1, ids, probs)
-    return dense
+            return rows.float()
+        dense[which] = rows
+    return dense.float()

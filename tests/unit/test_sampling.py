@@ -4,7 +4,9 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from posresample.sampling import mix32, processed_probs, row_hash, sample_tokens, uniform
+from posresample.sampling import (
+    SALT_BUCKET, SALT_TOKEN, exponential, mix32, mix32_int32, processed_probs, row_hash, sample_tokens, to_int32,
+)
 
 
 def hf_probs(logits, temperature, top_p, top_k=None):
@@ -89,7 +91,9 @@ def test_noise_depends_only_on_its_key():
     assert h[0] != h[1] and h[0] != h[2]
     assert torch.equal(row_hash(123, keys[[2, 0]], idx[[2, 0]], 3), h[[2, 0]])  # order and batch do not matter
     assert not torch.equal(row_hash(124, keys, idx, 3), h)
-    u = uniform(row_hash(123, torch.arange(20), torch.zeros(20, dtype=torch.long), 0), torch.arange(1000).expand(20, -1))
+    e = exponential(row_hash(123, torch.arange(20), torch.zeros(20, dtype=torch.long), 0), torch.arange(1000).expand(20, -1),
+                    SALT_TOKEN)
+    u = torch.exp(-e)  # Exp(1) noise -> uniform (0, 1)
     assert 0 < float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.002
 
@@ -168,10 +172,32 @@ def test_top_p_one_keeps_the_whole_tail_as_hf_does():
         assert torch.allclose(probs, hf_probs(logits, 0.7, 1.0), rtol=1e-5, atol=0)
 
 
-def test_the_two_noise_hashes_are_independent():
-    # (row r, token 0) and (row r ^ 3, token 3) share row ^ token, so they share the first hash;
-    # when the second hash was a function of the first, their 53 "random" bits were identical
+def test_the_bucket_and_token_streams_are_independent():
+    """The race's two levels draw from two streams: the same id must not get the same noise in both."""
     rows = row_hash(1, torch.arange(512), torch.zeros(512, dtype=torch.long), 0)
-    a = uniform(rows, torch.zeros(512, 1, dtype=torch.long))[:, 0]
-    b = uniform(rows ^ 3, torch.full((512, 1), 3, dtype=torch.long))[:, 0]
-    assert int((a == b).sum()) == 0
+    ids = torch.arange(64).expand(512, -1)
+    a, b = exponential(rows, ids, SALT_BUCKET).flatten(), exponential(rows, ids, SALT_TOKEN).flatten()
+    assert int((a == b).sum()) == 0 and abs(float(torch.corrcoef(torch.stack([a, b]))[0, 1])) < 0.01
+
+
+def test_the_int32_hash_is_bit_for_bit_the_reference_one():
+    x = torch.cat([torch.randint(0, 2**32, (100_000,), generator=torch.Generator().manual_seed(0)),
+                   torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1])])
+    assert torch.equal(mix32_int32(to_int32(x)).to(torch.int64) & 0xFFFFFFFF, mix32(x))
+
+
+def test_a_flat_row_is_cut_bottom_up_exactly_as_top_down(monkeypatch):
+    """Flat rows skip the prefilters and are cut from the bottom: the kept set and the draws equal the
+    full sort's, ties at the boundary included."""
+    import posresample.sampling as sampling
+
+    logits = torch.cat([bf16_softcapped(8, 3000, seed=6) * 0.05, torch.zeros(2, 3000)])  # flat, and wholly tied
+    sorted_only = dict(prefilter=3000, wide_prefilter=3000)
+    assert torch.equal(processed_probs(logits, 0.7, 0.95) > 0, processed_probs(logits, 0.7, 0.95, **sorted_only) > 0)
+    tied = processed_probs(logits, 0.7, 0.95)[9].nonzero().flatten().tolist()
+    assert tied == list(range(len(tied))) and 2840 < len(tied) < 2860  # the lowest ids of the tie group
+    for step in range(5):
+        rows = row_hash(2, torch.arange(10), torch.zeros(10, dtype=torch.long), step)
+        assert torch.equal(sample_tokens(logits, rows, 0.7, 0.95), sample_tokens(logits, rows, 0.7, 0.95, **sorted_only))
+    monkeypatch.setattr(sampling, "TAIL_FRACTION", 1000)  # a tail too short to hold the cut: the full sort
+    assert torch.equal(processed_probs(logits, 0.7, 0.95) > 0, processed_probs(logits, 0.7, 0.95, **sorted_only) > 0)
