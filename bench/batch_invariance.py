@@ -11,23 +11,21 @@ samples N prefixes of varied lengths x 96 samples with the same seed and keys th
 prefix alone; all of them in one call; all of them with max_rows 48 (every job split in two, as
 an OOM halving does), and counts the samples whose tokens differ from the alone run. For scale,
 it also compares the decode paths with each other on the same batch (other attention arithmetic).
+With --seconds, each variant uses as many of the N prefixes as its share of the budget allows
+(the alone runs dominate: they stop at half the share) and the table says how many.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import Budget, add_arguments, emit, machine, set_threads
+from sampler_speed import make_model
 
-from sampler_speed import make_model  # noqa: E402
-
-from posresample.sampler import SampleRequest, Sampler, SamplingParams  # noqa: E402
+from posresample.sampler import SampleRequest, Sampler, SamplingParams
 
 
 def varied_prefixes(n: int, vocab: int, shortest: int = 6, longest: int = 40) -> list[list[int]]:
@@ -78,42 +76,55 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--peaked", action="store_true", help="peaked next-token distributions, as a trained model has")
     parser.add_argument("--decode", default="hf,fast", help="sampler variants: hf, fast, fast:inductor, fast:cuda-graph")
+    add_arguments(parser)
     args = parser.parse_args()
 
+    budget = Budget(args.seconds)
     device = torch.device(args.device)
+    threads = set_threads(args, device.type)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     model = make_model(args.config, device, "eager", args.peaked, dtype)
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = varied_prefixes(args.prefixes, model.config.vocab_size)
     requests = [SampleRequest(p, key=i, sample_indices=tuple(range(args.num_samples))) for i, p in enumerate(prefixes)]
-    print(f"# {args.config}, {next(model.parameters()).dtype}, {device}, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}, {'peaked' if args.peaked else 'flat (random)'} distributions, "
-          f"{len(prefixes)} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens x "
-          f"{args.num_samples} samples x {args.max_new_tokens} tokens")
-    print(f"max |logit alone - logit batched| at prefill: {prefill_logit_delta(model, prefixes):.3g}")
-    print("| variant | batching vs alone | samples that differ | first token differs | mean first differing step |")
-    print("|---|---|---|---|---|")
+    emit(f"# {args.config}, {next(model.parameters()).dtype}, {machine(device)}, torch {torch.__version__}, "
+         f"{time.strftime('%Y-%m-%d')}, {threads} CPU threads, {'peaked' if args.peaked else 'flat (random)'} distributions, "
+         f"{len(prefixes)} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens x "
+         f"{args.num_samples} samples x {args.max_new_tokens} tokens")
+    emit(f"max |logit alone - logit batched| at prefill: {prefill_logit_delta(model, prefixes):.3g}")
+    emit("| variant | batching vs alone | prefixes | samples that differ | first token differs | mean first differing step |")
+    emit("|---|---|---|---|---|---|")
     together = {}
-    for variant in args.decode.split(","):
+    variants = args.decode.split(",")
+    for i, variant in enumerate(variants):
         decode, compile_mode = (variant.split(":") + ["off"])[:2]
 
         def make(max_rows=None):
             return Sampler(model, max_rows=max_rows, decode=decode, compile=compile_mode)
 
-        alone = [tokens(make(), [r], params)[0] for r in requests]
-        together[variant] = tokens(make(), requests, params)
+        deadline = budget.share(len(variants) - i)
+        halfway = time.monotonic() + (deadline - time.monotonic()) / 2
+        alone = []
+        for r in requests:  # at least one; the batched runs below take the prefixes done alone
+            alone.append(tokens(make(), [r], params)[0])
+            if time.monotonic() >= halfway:
+                break
+        used = requests[: len(alone)]
+        together[variant] = tokens(make(), used, params)
         runs = {"all prefixes in one call": together[variant],
-                "max_rows 48 (each job split)": tokens(make(48), requests, params)}
+                "max_rows 48 (each job split)": tokens(make(48), used, params)}
         for name, run in runs.items():
-            row(variant, name, compare(alone, run))
-    variants = list(together)
-    for other in variants[1:]:  # the size of a change of kernels, for scale: another decode path, same batch
-        row(f"{other} vs {variants[0]}", "all prefixes in one call", compare(together[variants[0]], together[other]))
+            row(variant, name, len(used), compare(alone, run))
+    done = list(together)
+    for other in done[1:]:  # the size of a change of kernels, for scale: another decode path, same batch
+        n = min(len(together[done[0]]), len(together[other]))
+        row(f"{other} vs {done[0]}", "all prefixes in one call", n,
+            compare(together[done[0]][:n], together[other][:n]))
 
 
-def row(variant: str, batching: str, result: tuple[float, float, float]) -> None:
+def row(variant: str, batching: str, prefixes: int, result: tuple[float, float, float]) -> None:
     differ, first, step = result
-    print(f"| {variant} | {batching} | {differ:.2%} | {first:.2%} | {'-' if step != step else f'{step:.1f}'} |")
+    emit(f"| {variant} | {batching} | {prefixes} | {differ:.2%} | {first:.2%} | {'-' if step != step else f'{step:.1f}'} |")
 
 
 if __name__ == "__main__":

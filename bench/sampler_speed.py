@@ -1,30 +1,34 @@
 """Sampler speed: the design's per-prefix `generate` loop against posresample's sampler, one process.
 
     python bench/sampler_speed.py --config tiny --device cpu --prefixes 32 --baseline-prefixes 8 --peaked
-    python bench/sampler_speed.py --config gemma-2-2b --device cuda --prefixes 512 --baseline-prefixes 16 --peaked
+    python bench/sampler_speed.py --config gemma-2-2b --device cuda --prefixes 512 --baseline-prefixes 16 --peaked \
+        --decode hf,fast,fast:cuda-graph --seconds 120
 
 Both run on a randomly initialised Gemma2ForCausalLM (gemma-2-2b's exact config: same FLOPs and
 bytes, no download; or a tiny one for the CPU), on the same random prefixes of --prefix-len tokens,
 96 samples x 16 new tokens, temperature 0.7, top-p 0.95. The baseline is one `generate` call per
 prefix on 96 copies of it (HF adds top_k=50 there; it only makes the baseline cheaper). Timings
-synchronise the device before reading the clock; a warm-up pass is not counted.
+synchronise the device before reading the clock; a warm-up pass (and any compiling) is timed apart.
+With --seconds, the budget left after the model is built is shared out: the generate loop and each
+variant measure as many prefixes as fit their share (at least one call) and report what they did.
+The last line says whether the GPU target (>= 50 prefixes/s, >= 40x the loop) was met.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import Budget, add_arguments, emit, machine, set_threads
 
-from posresample import tiny  # noqa: E402
-from posresample.sampler import SampleRequest, Sampler, SamplingParams  # noqa: E402
+from posresample import tiny
+from posresample.sampler import SampleRequest, Sampler, SamplingParams
+
+TARGET_PER_SECOND = 50  # prefixes/s on one H100/H200 at gemma-2-2b's shapes
+TARGET_RATIO = 40  # x the per-prefix generate loop in the same run
 
 
 def sync(device: torch.device) -> None:
@@ -59,25 +63,40 @@ def random_prefixes(n: int, length: int, vocab: int) -> list[list[int]]:
 
 
 @torch.inference_mode()
-def run_generate(model, prefixes, params: SamplingParams, num_samples: int) -> int:
-    tokens = 0
+def run_generate(model, prefixes, params: SamplingParams, num_samples: int, deadline: float) -> tuple[int, int]:
+    """The design's baseline, one prefix at a time until `deadline`. -> (prefixes done, tokens)."""
+    tokens = done = 0
     for prefix in prefixes:
-        ids = torch.tensor([prefix], device=model.device).repeat(num_samples, 1)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                             temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
-                             pad_token_id=0)
-        tokens += (out[:, ids.shape[1]:] != 0).sum().item()
-    return tokens
+        with torch.inference_mode():
+            ids = torch.tensor([prefix], device=model.device).repeat(num_samples, 1)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
+                                 pad_token_id=0)
+            tokens += (out[:, ids.shape[1]:] != 0).sum().item()
+        done += 1
+        if time.monotonic() >= deadline:
+            break
+    return done, tokens
 
 
-def run_sampler(sampler: Sampler, prefixes, params: SamplingParams, num_samples: int, per_call: int) -> int:
-    tokens = 0
+def run_sampler(sampler: Sampler, prefixes, params: SamplingParams, num_samples: int, per_call: int,
+                deadline: float = float("inf"), seconds_per_prefix: float = 0.0) -> tuple[int, int]:
+    """Sampler.sample on `per_call` prefixes at a time until `deadline`. -> (prefixes done, tokens).
+
+    With an estimate of the seconds per prefix, a call is made no larger than what fits the time
+    left (a call cannot be cut short), down to one prefix."""
+    tokens = done = 0
+    if seconds_per_prefix > 0 and deadline != float("inf"):
+        per_call = max(1, min(per_call, int((deadline - time.monotonic()) / seconds_per_prefix)))
     for start in range(0, len(prefixes), per_call):
         requests = [SampleRequest(p, key=start + i, sample_indices=tuple(range(num_samples)))
                     for i, p in enumerate(prefixes[start:start + per_call])]
         for samples in sampler.sample(requests, params):
             tokens += sum(len(s.token_ids) for s in samples)
-    return tokens
+        done += len(requests)
+        if time.monotonic() >= deadline:
+            break
+    return done, tokens
 
 
 @torch.inference_mode()
@@ -87,15 +106,15 @@ def nucleus_share(model, prefixes) -> float:
     logits = torch.stack([model(input_ids=torch.tensor([p], device=model.device)).logits[0, -1] for p in prefixes])
     scores = apply_temperature_top_k(logits, 0.7, None)
     top = scores.topk(DEFAULT_PREFILTER, dim=-1).values
-    return float(nucleus(top, torch.logsumexp(scores, -1, keepdim=True), 0.95)[1].float().mean())
+    return float(nucleus(top, torch.logsumexp(scores, -1, keepdim=True).double(), 0.95)[1].float().mean())
 
 
 def timed(device, fn):
     sync(device)
     t0 = time.perf_counter()
-    tokens = fn()
+    result = fn()
     sync(device)
-    return time.perf_counter() - t0, tokens
+    return time.perf_counter() - t0, result
 
 
 def main() -> None:
@@ -103,8 +122,8 @@ def main() -> None:
     parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--attn", default="eager")
-    parser.add_argument("--prefixes", type=int, default=16, help="prefixes for the sampler")
-    parser.add_argument("--baseline-prefixes", type=int, default=4, help="prefixes for the generate loop")
+    parser.add_argument("--prefixes", type=int, default=16, help="prefixes for the sampler (at most)")
+    parser.add_argument("--baseline-prefixes", type=int, default=4, help="prefixes for the generate loop (at most)")
     parser.add_argument("--per-call", type=int, default=64, help="prefixes per sampler.sample call (the worker's --batch-jobs)")
     parser.add_argument("--prefix-len", type=int, default=24)
     parser.add_argument("--num-samples", type=int, default=96)
@@ -114,39 +133,60 @@ def main() -> None:
     parser.add_argument("--decode", default="hf,fast",
                         help="sampler variants to time, comma-separated: hf, fast, or fast:MODE with MODE one of "
                              "gemma_decode's compile modes (fast:inductor, fast:cuda-graph)")
+    add_arguments(parser)
     args = parser.parse_args()
 
+    budget = Budget(args.seconds)
     device = torch.device(args.device)
-    model = make_model(args.config, device, args.attn, args.peaked)
+    threads = set_threads(args, device.type)
+    built_s, model = timed(device, lambda: make_model(args.config, device, args.attn, args.peaked))
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = random_prefixes(max(args.prefixes, args.baseline_prefixes), args.prefix_len, model.config.vocab_size)
-    samplers = {variant: Sampler(model, max_rows=args.max_rows, decode=variant.split(":")[0],
-                                 compile=(variant.split(":") + ["off"])[1])
-                for variant in args.decode.split(",")}
+    variants = args.decode.split(",")
+    samplers = {v: Sampler(model, max_rows=args.max_rows, decode=v.split(":")[0], compile=(v.split(":") + ["off"])[1])
+                for v in variants}
 
-    print(f"# {args.config} on {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}"
-          f" ({os.cpu_count()} cpus), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, attn={args.attn}, "
-          f"prefix {args.prefix_len} tokens, {args.num_samples} x {args.max_new_tokens} new tokens, "
-          f"{'peaked' if args.peaked else 'flat (random)'} distributions, {nucleus_share(model, prefixes[:4]):.0%} of first steps fit the top-256 prefilter")
-    run_generate(model, prefixes[:1], params, args.num_samples)  # warm-up
-    for sampler in samplers.values():  # warm-up on two batch shapes: inductor then compiles for any shape
-        for n in (1, 2):
-            run_sampler(sampler, prefixes[:n], params, args.num_samples, args.per_call)
+    emit(f"# {args.config} on {machine(device)}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
+         f"{threads} CPU threads, attn={args.attn}, prefix {args.prefix_len} tokens, {args.num_samples} x "
+         f"{args.max_new_tokens} new tokens, {'peaked' if args.peaked else 'flat (random)'} distributions, "
+         f"{nucleus_share(model, prefixes[:4]):.0%} of first steps fit the top-256 prefilter; model built in {built_s:.1f} s"
+         + (f"; budget {args.seconds:.0f} s" if args.seconds else ""))
+    warm_s, _ = timed(device, lambda: run_generate(model, prefixes[:1], params, args.num_samples, 0.0))
+    warm = {}
+    emit(f"# warm-up of the generate loop: {warm_s:.1f} s")
+    per_prefix = {}
+    for variant, sampler in samplers.items():  # two batch shapes: inductor then compiles for any shape
+        warm[variant], _ = timed(device, lambda: run_sampler(sampler, prefixes[:1], params, args.num_samples, args.per_call))
+        two_s, _ = timed(device, lambda: run_sampler(sampler, prefixes[:2], params, args.num_samples, args.per_call))
+        warm[variant] += two_s
+        per_prefix[variant] = two_s / 2  # compiled by now: a fair estimate of a call's cost per prefix
+        emit(f"# warm-up of {variant} (compiling included): {warm[variant]:.1f} s; {budget.left():.0f} s of the budget left")
+    emit("| variant | prefixes | seconds | ms / prefix | prefixes/s | tokens/s | peak MiB | vs generate |")
+    emit("|---|---|---|---|---|---|---|---|")
+    reset_peak(device)
+    base_s, (base_n, base_tok) = timed(device, lambda: run_generate(
+        model, prefixes[: args.baseline_prefixes], params, args.num_samples, budget.share(len(variants) + 1)))
+    base_rate = base_n / base_s
+    emit(f"| per-prefix generate (96 copies) | {base_n} | {base_s:.2f} | {1000 / base_rate:.1f} | "
+         f"{base_rate:.2f} | {base_tok / base_s:.0f} | {peak_memory_mb(device):.0f} | 1.0x |")
+    best = (0.0, None)
+    for i, (variant, sampler) in enumerate(samplers.items()):
+        reset_peak(device)
+        secs, (n, toks) = timed(device, lambda: run_sampler(sampler, prefixes[: args.prefixes], params, args.num_samples,
+                                                            args.per_call, budget.share(len(variants) - i),
+                                                            per_prefix[variant]))
+        rate = n / secs
+        best = max(best, (rate, variant), key=lambda b: b[0])
+        emit(f"| Sampler decode={variant} (max_rows {sampler.max_rows}) | {n} | {secs:.2f} | {1000 / rate:.1f} | "
+             f"{rate:.2f} | {toks / secs:.0f} | {peak_memory_mb(device):.0f} | {rate / base_rate:.1f}x |")
+    met = best[0] >= TARGET_PER_SECOND and best[0] / base_rate >= TARGET_RATIO
+    emit(f"# target (>= {TARGET_PER_SECOND} prefixes/s and >= {TARGET_RATIO}x generate): best {best[1]} "
+         f"{best[0]:.1f} prefixes/s, {best[0] / base_rate:.1f}x: {'met' if met else 'missed'}")
+
+
+def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    base_s, base_tok = timed(device, lambda: run_generate(model, prefixes[: args.baseline_prefixes], params, args.num_samples))
-    base_rate = args.baseline_prefixes / base_s
-    print("| variant | prefixes | seconds | ms / prefix | prefixes/s | tokens/s | peak MiB | vs generate |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| per-prefix generate (96 copies) | {args.baseline_prefixes} | {base_s:.2f} | {1000 / base_rate:.1f} | "
-          f"{base_rate:.2f} | {base_tok / base_s:.0f} | {peak_memory_mb(device):.0f} | 1.0x |")
-    for variant, sampler in samplers.items():
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        secs, toks = timed(device, lambda: run_sampler(sampler, prefixes[: args.prefixes], params, args.num_samples, args.per_call))
-        rate = args.prefixes / secs
-        print(f"| Sampler decode={variant} (max_rows {sampler.max_rows}) | {args.prefixes} | {secs:.2f} | {1000 / rate:.1f} | "
-              f"{rate:.2f} | {toks / secs:.0f} | {peak_memory_mb(device):.0f} | {rate / base_rate:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -14,17 +14,13 @@ rows and how many rows ended in each tier.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import Budget, add_arguments, emit, machine, set_threads
 
-from posresample.sampling import (  # noqa: E402
-    DEFAULT_PREFILTER, WIDE_PREFILTER, apply_temperature_top_k, row_hash, sample_tokens,
-)
+from posresample.sampling import DEFAULT_PREFILTER, WIDE_PREFILTER, apply_temperature_top_k, row_hash, sample_tokens
 
 
 def nucleus_sizes(logits: torch.Tensor) -> torch.Tensor:
@@ -50,16 +46,22 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=256000)
     parser.add_argument("--repeat", type=int, default=3)
+    add_arguments(parser)
     args = parser.parse_args()
+    budget = Budget(args.seconds)
     device = torch.device(args.device)
+    threads = set_threads(args, device.type)
     gen = torch.Generator().manual_seed(0)
     rows = row_hash(123, torch.arange(args.rows), torch.zeros(args.rows, dtype=torch.long), 0).to(device)
-    print(f"# {args.rows} rows x {args.vocab} tokens on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}"
-          f" ({os.cpu_count()} cpus), torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    print("| logit scale | nucleus min / median / max | rows in 256 / 4096 / all | ms per 1k rows, 256 -> 4096 -> all "
-          "| ms per 1k rows, 256 -> all | speed-up | same tokens |")
-    print("|---|---|---|---|---|---|---|")
+    emit(f"# {args.rows} rows x {args.vocab} tokens on {machine(device)}, {threads} CPU threads, torch {torch.__version__}, "
+         f"{time.strftime('%Y-%m-%d')}")
+    emit("| logit scale | nucleus min / median / max | rows in 256 / 4096 / all | ms per 1k rows, 256 -> 4096 -> all "
+         "| ms per 1k rows, 256 -> all | speed-up | same tokens |")
+    emit("|---|---|---|---|---|---|---|")
     for scale in (4.0, 3.0, 2.5, 0.3):
+        if budget.spent():
+            emit(f"# budget spent: scales from {scale} on not measured")
+            break
         logits = (torch.randn(args.rows, args.vocab, generator=gen) * scale).to(device)
         sizes = nucleus_sizes(logits).cpu()
         tiers = [int((sizes <= DEFAULT_PREFILTER).sum()), int(((sizes > DEFAULT_PREFILTER) & (sizes <= WIDE_PREFILTER)).sum()),
@@ -68,7 +70,7 @@ def main() -> None:
         plain_s, plain = timed(device, lambda: sample_tokens(logits, rows, 0.7, 0.95, wide_prefilter=DEFAULT_PREFILTER),
                                args.repeat)
         per_k = 1000 / args.rows * 1000
-        print(f"| {scale} | {int(sizes.min())} / {int(sizes.median())} / {int(sizes.max())} | {' / '.join(map(str, tiers))} "
+        emit(f"| {scale} | {int(sizes.min())} / {int(sizes.median())} / {int(sizes.max())} | {' / '.join(map(str, tiers))} "
               f"| {tiered_s * per_k:.1f} | {plain_s * per_k:.1f} | {plain_s / tiered_s:.1f}x | {torch.equal(tiered, plain)} |")
 
 

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from torch.profiler import record_function  # labels for bench/profile_decode.py; near free unprofiled
 
 from .modeling import cache_kwarg, pad_batch
 from .sampling import DEFAULT_PREFILTER, row_hash, sample_tokens
@@ -167,13 +168,15 @@ class Sampler:
         input_ids, attention = self._left_pad(prefixes)  # [P, L]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)  # [P, L]
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(input_ids, attention, positions, cache)  # [P, V]
+        with record_function("prefill"):
+            logits = self._forward(input_ids, attention, positions, cache)  # [P, V]
 
         repeats = torch.tensor([len(u.sample_indices) for u in chunk], device=self.device)
         source = torch.repeat_interleave(torch.arange(len(chunk), device=self.device), repeats)  # [R]
         shared = self._shared_prefix_decoder(chunk, cache, attention, positions, params)
         if shared is None:
-            cache.reorder_cache(source)  # copy each prefix's KV into its sample rows
+            with record_function("expand cache"):
+                cache.reorder_cache(source)  # copy each prefix's KV into its sample rows
         logits, attention = logits[source], attention[source]
         next_pos = positions[source, -1] + 1  # [R]
         keys = torch.tensor([requests[u.request].key for u in chunk], device=self.device)[source]
@@ -184,7 +187,8 @@ class Sampler:
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         for step in range(params.max_new_tokens):
             hashes = row_hash(params.seed, keys, sample_idx, step)
-            chosen = sample_tokens(logits, hashes, params.temperature, params.top_p, params.top_k, self.prefilter)
+            with record_function("sample"):
+                chosen = sample_tokens(logits, hashes, params.temperature, params.top_p, params.top_k, self.prefilter)
             tokens[:, step] = torch.where(finished, self.pad_id, chosen)
             finished |= torch.isin(chosen, self.eos_ids)
             if step + 1 == params.max_new_tokens or bool(finished.all()):
@@ -192,10 +196,12 @@ class Sampler:
             if should_abort():
                 raise Aborted()
             if shared is not None:
-                logits = shared.forward(tokens[:, step])
+                with record_function("decode step (fast)"):
+                    logits = shared.forward(tokens[:, step])
                 continue
             attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=-1)
-            logits = self._forward(tokens[:, step:step + 1], attention, next_pos[:, None], cache)
+            with record_function("decode step (hf)"):
+                logits = self._forward(tokens[:, step:step + 1], attention, next_pos[:, None], cache)
             next_pos = next_pos + 1
         return self._split_rows(tokens.cpu(), chunk)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,7 @@ class ScanOptions:
     batch_size: int = SENTENCE_BATCH
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # a second process of this scan is refused while the lease is live
     trust_probe: bool = False  # unpickle the probe as it is (runs any code it names), not only linear classifiers
+    stop_after_seconds: float | None = None  # stop (resumably) after the batch that crosses this much time
 
 
 @dataclass
@@ -53,12 +55,12 @@ class ScanResult:
     params_id: int
 
 
-def run_scan(engine, opts: ScanOptions, progress: bool = True) -> ScanResult:
+def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | None = None) -> ScanResult:
+    """`loaded`: (model, tokenizer) already in memory, for benchmarks; otherwise opts.model is loaded."""
     sentences = load_sentences(opts.dataset, opts.split)
     probe = load_probe(opts.probe, trust=opts.trust_probe)
     device = pick_device(opts.device)
-    tokenizer = load_tokenizer(opts.model)
-    model = load_model(opts.model, device, opts.attn)
+    model, tokenizer = loaded or (load_model(opts.model, device, opts.attn), load_tokenizer(opts.model))
     check_layer(model, opts.layer)
     validate_probe(probe, model.config.hidden_size)
     check_sidecar(probe, opts.model, opts.layer, model_dtype(model))
@@ -98,6 +100,7 @@ def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Se
     if pos:
         log.info("resuming scan %r at sentence %d of %d (%d candidates so far)", opts.name, pos, len(sentences), total)
     bar = _progress_bar(limit, total, pos, len(sentences), progress)
+    deadline = None if opts.stop_after_seconds is None else time.monotonic() + opts.stop_after_seconds
     while pos < len(sentences) and (limit is None or total < limit):
         batch = sentences[pos:pos + opts.batch_size]
         stored = store.candidate_positions(engine, scan["id"], batch[0].idx, batch[-1].idx)
@@ -108,6 +111,8 @@ def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Se
         total, added, pos = total + new, added + new, next_pos
         bar.update((new if limit else pos - bar.n))
         bar.set_postfix_str(f"sentences {pos}/{len(sentences)}" if limit else f"candidates {total}")
+        if deadline is not None and time.monotonic() >= deadline:  # after the batch that crossed it: resumable
+            break
     bar.close()
     return added, total
 
