@@ -29,7 +29,7 @@ EXPORT_FORMAT = "posresample.export/2"
 PACKAGES = ("torch", "transformers", "scikit-learn", "sqlalchemy", "alembic", "datasets", "tokenizers")
 
 
-LABEL_CHUNK = 200  # records whose labels are read in one query
+LABEL_CHUNK = 200  # records written per progress update (and per step of the label stream)
 
 
 def _chunks(items, size: int):
@@ -181,9 +181,9 @@ def _export(engine, out: str, scan_name: str | None, params_id: int | None, prog
             stream.write(json.dumps(meta, ensure_ascii=False) + "\n")
             bar = tqdm(total=counts.get("done", 0), desc="export", unit="rec", disable=not progress)
             written = 0
+            label_stream = store.LabelStream(conn, scan["id"], params) if taggers else None
             for chunk in _chunks(store.iter_done(conn, scan["id"], params), LABEL_CHUNK):
-                labels = store.labels_for(conn, [r["id"] for _, rows in chunk for r in rows],
-                                          [head["id"] for head, _ in chunk]) if taggers else None
+                labels = (label_stream.upto(chunk[-1][0]["job_id"]), label_stream.per_candidate) if label_stream else None
                 for head, rows in chunk:
                     stream.write(json.dumps(record(head, rows, gen, labels), ensure_ascii=False) + "\n")
                 written += len(chunk)

@@ -8,7 +8,7 @@ whichever host wrote them. JSON columns are JSON on SQLite and JSONB on PostgreS
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON, BigInteger, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+    JSON, BigInteger, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -25,6 +25,7 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 JOB_STATES = ("todo", "running", "done", "failed")
+UNFINISHED_SQL = "state IN ('todo', 'running')"  # ix_jobs_unfinished's predicate: the queries match it exactly
 
 scans = Table(
     "scans", metadata,
@@ -105,6 +106,9 @@ jobs = Table(
     UniqueConstraint("candidate_id", "params_id"),
     Index("ix_jobs_state_priority_id", "state", "priority", "id"),
     Index("ix_jobs_params_id_state", "params_id", "state"),  # claimable_models: one probe per params
+    # pending(): a covering index of the unfinished jobs alone, so its count never reads done jobs
+    Index("ix_jobs_unfinished", "state", "attempt", "lease_expires_at",
+          sqlite_where=text(UNFINISHED_SQL), postgresql_where=text(UNFINISHED_SQL)),
 )
 
 completions = Table(

@@ -234,31 +234,35 @@ def taggers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
                                "accuracy")} for r in rows]
 
 
-def labels_for(conn: Connection, completion_ids: list[int], candidate_ids: list[int]) -> tuple[dict, dict]:
-    """({completion_id: {tagger name: UPOS name or None}}, {candidate_id: {tagger name: UPOS name or None}}).
+class LabelStream:
+    """The labels of a scan's done completions, read in one streamed query ordered by job id, so an
+    export walks them beside its records: one pass over the labels however many there are (a lookup
+    per chunk of records was planned as a scan of the whole labels table each time on PostgreSQL:
+    server CPU grew with the square of the candidates)."""
 
-    Looked up by the ids in hand, so both databases read the (completion_id, tagger_id) and
-    (candidate_id, tagger_id) unique indexes: the cost is per row asked, whatever the table's size
-    (a join through completions.job_id was planned as a scan of all labels on PostgreSQL).
-    """
-    from .models import candidate_labels, labels, taggers
+    def __init__(self, conn: Connection, scan_id: int, params: dict, batch: int = 20_000):
+        from .models import candidate_labels, labels, taggers
 
-    names = dict(conn.execute(select(taggers.c.id, taggers.c.name)).all())
-    per_completion: dict[int, dict] = {}
-    for part in _parts(completion_ids, LOOKUP_CHUNK):
-        _by_tagger(conn.execute(select(labels.c.completion_id, labels.c.tagger_id, labels.c.upos_name)
-                                .where(labels.c.completion_id.in_(part))), names, per_completion)
-    per_candidate: dict[int, dict] = {}
-    _by_tagger(conn.execute(select(candidate_labels.c.candidate_id, candidate_labels.c.tagger_id, candidate_labels.c.upos_name)
-                            .where(candidate_labels.c.candidate_id.in_(candidate_ids))), names, per_candidate)
-    return per_completion, per_candidate
+        self.names = dict(conn.execute(select(taggers.c.id, taggers.c.name)).all())
+        done = and_(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"], jobs.c.state == "done")
+        self._rows = conn.execution_options(stream_results=True, yield_per=batch).execute(
+            select(completions.c.job_id, labels.c.completion_id, labels.c.tagger_id, labels.c.upos_name)
+            .join(completions, completions.c.id == labels.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id).where(done).order_by(completions.c.job_id))
+        self._next = next(self._rows, None)
+        self.per_candidate = _by_tagger(conn.execute(
+            select(candidate_labels.c.candidate_id, candidate_labels.c.tagger_id, candidate_labels.c.upos_name)
+            .join(candidates, candidates.c.id == candidate_labels.c.candidate_id).where(candidates.c.scan_id == scan_id)),
+            self.names, {})
 
-
-LOOKUP_CHUNK = 5000  # ids per IN list (SQLite allows 32,766 parameters)
-
-
-def _parts(items: list, size: int):
-    return (items[i:i + size] for i in range(0, len(items), size))
+    def upto(self, last_job_id: int) -> dict[int, dict]:
+        """{completion_id: {tagger name: UPOS name or None}} for the jobs up to `last_job_id`."""
+        out: dict[int, dict] = {}
+        while self._next is not None and self._next[0] <= last_job_id:
+            _job, completion_id, tagger_id, upos = self._next
+            out.setdefault(completion_id, {})[self.names[tagger_id]] = upos
+            self._next = next(self._rows, None)
+        return out
 
 
 def _by_tagger(rows, names: dict[int, str], out: dict[int, dict]) -> dict[int, dict]:

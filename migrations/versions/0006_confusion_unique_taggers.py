@@ -5,7 +5,8 @@ train-tagger and evaluate-tagger; analyze corrects the empirical distributions w
 taggers.name is unique (ix_taggers_name): two taggers of one name used to merge in analyze and
 export. Names already repeated are suffixed with the row id (the oldest keeps its name).
 ix_jobs_params_id_state: `claimable_models` asks, per generation params, whether a claimable job
-exists; the index answers it without reading the backlog.
+exists; the index answers it without reading the backlog. ix_jobs_unfinished: a partial, covering
+index of the todo and running jobs, which `pending()` counts on every worker-loop iteration.
 
 Revision ID: 0006
 Revises: 0005
@@ -33,9 +34,13 @@ def upgrade() -> None:
                "WHERE id NOT IN (SELECT MIN(id) FROM taggers GROUP BY name)")
     op.create_index('ix_taggers_name', 'taggers', ['name'], unique=True)
     op.create_index('ix_jobs_params_id_state', 'jobs', ['params_id', 'state'])
+    unfinished = sa.text("state IN ('todo', 'running')")
+    op.create_index('ix_jobs_unfinished', 'jobs', ['state', 'attempt', 'lease_expires_at'],
+                    sqlite_where=unfinished, postgresql_where=unfinished)
 
 
 def downgrade() -> None:
+    op.drop_index('ix_jobs_unfinished', table_name='jobs')
     op.drop_index('ix_jobs_params_id_state', table_name='jobs')
     op.drop_index('ix_taggers_name', table_name='taggers')
     op.drop_column('taggers', 'confusion')

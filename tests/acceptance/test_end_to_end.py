@@ -34,7 +34,7 @@ def clean_records(tiny_dir, tiny_probe, sample_conllu, tmp_path_factory):
     folder = tmp_path_factory.mktemp("clean")
     clean_url = f"sqlite:///{folder / 'clean.db'}"
     scan(clean_url, tiny_dir, tiny_probe, sample_conllu)
-    assert start_worker(clean_url, "--device", "cpu", "--decode", "fast", log_path=folder / "c.log").wait(timeout=300) == 0
+    assert start_worker(clean_url, "--device", "cpu", "--decode", "fast", log_path=folder / "c.log").wait(timeout=900) == 0
     return export_records(clean_url, folder / "clean.jsonl")
 
 
@@ -47,9 +47,9 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
     victim = start_worker(db_url, "--device", "cpu", "--batch-jobs", "2", "--lease-seconds", "2", log_path=tmp_path / "v.log")
     wait_for(lambda: job_states(engine).get("done", 0) >= 4 and running_job_of(engine, victim.pid), what="mid-run")
     victim.send_signal(signal.SIGKILL)
-    assert victim.wait(timeout=60) == -signal.SIGKILL
+    assert victim.wait(timeout=600) == -signal.SIGKILL
     assert 0 < job_states(engine).get("done", 0) < 24
-    assert start_worker(db_url, "--device", "cpu", "--lease-seconds", "2", log_path=tmp_path / "r.log").wait(timeout=300) == 0
+    assert start_worker(db_url, "--device", "cpu", "--lease-seconds", "2", log_path=tmp_path / "r.log").wait(timeout=900) == 0
     assert job_states(engine) == {"done": 24}
 
     resumed = export_records(db_url, tmp_path / "resumed.jsonl")
@@ -79,7 +79,7 @@ def test_two_scans_of_one_name_at_once_are_safe(pg_url, tiny_dir, tiny_probe, sa
             "cpu", "--num-samples", "2", "--max-new-tokens", "2", "--max-prefixes", "15", "--no-progress")
     procs = [subprocess.Popen(cli_cmd(*args, "--db", db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
-    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    outcomes = [(p.wait(timeout=900), p.stderr.read()) for p in procs]
     for code, err in outcomes:
         errors = [line for line in err.splitlines() if line.startswith("Error: ")]
         assert code == 0 or (code == 1 and len(errors) == 1 and "is being run by" in errors[0]), err

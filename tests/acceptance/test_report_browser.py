@@ -36,7 +36,7 @@ def test_the_report_page_renders_in_a_browser(sqlite_url, tmp_path):
     page = write_report(a, str(tmp_path / "report"))["html"]
     first = a.rows[0]["candidate_id"]
     dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", f"file://{page}#open={first}"], capture_output=True, text=True, timeout=120).stdout
+                          "--dump-dom", f"file://{page}#open={first}"], capture_output=True, text=True, timeout=600).stdout
     assert '<table id="summary">' in dom and "TV(empirical, probe)" in dom
     assert 'data-images-loaded="4"' in dom  # every plot decoded
     assert len(re.findall(r'<tr class="row" data-id="[0-9]+"', dom)) == 12
