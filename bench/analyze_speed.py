@@ -1,61 +1,82 @@
-"""How long `analyze` takes on the study's size: 4,000 candidates x 96 labelled completions (issue 11).
+"""How long `analyze` takes, and how much memory, at the study's size and beyond.
 
     python bench/analyze_speed.py --candidates 4000
+    python bench/analyze_speed.py --candidates 1000,4000,16000
 
-Builds a synthetic SQLite database (tests.helpers.seed_labelled: labels drawn from known
-distributions, a probe over 15 classes), then times the analysis (SQL reads, per-candidate metrics,
-noise floors, bootstrap intervals, the fitted temperature) and the report (CSV, JSON, four PNGs, the
-HTML page) separately.
+Builds a known-truth SQLite database (tests/known_truth.py: a scan of N candidates x 96 completions
+of ~70 characters, each labelled, written through the project's own statements), then, in a fresh
+process per size, times the analysis (SQL reads, the corrected view: EM, the Gibbs posterior, the
+probe test, the deconvolution and its bootstrap; the raw view) and the report (CSV, JSON, six PNGs,
+the HTML page) and reads the peak resident memory and the CPU seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
+from common import REPO, emit, machine
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from posresample import db  # noqa: E402
-from posresample.analyze import analyze  # noqa: E402
-from posresample.report import write_report  # noqa: E402
-from tests.helpers import seed_labelled  # noqa: E402
+def build(path: str, n: int) -> float:
+    import numpy as np
 
-CLASSES = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17]  # the research probe's classes
+    from posresample import db
+    from tests.known_truth import draw_study, write_study
+
+    start = time.perf_counter()
+    engine = db.make_engine(f"sqlite:///{path}")
+    db.upgrade(engine)
+    study = draw_study(n, np.random.default_rng(0))
+    write_study(engine, study, study.measured)
+    engine.dispose()
+    return time.perf_counter() - start
+
+
+def measure(path: str, out: str) -> dict:
+    """In this (fresh) process: analyze and report, with time, CPU and peak memory."""
+    from posresample import db
+    from posresample.analyze import analyze
+    from posresample.report import write_report
+
+    engine = db.make_engine(f"sqlite:///{path}")
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    result = analyze(engine, min_labelled=20)
+    analysed = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    paths = write_report(result, out)
+    reported = time.perf_counter() - t1
+    return {"analyse": analysed, "report": reported, "cpu": time.process_time() - cpu0,
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "html_mb": paths["html_bytes"] / 1e6}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--candidates", type=int, default=4000)
-    parser.add_argument("--samples", type=int, default=96)
+    parser.add_argument("--candidates", default="4000", help="sizes, comma-separated")
+    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # internal: DB OUT, in a fresh process
     args = parser.parse_args()
-    rng = np.random.default_rng(0)
-    small = rng.dirichlet(np.full(len(CLASSES), 0.15), size=args.candidates)
-    truth = np.zeros((args.candidates, 18))
-    truth[:, CLASSES] = small
-    with tempfile.TemporaryDirectory() as work:
-        engine = db.make_engine(f"sqlite:///{os.path.join(work, 'bench.db')}")
-        db.upgrade(engine)
-        start = time.perf_counter()
-        seed_labelled(engine, truth, np.sqrt(small) / np.sqrt(small).sum(1, keepdims=True), CLASSES, args.samples)
-        seeded = time.perf_counter() - start
-        start = time.perf_counter()
-        result = analyze(engine, min_labelled=20)
-        analysed = time.perf_counter() - start
-        start = time.perf_counter()
-        paths = write_report(result, os.path.join(work, "report"))
-        reported = time.perf_counter() - start
-        size = os.path.getsize(paths["html"]) / 1e6
-    print(f"# {platform.node()}, {os.cpu_count()} cpus, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
-    print("| candidates x labelled completions | seed the database | analyze | report | total (analyze + report) | index.html |")
-    print("|---|---|---|---|---|---|")
-    print(f"| {args.candidates} x {args.samples} | {seeded:.1f} s | {analysed:.1f} s | {reported:.1f} s | "
-          f"{analysed + reported:.1f} s | {size:.1f} MB |")
+    if args.measure:
+        print(json.dumps(measure(*args.measure)))
+        return
+    emit(f"# {machine('cpu')}, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}; known-truth SQLite, "
+         "96 completions of ~70 characters per candidate, each labelled")
+    emit("| candidates x labelled completions | build the database | analyze | report | analyze + report | CPU | peak RSS | index.html |")
+    emit("|---|---|---|---|---|---|---|---|")
+    for n in (int(x) for x in args.candidates.split(",")):
+        with tempfile.TemporaryDirectory() as work:
+            path = os.path.join(work, "bench.db")
+            built = build(path, n)
+            run = subprocess.run([sys.executable, __file__, "--measure", path, os.path.join(work, "report")],
+                                 capture_output=True, text=True, cwd=REPO, check=True)
+            m = json.loads(run.stdout.strip().splitlines()[-1])
+        emit(f"| {n:,} x 96 | {built:.0f} s | {m['analyse']:.1f} s | {m['report']:.1f} s | {m['analyse'] + m['report']:.1f} s | "
+             f"{m['cpu']:.1f} s | {m['rss_mib']:.0f} MiB | {m['html_mb']:.1f} MB |")
 
 
 if __name__ == "__main__":

@@ -1,32 +1,32 @@
-"""analyze: each candidate's empirical UPOS distribution (from `label`) against the probe's.
+"""analyze: where the probe is unsure, is the word genuinely ambiguous given its prefix?
 
-Reads the database (the `empirical_labels` view and the candidates), computes per-candidate
-divergences with their noise floors, a summary with 95% bootstrap intervals over candidates,
-baselines (including a one-parameter recalibration fitted on half the candidates and scored on the
-other half), and breakdowns; `report.py` turns the result into CSV, JSON, plots and one HTML page.
+Reads each candidate's labels (the `empirical_labels` view) and the candidates, then builds two
+views. The corrected view leads (corrected.py): the tagger's confusion and the sampling noise are
+modelled, each candidate gets a corrected distribution with intervals, a p-value for the probe and
+a verdict, and the study's shares and divergences estimate the population's values. The raw view
+(baselines.py) takes the tagger's labels at face value, as the research scripts did. `report.py`
+turns the result into CSV, JSON, plots and one HTML page.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
-from . import db, metrics
+from . import baselines, corrected, db, metrics, verdict
 from .config import DEFAULT_MIN_LABELLED
+from .confusion import Confusion, parse_confusion
 from .data import UPOS_NAMES
 from .errors import ConfigError, DatabaseError
 from .models import candidate_labels, candidates, completions, jobs, labels, taggers
 
 log = logging.getLogger(__name__)
 K = len(UPOS_NAMES)  # every UPOS id in HF order; classes the probe lacks get probability 0
-
-AMBIGUOUS_BELOW = 0.9  # a candidate is genuinely ambiguous when its empirical majority share is below this
-FIXED_TEMPERATURES = (0.5, 2.0)  # the probe sharpened and softened, as baselines
 EXAMPLES_PER_LABEL = 5  # completions per (candidate, label) embedded in the HTML report
+AMBIGUOUS_BELOW = baselines.RAW_AMBIGUOUS_BELOW
 
 
 @dataclass
@@ -38,8 +38,9 @@ class Analysis:
     rows: list[dict]  # per candidate, every number (candidates.csv)
     summary: dict  # summary.json
     probe: np.ndarray  # [N, K]
-    empirical: np.ndarray  # [N, K]
-    examples: dict = field(default_factory=dict)  # candidate id -> {label: [(text, word start, word end)]}
+    empirical: np.ndarray  # [N, K] the raw shares of the labels
+    corrected: np.ndarray  # [N, K] the maximum-likelihood distribution behind them
+    examples: dict = field(default_factory=dict)  # candidate id -> {label: [[suffix, start, end], ...]}
 
 
 def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int | None):
@@ -49,7 +50,7 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
     with db.read(engine) as conn:
         scan = pick_scan(conn, scan_name)
         params = pick_params(conn, scan["id"], params_id)
-        tagger = _pick_tagger(conn, tagger_name)
+        tagger = pick_tagger(conn, tagger_name)
         cands = conn.execute(select(candidates).where(candidates.c.scan_id == scan["id"]).order_by(candidates.c.id)).mappings().all()
         counts = conn.execute(text(
             "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = e.candidate_id "
@@ -63,18 +64,20 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
     return scan, params, tagger, [dict(c) for c in cands], per_candidate, original
 
 
-def _pick_tagger(conn, name: str | None) -> dict:
+def pick_tagger(conn, name: str | None) -> dict:
     rows = [dict(r) for r in conn.execute(select(taggers).order_by(taggers.c.id)).mappings()]
     if not rows:
         raise DatabaseError("no labels yet: run `cli.py label --tagger ...` first")
     if name is None:
-        if len(rows) > 1:
-            raise ConfigError(f"the database holds labels of {len(rows)} taggers ({', '.join(r['name'] for r in rows)}): pick one with --tagger")
-        return rows[0]
+        machine = [r for r in rows if not r["name"].startswith("human:")]
+        if len(machine) != 1:
+            have = ", ".join(r["name"] for r in rows)
+            raise ConfigError(f"the database holds labels of {len(rows)} taggers ({have}): pick one with --tagger")
+        return machine[0]
     match = [r for r in rows if r["name"] == name]
     if not match:
         raise ConfigError(f"no tagger named {name!r} (have: {', '.join(r['name'] for r in rows)})")
-    return match[-1]
+    return match[0]
 
 
 def probe_matrix(cands: list[dict], classes: list[int]) -> np.ndarray:
@@ -84,16 +87,16 @@ def probe_matrix(cands: list[dict], classes: list[int]) -> np.ndarray:
     return q
 
 
-def label_prior(scan: dict, fallback: np.ndarray) -> tuple[np.ndarray, str]:
-    """The UPOS distribution of the scanned split's words (excluded labels left out), or, where the
-    dataset cannot be read here, of the candidates' true labels."""
+def label_prior(scan: dict) -> tuple[np.ndarray | None, str]:
+    """The UPOS distribution of the scanned split's words (excluded labels left out); None where the
+    dataset cannot be read here (the baselines then use the fitting half's true labels)."""
     from .data import load_sentences
     from .errors import DatasetError
 
     try:
         sentences = load_sentences(scan["dataset"], scan["split"])
     except DatasetError:
-        return fallback / fallback.sum(), "true labels of the candidates (the scanned split could not be read)"
+        return None, "true labels of the fitting half of the candidates (the scanned split could not be read)"
     counts = np.zeros(K)
     for s in sentences:
         for _form, upos in s.words:
@@ -102,168 +105,179 @@ def label_prior(scan: dict, fallback: np.ndarray) -> tuple[np.ndarray, str]:
     return counts / counts.sum(), f"words of {scan['split']} in {scan['dataset']}"
 
 
+def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
+    """The confusion to correct with: given (a file, or measured against human labels), else the one
+    stored with the tagger, else none (with a warning: the labels are then taken as the truth)."""
+    if given is not None:
+        return given
+    if tagger.get("confusion"):
+        return parse_confusion(tagger["confusion"], f"the confusion stored with tagger {tagger['name']}")
+    if tagger["name"].startswith("human:"):
+        return Confusion.identity()
+    log.warning("tagger %r has no confusion matrix (train-tagger or evaluate-tagger measures one; "
+                "--tagger-confusion gives one): its labels are taken as the truth", tagger["name"])
+    return Confusion.identity()
+
+
 def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None, params_id: int | None = None,
-            min_labelled: int = DEFAULT_MIN_LABELLED, seed: int = 0, with_examples: bool = True) -> Analysis:
+            min_labelled: int = DEFAULT_MIN_LABELLED, seed: int = 0, with_examples: bool = True,
+            confusion: Confusion | None = None) -> Analysis:
     scan, params, tagger, cands, per_candidate, original = load(engine, scan_name, tagger_name, params_id)
     kept = [c for c in cands if per_candidate.get(c["id"], np.zeros(K)).sum() >= min_labelled]
     if not kept:
         raise DatabaseError(f"no candidate of scan {scan['name']!r} has {min_labelled} or more labelled completions "
                             f"by tagger {tagger['name']!r}: run `cli.py label`, or lower --min-labelled")
+    classes = list(scan["probe_classes"])
     counts = np.stack([per_candidate[c["id"]] for c in kept])  # [N, K]
     n = counts.sum(axis=1)
     p = counts / n[:, None]
-    q = probe_matrix(kept, list(scan["probe_classes"]))
+    q = probe_matrix(kept, classes)
     true = np.array([c["true_label"] for c in kept])
-    orig = np.array([original.get(c["id"], -1) if original.get(c["id"]) is not None else -1 for c in kept])
-    floor = metrics.expected_tv_between_draws(p, n, seed=seed)
-    rows = per_candidate_rows(kept, p, q, n, true, orig, floor)
-    prior, prior_source = label_prior(scan, np.bincount(true, minlength=K).astype(float))
-    summary = summarise(p, q, n, true, orig, prior, floor, seed) | {
+    orig = np.array([original.get(c["id"]) if original.get(c["id"]) is not None else -1 for c in kept])
+    conf = tagger_confusion(tagger, confusion)
+    fixed = corrected.analyse(counts, q, classes, conf, seed)
+    floor = baselines.floors(q, n, classes, seed)
+    prior, prior_source = label_prior(scan)
+    rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
+    raw = baselines.raw_summary(p, q, n, true, orig, classes, prior, floor, seed)
+    corrected_summary = fixed.summary
+    summary = {
+        "headline": headline(len(kept), corrected_summary),
+        "verdict": corrected_summary["verdict"],
+        "probe_contradicted_fdr05": corrected_summary["probe_contradicted_fdr05"],
+        "corrected": corrected_summary,
+        "raw": raw,
+        "out_of_probe": baselines.out_of_probe(p, q, classes, seed),
+        "research_scripts": baselines.research_block(p, q, true, classes, seed),
+        "fitted_temperature": {"corrected": corrected_summary["fitted_temperature"],
+                               "raw": raw["baselines"]["fitted_temperature"]},
         "scan": scan["name"], "split": scan["split"], "model": scan["model"], "layer": scan["layer"],
         "generation_params_id": params["id"], "tagger": {k: tagger[k] for k in ("name", "spec", "accuracy")},
         "candidates_in_scan": len(cands), "candidates_analysed": len(kept), "min_labelled": min_labelled,
-        "ambiguous_below": AMBIGUOUS_BELOW, "kl_smoothing": metrics.KL_EPSILON, "prior_source": prior_source,
-        "breakdowns": {"true_label": breakdown(rows, "true_label"), "probe_top2": breakdown(rows, "probe_top2")},
+        "labels_analysed": int(n.sum()), "kl_smoothing": metrics.KL_EPSILON, "prior_source": prior_source,
+        "breakdowns": {key: breakdown(rows, key, p, q, true, classes) for key in ("true_label", "probe_top2")},
     }
-    examples = load_examples(engine, [c["id"] for c in kept], tagger["id"], params["id"], params["model"]) if with_examples else {}
-    return Analysis(scan, params["id"], tagger, min_labelled, rows, summary, q, p, examples)
+    examples = load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {}
+    return Analysis(scan, params["id"], tagger, min_labelled, rows, summary, q, p, fixed.point, examples)
 
 
-def per_candidate_rows(cands, p, q, n, true, orig, floor: np.ndarray) -> list[dict]:
-    tv, jsd, kld, bri = metrics.total_variation(p, q), metrics.js(p, q), metrics.kl(p, q), metrics.brier(q, p)
+def headline(n: int, s: dict) -> str:
+    v = s["verdict"]
+
+    def pct(entry):
+        lo, hi = entry["ci95"]
+        return f"{entry['share']:.0%} ({lo:.0%}-{hi:.0%})"
+
+    return (f"Of {n} uncertain tokens, {pct(v['genuinely_ambiguous'])} are genuinely ambiguous, "
+            f"{pct(v['probe_underconfident'])} have one reading the probe was merely unsure of, "
+            f"{pct(v['probe_wrong'])} have one reading the probe got wrong, and {pct(v['undetermined'])} are neither; "
+            f"the labels contradict the probe for {pct(s['probe_contradicted_fdr05'])} (FDR 5%).")
+
+
+def per_candidate_rows(cands, p, q, n, true, orig, floor: dict, fixed, classes) -> list[dict]:
+    tv, jsd, kld, bri = metrics.total_variation(p, q), metrics.js(p, q), metrics.kl_on(p, q, classes), metrics.brier(q, p)
     hp, hq = metrics.entropy(p), metrics.entropy(q)
     majority, pred = p.argmax(axis=1), q.argmax(axis=1)
-    top2 = np.argsort(-q, axis=1)[:, :2]
-    se = metrics.multinomial_se(p, n)
+    top2 = np.argsort(-q, axis=1, kind="stable")[:, :2]  # ties: the lower id first, as probe_pred
+    outside = np.setdiff1d(np.arange(K), classes)
+    with_mass = [k for k in range(K) if (fixed.point[:, k] > 0.005).any() or (p[:, k] > 0).any()]
     rows = []
     for i, c in enumerate(cands):
-        rows.append({
+        row = {
             "candidate_id": c["id"], "dataset_idx": c["dataset_idx"], "sent_id": c["sent_id"],
             "target_position": c["target_position"], "target_token": c["target_token"], "prefix_text": c["prefix_text"],
             "sentence_text": c["sentence_text"], "n_labelled": int(n[i]),
             "true_label": UPOS_NAMES[true[i]], "probe_pred": UPOS_NAMES[pred[i]], "probe_max_prob": float(q[i].max()),
             "probe_top2": f"{UPOS_NAMES[top2[i, 0]]}/{UPOS_NAMES[top2[i, 1]]}",
+            "verdict": verdict.VERDICTS[fixed.verdict[i]], "p_value": float(fixed.p_value[i]), "q_value": float(fixed.q_value[i]),
+            "corrected_first": UPOS_NAMES[int(fixed.point[i].argmax())],
             "empirical_majority": UPOS_NAMES[majority[i]], "empirical_majority_share": float(p[i].max()),
-            "majority_share_se": float(se[i, majority[i]]),
+            "out_of_probe_share": float(p[i, outside].sum()),
             "tagger_on_original": UPOS_NAMES[orig[i]] if orig[i] >= 0 else None,
-            "tv": float(tv[i]), "tv_noise_floor": float(floor[i]), "js": float(jsd[i]), "kl": float(kld[i]),
-            "brier": float(bri[i]), "entropy_empirical": float(hp[i]), "entropy_probe": float(hq[i]),
+            "tv": float(tv[i]), "tv_noise_floor": float(floor["tv"][i]), "js": float(jsd[i]), "kl": float(kld[i]),
+            "kl_noise_floor": float(floor["kl"][i]), "brier": float(bri[i]),
+            "entropy_empirical": float(hp[i]), "entropy_probe": float(hq[i]),
             "probe_agrees_with_majority": bool(pred[i] == majority[i]),
             "majority_is_true_label": bool(majority[i] == true[i]), "probe_is_true_label": bool(pred[i] == true[i]),
-            "ambiguous": bool(p[i].max() < AMBIGUOUS_BELOW),
-            "empirical": {UPOS_NAMES[k]: round(float(p[i, k]), 4) for k in np.flatnonzero(p[i])},
-            "probe": {UPOS_NAMES[k]: round(float(q[i, k]), 4) for k in np.argsort(-q[i])[:6] if q[i, k] > 0.005},
-        })
+        }
+        for k in with_mass:
+            name = UPOS_NAMES[k]
+            row[f"corrected_{name}"] = round(float(fixed.point[i, k]), 4)
+            row[f"corrected_{name}_lo"] = round(float(fixed.lo[i, k]), 4)
+            row[f"corrected_{name}_hi"] = round(float(fixed.hi[i, k]), 4)
+        row["empirical"] = {UPOS_NAMES[k]: round(float(p[i, k]), 4) for k in np.flatnonzero(p[i])}
+        row["probe"] = {UPOS_NAMES[k]: round(float(q[i, k]), 4) for k in np.argsort(-q[i], kind="stable")[:6] if q[i, k] > 0.005}
+        row["corrected"] = {UPOS_NAMES[k]: [round(float(fixed.point[i, k]), 4), round(float(fixed.lo[i, k]), 4),
+                                            round(float(fixed.hi[i, k]), 4)]
+                            for k in np.argsort(-fixed.point[i], kind="stable")[:6] if fixed.hi[i, k] > 0.01}
+        rows.append(row)
     return rows
 
 
-def _ci(values, seed: int) -> dict:
-    lo, hi = metrics.bootstrap_ci(np.asarray(values, dtype=float), seed=seed)
-    return {"mean": float(np.mean(values)), "ci95": [lo, hi]}
-
-
-def _scores(p: np.ndarray, b: np.ndarray, seed: int) -> dict:
-    return {"kl": _ci(metrics.kl(p, b), seed), "tv": _ci(metrics.total_variation(p, b), seed),
-            "js": _ci(metrics.js(p, b), seed), "brier": _ci(metrics.brier(b, p), seed)}
-
-
-def baselines(p, q, orig, prior, seed: int) -> dict:
-    """Every baseline scored against the empirical distributions on the same (held-out) half."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(p))
-    fit_half, test_half = order[: len(p) // 2], order[len(p) // 2:]
-    if len(fit_half) == 0:
-        fit_half = test_half
-    fitted_t = metrics.fit_temperature(p[fit_half], q[fit_half])
-    pt, qt = p[test_half], q[test_half]
-    top = np.zeros_like(qt)
-    top[np.arange(len(qt)), qt.argmax(1)] = qt.max(1)
-    rest = (1 - qt.max(1)) / (K - 1)
-    top = np.where(top > 0, top, rest[:, None])
-    onehot = np.zeros_like(qt)
-    have = orig[test_half] >= 0
-    onehot[np.flatnonzero(have), orig[test_half][have]] = 1.0
-    onehot[~have] = 1.0 / K
-    table = {
-        "probe": qt, f"probe, T={FIXED_TEMPERATURES[0]:g} (sharper)": metrics.temper(qt, FIXED_TEMPERATURES[0]),
-        f"probe, T={FIXED_TEMPERATURES[1]:g} (softer)": metrics.temper(qt, FIXED_TEMPERATURES[1]),
-        f"probe, fitted T={fitted_t:.3g}": metrics.temper(qt, fitted_t),
-        "label prior of the split": np.broadcast_to(prior, qt.shape),
-        "probe's top class fixed, rest uniform": top,
-        "tagger on the original sentence (one-hot)": onehot,
-    }
-    return {"fitted_temperature": fitted_t, "fit_candidates": int(len(fit_half)), "scored_candidates": int(len(test_half)),
-            "scores": {name: _scores(pt, b, seed) for name, b in table.items()}}
-
-
-def summarise(p, q, n, true, orig, prior, floor: np.ndarray, seed: int) -> dict:
-    from scipy.stats import pearsonr, spearmanr
-
-    majority, pred = p.argmax(1), q.argmax(1)
-    share = p.max(1)
-    tv = metrics.total_variation(p, q)
-    corr = {"pearson": float(pearsonr(q.max(1), share)[0]), "spearman": float(spearmanr(q.max(1), share)[0])} \
-        if len(p) > 2 and np.ptp(share) > 0 and np.ptp(q.max(1)) > 0 else {"pearson": None, "spearman": None}
-    return {
-        "n_labelled": {"mean": float(n.mean()), "min": int(n.min()), "max": int(n.max())},
-        "probe_vs_empirical": _scores(p, q, seed),
-        "tv_noise_floor": _ci(floor, seed),
-        "tv_above_noise_floor_share": _ci(tv > 2 * floor, seed),
-        "ambiguous_share": _ci(share < AMBIGUOUS_BELOW, seed),
-        "majority_is_true_label": _ci(majority == true, seed),
-        "majority_is_probe_argmax": _ci(majority == pred, seed),
-        "probe_argmax_is_true_label": _ci(pred == true, seed),
-        "tagger_on_original_is_true_label": _ci((orig == true)[orig >= 0], seed) if (orig >= 0).any() else None,
-        "corr_probe_max_prob_vs_majority_share": corr,
-        "baselines": baselines(p, q, orig, prior, seed),
-    }
-
-
-def breakdown(rows: list[dict], key: str, top: int = 12) -> list[dict]:
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r[key], []).append(r)
-    out = [{key: k, "n": len(g), "mean_tv": float(np.mean([r["tv"] for r in g])),
-            "ambiguous_share": float(np.mean([r["ambiguous"] for r in g])),
-            "majority_is_true_label": float(np.mean([r["majority_is_true_label"] for r in g])),
-            "probe_is_true_label": float(np.mean([r["probe_is_true_label"] for r in g]))} for k, g in groups.items()]
+def breakdown(rows: list[dict], key: str, p, q, true, classes, top: int = 12) -> list[dict]:
+    """Per true label or probe top-2 pair: counts, raw and corrected shares, and the research
+    scripts' per-class Brier and KL."""
+    research = baselines.research_values(p, q, true, classes)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r[key], []).append(i)
+    out = []
+    for name, members in groups.items():
+        g = [rows[i] for i in members]
+        out.append({key: name, "n": len(g), "mean_tv": float(np.mean([r["tv"] for r in g])),
+                    **{v: float(np.mean([r["verdict"] == v for r in g])) for v in verdict.VERDICTS},
+                    "raw_ambiguous_share": float(np.mean([r["empirical_majority_share"] < AMBIGUOUS_BELOW for r in g])),
+                    "majority_is_true_label": float(np.mean([r["majority_is_true_label"] for r in g])),
+                    "probe_is_true_label": float(np.mean([r["probe_is_true_label"] for r in g])),
+                    "research_brier": float(research["brier"][members].mean()),
+                    "research_kl_nats": float(research["kl"][members].mean())})
     return sorted(out, key=lambda r: -r["n"])[:top]
 
 
-def load_examples(engine, candidate_ids: list[int], tagger_id: int, params_id: int, model: str) -> dict:
-    """Up to EXAMPLES_PER_LABEL completions per (candidate, label), for the report: [text, start, end]
-    with the whole text decoded as `label` decoded it and the tagger's word at [start, end)."""
+def load_examples(engine, cands: list[dict], tagger_id: int, params_id: int, model: str) -> dict:
+    """Up to EXAMPLES_PER_LABEL completions per (candidate, label), for the report, fetched as such
+    (a window function ranks them in the database: memory does not grow with the completions):
+    [suffix, start, end], the text after the candidate's decoded prefix and the tagger's word at
+    [start, end) of prefix + suffix ([continuation, -1, -1] where the tokenizer is not here)."""
     from .errors import ModelError
-    from .label import target_span
     from .modeling import load_tokenizer
 
     try:
         tok = load_tokenizer(model)
         decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-    except ModelError:  # the tokenizer is not here: show the continuations without highlighting
+    except ModelError:
         decode = None
-    wanted = set(candidate_ids)
+    by_id = {c["id"]: c for c in cands}
+    rank = func.row_number().over(partition_by=(jobs.c.candidate_id, labels.c.status, labels.c.upos_name),
+                                  order_by=completions.c.sample_index).label("rank")
+    ranked = (select(jobs.c.candidate_id, labels.c.upos_name, labels.c.status, labels.c.word, completions.c.text,
+                     completions.c.token_ids, rank)
+              .join(completions, completions.c.id == labels.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
+              .join(candidates, candidates.c.id == jobs.c.candidate_id)
+              .where(labels.c.tagger_id == tagger_id, jobs.c.params_id == params_id,
+                     candidates.c.scan_id == cands[0]["scan_id"]).subquery())
     out: dict[int, dict[str, list]] = {}
-    seen: Counter = Counter()
     with db.read(engine) as conn:
-        rows = conn.execute(
-            select(jobs.c.candidate_id, labels.c.upos_name, labels.c.status, labels.c.word, completions.c.text,
-                   completions.c.token_ids, candidates.c.prefix_token_ids)
-            .join(completions, completions.c.id == labels.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
-            .join(candidates, candidates.c.id == jobs.c.candidate_id)
-            .where(labels.c.tagger_id == tagger_id, jobs.c.params_id == params_id)
-            .order_by(jobs.c.candidate_id, completions.c.sample_index))
-        for cid, upos, status, word, continuation, token_ids, prefix_ids in rows:
-            key = upos if status == "ok" else f"({status})"
-            if cid not in wanted or seen[cid, key] >= EXAMPLES_PER_LABEL:
+        rows = conn.execute(select(ranked).where(ranked.c.rank <= EXAMPLES_PER_LABEL)
+                            .order_by(ranked.c.candidate_id, ranked.c.rank))
+        for cid, upos, status, word, continuation, token_ids, _rank in rows:
+            if cid not in by_id:
                 continue
-            seen[cid, key] += 1
-            example = [continuation, 0, 0]
-            if decode is not None:
-                full, span = target_span(decode, list(prefix_ids), list(token_ids))
-                example = [full, 0, 0]
-                if span is not None:
-                    end = span[0] + len(word) if word and full[span[0]:span[0] + len(word)] == word else span[1]
-                    example = [full, span[0], end]
-            out.setdefault(cid, {}).setdefault(key, []).append(example)
+            key = upos if status == "ok" else f"({status})"
+            out.setdefault(cid, {}).setdefault(key, []).append(_example(decode, by_id[cid], word, continuation, token_ids))
     return out
+
+
+def _example(decode, cand: dict, word, continuation: str, token_ids) -> list:
+    from .label import target_span
+
+    if decode is None:
+        return [continuation, -1, -1]
+    prefix = cand["prefix_text"]
+    full, span = target_span(decode, list(cand["prefix_token_ids"]), list(token_ids))
+    if not full.startswith(prefix):
+        return [continuation, -1, -1]
+    if span is None:
+        return [full[len(prefix):], -1, -1]
+    end = span[0] + len(word) if word and full[span[0]:span[0] + len(word)] == word else span[1]
+    return [full[len(prefix):], span[0], end]

@@ -488,35 +488,47 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
 @click.option("--scan", "scan_name", default=None, help="Scan to analyse (needed when the database holds several).")
 @click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
 @click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the bootstrap, the noise floor and the fit/test split.")
-@click.option("--distill", "distill_sidecar", default=None, type=click.Path(dir_okay=False, exists=True),
+@click.option("--tagger-confusion", "confusion_file", default=None, type=click.Path(dir_okay=False),
+              help="The tagger's confusion as JSON counts, true UPOS -> tagger's UPOS [default: the one stored with the tagger].")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the bootstraps, tests and draws.")
+@click.option("--distill", "distill_sidecar", default=None, type=click.Path(dir_okay=False),
               help="A distilled probe's sidecar JSON: its cross-validation joins the report.")
 @db_option
-def analyze(output, tagger_name, scan_name, params_id, min_labelled, seed, distill_sidecar, db_url):
-    """Compare each candidate's empirical UPOS distribution with the probe's; write a report.
+def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_file, seed, distill_sidecar, db_url):
+    """Say, per uncertain token and for the study, whether the word is genuinely ambiguous.
 
-    Writes candidates.csv, summary.json, four PNG plots and index.html (one self-contained page).
-    Divergences come with 95% bootstrap intervals over candidates, a noise floor per candidate, and
-    baselines, among them the probe recalibrated by a temperature fitted on half the candidates.
+    Corrects the labels for the tagger's confusion and the sampling noise: per candidate a
+    corrected UPOS distribution with 95% intervals, a p-value for the probe (Benjamini-Hochberg
+    across candidates) and a verdict; for the study, population shares of the verdicts and
+    bias-corrected divergences with intervals that cover the truth, the share of genuinely
+    ambiguous tokens by the probe's certainty, and the raw (uncorrected) view beside them.
+    Writes candidates.csv, summary.json, six PNG plots and index.html (one self-contained page).
 
     \b
-    Example:
+    Examples:
         python cli.py analyze --tagger ewt -o report/
+        python cli.py analyze --tagger ewt --tagger-confusion confusion.json -o report/
     """
     from . import db as dbmod
     from .analyze import analyze as run_analyze
-    from .report import write_report
+    from .confusion import load_confusion_file
+    from .report import check_output, load_distill_sidecar, write_report
 
+    # every input is read and checked before any analysis: a bad one is one line, nothing written
+    check_output(output)
+    distill = load_distill_sidecar(distill_sidecar) if distill_sidecar else None
+    confusion = load_confusion_file(confusion_file) if confusion_file else None
     engine = open_engine(db_url, must_exist=True)
     dbmod.ensure_schema(engine, migrate=False)
-    result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed)
-    paths = write_report(result, output, distill_sidecar)
-    s = result.summary
-    tv, amb = s["probe_vs_empirical"]["tv"], s["ambiguous_share"]
-    click.echo(f"{s['candidates_analysed']} candidates: mean TV(empirical, probe) {tv['mean']:.3f} "
-               f"[{tv['ci95'][0]:.3f}, {tv['ci95'][1]:.3f}], noise floor {s['tv_noise_floor']['mean']:.3f}; "
-               f"ambiguous {amb['mean']:.1%}; fitted temperature {s['baselines']['fitted_temperature']:.3g}")
-    click.echo(f"wrote {paths['html']} (and candidates.csv, summary.json, {len(paths) - 3} plots)")
+    result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed, confusion=confusion)
+    paths = write_report(result, output, distill)
+    click.echo(result.summary["headline"])
+    raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]
+    click.echo(f"mean TV(probe, words) {fixed['estimate']:.3f} [{fixed['ci95'][0]:.3f}, {fixed['ci95'][1]:.3f}] corrected, "
+               f"{raw['mean']:.3f} raw; fitted temperature {result.summary['fitted_temperature']['corrected']:.3g} corrected, "
+               f"{result.summary['fitted_temperature']['raw']:.3g} raw")
+    click.echo(f"wrote {paths['html']} ({paths['html_bytes'] / 1e6:.1f} MB; and candidates.csv, summary.json, "
+               f"{len(paths) - 4} plots)")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -592,6 +604,49 @@ def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
         click.echo(f"{name} ({result.sources[name]}): UPOS accuracy {acc['gold_tokens']:.4f} on gold tokens, "
                    f"{acc['raw_text']:.4f} on raw text ({acc['words']} words)")
     click.echo(f"wrote {result.model_dir} and {result.sidecar}; use it as --tagger spacy:{result.model_dir}")
+
+
+@cli.command("evaluate-tagger", context_settings=CONTEXT)
+@click.option("--tagger", "tagger_spec", required=True, help="spacy:PATH (a train-tagger folder) or spacy:PACKAGE (an installed pipeline).")
+@click.option("--tagger-name", default=None, help="The tagger's name in the database [default: the folder or package name].")
+@click.option("--dataset", required=True, help="A UD directory, a .conllu file or a HF id: the treebank to measure it on.")
+@click.option("--split", default=DEFAULT_SPLIT, show_default=True, help="Split to measure on (words the tagger was not trained on).")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Also write the confusion here (JSON counts).")
+@db_option
+def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, db_url):
+    """Measure a tagger's confusion (true UPOS -> its UPOS) on a treebank's raw text and store it.
+
+    The words are tagged through the same span lookup `label` uses on completions. The counts go
+    into the tagger's row in the database (registered if new), where `analyze` finds them to
+    correct the labels; -o writes them as the JSON `analyze --tagger-confusion` reads.
+
+    \b
+    Example:
+        python cli.py evaluate-tagger --tagger spacy:en_core_web_trf \\
+            --dataset ../shared/data/ud_english_ewt --split validation
+    """
+    from . import label_store
+    from .tagger import load_tagger
+    from .train_tagger import evaluate_tagger as run_evaluate
+
+    if output:
+        from .export import check_output as check_file
+
+        check_file(output)
+    engine = open_engine(db_url, must_exist=True, schema=True)
+    tagger = load_tagger(tagger_spec, tagger_name)
+    accuracy, confusion = run_evaluate(tagger, dataset, split)
+    tagger_id = label_store.register_tagger(engine, tagger.identity())
+    label_store.set_confusion(engine, tagger_id, confusion.to_json(), {split: accuracy})
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            json.dump(confusion.to_json(), handle, indent=1)
+            handle.write("\n")
+    click.echo(f"tagger {tagger.name!r} on {dataset} {split}: UPOS accuracy {accuracy['raw_text']:.4f} on raw text "
+               f"({accuracy['words']} words, {accuracy['unlabelled']} not labelled); confusion stored with the tagger"
+               + (f" and written to {output}" if output else ""))
+    top = ", ".join(f"{t}->{p} {n}" for t, p, n in confusion.top_confusions())
+    click.echo(f"most frequent confusions: {top or 'none'}")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -63,6 +63,13 @@ def register_tagger(engine: Engine, identity: dict) -> int:
         return tagger_id
 
 
+def set_confusion(engine: Engine, tagger_id: int, confusion: dict, accuracy: dict | None = None) -> None:
+    """Store a measured confusion (evaluate-tagger) with the tagger, replacing the one it had."""
+    values = {"confusion": confusion} | ({"accuracy": accuracy} if accuracy is not None else {})
+    with write(engine) as conn:
+        conn.execute(update(taggers).where(taggers.c.id == tagger_id).values(**values))
+
+
 def _labelled(tagger_id: int):
     """A job is labelled once any of its completions has a label: a job's labels are one transaction."""
     return exists().where(labels.c.tagger_id == tagger_id, labels.c.completion_id == completions.c.id,

@@ -61,9 +61,9 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 
 
 def load_tokenizer(name: str):
+    check_model_name(name)  # before importing transformers: a missing folder is told in one line, at once
     from transformers import AutoTokenizer
 
-    check_model_name(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:

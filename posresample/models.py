@@ -8,7 +8,7 @@ whichever host wrote them. JSON columns are JSON on SQLite and JSONB on PostgreS
 from __future__ import annotations
 
 from sqlalchemy import (
-    JSON, BigInteger, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text,
+    JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, MetaData, String, Table, Text, UniqueConstraint, text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -140,7 +140,7 @@ workers = Table(
     Column("sampler", JSONType),
 )
 
-LABEL_STATUSES = ("ok", "no_span", "empty", "not_upos")
+LABEL_STATUSES = ("ok", "no_span", "empty", "not_upos", "unsure")  # unsure: a person could not tell
 
 
 def _label_columns():
@@ -193,5 +193,27 @@ label_leases = Table(
     Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), primary_key=True),
     Column("owner", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+annotation_items = Table(
+    "annotation_items", metadata,  # completions sampled for people to label (annotate), in showing order
+    Column("id", Integer, primary_key=True),
+    Column("scan_id", Integer, ForeignKey("scans.id", ondelete="CASCADE"), nullable=False),
+    Column("params_id", Integer, ForeignKey("generation_params.id"), nullable=False),
+    Column("completion_id", BigId, ForeignKey("completions.id", ondelete="CASCADE"), nullable=False),
+    Column("rank", Integer, nullable=False),  # shown in this order
+    Column("overlap", Boolean, nullable=False),  # also for a second annotator (agreement)
+    Column("reason", String(20), nullable=False),  # why it was picked: disagrees, odd_span, sample
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("scan_id", "params_id", "completion_id"),
+    Index("ix_annotation_items_scan_id_params_id_rank", "scan_id", "params_id", "rank"),
+)
+
+annotation_leases = Table(
+    "annotation_leases", metadata,  # which annotator holds which item now
+    Column("item_id", Integer, ForeignKey("annotation_items.id", ondelete="CASCADE"), primary_key=True),
+    Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), primary_key=True),
+    Column("owner", String(200), nullable=False),  # the server process holding it
     Column("expires_at", Float, nullable=False),
 )

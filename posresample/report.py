@@ -1,76 +1,173 @@
-"""The analysis as files: candidates.csv, summary.json, four PNG plots and one self-contained index.html.
+"""The analysis as files: candidates.csv, summary.json, six PNG plots and one self-contained index.html.
 
-The page needs no network: plots are embedded as data URIs, the candidate table is built by a little
-vanilla JS from embedded JSON (sortable by any column; a row opens the prefix with the target
-highlighted, the probe's and the empirical distributions as bars, and example completions grouped
-by the label the target took; at most analyze.EXAMPLES_PER_LABEL per label, as the page says).
+Everything is rendered in memory first and then moved into the folder, so a failure leaves no
+half-written report. The page needs no network: plots are data URIs; the candidate table's rows and
+the example completions are embedded gzip-compressed (base64) and inflated in the browser
+(DecompressionStream), the table a page of rows at a time and a row's examples when it is opened,
+so the page stays a few MB at any size. Every text on it is escaped: sentences and completions are
+untrusted (the completions are model output), and so is a distilled probe's sidecar.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import gzip
 import html
 import io
 import json
+import math
 import os
+import shutil
+import tempfile
 
 import numpy as np
 
 from .analyze import AMBIGUOUS_BELOW, EXAMPLES_PER_LABEL, Analysis
 from .data import UPOS_NAMES
+from .errors import PosresampleError
+from .report_page import PAGE
+from .verdict import VERDICTS
 
-CSV_SKIP = ("empirical", "probe")  # dict columns: in the JSON of the page, not in the CSV
-PLOTS = ("reliability", "scatter", "tv_hist", "per_label")
+CSV_SKIP = ("empirical", "probe", "corrected")  # dict columns: in the JSON of the page, not in the CSV
+PLOTS = ("curve", "verdicts", "reliability", "scatter", "tv_hist", "per_label")
+VERDICT_TITLES = {"genuinely_ambiguous": "genuinely ambiguous (second reading's lower bound >= 0.10)",
+                  "probe_underconfident": "one reading, the probe's argmax (probe under-confident)",
+                  "probe_wrong": "one reading, not the probe's argmax (probe wrong)",
+                  "undetermined": "neither"}
 
 
-def write_report(a: Analysis, out_dir: str, distill_sidecar: str | None = None) -> dict:
-    """Write every file; returns {name: path}. With a distilled probe's sidecar, its section too."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {"csv": os.path.join(out_dir, "candidates.csv"), "summary": os.path.join(out_dir, "summary.json"),
-             "html": os.path.join(out_dir, "index.html")}
-    write_csv(a.rows, paths["csv"])
-    with open(paths["summary"], "w", encoding="utf-8") as handle:
-        json.dump(a.summary, handle, indent=2)
-        handle.write("\n")
+class ReportError(PosresampleError):
+    """The report's folder cannot be written, or a file it embeds is not what it should be."""
+
+
+def check_output(out_dir: str) -> None:
+    """Refuse a folder that cannot be made or written, before any analysis (nothing is created)."""
+    target = os.path.abspath(out_dir)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ReportError(f"cannot write the report to {out_dir}: it is a file, not a folder")
+    parent = target
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ReportError(f"cannot write the report to {out_dir}: {parent} is not a writable folder")
+
+
+def write_report(a: Analysis, out_dir: str, distill: dict | None = None) -> dict:
+    """Render every file, then move them into `out_dir`; returns {name: path}. `distill`: a
+    sidecar already read by load_distill_sidecar (its section joins the page)."""
+    check_output(out_dir)
+    files: dict[str, bytes] = {"candidates.csv": csv_bytes(a.rows),
+                               "summary.json": (json.dumps(a.summary, indent=2, allow_nan=False) + "\n").encode()}
     pngs = {name: plot(a, name) for name in PLOTS}
-    for name, data in pngs.items():
-        paths[name] = os.path.join(out_dir, f"{name}.png")
-        with open(paths[name], "wb") as handle:
-            handle.write(data)
-    with open(paths["html"], "w", encoding="utf-8") as handle:
-        handle.write(render_html(a, pngs, distill_section(distill_sidecar) if distill_sidecar else ""))
-    return paths
+    files.update({f"{name}.png": data for name, data in pngs.items()})
+    files["index.html"] = render_html(a, pngs, distill_section(distill) if distill else "").encode("utf-8")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".report-", dir=out_dir)
+        try:
+            for name, data in files.items():
+                with open(os.path.join(staging, name), "wb") as handle:
+                    handle.write(data)
+            for name in files:
+                os.replace(os.path.join(staging, name), os.path.join(out_dir, name))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        raise ReportError(f"cannot write the report to {out_dir}: {exc.strerror or exc}") from None
+    paths = {"csv": "candidates.csv", "summary": "summary.json", "html": "index.html"}
+    paths.update({name: f"{name}.png" for name in PLOTS})
+    return {key: os.path.join(out_dir, name) for key, name in paths.items()} | {"html_bytes": len(files["index.html"])}
 
 
-def distill_section(sidecar: str) -> str:
+def json_for_script(value) -> str:
+    """JSON safe inside <script>: `<` (so neither `</script>` nor `<!--` can end or change the block),
+    `>`, `&` and the two line separators are written as \\u escapes."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def packed(value) -> str:
+    """JSON, gzip-compressed, base64: only [A-Za-z0-9+/=] reaches the page."""
+    return base64.b64encode(gzip.compress(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"), 9,
+                                          mtime=0)).decode("ascii")
+
+
+# --- the distilled probe's section ---------------------------------------------------------------
+
+def load_distill_sidecar(path: str) -> dict:
+    """A distilled probe's sidecar, read and checked before any analysis: one line on anything wrong."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except OSError as exc:
+        raise ReportError(f"cannot read distill sidecar {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"distill sidecar {path} is not JSON ({exc}): give the .json that `cli.py distill` wrote") from None
+    _check(isinstance(meta, dict), path, "is not a JSON object")
+    cv, data = meta.get("cross_validation"), meta.get("training_data")
+    _check(isinstance(cv, dict) and isinstance(data, dict), path, "has no cross_validation and training_data")
+    _check(_count(cv.get("folds")) and isinstance(cv.get("split_by"), str), path, "cross_validation.folds/split_by")
+    _check(isinstance(meta.get("kind"), str) and _count(data.get("candidates")), path, "kind / training_data.candidates")
+    layers = cv.get("layers")
+    _check(isinstance(layers, list) and layers, path, "cross_validation.layers is not a list of layers")
+    for layer in layers:
+        _check(isinstance(layer, dict) and _count(layer.get("layer"), zero=True) and isinstance(layer.get("scores"), dict),
+               path, "a layer entry is not {layer: int, scores: {...}}")
+        for name, sc in layer["scores"].items():
+            _check(isinstance(name, str) and isinstance(sc, dict), path, "a score entry is not {model: {metric: ...}}")
+            for metric in ("kl", "tv", "brier", "accuracy_true_label"):
+                entry = sc.get(metric)
+                _check(isinstance(entry, dict) and _number(entry.get("mean")) and isinstance(entry.get("ci95"), list)
+                       and len(entry["ci95"]) == 2 and all(_number(x) for x in entry["ci95"]), path,
+                       f"score {metric} of {name!r} is not {{mean, ci95: [lo, hi]}}")
+    meta["_plot"] = os.path.splitext(path)[0] + "-layers.png"
+    return meta
+
+
+def _check(ok: bool, path: str, what: str) -> None:
+    if not ok:
+        raise ReportError(f"distill sidecar {path} is not a distill sidecar: {what}")
+
+
+def _count(value, zero: bool = False) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= (0 if zero else 1)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def distill_section(meta: dict) -> str:
     """The distilled probe's held-out scores per layer (and its layer plot, when there is one)."""
-    with open(sidecar, encoding="utf-8") as handle:
-        meta = json.load(handle)
-    cv = meta["cross_validation"]
+    e = html.escape
+    cv, data = meta["cross_validation"], meta["training_data"]
     rows = "".join(
-        f"<tr><td>{r['layer']}</td><td>{html.escape(name)}</td>" +
+        f"<tr><td>{int(r['layer'])}</td><td>{e(name)}</td>" +
         "".join(f"<td>{_fmt(sc[m])}</td>" for m in ("kl", "tv", "brier", "accuracy_true_label")) + "</tr>"
         for r in cv["layers"] for name, sc in r["scores"].items())
-    plot = os.path.splitext(sidecar)[0] + "-layers.png"
     image = ""
-    if os.path.isfile(plot):
-        with open(plot, "rb") as handle:
+    if os.path.isfile(meta["_plot"]):
+        with open(meta["_plot"], "rb") as handle:
             image = f'<figure><img alt="layer curve" src="data:image/png;base64,{base64.b64encode(handle.read()).decode()}"></figure>'
-    data = meta["training_data"]
-    return (f"<h2>Distilled probe</h2><p>{html.escape(meta['kind'])}; {data['candidates']} candidates of scan "
-            f"{html.escape(str(data['scan']))}, tagger {html.escape(str(data['tagger']))}; {cv['folds']}-fold cross-validation "
-            f"split by {html.escape(cv['split_by'])}; held-out scores, 95% bootstrap intervals.</p>"
+    return (f"<h2>Distilled probe</h2><p>{e(meta['kind'])}; {int(data['candidates'])} candidates of scan "
+            f"{e(str(data.get('scan')))}, tagger {e(str(data.get('tagger')))}; {int(cv['folds'])}-fold cross-validation "
+            f"split by {e(cv['split_by'])}; held-out scores, 95% bootstrap intervals.</p>"
             f"<table id=\"distill\"><tr><th>layer</th><th>model</th><th>KL</th><th>TV</th><th>Brier</th>"
             f"<th>accuracy (true label)</th></tr>{rows}</table>{image}")
 
 
-def write_csv(rows: list[dict], path: str) -> None:
-    fields = [k for k in rows[0] if k not in CSV_SKIP]
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+# --- CSV, plots ----------------------------------------------------------------------------------
+
+def csv_bytes(rows: list[dict]) -> bytes:
+    fields = list(dict.fromkeys(k for r in rows for k in r if k not in CSV_SKIP))
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 def plot(a: Analysis, name: str) -> bytes:
@@ -80,33 +177,56 @@ def plot(a: Analysis, name: str) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=100)
-    {"reliability": _reliability, "scatter": _scatter, "tv_hist": _tv_hist, "per_label": _per_label}[name](a, ax)
+    {"curve": _curve, "verdicts": _verdicts, "reliability": _reliability, "scatter": _scatter, "tv_hist": _tv_hist,
+     "per_label": _per_label}[name](a, ax)
     fig.tight_layout()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", metadata={"Software": None})
     plt.close(fig)
     return buffer.getvalue()
 
 
+def _curve(a: Analysis, ax) -> None:
+    """The study's curve: the corrected share genuinely ambiguous by the probe's max probability."""
+    bins = a.summary["corrected"]["curve"]
+    x = [np.mean(b["probe_max_prob"]) for b in bins]
+    y = [b["share"] for b in bins]
+    err = [[b["share"] - b["ci95"][0] for b in bins], [b["ci95"][1] - b["share"] for b in bins]]
+    ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label="genuinely ambiguous (corrected, 95% CI)")
+    raw = [np.mean([r["empirical_majority_share"] < AMBIGUOUS_BELOW for r in a.rows
+                    if b["probe_max_prob"][0] <= r["probe_max_prob"] < b["probe_max_prob"][1]]) for b in bins]
+    ax.plot(x, raw, marker="s", linestyle="--", color="grey", label=f"raw: majority share < {AMBIGUOUS_BELOW}")
+    for xi, b in zip(x, bins):
+        ax.annotate(f"n={b['n']}", (xi, b["ci95"][1]), textcoords="offset points", xytext=(0, 4), fontsize=7, ha="center")
+    ax.set(title="Is the probe's uncertainty ambiguity?", xlabel="probe max probability (bin)",
+           ylabel="share of candidates", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper right")
+
+
+def _verdicts(a: Analysis, ax) -> None:
+    v = a.summary["verdict"]
+    names = list(VERDICTS)
+    shares = [v[k]["share"] for k in names]
+    err = [[v[k]["share"] - v[k]["ci95"][0] for k in names], [v[k]["ci95"][1] - v[k]["share"] for k in names]]
+    ax.bar(range(len(names)), shares, yerr=err, capsize=4, color=["#4c8bf5", "#59a14f", "#e15759", "#bab0ac"])
+    called = a.summary["corrected"]["verdict_called"]
+    ax.set_xticks(range(len(names)), [f"{k.replace('_', ' ')}\n(called: {called[k]})" for k in names], fontsize=7)
+    ax.set(title="Verdicts: estimated population shares (95% CI)", ylabel="share of candidates", ylim=(0, 1))
+
+
 def _reliability(a: Analysis, ax) -> None:
-    """Probe probability vs empirical share, every (candidate, class) pooled, in 10 bins."""
-    q, p = a.probe.ravel(), a.empirical.ravel()
-    keep = q > 0
-    q, p = q[keep], p[keep]
-    bins = np.minimum((q * 10).astype(int), 9)
-    centers, means, counts = [], [], []
-    for b in range(10):
-        sel = bins == b
-        if sel.any():
-            centers.append(q[sel].mean())
-            means.append(p[sel].mean())
-            counts.append(int(sel.sum()))
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
-    ax.plot(centers, means, marker="o", label=f"probe (n = {len(q)} candidate-class pairs)")
-    for x, y, c in zip(centers, means, counts):
-        ax.annotate(str(c), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set(title="Reliability: probe probability vs empirical share", xlabel="probe probability (bin mean)",
-           ylabel="empirical share of completions", xlim=(0, 1), ylim=(0, 1))
+    """Probe probability vs the corrected share, every (candidate, class) pooled, in 10 bins."""
+    for label, target, style in (("corrected", a.corrected, "-"), ("raw labels", a.empirical, "--")):
+        q, p = a.probe.ravel(), target.ravel()
+        keep = q > 0
+        q, p = q[keep], p[keep]
+        bins = np.minimum((q * 10).astype(int), 9)
+        centers = [q[bins == b].mean() for b in range(10) if (bins == b).any()]
+        means = [p[bins == b].mean() for b in range(10) if (bins == b).any()]
+        ax.plot(centers, means, marker="o", linestyle=style, label=f"{label} ({len(q)} candidate-class pairs)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    ax.set(title="Reliability: probe probability vs share", xlabel="probe probability (bin mean)",
+           ylabel="share of completions", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left")
 
 
@@ -114,9 +234,9 @@ def _scatter(a: Analysis, ax) -> None:
     x = [r["probe_max_prob"] for r in a.rows]
     y = [r["empirical_majority_share"] for r in a.rows]
     ax.scatter(x, y, s=10, alpha=0.5, label=f"candidates (n = {len(x)})")
-    ax.axhline(AMBIGUOUS_BELOW, color="grey", linestyle="--", label=f"ambiguous below {AMBIGUOUS_BELOW}")
-    ax.set(title="Probe certainty vs empirical agreement", xlabel="probe max probability",
-           ylabel="empirical majority share", ylim=(0, 1.02))
+    ax.axhline(AMBIGUOUS_BELOW, color="grey", linestyle="--", label=f"raw: ambiguous below {AMBIGUOUS_BELOW}")
+    ax.set(title="Probe certainty vs raw agreement of the labels", xlabel="probe max probability",
+           ylabel="raw majority share", ylim=(0, 1.02))
     ax.legend(loc="lower right")
 
 
@@ -124,9 +244,9 @@ def _tv_hist(a: Analysis, ax) -> None:
     tv = [r["tv"] for r in a.rows]
     floor = [r["tv_noise_floor"] for r in a.rows]
     edges = np.linspace(0, 1, 26)
-    ax.hist(tv, bins=edges, alpha=0.7, label=f"TV(empirical, probe) (n = {len(tv)})")
-    ax.hist(floor, bins=edges, alpha=0.7, label="noise floor: TV of two samples of n")
-    ax.set(title="Total variation against its noise floor", xlabel="total variation", ylabel="candidates")
+    ax.hist(tv, bins=edges, alpha=0.7, label=f"raw TV(labels, probe) (n = {len(tv)})")
+    ax.hist(floor, bins=edges, alpha=0.7, label="noise floor: n draws from the probe vs the probe")
+    ax.set(title="Raw total variation against its noise floor", xlabel="total variation", ylabel="candidates")
     ax.legend()
 
 
@@ -134,150 +254,108 @@ def _per_label(a: Analysis, ax) -> None:
     groups = a.summary["breakdowns"]["true_label"]
     names = [g["true_label"] for g in groups]
     x = np.arange(len(names))
-    ax.bar(x - 0.2, [g["ambiguous_share"] for g in groups], 0.4, label="ambiguous share")
-    ax.bar(x + 0.2, [g["mean_tv"] for g in groups], 0.4, label="mean TV")
+    ax.bar(x - 0.2, [g["genuinely_ambiguous"] for g in groups], 0.4, label="called genuinely ambiguous")
+    ax.bar(x + 0.2, [g["mean_tv"] for g in groups], 0.4, label="mean raw TV")
     ax.set_xticks(x, [f"{n}\n({g['n']})" for n, g in zip(names, groups)], fontsize=7)
     ax.set(title="By true label (n per label below it)", ylabel="share / TV", ylim=(0, 1))
     ax.legend()
 
 
+# --- the page ------------------------------------------------------------------------------------
+
 def _fmt(value) -> str:
-    if isinstance(value, dict) and "mean" in value:
+    if isinstance(value, dict) and "ci95" in value:
+        centre = value.get("share", value.get("estimate", value.get("mean")))
         lo, hi = value["ci95"]
-        return f"{value['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+        return f"{centre:.3f} [{lo:.3f}, {hi:.3f}]"
     if isinstance(value, float):
         return f"{value:.3f}"
     return html.escape(str(value))
 
 
+def _table(rows: list[tuple[str, str]], table_id: str) -> str:
+    return f'<table id="{table_id}">' + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def corrected_html(s: dict) -> str:
+    c = s["corrected"]
+    verdicts = [(VERDICT_TITLES[k], _fmt(s["verdict"][k]) + f" (called for {c['verdict_called'][k]})") for k in VERDICTS]
+    verdicts += [("the labels contradict the probe (Benjamini-Hochberg, FDR 5%)", _fmt(s["probe_contradicted_fdr05"])),
+                 ("the distribution's top label is the probe's argmax", _fmt(c["majority_is_probe_argmax"])),
+                 ("mass outside the probe's classes", _fmt(c["out_of_probe_mass"]))]
+    raw = s["raw"]["probe_vs_empirical"]
+    names = {"tv": "TV", "js": "Jensen-Shannon (bits)", "kl": "KL(truth || probe), probe's classes (bits)",
+             "kl_all": f"KL over all labels, probe smoothed by {s['kl_smoothing']:g} (bits)", "brier": "Brier score of the probe"}
+    divergence_rows = "".join(f"<tr><td>{html.escape(names[k])}</td><td>{_fmt(c['divergences'][k])}</td><td>{_fmt(raw[k])}</td></tr>"
+                              for k in names)
+    temp = s["fitted_temperature"]
+    return (_table(verdicts, "verdict") +
+            "<h3>Divergences of the probe from the words' distributions</h3>"
+            "<table id=\"divergences\"><tr><th>divergence</th><th>corrected (bias removed, 95% CI)</th>"
+            f"<th>raw plug-in on the labels (95% CI)</th></tr>{divergence_rows}</table>"
+            f"<p>Fitted temperature: {temp['corrected']:.3g} on the corrected distributions, {temp['raw']:.3g} on the raw "
+            f"labels. Confusion used: {html.escape(c['confusion']['source'])}.</p>")
+
+
+def raw_html(s: dict) -> str:
+    r = s["raw"]
+    rows = [("TV(labels, probe) / its noise floor", f"{_fmt(r['probe_vs_empirical']['tv'])} / {_fmt(r['noise_floor']['tv'])}"),
+            ("KL on the probe's classes / its noise floor", f"{_fmt(r['probe_vs_empirical']['kl'])} / {_fmt(r['noise_floor']['kl'])}"),
+            (f"ambiguous by majority share < {AMBIGUOUS_BELOW}", _fmt(r["ambiguous_share"])),
+            ("empirical majority = true label", _fmt(r["majority_is_true_label"])),
+            ("empirical majority = probe argmax", _fmt(r["majority_is_probe_argmax"])),
+            ("probe argmax = true label", _fmt(r["probe_argmax_is_true_label"])),
+            ("tagger on the original sentence = true label", _fmt(r["tagger_on_original_is_true_label"])),
+            ("corr(probe max prob, majority share): Pearson / Spearman",
+             " / ".join("-" if v is None else f"{v:.3f}" for v in r["corr_probe_max_prob_vs_majority_share"].values()))]
+    o = s["out_of_probe"]
+    rows += [(f"labels outside the probe's classes ({', '.join(o['labels'])})",
+              f"{_fmt(o['share_of_labels'])} of labels, in {o['candidates_with_any']} candidates"),
+             ("KL over all labels at smoothing 1e-6 / 1e-8",
+              f"{o['kl_all_eps_1e-6']:.3f} / {o['kl_all_eps_1e-8']:.3f} bits ({o['kl_change_per_unit_mass_1e-6_to_1e-8']:.2f} "
+              f"bits per unit of outside mass; {o['kl_share_from_out_of_probe_candidates']:.0%} of it from the candidates "
+              "with outside labels)")]
+    research = s["research_scripts"]
+    rows += [("research scripts: KL(probe || tagger), nats, 1e-8 floor", _fmt(research["kl_probe_tagger_nats"])),
+             ("research scripts: Brier vs the treebank label", _fmt(research["brier_vs_treebank"])),
+             ("research scripts: hard-argmax Brier", _fmt(research["hard_argmax_brier"]))]
+    return _table(rows, "summary")
+
+
 def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
     s = a.summary
-    summary_rows = [
-        ("candidates analysed", f"{s['candidates_analysed']} of {s['candidates_in_scan']} (at least {s['min_labelled']} labelled completions)"),
-        ("TV(empirical, probe)", _fmt(s["probe_vs_empirical"]["tv"])),
-        ("JS divergence (bits)", _fmt(s["probe_vs_empirical"]["js"])),
-        (f"KL(empirical || probe), probe smoothed by {s['kl_smoothing']:g}", _fmt(s["probe_vs_empirical"]["kl"])),
-        ("Brier score of the probe", _fmt(s["probe_vs_empirical"]["brier"])),
-        ("TV noise floor (two samples of n)", _fmt(s["tv_noise_floor"])),
-        ("share with TV above twice its floor", _fmt(s["tv_above_noise_floor_share"])),
-        (f"genuinely ambiguous (majority share < {AMBIGUOUS_BELOW})", _fmt(s["ambiguous_share"])),
-        ("empirical majority = true label", _fmt(s["majority_is_true_label"])),
-        ("empirical majority = probe argmax", _fmt(s["majority_is_probe_argmax"])),
-        ("probe argmax = true label", _fmt(s["probe_argmax_is_true_label"])),
-        ("tagger on the original sentence = true label", _fmt(s["tagger_on_original_is_true_label"])),
-        ("corr(probe max prob, majority share): Pearson / Spearman",
-         " / ".join("-" if v is None else f"{v:.3f}" for v in s["corr_probe_max_prob_vs_majority_share"].values())),
-    ]
-    b = s["baselines"]
+    e = html.escape
+    b = s["raw"]["baselines"]
     baseline_rows = "".join(
-        f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{_fmt(sc[m])}</td>" for m in ("kl", "tv", "js", "brier")) + "</tr>"
+        f"<tr><td>{e(name)}</td>" + "".join(f"<td>{_fmt(sc[m])}</td>" for m in ("kl", "tv", "js", "brier")) + "</tr>"
         for name, sc in b["scores"].items())
-    breakdown_html = "".join(_breakdown_table(key, rows) for key, rows in s["breakdowns"].items())
-    images = "".join(f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+    images = "".join(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
                      for name, data in pngs.items())
-    data = {"rows": [{k: r[k] for k in TABLE_FIELDS + ("empirical", "probe", "sentence_text", "prefix_text")} for r in a.rows],
-            "examples": {str(k): v for k, v in a.examples.items()}}
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    table_rows = [{k: r.get(k) for k in TABLE_FIELDS + ("empirical", "probe", "corrected", "sentence_text", "prefix_text")}
+                  for r in a.rows]
     return PAGE.format(
-        title=html.escape(f"posresample: scan {s['scan']}, tagger {s['tagger']['name']}"),
-        meta=html.escape(f"model {s['model']}, layer {s['layer']}, split {s['split']}, generation params {s['generation_params_id']}, "
-                         f"tagger {s['tagger']['spec']}; label prior from {s['prior_source']}"),
-        summary="".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in summary_rows),
+        title=e(f"posresample: scan {s['scan']}, tagger {s['tagger']['name']}"),
+        headline=e(s["headline"]),
+        meta=e(f"model {s['model']}, layer {s['layer']}, split {s['split']}, generation params {s['generation_params_id']}, "
+               f"tagger {s['tagger']['spec']}; {s['candidates_analysed']} of {s['candidates_in_scan']} candidates (at least "
+               f"{s['min_labelled']} labelled completions each); label prior from {s['prior_source']}"),
+        corrected=corrected_html(s), raw=raw_html(s),
         fitted=f"{b['fitted_temperature']:.3g}", fit_n=b["fit_candidates"], test_n=b["scored_candidates"],
-        baselines=baseline_rows, breakdowns=breakdown_html, images=images, examples=EXAMPLES_PER_LABEL, extra=extra,
-        header="".join(f'<th data-key="{k}">{html.escape(k)}</th>' for k in TABLE_FIELDS), data=payload,
-        upos=json.dumps(list(UPOS_NAMES)))
+        baselines=baseline_rows, breakdowns="".join(_breakdown_table(k, rows) for k, rows in s["breakdowns"].items()),
+        images=images, examples=EXAMPLES_PER_LABEL, extra=extra,
+        header="".join(f'<th data-key="{k}">{e(k)}</th>' for k in TABLE_FIELDS),
+        rows=packed(table_rows), samples=packed({str(k): v for k, v in a.examples.items()}),
+        upos=json_for_script(list(UPOS_NAMES)))
 
 
-TABLE_FIELDS = ("candidate_id", "target_token", "true_label", "probe_pred", "probe_top2", "probe_max_prob",
-                "empirical_majority", "empirical_majority_share", "n_labelled", "tv", "tv_noise_floor", "js",
-                "entropy_empirical", "entropy_probe", "tagger_on_original")
+TABLE_FIELDS = ("candidate_id", "target_token", "true_label", "probe_pred", "probe_top2", "probe_max_prob", "verdict",
+                "corrected_first", "q_value", "empirical_majority", "empirical_majority_share", "n_labelled", "tv",
+                "tv_noise_floor", "out_of_probe_share", "tagger_on_original")
 
 
 def _breakdown_table(key: str, rows: list[dict]) -> str:
-    cols = [key, "n", "mean_tv", "ambiguous_share", "majority_is_true_label", "probe_is_true_label"]
+    cols = [key, "n", *VERDICTS, "raw_ambiguous_share", "mean_tv", "majority_is_true_label", "probe_is_true_label",
+            "research_brier", "research_kl_nats"]
     body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<h3>By {html.escape(key.replace('_', ' '))}</h3><table><tr>{''.join(f'<th>{c}</th>' for c in cols)}</tr>{body}</table>"
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 7px; text-align: left; }}
-#candidates th {{ cursor: pointer; background: #f3f3f3; }}
-#candidates tr.row:hover {{ background: #eef5ff; cursor: pointer; }}
-figure {{ display: inline-block; margin: 0.5em; }}
-mark {{ background: #ffe066; }}
-.bar {{ display: inline-block; height: 10px; background: #4c8bf5; vertical-align: middle; }}
-.bar.emp {{ background: #f08a24; }}
-.detail td {{ background: #fafafa; }}
-.dist td {{ border: none; padding: 1px 6px; }}
-</style></head><body>
-<h1>{title}</h1>
-<p>{meta}</p>
-<h2>Summary (95% bootstrap intervals over candidates)</h2>
-<table id="summary">{summary}</table>
-<h2>Baselines</h2>
-<p>Scored on a held-out half of the candidates ({test_n}); the fitted temperature T = {fitted} minimises mean KL on the
-other half ({fit_n}): how far a one-parameter recalibration of the probe closes the gap.</p>
-<table id="baselines"><tr><th>baseline</th><th>KL</th><th>TV</th><th>JS</th><th>Brier</th></tr>{baselines}</table>
-<h2>Breakdowns</h2>
-{breakdowns}
-<h2>Plots</h2>
-{images}
-{extra}
-<h2>Candidates</h2>
-<p>Click a column to sort, a row to open it (or add <code>#open=ID</code> to the address). At most {examples}
-example completions per label are embedded.</p>
-<table id="candidates"><thead><tr>{header}</tr></thead><tbody></tbody></table>
-<script id="data" type="application/json">{data}</script>
-<script>
-const DATA = JSON.parse(document.getElementById("data").textContent);
-const FIELDS = [...document.querySelectorAll("#candidates th")].map(th => th.dataset.key);
-const body = document.querySelector("#candidates tbody");
-let sortKey = "tv", ascending = false;
-function esc(s) {{ return String(s ?? "").replace(/[&<>"]/g, c => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}}[c])); }}
-function cell(v) {{ return typeof v === "number" && !Number.isInteger(v) ? v.toFixed(3) : esc(v); }}
-function bars(dist, cls) {{
-  return Object.entries(dist).sort((a, b) => b[1] - a[1]).map(([k, v]) =>
-    `<tr><td>${{esc(k)}}</td><td><span class="bar ${{cls}}" style="width:${{Math.round(v * 200)}}px"></span> ${{v.toFixed(3)}}</td></tr>`).join("");
-}}
-function detail(r) {{
-  const prefix = r.sentence_text;
-  const groups = DATA.examples[r.candidate_id] || {{}};
-  const ex = Object.entries(groups).map(([label, items]) =>
-    `<h4>${{esc(label)}} (${{items.length}} shown)</h4><ul>${{items.map(([text, s, e]) =>
-      `<li>${{esc(text.slice(0, s))}}<mark>${{esc(text.slice(s, e))}}</mark>${{esc(text.slice(e))}}</li>`).join("")}}</ul>`).join("");
-  const target = r.target_token.trim(), at = prefix.lastIndexOf(target, Math.max(r.prefix_text.length - target.length, 0));
-  const sentence = at < 0 ? esc(prefix) : esc(prefix.slice(0, at)) + "<mark>" + esc(target) + "</mark>" + esc(prefix.slice(at + target.length));
-  return `<td colspan="${{FIELDS.length}}"><p>sentence: ${{sentence}}</p>
-    <table class="dist"><tr><th>probe</th><th>empirical</th></tr><tr><td><table>${{bars(r.probe, "")}}</table></td>
-    <td><table>${{bars(r.empirical, "emp")}}</table></td></tr></table><div class="examples">${{ex}}</div></td>`;
-}}
-function render() {{
-  const rows = [...DATA.rows].sort((a, b) => (a[sortKey] > b[sortKey] ? 1 : a[sortKey] < b[sortKey] ? -1 : 0) * (ascending ? 1 : -1));
-  body.innerHTML = rows.map(r => `<tr class="row" data-id="${{r.candidate_id}}">${{FIELDS.map(f => `<td>${{cell(r[f])}}</td>`).join("")}}</tr>`).join("");
-}}
-document.querySelectorAll("#candidates th").forEach(th => th.addEventListener("click", () => {{
-  ascending = sortKey === th.dataset.key ? !ascending : false; sortKey = th.dataset.key; render();
-}}));
-body.addEventListener("click", e => {{
-  const tr = e.target.closest("tr.row"); if (!tr) return;
-  const next = tr.nextElementSibling;
-  if (next && next.classList.contains("detail")) {{ next.remove(); return; }}
-  const r = DATA.rows.find(x => String(x.candidate_id) === tr.dataset.id);
-  const d = document.createElement("tr"); d.className = "detail"; d.innerHTML = detail(r); tr.after(d);
-}});
-render();
-// for readers and tests: how many plots decoded, and #open=ID opens that candidate on load
-window.addEventListener("load", () => {{
-  document.body.dataset.imagesLoaded = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
-  const m = location.hash.match(/open=([0-9]+)/);
-  const tr = m && body.querySelector(`tr.row[data-id="${{m[1]}}"]`);
-  if (tr) {{ tr.click(); tr.scrollIntoView(); }}
-}});
-</script>
-</body></html>
-"""
+    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
+    return f"<h3>By {html.escape(key.replace('_', ' '))} (shares of verdicts called)</h3><table><tr>{head}</tr>{body}</table>"

@@ -21,6 +21,7 @@ from pathlib import Path
 from .config import DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_MAX_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_MAX_STEPS
 from .data import UPOS_NAMES, Sentence, load_sentences, word_spans
 from .errors import DatasetError
+from .confusion import Confusion
 from .tagger import SpacyTagger, sidecar_path
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,11 @@ def train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_MAX_STEPS,
         os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
         shutil.copytree(best, out_dir, dirs_exist_ok=True)
     tagger = SpacyTagger(f"spacy:{out_dir}", out_dir)
-    accuracy = {name: evaluate(tagger, sentences) for name, sentences in evals.items()}
-    sidecar = write_sidecar(out_dir, accuracy, sources, len(train), max_steps, max_epochs, seed)
+    accuracy = {name: evaluate(tagger, sentences, f"{sources[name]}, raw text") for name, sentences in evals.items()}
+    confusion = accuracy["dev"].pop("confusion")  # the one the analysis corrects with: held-out dev words
+    for acc in accuracy.values():
+        acc.pop("confusion", None)
+    sidecar = write_sidecar(out_dir, accuracy, confusion, sources, len(train), max_steps, max_epochs, seed)
     return TaggerTrainResult(out_dir, sidecar, accuracy, sources)
 
 
@@ -116,21 +120,36 @@ def _run_spacy_training(paths: dict, output: str, max_steps: int, max_epochs: in
     return os.path.join(output, "model-best")
 
 
-def evaluate(tagger: SpacyTagger, sentences: list[Sentence]) -> dict:
+def raw_text_pairs(tagger, sentences: list[Sentence]) -> tuple[list[int], list, int]:
+    """(true UPOS ids, the tagger's results, words) for every word of the sentences, tagged on raw
+    text through the span lookup `label` uses (the tagger's own tokenization)."""
+    pairs = [(s.text, span, upos) for s, spans in aligned(sentences) for span, (_form, upos) in zip(spans, s.words)]
+    results = tagger.tag([text for text, _, _ in pairs], [span for _, span, _ in pairs])
+    return [upos for _, _, upos in pairs], results, len(pairs)
+
+
+def confusion_of(true: list[int], results, source: str) -> Confusion:
+    """The confusion over the words the tagger labelled (status ok); the others are counted apart."""
+    ok = [(t, r.upos) for t, r in zip(true, results) if r.status == "ok"]
+    return Confusion.from_pairs([t for t, _ in ok], [u for _, u in ok], source)
+
+
+def evaluate(tagger: SpacyTagger, sentences: list[Sentence], source: str = "held-out words") -> dict:
     """UPOS accuracy on gold tokens (the pipeline on the UD words) and on raw text (the span lookup
-    `label` uses, on the tagger's own tokenization)."""
+    `label` uses), and the raw-text confusion (true UPOS -> the tagger's)."""
     docs = to_docs(tagger.nlp.vocab, sentences)
     gold = [[t.pos_ for t in doc] for doc in docs]  # read before the pipeline overwrites them
     gold_right = sum(t.pos_ == g for doc, tags in zip(tagger.nlp.pipe(docs), gold) for t, g in zip(doc, tags))
-    pairs = [(s.text, span, upos) for s, spans in aligned(sentences) for span, (_form, upos) in zip(spans, s.words)]
-    results = tagger.tag([text for text, _, _ in pairs], [span for _, span, _ in pairs])
-    raw_right = sum(r.upos == upos for r, (_, _, upos) in zip(results, pairs))
-    total = len(pairs)
+    true, results, total = raw_text_pairs(tagger, sentences)
+    raw_right = sum(r.upos == upos for r, upos in zip(results, true))
     return {"gold_tokens": round(gold_right / total, 4) if total else None,
-            "raw_text": round(raw_right / total, 4) if total else None, "words": total}
+            "raw_text": round(raw_right / total, 4) if total else None, "words": total,
+            "unlabelled": sum(r.status != "ok" for r in results),
+            "confusion": confusion_of(true, results, source).to_json()}
 
 
-def write_sidecar(out_dir: str, accuracy: dict, sources: dict, n_train: int, max_steps: int, max_epochs: int, seed: int) -> str:
+def write_sidecar(out_dir: str, accuracy: dict, confusion: dict, sources: dict, n_train: int, max_steps: int,
+                  max_epochs: int, seed: int) -> str:
     import json
 
     import spacy
@@ -140,9 +159,21 @@ def write_sidecar(out_dir: str, accuracy: dict, sources: dict, n_train: int, max
     path = sidecar_path(out_dir)
     meta = {"tagger": out_dir, "library": "spacy", "pipeline": ["tok2vec", "morphologizer"], "optimize": "efficiency",
             "sources": sources, "train_sentences": n_train, "max_steps": max_steps, "max_epochs": max_epochs,
-            "seed": seed, "accuracy": accuracy,
+            "seed": seed, "accuracy": accuracy, "confusion": confusion,
             "package_versions": package_versions() | {"spacy": spacy.__version__}}
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=2)
         handle.write("\n")
     return path
+
+
+def evaluate_tagger(tagger, dataset: str, split: str) -> tuple[dict, Confusion]:
+    """Any tagger on one split's raw text: ({accuracy, words, unlabelled}, its confusion)."""
+    sentences = load_sentences(dataset, split)
+    true, results, total = raw_text_pairs(tagger, sentences)
+    if not total:
+        raise DatasetError(f"{dataset} {split}: no sentence whose words all align with its text")
+    right = sum(r.upos == upos for r, upos in zip(results, true))
+    source = f"{dataset} {split}, raw text, tagger {tagger.spec}"
+    return ({"raw_text": round(right / total, 4), "words": total, "unlabelled": sum(r.status != "ok" for r in results),
+             "split": split, "dataset": dataset}, confusion_of(true, results, source))

@@ -1,59 +1,84 @@
-"""analyze on a synthetic database whose labels are drawn from known distributions, on SQLite and
-PostgreSQL: the report must recover them within the noise floor; the files it writes."""
+"""analyze on databases whose labels are drawn from known distributions, on SQLite and PostgreSQL:
+the raw shares, the bias the noise puts in a plug-in divergence and its removal, a recalibration
+recovered, the files written."""
 
 import json
 
 import numpy as np
 import pytest
 
+from posresample import metrics
 from posresample.analyze import analyze
-from posresample.data import UPOS_IDS
+from posresample.confusion import Confusion
 from posresample.report import write_report
-from tests.helpers import seed_labelled
+from tests.known_truth import K, draw_study, write_study
 
-CLASSES = [UPOS_IDS[n] for n in ("NOUN", "VERB", "ADJ", "ADV")]
+CLASSES = [0, 16, 6, 14]  # NOUN, VERB, ADJ, ADV
 
 
 def known(n=40, seed=1):
     rng = np.random.default_rng(seed)
-    truth_small = rng.dirichlet(np.full(4, 0.7), size=n)  # over the 4 probe classes
-    truth = np.zeros((n, 18))
+    truth_small = rng.dirichlet(np.full(len(CLASSES), 0.7), size=n)
+    truth = np.zeros((n, K))
     truth[:, CLASSES] = truth_small
-    return truth, truth_small
+    return truth, rng
 
 
-def test_the_analysis_recovers_known_distributions(engine, tmp_path):
-    truth, truth_small = known()
-    seed_labelled(engine, truth, truth_small, CLASSES)  # the probe says the truth itself
-    a = analyze(engine, min_labelled=20)
+def perfect_tagger():
+    return np.eye(K)
+
+
+def test_a_probe_equal_to_the_truth_scores_about_zero_once_the_noise_is_removed(engine):
+    """Raw: within a few standard errors of the truth, and a plug-in TV of about its noise floor.
+    Corrected: the noise's share of the TV removed (a probe equal to the truth scored 0.063 raw)."""
+    truth, rng = known()
+    study = draw_study(len(truth), rng, truth=truth, probe=truth, confusion=perfect_tagger())
+    write_study(engine, study, None)
+    a = analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
     assert len(a.rows) == 40 and all(r["n_labelled"] == 96 for r in a.rows)
-    err = np.abs(a.empirical - truth)
-    se = np.sqrt(truth * (1 - truth) / 96)
-    assert (err <= 4 * se + 1e-9).all()  # every share within 4 standard errors of the truth
-    tv = np.array([r["tv"] for r in a.rows])
-    floor = np.array([r["tv_noise_floor"] for r in a.rows])
-    # a probe that is right differs from the empirical only by sampling noise
-    assert tv.mean() < 1.5 * floor.mean()
-    assert a.summary["baselines"]["fitted_temperature"] == pytest.approx(1.0, abs=0.3)
+    assert (np.abs(a.empirical - truth) <= 4 * np.sqrt(truth * (1 - truth) / 96) + 1e-9).all()
+    raw = a.summary["raw"]["probe_vs_empirical"]["tv"]["mean"]
+    floor = a.summary["raw"]["noise_floor"]["tv"]["mean"]
+    assert 0.5 * floor < raw < 1.5 * floor  # the plug-in is the floor: noise, not a real gap
+    fixed = a.summary["corrected"]["divergences"]["tv"]
+    assert fixed["estimate"] < 0.4 * raw and fixed["ci95"][0] < 0.02
 
 
 def test_a_miscalibrated_probe_is_found_and_recalibrated(engine, tmp_path):
-    from posresample.metrics import temper
-
-    truth, truth_small = known(n=60, seed=2)
-    seed_labelled(engine, truth, temper(truth_small, 0.4), CLASSES)  # an overconfident probe
-    a = analyze(engine, min_labelled=20)
-    tv = a.summary["probe_vs_empirical"]["tv"]
-    assert tv["ci95"][0] > 1.5 * a.summary["tv_noise_floor"]["mean"]  # a real gap, not noise
-    fitted = a.summary["baselines"]["fitted_temperature"]
-    assert 1.6 < fitted < 4.0  # undoes T = 0.4 (1 / 0.4 = 2.5)
-    scores = a.summary["baselines"]["scores"]
-    assert scores[f"probe, fitted T={fitted:.3g}"]["kl"]["mean"] < 0.5 * scores["probe"]["kl"]["mean"]
+    truth, rng = known(n=60, seed=2)
+    probe = metrics.temper(truth, 0.4)  # an overconfident probe
+    study = draw_study(len(truth), rng, truth=truth, probe=probe, confusion=perfect_tagger())
+    write_study(engine, study, None)
+    a = analyze(engine, min_labelled=20, confusion=Confusion.identity())
+    fixed, raw = a.summary["corrected"]["divergences"]["tv"], a.summary["raw"]["noise_floor"]["tv"]["mean"]
+    assert fixed["ci95"][0] > 1.5 * raw  # a real gap, not noise
+    for fitted in a.summary["fitted_temperature"].values():
+        assert 1.6 < fitted < 4.0  # undoes T = 0.4 (1 / 0.4 = 2.5)
+    b = a.summary["raw"]["baselines"]
+    scores = b["scores"]
+    assert scores[f"probe, fitted T={b['fitted_temperature']:.3g}"]["kl"]["mean"] < 0.5 * scores["probe"]["kl"]["mean"]
     paths = write_report(a, str(tmp_path / "report"))
     summary = json.loads(open(paths["summary"]).read())
     assert summary["candidates_analysed"] == 60
     assert open(paths["csv"]).read().count("\n") == 61
-    for name in ("reliability", "scatter", "tv_hist", "per_label"):
+    for name in ("curve", "verdicts", "reliability", "scatter", "tv_hist", "per_label"):
         assert open(paths[name], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     page = open(paths["html"], encoding="utf-8").read()
-    assert page.count("data:image/png;base64,") == 4 and "http://" not in page and "https://" not in page
+    assert page.count("data:image/png;base64,") == 6 and "http://" not in page and "https://" not in page
+
+
+def test_out_of_probe_labels_are_their_own_line_and_the_smoothing_is_stated(engine):
+    truth, rng = known(n=40, seed=3)
+    truth[:20] *= 0.8
+    truth[:20, 15] = 0.2  # INTJ: outside the probe's classes
+    probe = truth.copy()
+    probe[:, 15] = 0  # the probe cannot say INTJ
+    probe /= probe.sum(1, keepdims=True)
+    study = draw_study(len(truth), rng, truth=truth, probe=probe, confusion=perfect_tagger())
+    write_study(engine, study, None)
+    a = analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
+    o = a.summary["out_of_probe"]
+    assert "INTJ" in o["labels"] and o["candidates_with_any"] >= 19
+    assert o["share_of_labels"]["mean"] == pytest.approx(0.1, abs=0.03)
+    assert o["kl_all_eps_1e-8"] - o["kl_all_eps_1e-6"] == pytest.approx(6.64 * o["share_of_labels"]["mean"], rel=0.1)
+    assert o["kl_on_probe_classes"] < o["kl_all_eps_1e-6"]  # the KL on the probe's classes is not decided by eps

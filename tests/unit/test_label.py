@@ -55,7 +55,12 @@ def test_tagger_identity_names_its_files_and_accuracy(tagger, tiny_tagger):
     identity = tagger.identity()
     assert identity["name"] == "sample-tagger" and identity["library"] == "spacy"
     assert len(identity["files_sha256"]) == 64 and identity["package_version"] is None
-    assert set(identity["accuracy"]["dev"]) == {"gold_tokens", "raw_text", "words"}
+    assert set(identity["accuracy"]["dev"]) == {"gold_tokens", "raw_text", "words", "unlabelled"}
+    counts = identity["confusion"]["counts"]  # train-tagger's held-out confusion, true -> tagger's
+    words = identity["accuracy"]["dev"]["words"] - identity["accuracy"]["dev"]["unlabelled"]
+    assert sum(sum(row.values()) for row in counts.values()) == words
+    right = sum(row.get(true, 0) for true, row in counts.items())
+    assert right == round(identity["accuracy"]["dev"]["raw_text"] * identity["accuracy"]["dev"]["words"])
 
 
 def test_bad_tagger_specs_are_refused(tmp_path):

@@ -28,6 +28,14 @@ def test_js_divergence():
     assert metrics.js(np.array([[1.0, 0]]), np.array([[0, 1.0]]))[0] == pytest.approx(1.0)
 
 
+def test_kl_on_the_probe_classes_renormalises_both():
+    p = np.array([[0.45, 0.45, 0.1]])  # 0.1 outside the probe's classes 0 and 1
+    q = np.array([[0.5, 0.5, 0.0]])
+    assert metrics.kl_on(p, q, [0, 1])[0] == pytest.approx(0.0, abs=1e-5)
+    assert metrics.kl(p, q)[0] > 1.5  # the outside mass costs log2(1 / eps) a unit over all classes
+    assert metrics.js(p, p)[0] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_kl_smooths_the_probe_as_stated():
     eps = metrics.KL_EPSILON
     q = np.array([[1.0, 0.0]])
@@ -45,11 +53,15 @@ def test_bootstrap_is_reproducible_and_covers_the_mean():
     assert first[1] - first[0] == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.2)
 
 
-def test_noise_floor_shrinks_with_n():
-    p = np.array([[0.6, 0.3, 0.1]] * 2)
-    floor = metrics.expected_tv_between_draws(p, np.array([10, 1000]))
+def test_noise_floor_is_one_sample_against_the_reference_and_shrinks_with_n():
+    q = np.array([[0.6, 0.3, 0.1]] * 2)
+    rng = np.random.default_rng(0)
+    floor = metrics.noise_floor(q, np.array([10, 1000]), metrics.total_variation, rng, draws=4000)
     assert floor[0] > 5 * floor[1] > 0
-    se = metrics.multinomial_se(p, np.array([100, 100]))
+    # two classes at 1/2, n = 100: TV = |X/n - 1/2| with X ~ Binomial(100, 1/2), whose mean is 0.0398
+    half = metrics.noise_floor(np.array([[0.5, 0.5]]), np.array([100]), metrics.total_variation, rng, draws=20000)
+    assert half[0] == pytest.approx(0.0398, rel=0.03)
+    se = metrics.multinomial_se(q, np.array([100, 100]))
     assert se[0, 0] == pytest.approx(np.sqrt(0.6 * 0.4 / 100))
 
 

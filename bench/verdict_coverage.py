@@ -1,0 +1,90 @@
+"""Do the verdict's 95% intervals contain the truth? Repeated known-truth studies, through a database.
+
+    python bench/verdict_coverage.py --candidates 240 --studies 200
+    python bench/verdict_coverage.py --candidates 2400 --studies 50
+
+Each study draws N candidates from tests/known_truth.py's population (true distributions, a probe
+that reads them through noise, a tagger's confusion with a treebank-sized measurement of it),
+writes them to a fresh SQLite database through the project's own statements, runs `analyze`, and
+checks whether each interval contains the population's value (computed from 200,000 draws): mean
+TV(truth, probe), the four verdict shares, and "the distribution's top label is the probe's
+argmax". The target is >= 90% at 240 and at 2,400 candidates. The table also gives each
+statistic's mean error and its spread over the studies, and the plug-in's error for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from common import emit, machine
+
+from posresample import db
+from posresample.analyze import analyze
+from tests.known_truth import draw_study, population_truth, write_study
+
+STATISTICS = ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined", "majority_is_probe_argmax")
+
+
+def estimates(summary: dict) -> dict:
+    c = summary["corrected"]
+    out = {"tv": (c["divergences"]["tv"]["estimate"], c["divergences"]["tv"]["ci95"]),
+           "majority_is_probe_argmax": (c["majority_is_probe_argmax"]["share"], c["majority_is_probe_argmax"]["ci95"])}
+    for name in STATISTICS[1:5]:
+        out[name] = (summary["verdict"][name]["share"], summary["verdict"][name]["ci95"])
+    return out
+
+
+def plug_ins(summary: dict) -> dict:
+    """What the raw view would report for the same statistics (no intervals that aim at the truth)."""
+    raw = summary["raw"]
+    called = summary["corrected"]["verdict_called"]
+    n = summary["candidates_analysed"]
+    return {"tv": raw["probe_vs_empirical"]["tv"]["mean"], "majority_is_probe_argmax": raw["majority_is_probe_argmax"]["mean"],
+            **{name: called[name] / n for name in STATISTICS[1:5]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", type=int, default=240)
+    parser.add_argument("--studies", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    truth = population_truth(np.random.default_rng(12345))
+    rng = np.random.default_rng(args.seed)
+    hits = {k: 0 for k in STATISTICS}
+    errors = {k: [] for k in STATISTICS}
+    raw_errors = {k: [] for k in STATISTICS}
+    widths = {k: [] for k in STATISTICS}
+    start = time.perf_counter()
+    for study_index in range(args.studies):
+        with tempfile.TemporaryDirectory() as work:
+            engine = db.make_engine(f"sqlite:///{os.path.join(work, 'study.db')}")
+            db.upgrade(engine)
+            study = draw_study(args.candidates, rng)
+            write_study(engine, study, study.measured)
+            summary = analyze(engine, min_labelled=20, seed=study_index, with_examples=False).summary
+            engine.dispose()
+        for name, (value, (lo, hi)) in estimates(summary).items():
+            hits[name] += lo <= truth[name] <= hi
+            errors[name].append(value - truth[name])
+            widths[name].append(hi - lo)
+        for name, value in plug_ins(summary).items():
+            raw_errors[name].append(value - truth[name])
+    seconds = time.perf_counter() - start
+    emit(f"# {args.studies} known-truth studies of {args.candidates} candidates x 96 labels, SQLite, {machine('cpu')}, "
+         f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s ({seconds / args.studies:.1f} s a study)")
+    emit("| statistic | population value | 95% CI contains it | mean error | spread (sd) | mean CI width | plug-in's mean error |")
+    emit("|---|---|---|---|---|---|---|")
+    for name in STATISTICS:
+        emit(f"| {name} | {truth[name]:.4f} | {hits[name] / args.studies:.0%} ({hits[name]}/{args.studies}) | "
+             f"{np.mean(errors[name]):+.4f} | {np.std(errors[name]):.4f} | {np.mean(widths[name]):.4f} | "
+             f"{np.mean(raw_errors[name]):+.4f} |")
+
+
+if __name__ == "__main__":
+    main()

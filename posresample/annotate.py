@@ -1,0 +1,246 @@
+"""annotate: people label the target word in sampled completions, the answers stored as labels.
+
+The queue (annotation_items) is built once per scan and generation params, and grown by a later
+run with a larger --sample: a sample across candidates stratified by the probe's top-2 pair, the
+completions whose machine label differs from the probe's argmax, or whose span the tagger found odd,
+first. Each annotator is a tagger named human:NAME; each answer is a `labels` row of that tagger
+(status ok with a UPOS, unsure, or no_span), written when it is given. An annotator holds the item
+they are shown through a lease (annotation_leases), so two annotators never see one item at once;
+items marked `overlap` go to a second annotator too, for agreement.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import and_, delete, exists, func, insert, or_, select, update
+
+from .db import db_now, read, write
+from .errors import ConfigError, DatabaseError
+from .models import (
+    annotation_items, annotation_leases, candidates, completions, jobs, labels, taggers,
+)
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")  # an annotator's name: lowercase letters, digits, _ . -
+DEFAULT_SAMPLE = 300  # completions in the queue
+LEASE_SECONDS = 600.0  # an annotator holds the item on screen this long without answering
+ACTIVE_SECONDS = 600.0  # "annotators active": answered or holding an item in the last ten minutes
+STATUSES = ("ok", "unsure", "no_span")  # a UPOS; "can't tell"; "not a word here"
+
+
+def tagger_name(annotator: str) -> str:
+    if not NAME.match(annotator):
+        raise ConfigError(f"annotator name {annotator!r} is not 1-41 lowercase letters, digits, '_', '.' or '-' "
+                          "(it becomes the tagger human:NAME)")
+    return f"human:{annotator}"
+
+
+def register_annotator(engine, annotator: str) -> int:
+    from .label_store import register_tagger
+
+    return register_tagger(engine, {"name": tagger_name(annotator), "spec": f"human:{annotator}", "library": "human",
+                                    "library_version": "1"})
+
+
+@dataclass(frozen=True)
+class Item:
+    id: int
+    completion_id: int
+    candidate_id: int
+    prefix_token_ids: list
+    token_ids: list
+    prefix_text: str
+    text: str
+    target_token: str
+    model: str
+
+
+def build_queue(engine, scan_id: int, params_id: int, sample: int, overlap: float, seed: int = 0) -> int:
+    """Add items to the queue up to `sample` (stratified, disagreements first). -> items in the queue."""
+    with write(engine) as conn:
+        have = conn.execute(select(func.count()).select_from(annotation_items).where(
+            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalar_one()
+        if have >= sample:
+            return have
+        taken = set(conn.execute(select(annotation_items.c.completion_id).where(
+            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalars())
+        pool = _pool(conn, scan_id, params_id)
+        if not pool:
+            raise DatabaseError("this scan has no sampled completions to label: run `cli.py worker` first")
+        picked = _stratified([p for p in pool if p["completion_id"] not in taken], sample - have, seed)
+        rng = np.random.default_rng(seed + 1)
+        top = conn.execute(select(func.coalesce(func.max(annotation_items.c.rank), 0)).where(
+            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalar_one()
+        rows = [dict(scan_id=scan_id, params_id=params_id, completion_id=p["completion_id"], rank=top + 1 + i,
+                     overlap=bool(rng.random() < overlap), reason=p["reason"], created_at=db_now())
+                for i, p in enumerate(picked)]
+        if rows:
+            conn.execute(insert(annotation_items), rows)
+        return have + len(rows)
+
+
+def _pool(conn, scan_id: int, params_id: int) -> list[dict]:
+    """Every done completion of the scan with its candidate's probe pair and a machine label, if any."""
+    machine = select(labels.c.completion_id, func.min(labels.c.status).label("status"),
+                     func.min(labels.c.upos).label("upos")).join(taggers, taggers.c.id == labels.c.tagger_id) \
+        .where(~taggers.c.name.like("human:%")).group_by(labels.c.completion_id).subquery()
+    rows = conn.execute(
+        select(completions.c.id, candidates.c.id.label("candidate_id"), candidates.c.probe_probs, candidates.c.probe_pred,
+               machine.c.status, machine.c.upos)
+        .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .outerjoin(machine, machine.c.completion_id == completions.c.id)
+        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done")
+        .order_by(completions.c.id)).all()
+    out = []
+    for cid, cand, probs, pred, status, upos in rows:
+        if status is not None and status != "ok":
+            reason = "odd_span"
+        elif upos is not None and upos != pred:
+            reason = "disagrees"
+        else:
+            reason = "sample"
+        order = np.argsort(-np.asarray(probs), kind="stable")[:2]
+        out.append({"completion_id": cid, "candidate_id": cand, "stratum": tuple(order.tolist()), "reason": reason})
+    return out
+
+
+def _stratified(pool: list[dict], n: int, seed: int) -> list[dict]:
+    """n completions: the flagged ones (odd span, disagreeing) first, then the rest; within each, a
+    round robin over the probe's top-2 strata in random order, one candidate's completions spread out."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for flagged in (("odd_span", "disagrees"), ("sample",)):
+        strata: dict[tuple, list[dict]] = {}
+        for p in pool:
+            if p["reason"] in flagged:
+                strata.setdefault(p["stratum"], []).append(p)
+        queues = []
+        for key in sorted(strata):
+            members = strata[key]
+            members = [members[i] for i in rng.permutation(len(members))]
+            by_candidate: dict[int, list[dict]] = {}
+            for m in members:
+                by_candidate.setdefault(m["candidate_id"], []).append(m)
+            queues.append([m for group in zip(*by_candidate.values()) for m in group] +
+                          [m for group in by_candidate.values() for m in group[min(map(len, by_candidate.values())):]])
+        order = rng.permutation(len(queues)) if queues else []
+        while len(picked) < n and any(queues):
+            for i in order:
+                if queues[i] and len(picked) < n:
+                    picked.append(queues[i].pop(0))
+    return picked[:n]
+
+
+def _answered(tagger_id: int):
+    return exists().where(labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id == tagger_id)
+
+
+def _taken_by_others(tagger_id: int):
+    """Answered or held (live lease) by another annotator."""
+    other_answer = exists().where(labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id != tagger_id,
+                                  labels.c.tagger_id.in_(select(taggers.c.id).where(taggers.c.name.like("human:%"))))
+    other_lease = exists().where(annotation_leases.c.item_id == annotation_items.c.id,
+                                 annotation_leases.c.tagger_id != tagger_id, annotation_leases.c.expires_at >= db_now())
+    return or_(other_answer, other_lease)
+
+
+def _other_annotators(tagger_id: int):
+    """How many other annotators answered or hold the item."""
+    answers = select(func.count()).select_from(labels).where(
+        labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id != tagger_id,
+        labels.c.tagger_id.in_(select(taggers.c.id).where(taggers.c.name.like("human:%")))).scalar_subquery()
+    leases = select(func.count()).select_from(annotation_leases).where(
+        annotation_leases.c.item_id == annotation_items.c.id, annotation_leases.c.tagger_id != tagger_id,
+        annotation_leases.c.expires_at >= db_now()).scalar_subquery()
+    return answers + leases
+
+
+def next_item(engine, scan_id: int, params_id: int, tagger_id: int, owner: str) -> Item | None:
+    """The item this annotator holds, or the first one free for them (leased to them in the same
+    transaction; PostgreSQL skips rows another transaction has locked). None: nothing left."""
+    mine = and_(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id, ~_answered(tagger_id))
+    held = exists().where(annotation_leases.c.item_id == annotation_items.c.id, annotation_leases.c.tagger_id == tagger_id,
+                          annotation_leases.c.expires_at >= db_now())
+    free = or_(~_taken_by_others(tagger_id), and_(annotation_items.c.overlap, _other_annotators(tagger_id) < 2))
+    with write(engine) as conn:
+        item_id = conn.execute(select(annotation_items.c.id).where(mine, held).order_by(annotation_items.c.rank).limit(1)).scalar()
+        if item_id is None:
+            item_id = conn.execute(select(annotation_items.c.id).where(mine, free).order_by(annotation_items.c.rank).limit(1)
+                                   .with_for_update(skip_locked=True, of=annotation_items)).scalar()
+        if item_id is None:
+            return None
+        conn.execute(delete(annotation_leases).where(annotation_leases.c.item_id == item_id,
+                                                     annotation_leases.c.tagger_id == tagger_id))
+        conn.execute(insert(annotation_leases).values(item_id=item_id, tagger_id=tagger_id, owner=owner,
+                                                      expires_at=db_now() + LEASE_SECONDS))
+        return _item(conn, item_id)
+
+
+def _item(conn, item_id: int) -> Item:
+    from .models import generation_params
+
+    row = conn.execute(
+        select(annotation_items.c.id, completions.c.id, candidates.c.id, candidates.c.prefix_token_ids, completions.c.token_ids,
+               candidates.c.prefix_text, completions.c.text, candidates.c.target_token, generation_params.c.model)
+        .join(completions, completions.c.id == annotation_items.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .join(generation_params, generation_params.c.id == annotation_items.c.params_id)
+        .where(annotation_items.c.id == item_id)).one()
+    return Item(row[0], row[1], row[2], list(row[3]), list(row[4]), row[5], row[6], row[7], row[8])
+
+
+def answer(engine, item_id: int, tagger_id: int, upos: int | None, status: str) -> bool:
+    """Store one answer as a labels row (at once: closing the tab loses nothing). False when this
+    annotator has answered the item already."""
+    from .data import UPOS_NAMES
+    from .store import insert_ignoring_duplicates
+
+    if status not in STATUSES or (status == "ok") != (upos is not None):
+        raise ConfigError(f"an answer is a UPOS (status ok), unsure or no_span, not {status!r} / {upos!r}")
+    with write(engine) as conn:
+        completion = conn.execute(select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)).scalar()
+        if completion is None:
+            raise ConfigError(f"no annotation item {item_id}")
+        added = insert_ignoring_duplicates(conn, labels, [dict(
+            completion_id=completion, tagger_id=tagger_id, upos=upos, upos_name=UPOS_NAMES[upos] if upos is not None else None,
+            tag=None, word=None, status=status)])
+        conn.execute(delete(annotation_leases).where(annotation_leases.c.item_id == item_id,
+                                                     annotation_leases.c.tagger_id == tagger_id))
+        return added == 1
+
+
+def undo(engine, item_id: int, tagger_id: int, owner: str) -> bool:
+    """Take back this annotator's answer to the item and hold the item again. False: there was none."""
+    with write(engine) as conn:
+        completion = conn.execute(select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)).scalar()
+        removed = conn.execute(delete(labels).where(labels.c.completion_id == completion, labels.c.tagger_id == tagger_id)).rowcount
+        if removed:
+            conn.execute(delete(annotation_leases).where(annotation_leases.c.item_id == item_id,
+                                                         annotation_leases.c.tagger_id == tagger_id))
+            conn.execute(insert(annotation_leases).values(item_id=item_id, tagger_id=tagger_id, owner=owner,
+                                                          expires_at=db_now() + LEASE_SECONDS))
+        return bool(removed)
+
+
+def release(engine, tagger_id: int, owner: str) -> None:
+    with write(engine) as conn:
+        conn.execute(delete(annotation_leases).where(annotation_leases.c.tagger_id == tagger_id,
+                                                     annotation_leases.c.owner == owner))
+
+
+def progress(engine, scan_id: int, params_id: int, tagger_id: int) -> dict:
+    """{total, labelled (by anyone), mine, active annotators}."""
+    humans = select(taggers.c.id).where(taggers.c.name.like("human:%"))
+    in_queue = and_(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
+    answered_by = select(labels.c.tagger_id).where(labels.c.completion_id == annotation_items.c.completion_id,
+                                                   labels.c.tagger_id.in_(humans))
+    with read(engine) as conn:
+        total = conn.execute(select(func.count()).select_from(annotation_items).where(in_queue)).scalar_one()
+        labelled = conn.execute(select(func.count()).select_from(annotation_items).where(
+            in_queue, exists(answered_by))).scalar_one()
+        mine = conn.execute(select(func.count()).select_from(annotation_items).where(in_queue, _answered(tagger_id))).scalar_one()
+        active = conn.execute(select(func.count(func.distinct(annotation_leases.c.tagger_id))).where(
+            annotation_leases.c.expires_at >= db_now() - 0)).scalar_one()
+    return {"total": total, "labelled": labelled, "mine": mine, "active": max(active, 1)}

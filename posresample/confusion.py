@@ -1,0 +1,122 @@
+"""The tagger's confusion: counts of (true UPOS -> the tagger's UPOS) on held-out words.
+
+The file format (also how the `taggers.confusion` column holds it) is one JSON object, true label
+to the tagger's label to a count:
+
+    {"NOUN": {"NOUN": 4012, "PROPN": 61, "ADJ": 40, "VERB": 31}, "VERB": {"VERB": 2401, ...}, ...}
+
+optionally wrapped as {"source": "...", "counts": {...}}. A class with no row is one the tagger was
+never seen on: the analysis gives it no mass (it cannot say how such words are tagged). Words the
+tagger could not label (no span, not a UPOS tag) are not confusions and are left out, as `label`
+leaves such completions out of the empirical counts.
+
+For the correction each row becomes a distribution with a pseudo-count of 1/18 per cell (one word
+per row in all, so nothing is impossible), and its uncertainty is the Dirichlet posterior of those
+counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import UPOS_IDS, UPOS_NAMES
+from .errors import ConfigError
+
+K = len(UPOS_NAMES)
+PSEUDO_COUNT = 1.0 / K  # per cell: one pseudo-word per row
+
+
+@dataclass(frozen=True)
+class Confusion:
+    counts: np.ndarray  # [K, K] float: rows true UPOS, columns the tagger's UPOS
+    source: str  # what it was measured on
+    exact: bool = False  # the identity, used as it is (no pseudo-counts): labels taken as the truth
+
+    @property
+    def support(self) -> np.ndarray:
+        """[K] bool: the true classes the tagger was measured on (the only ones given mass)."""
+        return self.counts.sum(axis=1) > 0
+
+    def matrix(self) -> np.ndarray:
+        """[K, K] row-stochastic P(tagger says l | true t); rows outside the support are the identity."""
+        if self.exact:
+            return np.eye(K)
+        smoothed = self.counts + PSEUDO_COUNT
+        out = smoothed / smoothed.sum(axis=1, keepdims=True)
+        out[~self.support] = np.eye(K)[~self.support]
+        return out
+
+    def draws(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """[n, K, K] matrices from the rows' Dirichlet posterior (the identity when exact)."""
+        if self.exact:
+            return np.broadcast_to(np.eye(K), (n, K, K)).copy()
+        gamma = rng.gamma(np.broadcast_to(self.counts + PSEUDO_COUNT, (n, K, K)))
+        out = gamma / gamma.sum(axis=2, keepdims=True)
+        out[:, ~self.support] = np.eye(K)[~self.support]
+        return out
+
+    def accuracy(self) -> tuple[int, int]:
+        """(words tagged right, words) over the measured rows."""
+        return int(np.trace(self.counts)), int(self.counts.sum())
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "counts": {
+            UPOS_NAMES[t]: {UPOS_NAMES[l]: int(n) for l, n in enumerate(row) if n}
+            for t, row in enumerate(self.counts) if row.sum() > 0}}
+
+    def top_confusions(self, n: int = 8) -> list[tuple[str, str, int]]:
+        """The largest off-diagonal counts: (true, tagger's, count)."""
+        off = self.counts.copy()
+        np.fill_diagonal(off, 0)
+        order = np.argsort(-off, axis=None, kind="stable")[:n]
+        return [(UPOS_NAMES[i // K], UPOS_NAMES[i % K], int(off.flat[i])) for i in order if off.flat[i] > 0]
+
+    @classmethod
+    def identity(cls) -> "Confusion":
+        return cls(np.eye(K), "none: the tagger's labels taken as the truth", exact=True)
+
+    @classmethod
+    def from_pairs(cls, true: list[int], tagged: list[int], source: str) -> "Confusion":
+        counts = np.zeros((K, K))
+        np.add.at(counts, (np.asarray(true, dtype=int), np.asarray(tagged, dtype=int)), 1)
+        return cls(counts, source)
+
+
+def parse_confusion(data, where: str) -> Confusion:
+    """A confusion from its JSON form; anything malformed is one ConfigError naming `where`."""
+    source = f"{where}"
+    if isinstance(data, dict) and "counts" in data:
+        source = str(data.get("source") or where)
+        data = data["counts"]
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"{where}: a confusion is a JSON object of true UPOS -> {{tagger's UPOS: count}}")
+    counts = np.zeros((K, K))
+    for true, row in data.items():
+        if true not in UPOS_IDS:
+            raise ConfigError(f"{where}: unknown UPOS label {true!r} (rows and columns are UPOS tags: {', '.join(UPOS_NAMES)})")
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: the row of {true} is not an object of tagger's UPOS -> count")
+        for tagged, n in row.items():
+            if tagged not in UPOS_IDS:
+                raise ConfigError(f"{where}: unknown UPOS label {tagged!r} in the row of {true}")
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 0:
+                raise ConfigError(f"{where}: count {true} -> {tagged} is {n!r}, not a count >= 0")
+            counts[UPOS_IDS[true], UPOS_IDS[tagged]] = n
+        if counts[UPOS_IDS[true]].sum() == 0:
+            raise ConfigError(f"{where}: the row of {true} has no counts: leave a class the tagger was not measured on out")
+    return Confusion(counts, source)
+
+
+def load_confusion_file(path: str) -> Confusion:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read confusion file {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"confusion file {path} is not JSON: {exc}") from None
+    return parse_confusion(data, path)

@@ -1,0 +1,142 @@
+"""The corrected view: what the candidates' labels say once the tagger's confusion and the sampling
+noise are modelled. Per candidate (verdict.py): the corrected distribution with its intervals, a
+test of the probe, a verdict. For the study (population.py): shares and means that estimate the
+population's values, not the plug-ins', with intervals from a two-stage bootstrap.
+
+The two-stage bootstrap resamples candidates, then draws each resampled candidate's distribution
+from its posterior under the estimated population G, and takes the statistic: the spread of the
+result carries both the sampling of candidates and what each candidate's 96 labels leave unknown.
+A share's interval is widened, where that is wider, to the Jeffreys interval of the same share of
+N candidates (a small share is where a percentile bootstrap is known to be short).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import metrics, population, verdict
+from .confusion import Confusion
+from .data import UPOS_NAMES
+
+K = len(UPOS_NAMES)
+BOOTSTRAP = 1000  # two-stage replicates
+CURVE_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # probe max probability bins of the study's curve
+FDR = 0.05
+
+
+@dataclass
+class Corrected:
+    point: np.ndarray  # [N, K] maximum-likelihood distribution behind the labels
+    lo: np.ndarray  # [N, K] 95% interval per class
+    hi: np.ndarray
+    verdict: np.ndarray  # [N] index into verdict.VERDICTS
+    p_value: np.ndarray  # [N]
+    q_value: np.ndarray  # [N] Benjamini-Hochberg
+    replicates: np.ndarray  # [N] Monte Carlo replicates behind each p-value
+    posterior_mean: np.ndarray  # [N, K] E[pi | labels] under the estimated population
+    summary: dict
+
+
+def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int) -> Corrected:
+    """counts [N, K] the ok labels per candidate; q [N, K] the probe on all UPOS ids."""
+    rng = np.random.default_rng(seed)
+    C, support = confusion.matrix(), confusion.support
+    point = verdict.mle(counts, C, support)
+    lo, hi = verdict.intervals(verdict.posterior_draws(counts, confusion, rng))
+    probe_pred = q.argmax(axis=1)
+    calls = verdict.verdicts(point, lo, probe_pred)
+    test = verdict.probe_test(counts, q, confusion, rng, fdr=FDR)
+    g = population.deconvolve(counts, q, C, support, point, rng)
+    values = atom_values(g.atoms, q, probe_classes)
+    boot = TwoStage(g.posterior, rng)
+    posterior_mean = (g.posterior[:, :, None] * g.atoms).sum(axis=1)  # [N, K] E[pi | labels]
+    summary = {
+        "confusion": {"source": confusion.source, "exact": confusion.exact,
+                      "support": [UPOS_NAMES[k] for k in np.flatnonzero(support)]},
+        "verdict": {name: boot.share(values[name]) for name in verdict.VERDICTS},
+        "verdict_called": {name: int((calls == i).sum()) for i, name in enumerate(verdict.VERDICTS)},
+        "majority_is_probe_argmax": boot.share(values["majority_is_probe_argmax"]),
+        "probe_contradicted_fdr05": _jeffreys(float((test.q <= FDR).sum()), len(counts)),
+        "p_value_floor": float(1 / (1 + test.replicates.max())),
+        "divergences": {name: boot.mean(values[name]) for name in ("tv", "js", "kl", "kl_all", "brier")},
+        "out_of_probe_mass": boot.mean(values["out_of_probe"]),
+        # cross-entropy is linear in pi, so fitting to the posterior means fits to the posteriors
+        "fitted_temperature": metrics.fit_temperature(posterior_mean, q),
+        "curve": curve(g.posterior, values["genuinely_ambiguous"], q.max(axis=1), rng),
+        "population": {"atoms": int((g.weights > 1e-9).sum()), "method": "NPMLE over rank-frame atoms"},
+    }
+    return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary)
+
+
+def atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int]) -> dict[str, np.ndarray]:
+    """Each statistic's value at each candidate's posterior atoms: {name: [N, KEEP]}."""
+    qa = q[:, None, :]
+    ordered = np.sort(atoms, axis=-1)
+    first, second = ordered[..., -1], ordered[..., -2]
+    ambiguous = second >= verdict.AMBIGUOUS_SECOND
+    dominant = (first >= verdict.DOMINANT_FIRST) & ~ambiguous
+    agrees = atoms.argmax(axis=-1) == q.argmax(axis=1)[:, None]
+    outside = np.setdiff1d(np.arange(K), probe_classes)
+    return {
+        "genuinely_ambiguous": ambiguous.astype(float),
+        "probe_underconfident": (dominant & agrees).astype(float),
+        "probe_wrong": (dominant & ~agrees).astype(float),
+        "undetermined": (~ambiguous & ~dominant).astype(float),
+        "majority_is_probe_argmax": agrees.astype(float),
+        "tv": metrics.total_variation(atoms, qa), "js": metrics.js(atoms, qa),
+        "kl": metrics.kl_on(atoms, qa, probe_classes), "kl_all": metrics.kl(atoms, qa),
+        "brier": metrics.brier(qa, atoms), "out_of_probe": atoms[..., outside].sum(axis=-1),
+    }
+
+
+class TwoStage:
+    """Replicates: candidates resampled, each resampled candidate's atom drawn from its posterior."""
+
+    def __init__(self, posterior: np.ndarray, rng: np.random.Generator, replicates: int = BOOTSTRAP):
+        self.posterior = posterior
+        n, keep = posterior.shape
+        self.rows = rng.integers(0, n, size=(replicates, n))
+        # inverse-CDF draws from each row's posterior in one search: row r's cumulative sums shifted by r
+        shifted = (np.cumsum(posterior, axis=1) / posterior.sum(axis=1, keepdims=True) + np.arange(n)[:, None]).ravel()
+        u = rng.random((replicates, n))
+        found = np.searchsorted(shifted, (self.rows + u).ravel()).reshape(replicates, n)
+        self.atoms = np.clip(found - self.rows * keep, 0, keep - 1)
+
+    def _replicates(self, values: np.ndarray) -> np.ndarray:
+        return values[self.rows, self.atoms].mean(axis=1)
+
+    def mean(self, values: np.ndarray) -> dict:
+        estimate = float((self.posterior * values).sum(axis=1).mean())
+        lo, hi = np.quantile(self._replicates(values), [0.025, 0.975])
+        return {"estimate": estimate, "ci95": [float(min(lo, estimate)), float(max(hi, estimate))]}
+
+    def share(self, values: np.ndarray) -> dict:
+        out = self.mean(values)
+        n = len(self.posterior)
+        jeffreys = _jeffreys(out["estimate"] * n, n)["ci95"]
+        out["ci95"] = [min(out["ci95"][0], jeffreys[0]), max(out["ci95"][1], jeffreys[1])]
+        return {"share": out["estimate"], "ci95": out["ci95"]}
+
+
+def _jeffreys(successes: float, n: int) -> dict:
+    """The Jeffreys interval of a share of n: Beta(x + 1/2, n - x + 1/2) quantiles."""
+    from scipy.stats import beta
+
+    lo = 0.0 if successes <= 0 else float(beta.ppf(0.025, successes + 0.5, n - successes + 0.5))
+    hi = 1.0 if successes >= n else float(beta.ppf(0.975, successes + 0.5, n - successes + 0.5))
+    return {"share": successes / n, "ci95": [lo, hi]}
+
+
+def curve(posterior: np.ndarray, ambiguous: np.ndarray, max_prob: np.ndarray, rng: np.random.Generator) -> list[dict]:
+    """The share genuinely ambiguous by the probe's max probability: if the probe's uncertainty is the
+    word's ambiguity, it falls as the probe gets surer."""
+    out = []
+    for lo, hi in zip(CURVE_EDGES[:-1], CURVE_EDGES[1:]):
+        inside = (max_prob >= lo) & (max_prob < hi)
+        if inside.sum() < 2:
+            continue
+        share = TwoStage(posterior[inside], rng, replicates=400).share(ambiguous[inside])
+        out.append({"probe_max_prob": [lo, hi], "n": int(inside.sum()), **share})
+    return out

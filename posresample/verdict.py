@@ -1,0 +1,210 @@
+"""Per candidate: the word's UPOS distribution behind the tagger's labels, its intervals, a test of
+the probe against the labels, and a verdict.
+
+The model: candidate i's completions are n_i independent words whose true UPOS follows pi_i; the
+tagger reads a word of true class t as l with probability C[t, l] (its confusion, measured on
+held-out treebank words); so the labels are Multinomial(n_i, pi_i C).
+
+- `mle`: the maximum-likelihood pi_i, by EM on the simplex (the latent true class of each label),
+  over the classes the confusion covers. With C the identity it is the raw shares.
+- `posterior_draws`: draws of pi_i under a reference Dirichlet prior of one pseudo-count in all,
+  by data augmentation (each label's true class, then pi), with C redrawn from its own Dirichlet
+  posterior every sweep, so the intervals carry the confusion's uncertainty too.
+- `probe_test`: the p-value of the labels under the probe pushed through the tagger, q_i C: a
+  Monte Carlo likelihood-ratio (G) test, replicates drawn with C from its posterior, refined where
+  the observed statistic beats every replicate; Benjamini-Hochberg across candidates.
+- `verdicts`: the rule in docs/design.md (and below) on the 95% intervals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .confusion import Confusion
+
+K = 18
+AMBIGUOUS_SECOND = 0.10  # genuinely ambiguous: the second label's lower 95% bound is at least this
+DOMINANT_FIRST = 0.90  # one label dominates: its lower 95% bound is at least this
+VERDICTS = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined")
+SWEEPS, BURN_IN = 240, 40  # Gibbs sweeps, the first ones discarded: 200 draws per candidate
+TEST_REPLICATES = (199, 1_800, 18_000)  # Monte Carlo passes; later ones only where a decision is still open
+TEST_DRAW_BUDGET = 1_000_000  # multinomial draws a refinement pass may spend in all
+CHUNK = 128  # candidates per vectorised block
+
+
+def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400, tol: float = 1e-9) -> np.ndarray:
+    """argmax_pi sum_l x_l log (pi C)_l over the simplex on `support`: EM (each label's latent true
+    class), accelerated by SQUAREM (Varadhan & Roland 2008) row by row, with a plain EM step kept
+    wherever the extrapolation would lower the likelihood. counts [N, K] -> [N, K]."""
+    n = counts.sum(axis=1, keepdims=True)
+
+    def step(pi):
+        mix = pi @ C  # [N, K] label probabilities
+        ratio = np.divide(counts, mix, out=np.zeros_like(counts), where=mix > 0)
+        return pi * (ratio @ C.T) / n  # expected true-class shares
+
+    def loglik(pi):
+        return (counts * np.log(np.maximum(pi @ C, 1e-300))).sum(axis=1)
+
+    pi = np.where(support, 1.0, 0.0) * np.ones_like(counts)
+    pi /= pi.sum(axis=1, keepdims=True)
+    for _ in range(iters):
+        one = step(pi)
+        two = step(one)
+        r, v = one - pi, two - 2 * one + pi
+        alpha = -np.sqrt((r * r).sum(1, keepdims=True) / np.maximum((v * v).sum(1, keepdims=True), 1e-300))
+        alpha = np.minimum(alpha, -1.0)
+        jump = np.maximum(pi - 2 * alpha * r + alpha * alpha * v, 0.0) * support
+        jump = step(jump / np.maximum(jump.sum(axis=1, keepdims=True), 1e-300))
+        new = np.where((loglik(jump) >= loglik(two))[:, None], jump, two)
+        done = np.abs(new - pi).max() < tol
+        pi = new
+        if done:
+            break
+    return pi
+
+
+def posterior_draws(counts: np.ndarray, confusion: Confusion, rng: np.random.Generator,
+                    sweeps: int = SWEEPS, burn_in: int = BURN_IN) -> np.ndarray:
+    """Draws of each candidate's pi from its posterior: [N, sweeps - burn_in, K] float32.
+
+    Prior Dirichlet(1/|support|) on the supported classes (one pseudo-count in all, so a label seen in
+    every completion keeps a lower bound near 1). With the identity confusion the posterior is a
+    Dirichlet, drawn directly."""
+    support = confusion.support
+    prior = np.where(support, 1.0 / support.sum(), 0.0)
+    n_draws = sweeps - burn_in
+    if confusion.exact:
+        return _dirichlet(np.broadcast_to(prior + counts, (n_draws, *counts.shape)).transpose(1, 0, 2), support, rng)
+    rows, labels = np.nonzero(counts)  # one multinomial per (candidate, observed label)
+    n_pairs = counts[rows, labels].astype(np.int64)
+    pi = np.where(support, 1.0, 0.0) * np.ones_like(counts)
+    pi /= pi.sum(axis=1, keepdims=True)
+    out = np.empty((len(counts), n_draws, K), dtype=np.float32)
+    for sweep, C in enumerate(confusion.draws(sweeps, rng)):
+        weights = pi[rows] * C[:, labels].T  # [P, K]: P(true t | label l, pi)
+        weights /= weights.sum(axis=1, keepdims=True)
+        true = rng.multinomial(n_pairs, weights)  # [P, K] the labels' true classes
+        z = np.bincount((rows[:, None] * K + np.arange(K)).ravel(), weights=true.ravel(),
+                        minlength=len(counts) * K).reshape(len(counts), K)
+        pi = _dirichlet(prior + z, support, rng)
+        if sweep >= burn_in:
+            out[:, sweep - burn_in] = pi
+    return out
+
+
+def _dirichlet(alpha: np.ndarray, support: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    gamma = rng.gamma(np.where(support, alpha, 1.0)) * support
+    gamma = np.maximum(gamma, 1e-300) * support  # a draw of 0 for a tiny alpha stays on the simplex
+    return gamma / gamma.sum(axis=-1, keepdims=True)
+
+
+def intervals(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed posterior intervals per class: ([N, K], [N, K])."""
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(draws, [tail, 1 - tail], axis=1)
+    return lo.astype(np.float64), hi.astype(np.float64)
+
+
+def ranked(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first and second label by the point estimate (ties: the lower UPOS id first)."""
+    order = np.argsort(-point, axis=1, kind="stable")
+    return order[:, 0], order[:, 1]
+
+
+def verdicts(point: np.ndarray, lo: np.ndarray, probe_pred: np.ndarray) -> np.ndarray:
+    """Each candidate's verdict, an index into VERDICTS:
+    genuinely ambiguous when the second label's lower bound is >= 0.10; else, when the first label's
+    lower bound is >= 0.90, the probe was under-confident (that label is its argmax) or wrong (it is
+    not); else undetermined (too few labels, or intervals too wide to say)."""
+    first, second = ranked(point)
+    rows = np.arange(len(point))
+    ambiguous = lo[rows, second] >= AMBIGUOUS_SECOND
+    dominant = lo[rows, first] >= DOMINANT_FIRST
+    out = np.full(len(point), VERDICTS.index("undetermined"))
+    out[dominant & (first == probe_pred)] = VERDICTS.index("probe_underconfident")
+    out[dominant & (first != probe_pred)] = VERDICTS.index("probe_wrong")
+    out[ambiguous] = VERDICTS.index("genuinely_ambiguous")
+    return out
+
+
+def g_statistic(counts: np.ndarray, expected: np.ndarray, rare: np.ndarray) -> np.ndarray:
+    """The likelihood-ratio statistic 2 sum x log(x / (n p)) over the last axis, the `rare` labels
+    (expected count under 1) pooled into one cell, as goodness-of-fit tests pool sparse cells: a
+    single label where the tagger's confusion is barely measured then cannot decide the test."""
+    n = counts.sum(axis=-1, keepdims=True)
+    pooled_x = np.where(rare, counts, 0).sum(axis=-1, keepdims=True)
+    pooled_p = np.where(rare, expected, 0).sum(axis=-1, keepdims=True)
+    x = np.concatenate([np.where(rare, 0, counts), pooled_x], axis=-1)
+    p = np.concatenate([np.where(rare, 0, expected) * np.ones_like(counts, dtype=float), pooled_p * np.ones_like(pooled_x, dtype=float)], axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(x > 0, x * np.log(x / (n * p)), 0.0)
+    return 2 * terms.sum(axis=-1)
+
+
+@dataclass
+class TestResult:
+    p: np.ndarray  # [N] Monte Carlo p-values, (1 + exceedances) / (1 + replicates)
+    replicates: np.ndarray  # [N] replicates each candidate's p-value rests on
+    q: np.ndarray  # [N] Benjamini-Hochberg adjusted
+
+
+def probe_test(counts: np.ndarray, q: np.ndarray, confusion: Confusion, rng: np.random.Generator,
+               passes: tuple[int, ...] = TEST_REPLICATES, fdr: float = 0.05) -> TestResult:
+    """H0: candidate i's labels are Multinomial(n_i, q_i C). Each replicate draws C from its posterior,
+    then labels from q_i C; the statistic is G against q_i C-hat. The first pass covers everyone;
+    later passes add replicates only where more could change a Benjamini-Hochberg decision at
+    `fdr`: candidates not rejected whose p-value is at its floor or within Monte Carlo error of the
+    cut (a rejected one stays rejected as its p-value falls), within a draw budget."""
+    from scipy.stats import false_discovery_control
+
+    C_hat = confusion.matrix()
+    expected = q @ C_hat
+    rare = counts.sum(axis=1, keepdims=True) * expected < 1.0  # [N, K] cells pooled, per candidate
+    observed = g_statistic(counts, expected, rare)
+    exceed = np.zeros(len(counts))
+    total = np.zeros(len(counts))
+    todo = np.arange(len(counts))
+    for i, reps in enumerate(passes):
+        if i:
+            todo = _undecided(exceed, total, fdr)
+            todo = todo[: max(1, TEST_DRAW_BUDGET // reps)] if len(todo) * reps > TEST_DRAW_BUDGET else todo
+            if not len(todo):
+                break
+        for part in np.array_split(todo, max(1, len(todo) // CHUNK)):
+            if len(part):
+                exceed[part] += _exceedances(counts[part], q[part], observed[part], expected[part], rare[part],
+                                             confusion, reps, rng)
+                total[part] += reps
+    p = (1 + exceed) / (1 + total)
+    return TestResult(p, total, false_discovery_control(p, method="bh"))
+
+
+def _undecided(exceed: np.ndarray, total: np.ndarray, fdr: float) -> np.ndarray:
+    """Candidates whose BH decision more replicates could still change."""
+    from scipy.stats import false_discovery_control
+
+    p = (1 + exceed) / (1 + total)
+    rejected = false_discovery_control(p, method="bh") <= fdr
+    ranks = np.sort(p)
+    passing = ranks <= fdr * np.arange(1, len(p) + 1) / len(p)
+    cut = ranks[np.flatnonzero(passing).max()] if passing.any() else fdr / len(p)
+    error = 3 * np.sqrt(p * (1 - p) / total) + 1 / (1 + total)
+    return np.flatnonzero(~rejected & (p - error <= cut))
+
+
+def _exceedances(counts, q, observed, expected, rare, confusion, reps, rng, block: int = 1000) -> np.ndarray:
+    """How many of `reps` null replicates reach each candidate's observed statistic."""
+    n = counts.sum(axis=1).astype(np.int64)
+    expected, rare = expected[:, None, :], rare[:, None, :]  # [c, 1, K]
+    hits = np.zeros(len(counts))
+    for start in range(0, reps, block):
+        size = min(block, reps - start)
+        Cs = confusion.draws(size, rng)  # [size, K, K] one confusion per replicate
+        null = np.einsum("ck,skl->csl", q, Cs, optimize=True)  # [c, size, K]
+        null /= null.sum(axis=2, keepdims=True)
+        draws = rng.multinomial(n[:, None], null)  # [c, size, K]
+        hits += (g_statistic(draws, expected, rare) >= observed[:, None] - 1e-9).sum(axis=1)
+    return hits

@@ -1,0 +1,219 @@
+"""Studies with a known truth: each candidate's true UPOS distribution, a probe that reads it through
+noise, a tagger's confusion, labels drawn through that confusion, written to a database through
+the project's own store functions. Used by the tests (small studies) and bench/verdict_coverage.py.
+
+The population (one draw per candidate): 45% one reading; 15% one reading with a little of a
+second (Beta(1, 12)); 32% two readings (Beta(2, 2) split); 8% three (Dirichlet(2, 2, 2)); and 6% of
+all with some mass outside the probe's classes (INTJ or SYM, Beta(1.5, 15)). The probe's logits are
+tau * log(pi + 0.03) plus Gaussian noise (tau uniform in [0.4, 1.6]), over the research probe's 15
+classes, kept when its max probability is under 0.95, as a scan keeps candidates. The tagger: per
+class accuracies around EWT's (0.40 for X to 0.99 for PUNCT), most errors on the classes it is
+usually confused with, a few spread over all; the confusion `analyze` gets is counted on a
+treebank-sized sample of words drawn from it (EWT dev's class sizes), as train-tagger measures one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from posresample.data import UPOS_IDS, UPOS_NAMES
+
+K = len(UPOS_NAMES)
+PROBE_CLASSES = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17]
+ROW_WORDS = dict(NOUN=4100, PUNCT=3000, VERB=2600, PRON=2200, ADP=2000, DET=1900, PROPN=1900, ADJ=1800, AUX=1500,
+                 ADV=1200, CCONJ=800, PART=600, NUM=400, SCONJ=400, X=150, SYM=100, INTJ=120)
+ACCURACY = dict(NOUN=0.93, PUNCT=0.99, VERB=0.92, PRON=0.97, ADP=0.95, DET=0.97, PROPN=0.85, ADJ=0.88, AUX=0.96,
+                ADV=0.88, CCONJ=0.99, PART=0.93, NUM=0.95, SCONJ=0.75, X=0.4, SYM=0.7, INTJ=0.8)
+CONFUSED_WITH = dict(NOUN=("PROPN", "ADJ", "VERB"), VERB=("NOUN", "AUX", "ADJ"), PRON=("DET", "PROPN"),
+                     ADP=("SCONJ", "ADV", "PART"), DET=("PRON", "ADV"), PROPN=("NOUN", "ADJ", "X"),
+                     ADJ=("NOUN", "VERB", "ADV", "PROPN"), AUX=("VERB",), ADV=("ADJ", "ADP", "SCONJ"), CCONJ=("ADV",),
+                     PART=("ADP", "ADV"), NUM=("NOUN", "PROPN"), SCONJ=("ADP", "ADV"), X=("NOUN", "PROPN", "INTJ"),
+                     SYM=("PUNCT", "NOUN"), INTJ=("PROPN", "NOUN", "X"), PUNCT=("SYM",))
+_WEIGHTS = np.array([ROW_WORDS.get(n, 0) for n in UPOS_NAMES], float)[PROBE_CLASSES]
+CLASS_FREQUENCY = _WEIGHTS / _WEIGHTS.sum()  # a reading's class, by treebank frequency
+
+
+def tagger_confusion() -> np.ndarray:
+    """The true confusion, [K, K] row-stochastic: P(the tagger says l | the word is t)."""
+    C = np.zeros((K, K))
+    for name, accuracy in ACCURACY.items():
+        t = UPOS_IDS[name]
+        C[t, t] = accuracy
+        others = CONFUSED_WITH[name]
+        weights = 0.5 ** np.arange(len(others))
+        for other, w in zip(others, weights / weights.sum()):
+            C[t, UPOS_IDS[other]] += (1 - accuracy) * 0.85 * w
+        C[t] += (1 - accuracy) * 0.15 / K
+    C[UPOS_IDS["_"], UPOS_IDS["_"]] = 1.0
+    return C / C.sum(axis=1, keepdims=True)
+
+
+def treebank_counts(C: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What measuring the tagger on EWT dev's words would count: [K, K] (no `_` row: UD splits them)."""
+    counts = np.zeros((K, K))
+    for name, n in ROW_WORDS.items():
+        counts[UPOS_IDS[name]] = rng.multinomial(n, C[UPOS_IDS[name]])
+    return counts
+
+
+def draw_truth(rng: np.random.Generator) -> np.ndarray:
+    pi = np.zeros(K)
+    first = PROBE_CLASSES[rng.choice(len(PROBE_CLASSES), p=CLASS_FREQUENCY)]
+    others = [c for c in PROBE_CLASSES if c != first]
+    u = rng.random()
+    if u < 0.45:
+        pi[first] = 1.0
+    elif u < 0.60:
+        e = rng.beta(1.0, 12.0)
+        pi[first], pi[rng.choice(others)] = 1 - e, e
+    elif u < 0.92:
+        w = rng.beta(2.0, 2.0)
+        pi[first], pi[rng.choice(others)] = w, 1 - w
+    else:
+        pi[rng.choice(PROBE_CLASSES, 3, replace=False)] = rng.dirichlet([2, 2, 2])
+    if rng.random() < 0.06:
+        e = rng.beta(1.5, 15.0)
+        pi *= 1 - e
+        pi[rng.choice([UPOS_IDS["INTJ"], UPOS_IDS["SYM"]])] += e
+    return pi
+
+
+def draw_probe(pi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    while True:
+        logits = np.full(K, -np.inf)
+        tau = rng.uniform(0.4, 1.6)
+        logits[PROBE_CLASSES] = tau * np.log(pi[PROBE_CLASSES] + 0.03) + rng.normal(0, 1.0, len(PROBE_CLASSES))
+        q = np.exp(logits - logits[PROBE_CLASSES].max())
+        q /= q.sum()
+        if q.max() < 0.95:
+            return q
+
+
+@dataclass
+class Study:
+    truth: np.ndarray  # [N, K] each candidate's true distribution
+    probe: np.ndarray  # [N, K] (zero outside PROBE_CLASSES)
+    labels: np.ndarray  # [N, num_samples] UPOS ids the tagger gave
+    confusion: np.ndarray  # [K, K] the true confusion
+    measured: np.ndarray  # [K, K] counts of a treebank measurement of it
+
+
+def draw_study(n: int, rng: np.random.Generator, num_samples: int = 96, calibrated: bool = False,
+               truth: np.ndarray | None = None, probe: np.ndarray | None = None, confusion: np.ndarray | None = None) -> Study:
+    """A study of n candidates; `calibrated`: the probe is the truth. Any part can be given."""
+    C = tagger_confusion() if confusion is None else confusion
+    if truth is None:
+        truth = np.stack([draw_truth(rng) for _ in range(n)])
+    if probe is None:
+        probe = truth.copy() if calibrated else np.stack([draw_probe(pi, rng) for pi in truth])
+    mixed = truth @ C
+    labels = np.stack([rng.choice(K, size=num_samples, p=row / row.sum()) for row in mixed])
+    return Study(truth, probe, labels, C, treebank_counts(C, rng))
+
+
+def population_truth(rng: np.random.Generator, n: int = 200_000) -> dict:
+    """The population's values of the statistics the coverage bench checks (a large Monte Carlo draw)."""
+    truth = np.stack([draw_truth(rng) for _ in range(n)])
+    return truth_values(truth, np.stack([draw_probe(pi, rng) for pi in truth]))
+
+
+def truth_values(truth: np.ndarray, probe: np.ndarray) -> dict:
+    ordered = np.sort(truth, axis=1)
+    ambiguous = ordered[:, -2] >= 0.10
+    dominant = (ordered[:, -1] >= 0.90) & ~ambiguous
+    agrees = truth.argmax(1) == probe.argmax(1)
+    return {"tv": float(0.5 * np.abs(truth - probe).sum(1).mean()),
+            "genuinely_ambiguous": float(ambiguous.mean()), "probe_underconfident": float((dominant & agrees).mean()),
+            "probe_wrong": float((dominant & ~agrees).mean()), "undetermined": float((~ambiguous & ~dominant).mean()),
+            "majority_is_probe_argmax": float(agrees.mean())}
+
+
+def planted_verdicts(truth: np.ndarray, probe: np.ndarray) -> list[str]:
+    ordered = np.sort(truth, axis=1)
+    out = []
+    for row, pi, q in zip(ordered, truth, probe):
+        if row[-2] >= 0.10:
+            out.append("genuinely_ambiguous")
+        elif row[-1] >= 0.90:
+            out.append("probe_underconfident" if pi.argmax() == q.argmax() else "probe_wrong")
+        else:
+            out.append("undetermined")
+    return out
+
+
+def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: str = "known",
+                texts: bool = True) -> None:
+    """The study as a database, through the project's own statements: a scan and its candidates
+    (store), each job claimed and completed (queue), the tagger registered with its measured
+    confusion and every completion labelled (label_store). Completions are ~70-character texts."""
+    from posresample import label_store, queue, store
+    from posresample.config import GenerationParams
+    from posresample.confusion import Confusion
+
+    n, num_samples = study.labels.shape
+    params = GenerationParams(model="/nonexistent/synthetic-model", num_samples=num_samples, max_new_tokens=16)
+    identity = dict(dataset="synthetic", split="validation", model="synthetic", layer=12, probe_sha256="0" * 64,
+                    threshold=0.95, excluded_labels=[UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]],
+                    dtype="float32", attn="eager")
+    extra = dict(probe_path="probe.joblib", probe_classes=PROBE_CLASSES, sentences_total=n)
+    scan, pid = store.open_scan(engine, name, identity, extra, params, owner="known-truth", lease_seconds=600)
+    rows = []
+    for i, (pi, q) in enumerate(zip(study.truth, study.probe)):
+        pred = int(q.argmax())
+        rows.append(dict(dataset_idx=i, sent_id=f"known-{i}", sentence_text=f"the sentence of candidate {i} goes on here .",
+                         target_position=4, target_token_id=7, target_token=" of", prefix_text="the sentence of",
+                         prefix_token_ids=[2, 5, 6, 7], true_label=int(pi.argmax()), true_label_name=UPOS_NAMES[int(pi.argmax())],
+                         probe_probs=[float(x) for x in q[PROBE_CLASSES]], probe_pred=pred, probe_pred_name=UPOS_NAMES[pred],
+                         probe_max_prob=float(q.max())))
+    for start in range(0, n, 1000):
+        store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0, owner="known-truth")
+    store.finish_scan(engine, scan["id"])
+    store.release_scan_lease(engine, scan["id"], "known-truth")
+    queue.register_worker(engine, "known:1:truth", "cpu", 600)
+    text = "{i} the model goes on with the sentence and then it stops somewhere near here" if texts else "c{i}"
+    while claimed := queue.claim_jobs(engine, "known:1:truth", 256, 600, 3):
+        for job in claimed:
+            queue.complete_job(engine, job, "known:1:truth", [
+                dict(sample_index=s, text=text.format(i=s), token_ids=[5 + s % 7] * 16, num_tokens=16, finish_reason="length")
+                for s in range(num_samples)])
+    confusion = None if tagger_counts is None else Confusion(tagger_counts, "known truth: a treebank-sized sample").to_json()
+    tagger_id = label_store.register_tagger(engine, {"name": "known", "spec": "known:", "library": "synthetic",
+                                                    "library_version": "0", "confusion": confusion})
+    job_of = _jobs_by_candidate(engine, scan["id"])
+    while jobs := label_store.claim_label_jobs(engine, tagger_id, "known:2:label", 256, 600, scan["id"]):
+        label_rows = []
+        for completion_id, candidate_index, sample in _completions(engine, jobs, job_of):
+            upos = int(study.labels[candidate_index, sample])
+            label_rows.append(dict(completion_id=completion_id, upos=upos, upos_name=UPOS_NAMES[upos], tag=None, word="of",
+                                   status="ok"))
+        label_store.write_labels(engine, tagger_id, "known:2:label", jobs, label_rows)
+    originals = [dict(candidate_id=cid, upos=int(study.truth[i].argmax()), upos_name=UPOS_NAMES[int(study.truth[i].argmax())],
+                      tag=None, word="of", status="ok") for i, cid in enumerate(sorted(job_of))]
+    label_store.write_candidate_labels(engine, tagger_id, originals)
+
+
+def _jobs_by_candidate(engine, scan_id: int) -> dict[int, int]:
+    from sqlalchemy import select
+
+    from posresample import db
+    from posresample.models import candidates, jobs
+
+    with db.read(engine) as conn:
+        return dict(conn.execute(select(candidates.c.id, jobs.c.id).join(jobs, jobs.c.candidate_id == candidates.c.id)
+                                 .where(candidates.c.scan_id == scan_id)).all())
+
+
+def _completions(engine, job_ids: list[int], job_of: dict[int, int]):
+    """(completion id, candidate index in the study, sample index) for the jobs' completions."""
+    from sqlalchemy import select
+
+    from posresample import db
+    from posresample.models import candidates, completions, jobs
+
+    with db.read(engine) as conn:
+        rows = conn.execute(select(completions.c.id, candidates.c.dataset_idx, completions.c.sample_index)
+                            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
+                            .where(completions.c.job_id.in_(job_ids))).all()
+    return rows
