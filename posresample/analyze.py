@@ -121,8 +121,16 @@ def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
 
 def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None, params_id: int | None = None,
             min_labelled: int = DEFAULT_MIN_LABELLED, seed: int = 0, with_examples: bool = True,
-            confusion: Confusion | None = None) -> Analysis:
+            confusion: Confusion | None = None, confusion_from: str | None = None) -> Analysis:
+    """`confusion`: the tagger's confusion as given (a file); `confusion_from`: measure it against
+    that annotator's labels on these completions (human:NAME) instead of the treebank's."""
+    from . import agreement
+
     scan, params, tagger, cands, per_candidate, original = load(engine, scan_name, tagger_name, params_id)
+    if confusion_from is not None:
+        if confusion is not None:
+            raise ConfigError("give either --tagger-confusion or --confusion-from, not both")
+        confusion = agreement.confusion_from(engine, scan["id"], params["id"], tagger, confusion_from)
     kept = [c for c in cands if per_candidate.get(c["id"], np.zeros(K)).sum() >= min_labelled]
     if not kept:
         raise DatabaseError(f"no candidate of scan {scan['name']!r} has {min_labelled} or more labelled completions "
@@ -156,6 +164,7 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
         "candidates_in_scan": len(cands), "candidates_analysed": len(kept), "min_labelled": min_labelled,
         "labels_analysed": int(n.sum()), "kl_smoothing": metrics.KL_EPSILON, "prior_source": prior_source,
         "breakdowns": {key: breakdown(rows, key, p, q, true, classes) for key in ("true_label", "probe_top2")},
+        "human_labels": agreement.summary(engine, scan["id"], params["id"], tagger),
     }
     examples = load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {}
     return Analysis(scan, params["id"], tagger, min_labelled, rows, summary, q, p, fixed.point, examples)

@@ -71,10 +71,11 @@ def build_queue(engine, scan_id: int, params_id: int, sample: int, overlap: floa
             raise DatabaseError("this scan has no sampled completions to label: run `cli.py worker` first")
         picked = _stratified([p for p in pool if p["completion_id"] not in taken], sample - have, seed)
         rng = np.random.default_rng(seed + 1)
+        now = conn.execute(select(db_now())).scalar_one()
         top = conn.execute(select(func.coalesce(func.max(annotation_items.c.rank), 0)).where(
             annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalar_one()
         rows = [dict(scan_id=scan_id, params_id=params_id, completion_id=p["completion_id"], rank=top + 1 + i,
-                     overlap=bool(rng.random() < overlap), reason=p["reason"], created_at=db_now())
+                     overlap=bool(rng.random() < overlap), reason=p["reason"], created_at=now)
                 for i, p in enumerate(picked)]
         if rows:
             conn.execute(insert(annotation_items), rows)
@@ -137,24 +138,17 @@ def _answered(tagger_id: int):
     return exists().where(labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id == tagger_id)
 
 
-def _taken_by_others(tagger_id: int):
-    """Answered or held (live lease) by another annotator."""
-    other_answer = exists().where(labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id != tagger_id,
-                                  labels.c.tagger_id.in_(select(taggers.c.id).where(taggers.c.name.like("human:%"))))
-    other_lease = exists().where(annotation_leases.c.item_id == annotation_items.c.id,
-                                 annotation_leases.c.tagger_id != tagger_id, annotation_leases.c.expires_at >= db_now())
-    return or_(other_answer, other_lease)
+def _held_by_others(tagger_id: int):
+    """Another annotator has the item on screen now (a live lease)."""
+    return exists().where(annotation_leases.c.item_id == annotation_items.c.id,
+                          annotation_leases.c.tagger_id != tagger_id, annotation_leases.c.expires_at >= db_now())
 
 
-def _other_annotators(tagger_id: int):
-    """How many other annotators answered or hold the item."""
-    answers = select(func.count()).select_from(labels).where(
+def _answers_by_others(tagger_id: int):
+    """How many other annotators answered the item."""
+    return select(func.count()).select_from(labels).where(
         labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id != tagger_id,
         labels.c.tagger_id.in_(select(taggers.c.id).where(taggers.c.name.like("human:%")))).scalar_subquery()
-    leases = select(func.count()).select_from(annotation_leases).where(
-        annotation_leases.c.item_id == annotation_items.c.id, annotation_leases.c.tagger_id != tagger_id,
-        annotation_leases.c.expires_at >= db_now()).scalar_subquery()
-    return answers + leases
 
 
 def next_item(engine, scan_id: int, params_id: int, tagger_id: int, owner: str) -> Item | None:
@@ -163,7 +157,9 @@ def next_item(engine, scan_id: int, params_id: int, tagger_id: int, owner: str) 
     mine = and_(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id, ~_answered(tagger_id))
     held = exists().where(annotation_leases.c.item_id == annotation_items.c.id, annotation_leases.c.tagger_id == tagger_id,
                           annotation_leases.c.expires_at >= db_now())
-    free = or_(~_taken_by_others(tagger_id), and_(annotation_items.c.overlap, _other_annotators(tagger_id) < 2))
+    # never on two screens at once; answered by nobody else, or by one other when it is an overlap item
+    others = _answers_by_others(tagger_id)
+    free = and_(~_held_by_others(tagger_id), or_(others == 0, and_(annotation_items.c.overlap, others == 1)))
     with write(engine) as conn:
         item_id = conn.execute(select(annotation_items.c.id).where(mine, held).order_by(annotation_items.c.rank).limit(1)).scalar()
         if item_id is None:
@@ -216,12 +212,22 @@ def undo(engine, item_id: int, tagger_id: int, owner: str) -> bool:
     with write(engine) as conn:
         completion = conn.execute(select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)).scalar()
         removed = conn.execute(delete(labels).where(labels.c.completion_id == completion, labels.c.tagger_id == tagger_id)).rowcount
-        if removed:
-            conn.execute(delete(annotation_leases).where(annotation_leases.c.item_id == item_id,
-                                                         annotation_leases.c.tagger_id == tagger_id))
+        if removed:  # the undone item is shown next: the one on screen goes back
+            conn.execute(delete(annotation_leases).where(annotation_leases.c.tagger_id == tagger_id))
             conn.execute(insert(annotation_leases).values(item_id=item_id, tagger_id=tagger_id, owner=owner,
                                                           expires_at=db_now() + LEASE_SECONDS))
         return bool(removed)
+
+
+def undo_last(engine, scan_id: int, params_id: int, tagger_id: int, owner: str) -> bool:
+    """Take back this annotator's most recent answer in this queue (across restarts: the labels row
+    with the highest id). False: they have none."""
+    with read(engine) as conn:
+        item_id = conn.execute(
+            select(annotation_items.c.id).join(labels, labels.c.completion_id == annotation_items.c.completion_id)
+            .where(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id,
+                   labels.c.tagger_id == tagger_id).order_by(labels.c.id.desc()).limit(1)).scalar()
+    return item_id is not None and undo(engine, item_id, tagger_id, owner)
 
 
 def release(engine, tagger_id: int, owner: str) -> None:

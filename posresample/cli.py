@@ -97,7 +97,7 @@ def db_retry_option(func):
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("alembic", "httpx", "urllib3", "filelock", "spacy", "matplotlib", "PIL"):
+    for noisy in ("alembic", "httpx", "urllib3", "filelock", "spacy", "matplotlib", "PIL", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -490,11 +490,14 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
 @click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
 @click.option("--tagger-confusion", "confusion_file", default=None, type=click.Path(dir_okay=False),
               help="The tagger's confusion as JSON counts, true UPOS -> tagger's UPOS [default: the one stored with the tagger].")
+@click.option("--confusion-from", "confusion_from", default=None,
+              help="Correct with the tagger's confusion against an annotator's labels on these completions (human:NAME).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the bootstraps, tests and draws.")
 @click.option("--distill", "distill_sidecar", default=None, type=click.Path(dir_okay=False),
               help="A distilled probe's sidecar JSON: its cross-validation joins the report.")
 @db_option
-def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_file, seed, distill_sidecar, db_url):
+def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_file, confusion_from, seed, distill_sidecar,
+            db_url):
     """Say, per uncertain token and for the study, whether the word is genuinely ambiguous.
 
     Corrects the labels for the tagger's confusion and the sampling noise: per candidate a
@@ -508,6 +511,7 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
     Examples:
         python cli.py analyze --tagger ewt -o report/
         python cli.py analyze --tagger ewt --tagger-confusion confusion.json -o report/
+        python cli.py analyze --tagger ewt --confusion-from human:ana -o report/
     """
     from . import db as dbmod
     from .analyze import analyze as run_analyze
@@ -520,7 +524,8 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
     confusion = load_confusion_file(confusion_file) if confusion_file else None
     engine = open_engine(db_url, must_exist=True)
     dbmod.ensure_schema(engine, migrate=False)
-    result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed, confusion=confusion)
+    result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed, confusion=confusion,
+                         confusion_from=confusion_from)
     paths = write_report(result, output, distill)
     click.echo(result.summary["headline"])
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]
@@ -604,6 +609,96 @@ def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
         click.echo(f"{name} ({result.sources[name]}): UPOS accuracy {acc['gold_tokens']:.4f} on gold tokens, "
                    f"{acc['raw_text']:.4f} on raw text ({acc['words']} words)")
     click.echo(f"wrote {result.model_dir} and {result.sidecar}; use it as --tagger spacy:{result.model_dir}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--annotator", required=True, help="Your name: the answers are labels of the tagger human:NAME.")
+@click.option("--scan", "scan_name", default=None, help="Scan whose completions to label (needed when there are several).")
+@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
+@click.option("--sample", default=300, show_default=True, type=COUNT, help="Completions in the queue (a later run can grow it).")
+@click.option("--overlap", default=0.0, show_default=True, type=FiniteFloat(0, 100),
+              help="Percent of the queue's items that go to a second annotator too (for agreement).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond localhost needs --token).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.option("--token", default=None, help="A secret the page must be opened with (?token=...); required beyond localhost.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the sample.")
+@db_option
+def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token, seed, db_url):
+    """Label the target word of sampled completions by hand, in a local web page.
+
+    Serves a page that shows one completion at a time (the prefix, the model's continuation, the
+    target highlighted) with a button and a key per UPOS tag, "can't tell" and "not a word here",
+    and undo. Each answer is stored at once as a label of the tagger human:NAME; a restart resumes;
+    several annotators at once never get the same item (unless --overlap asks for it). The queue
+    puts first the completions whose machine label differs from the probe's argmax or whose span
+    was odd. `analyze` then measures the tagger against the human labels.
+
+    \b
+    Example:
+        python cli.py annotate --annotator ana --sample 300 --overlap 10
+    """
+    import ipaddress
+    import socket
+
+    from . import annotate as ann
+    from .annotate_app import create_app
+    from .store import pick_params, pick_scan
+
+    tagger = ann.tagger_name(annotator)  # every input is checked before anything is written
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        raise click.BadParameter(f"{host!r} is not an address to listen on", param_hint="--host") from None
+    if not loopback and not token:
+        raise DatabaseError(f"listening on {host} exposes the page beyond this machine: pass --token SECRET too")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise DatabaseError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port") from None
+    engine = open_engine(db_url, must_exist=True, schema=True)
+    from . import db as dbmod
+
+    with dbmod.read(engine) as conn:
+        scan = pick_scan(conn, scan_name)
+        params = pick_params(conn, scan["id"], params_id)
+    total = ann.build_queue(engine, scan["id"], params["id"], sample, overlap / 100, seed)
+    tagger_id = ann.register_annotator(engine, annotator)
+    owner = new_owner()
+    decode = _decoder(params["model"])
+    app = create_app(engine, scan, params["id"], tagger_id, annotator, owner, decode, token)
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, app, threaded=True)  # listening from here: the URL is good when printed
+    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    click.echo(f"labelling {total} completions of scan {scan['name']!r} as {tagger}: open {url} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ann.release(engine, tagger_id, owner)
+        click.echo("stopped; every answer given is stored", err=True)
+
+
+def new_owner() -> str:
+    from .queue import new_worker_id
+
+    return new_worker_id()
+
+
+def _decoder(model: str):
+    """decode(ids) with the model's tokenizer, for the exact text and span; None where it is not here."""
+    from .errors import ModelError
+    from .modeling import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(model)
+    except ModelError:
+        log.warning("the tokenizer of %s is not here: completions are shown as stored, without the exact span", model)
+        return None
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 @cli.command("evaluate-tagger", context_settings=CONTEXT)

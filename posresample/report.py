@@ -322,6 +322,29 @@ def raw_html(s: dict) -> str:
     return _table(rows, "summary")
 
 
+def human_html(h: dict | None) -> str:
+    """The tagger against people on the completions themselves, and people against each other."""
+    if not h:
+        return ""
+    e = html.escape
+    treebank = h.get("tagger_treebank_accuracy") or {}
+    dev = (treebank.get("dev") or {}).get("raw_text") if isinstance(treebank, dict) else None
+    rows = []
+    for name, t in h["tagger_on_completions"].items():
+        acc = _fmt(t["accuracy"]) if t["accuracy"] else "-"
+        top = sorted(((tr, tg, n) for tr, row in t["confusion"].items() for tg, n in row.items() if tr != tg), key=lambda x: -x[2])[:5]
+        rows.append(f"<tr><td>{e(name)}</td><td>{t['completions']}</td><td>{t['right']}</td><td>{acc}</td>"
+                    f"<td>{'-' if dev is None else f'{dev:.3f}'}</td><td>{e(', '.join(f'{a}->{b} {n}' for a, b, n in top)) or '-'}</td></tr>")
+    kappas = "".join(f"<tr><td>{e(' / '.join(k['annotators']))}</td><td>{k['completions']}</td><td>{k['agree']}</td>"
+                     f"<td>{k['kappa']:.3f}</td></tr>" for k in h["kappa"])
+    return (f"<h2>Human labels</h2><p>Tagger {e(h['tagger'])} against people on the same completions (the person taken "
+            "as the truth; completions both labelled with a UPOS), beside its accuracy on the treebank's raw text.</p>"
+            "<table id=\"human\"><tr><th>annotator</th><th>completions</th><th>tagger right</th><th>accuracy on completions "
+            "(95% CI)</th><th>accuracy on treebank dev</th><th>most frequent confusions</th></tr>" + "".join(rows) + "</table>"
+            + (f"<table id=\"kappa\"><tr><th>annotators</th><th>completions in common</th><th>agree</th><th>Cohen's kappa</th></tr>"
+               f"{kappas}</table>" if kappas else ""))
+
+
 def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
     s = a.summary
     e = html.escape
@@ -342,7 +365,7 @@ def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
         corrected=corrected_html(s), raw=raw_html(s),
         fitted=f"{b['fitted_temperature']:.3g}", fit_n=b["fit_candidates"], test_n=b["scored_candidates"],
         baselines=baseline_rows, breakdowns="".join(_breakdown_table(k, rows) for k, rows in s["breakdowns"].items()),
-        images=images, examples=EXAMPLES_PER_LABEL, extra=extra,
+        images=images, examples=EXAMPLES_PER_LABEL, extra=human_html(s.get("human_labels")) + extra,
         header="".join(f'<th data-key="{k}">{e(k)}</th>' for k in TABLE_FIELDS),
         rows=packed(table_rows), samples=packed({str(k): v for k, v in a.examples.items()}),
         upos=json_for_script(list(UPOS_NAMES)))

@@ -1,0 +1,105 @@
+"""Human labels in the analysis and the export, on SQLite and PostgreSQL, against counts made by hand:
+the tagger's confusion and accuracy on the completions, Cohen's kappa, correcting with that
+confusion, and the human labels analysed like any tagger's."""
+
+import json
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from posresample import annotate, db
+from posresample.analyze import analyze
+from posresample.data import UPOS_IDS
+from posresample.export import export
+from posresample.models import annotation_items, completions, labels, taggers
+from tests.known_truth import K, draw_study, write_study
+
+
+@pytest.fixture
+def labelled(engine):
+    """20 candidates x 4 completions; the machine tagger says NOUN for the first candidates' words."""
+    truth = np.zeros((20, K))
+    truth[:, UPOS_IDS["NOUN"]] = 1.0
+    probe = np.full((20, K), 0.0)
+    probe[:, [UPOS_IDS["NOUN"], UPOS_IDS["VERB"]]] = [0.6, 0.4]
+    study = draw_study(20, np.random.default_rng(0), num_samples=4, truth=truth, probe=probe, confusion=np.eye(K))
+    write_study(engine, study, study.measured)
+    annotate.build_queue(engine, 1, 1, sample=80, overlap=0.0)
+    return engine
+
+
+def completion_ids(engine, n):
+    with db.read(engine) as conn:
+        return conn.execute(select(annotation_items.c.id, annotation_items.c.completion_id)
+                            .order_by(annotation_items.c.rank).limit(n)).all()
+
+
+def give(engine, annotator, items, answers):
+    tagger_id = annotate.register_annotator(engine, annotator)
+    for (item_id, _), answer in zip(items, answers):
+        if answer in ("unsure", "no_span"):
+            annotate.answer(engine, item_id, tagger_id, None, answer)
+        else:
+            annotate.answer(engine, item_id, tagger_id, UPOS_IDS[answer], "ok")
+    return tagger_id
+
+
+def test_confusion_accuracy_and_kappa_on_completions_by_hand(labelled, tmp_path):
+    engine = labelled
+    items = completion_ids(engine, 10)
+    # the machine said NOUN for all ten (identity tagger on one-reading NOUN truths)
+    ana = ["NOUN", "NOUN", "NOUN", "NOUN", "NOUN", "NOUN", "VERB", "VERB", "ADJ", "unsure"]
+    bob = ["NOUN", "NOUN", "NOUN", "VERB", "NOUN", "NOUN", "VERB", "ADJ", "ADJ", "NOUN"]
+    give(engine, "ana", items, ana)
+    give(engine, "bob", items, bob)
+    h = analyze(engine, min_labelled=1, tagger_name="known", with_examples=False).summary["human_labels"]
+    on = h["tagger_on_completions"]["human:ana"]
+    assert on["completions"] == 9 and on["right"] == 6 and on["human_unsure"] == 1  # 6 NOUN of 9 with a UPOS
+    assert on["confusion"] == {"NOUN": {"NOUN": 6}, "VERB": {"NOUN": 2}, "ADJ": {"NOUN": 1}}
+    from scipy.stats import beta
+
+    assert on["accuracy"]["share"] == pytest.approx(6 / 9)
+    assert on["accuracy"]["ci95"] == pytest.approx([beta.ppf(0.025, 6.5, 3.5), beta.ppf(0.975, 6.5, 3.5)])
+    [k] = h["kappa"]
+    assert k["annotators"] == ["human:ana", "human:bob"] and k["completions"] == 10 and k["agree"] == 7
+    # by hand: categories NOUN, VERB, ADJ, unsure; p_o = 7/10; ana's margins 6, 2, 1, 1; bob's 6, 2, 2, 0
+    p_e = (6 * 6 + 2 * 2 + 1 * 2 + 1 * 0) / 100
+    assert k["kappa"] == pytest.approx((0.7 - p_e) / (1 - p_e))
+
+
+def test_correcting_with_the_confusion_on_completions_and_analysing_the_people(labelled):
+    engine = labelled
+    items = completion_ids(engine, 8)
+    give(engine, "ana", items, ["NOUN"] * 6 + ["VERB"] * 2)
+    a = analyze(engine, min_labelled=1, tagger_name="known", confusion_from="human:ana", with_examples=False)
+    source = a.summary["corrected"]["confusion"]["source"]
+    assert source.startswith("known against human:ana on 8 completions")
+    people = analyze(engine, min_labelled=1, tagger_name="human:ana", with_examples=False)
+    assert people.summary["labels_analysed"] == 8 and people.summary["corrected"]["confusion"]["exact"]
+    from posresample.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no annotator 'human:nobody'"):
+        analyze(engine, min_labelled=1, tagger_name="known", confusion_from="human:nobody")
+
+
+def test_export_carries_human_labels_like_a_taggers(labelled, tmp_path):
+    engine = labelled
+    items = completion_ids(engine, 3)
+    give(engine, "ana", items, ["VERB", "unsure", "NOUN"])
+    out = tmp_path / "x.jsonl"
+    export(engine, str(out), progress=False)
+    lines = out.read_text().splitlines()
+    meta, records = json.loads(lines[0])["metadata"], [json.loads(line) for line in lines[1:]]
+    assert [t["name"] for t in meta["taggers"]] == ["known", "human:ana"]
+    wanted = {cid for _, cid in items}
+    with db.read(engine) as conn:  # where each labelled completion sits in the export
+        where = {cid: (job, index) for cid, job, index in conn.execute(
+            select(completions.c.id, completions.c.job_id, completions.c.sample_index).where(completions.c.id.in_(wanted)))}
+    by_job = {r["job_id"]: r["completions"] for r in records}
+    human = {cid: by_job[job][index]["upos"].get("human:ana", "absent") for cid, (job, index) in where.items()}
+    assert sorted(human.values(), key=str) == sorted(["VERB", None, "NOUN"], key=str)
+    with db.read(engine) as conn:
+        rows = conn.execute(select(labels.c.status).join(taggers, taggers.c.id == labels.c.tagger_id)
+                            .where(taggers.c.name == "human:ana")).scalars().all()
+    assert sorted(rows) == ["ok", "ok", "unsure"]
