@@ -85,7 +85,7 @@ def seed_queue(url: str, total: int, todo: int) -> None:
         seed_scan(conn, per, 100)
         conn.execute(text(
             "INSERT INTO jobs (candidate_id, params_id, state, priority, attempt, created_at) "
-            f"SELECT c.id, p.id, 'done', 0, 1, 0 FROM candidates c CROSS JOIN generation_params p"))
+            "SELECT c.id, p.id, 'done', 0, 1, 0 FROM candidates c CROSS JOIN generation_params p"))
         conn.execute(text(f"UPDATE jobs SET state = 'todo', attempt = 0 WHERE id > {total - todo}"))
     with engine.connect() as conn:
         conn.execute(text("ANALYZE"))

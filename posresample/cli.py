@@ -239,7 +239,6 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
         if ctx.obj.get("verbose"):
             argv = ["-v", *argv]
         raise SystemExit(Supervisor(argv, parse_devices(devices), max_restarts).run())
-    from . import db
     from .modeling import pick_device
     from .worker import Worker, WorkerOptions
 

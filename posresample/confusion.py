@@ -17,7 +17,6 @@ counts.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
@@ -112,11 +111,6 @@ def parse_confusion(data, where: str) -> Confusion:
 
 
 def load_confusion_file(path: str) -> Confusion:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read confusion file {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"confusion file {path} is not JSON: {exc}") from None
-    return parse_confusion(data, path)
+    from .jsonfile import read_json
+
+    return parse_confusion(read_json(path, "confusion file", ConfigError), path)

@@ -99,13 +99,9 @@ def packed(value) -> str:
 
 def load_distill_sidecar(path: str) -> dict:
     """A distilled probe's sidecar, read and checked before any analysis: one line on anything wrong."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except OSError as exc:
-        raise ReportError(f"cannot read distill sidecar {path}: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(f"distill sidecar {path} is not JSON ({exc}): give the .json that `cli.py distill` wrote") from None
+    from .jsonfile import read_json
+
+    meta = read_json(path, "distill sidecar", ReportError, ": give the .json that `cli.py distill` wrote")
     _check(isinstance(meta, dict), path, "is not a JSON object")
     cv, data = meta.get("cross_validation"), meta.get("training_data")
     _check(isinstance(cv, dict) and isinstance(data, dict), path, "has no cross_validation and training_data")

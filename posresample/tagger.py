@@ -8,7 +8,6 @@ installed pipeline package (`spacy:en_core_web_trf`, as the original study used)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,14 +53,12 @@ def sidecar_path(folder: str) -> str:
 
 def read_sidecar(folder: str) -> dict:
     """train-tagger's sidecar JSON beside the folder ({} when there is none); a malformed one is refused."""
+    from .jsonfile import read_json
+
     path = sidecar_path(folder)
     if not os.path.isfile(path):
         return {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TaggerError(f"cannot read tagger sidecar {path}: {exc}") from None
+    meta = read_json(path, "tagger sidecar", TaggerError)
     if not isinstance(meta, dict):
         raise TaggerError(f"tagger sidecar {path} is not a JSON object")
     return meta

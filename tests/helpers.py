@@ -125,3 +125,19 @@ def seed_labelled(engine, true_dists, probe_dists, classes, num_samples: int = 9
         conn.execute(insert(candidate_labels), [dict(candidate_id=cid, tagger_id=tagger_id, upos=int(np.argmax(t)),
                                                      upos_name=UPOS_NAMES[int(np.argmax(t))], word="w", status="ok")
                                                 for cid, t in zip(cand_ids, true_dists)])
+
+
+def lock_timeout_engine(url: str, seconds: int = 2):
+    """An engine whose sessions give up on a row lock after `seconds` (PostgreSQL): a claim that would
+    block on a locked row errors instead of waiting, so a test sees the difference."""
+    from sqlalchemy import event
+
+    strict = db.make_engine(url, check=False)
+
+    @event.listens_for(strict, "connect")
+    def _lock_timeout(dbapi_conn, _record):
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"set lock_timeout = '{seconds}s'")
+        dbapi_conn.commit()
+
+    return strict

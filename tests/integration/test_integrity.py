@@ -13,7 +13,7 @@ from posresample.label import LabelOptions, run_label
 from posresample.models import labels, taggers
 from tests.acceptance.test_workers import outage
 from tests.helpers import cli_cmd
-from tests.integration.test_label import count, sampled  # noqa: F401 (fixture)
+from tests.integration.test_label import count
 
 
 def tables(url):
@@ -81,18 +81,18 @@ def test_label_on_an_empty_file_creates_no_schema(tmp_path, tiny_tagger):
     assert path.read_bytes() == b""
 
 
-def test_a_malformed_tagger_sidecar_is_one_line_and_nothing_is_written(sampled, db_url, tiny_tagger, tmp_path):  # noqa: F811
+def test_a_malformed_tagger_sidecar_is_one_line_and_nothing_is_written(sampled, db_url, tiny_tagger, tmp_path):
     import shutil
 
     broken = tmp_path / "broken-tagger"
     shutil.copytree(tiny_tagger, broken)
     (tmp_path / "broken-tagger.json").write_text("{ not json")
     one_error(run_cli("label", "--db", db_url, "--tagger", f"spacy:{broken}", "--no-progress"),
-              "cannot read tagger sidecar .*broken-tagger.json")
+              "tagger sidecar .*broken-tagger.json is not JSON")
     assert count(sampled, taggers) == 0
 
 
-def test_two_taggers_of_one_name_are_refused(sampled, tiny_tagger, tmp_path):  # noqa: F811
+def test_two_taggers_of_one_name_are_refused(sampled, tiny_tagger, tmp_path):
     """Same name, other files: outputs are keyed by name, so the second is refused (not merged)."""
     import shutil
 
@@ -133,7 +133,6 @@ def test_the_migration_renames_taggers_that_share_a_name(db_url):
 def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer,
                                                          tiny_tagger):
     """Issue 20.7: a transaction holding one label_leases row must not block other label processes."""
-    from sqlalchemy import event
 
     from posresample.scan import run_scan
     from posresample.tagger import load_tagger
@@ -148,13 +147,9 @@ def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_p
     frozen = engine.connect()
     frozen.begin()
     frozen.execute(text("SELECT job_id FROM label_leases WHERE job_id = :j FOR UPDATE"), {"j": stale})
-    strict = db.make_engine(pg_url, check=False)
+    from tests.helpers import lock_timeout_engine
 
-    @event.listens_for(strict, "connect")
-    def _lock_timeout(dbapi_conn, _record):
-        with dbapi_conn.cursor() as cur:
-            cur.execute("set lock_timeout = '2s'")  # a blocked claim errors instead of waiting
-        dbapi_conn.commit()
+    strict = lock_timeout_engine(pg_url)  # a blocked claim errors instead of waiting
 
     try:
         claimed = label_store.claim_label_jobs(strict, tagger_id, "live:2:y", 10, lease_seconds=30)
@@ -167,7 +162,7 @@ def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_p
     engine.dispose()
 
 
-def test_label_rides_out_an_outage_at_start_up(sampled, db_url, tiny_tagger, tmp_path):  # noqa: F811
+def test_label_rides_out_an_outage_at_start_up(sampled, db_url, tiny_tagger, tmp_path):
     """Issue 20.6: a held SQLite lock, or a PostgreSQL that refuses connections, when label starts."""
     log = tmp_path / "label.log"
     sampled.dispose()
@@ -187,7 +182,7 @@ def test_label_rides_out_an_outage_at_start_up(sampled, db_url, tiny_tagger, tmp
     assert "48 completions labelled now" in log.read_text() and count(sampled, labels) == 48
 
 
-def test_a_labeller_retries_a_transient_error(sampled, tiny_tagger, monkeypatch):  # noqa: F811
+def test_a_labeller_retries_a_transient_error(sampled, tiny_tagger, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
     real, failures = label_store.write_labels, []

@@ -11,17 +11,7 @@ from posresample.errors import DatabaseError
 from posresample.export import export
 from posresample.label import LabelOptions, run_label
 from posresample.models import candidate_labels, candidates, completions, label_leases, labels
-from posresample.scan import run_scan
 from tests.helpers import cli_cmd
-from tests.integration.test_pipeline import options, run_worker
-
-
-@pytest.fixture
-def sampled(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer):
-    """6 candidates x 8 completions, sampled."""
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=6), progress=False)
-    run_worker(engine, tiny_model, tokenizer)
-    return engine
 
 
 def count(engine, table):

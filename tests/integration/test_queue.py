@@ -167,15 +167,9 @@ def test_a_locked_exhausted_job_does_not_stall_claims(pg_url):
     frozen = engine.connect()
     frozen.begin()
     frozen.execute(text("select id from jobs where id = :i for update"), {"i": stuck.id})
-    from sqlalchemy import event
+    from tests.helpers import lock_timeout_engine
 
-    strict = db.make_engine(pg_url, check=False)
-
-    @event.listens_for(strict, "connect")
-    def _lock_timeout(dbapi_conn, _record):
-        with dbapi_conn.cursor() as cur:
-            cur.execute("set lock_timeout = '2s'")  # a blocked claim errors instead of waiting
-        dbapi_conn.commit()
+    strict = lock_timeout_engine(pg_url)  # a blocked claim errors instead of waiting
 
     claimed = queue.claim_jobs(strict, register(strict, "other"), 2, 60, 1)
     assert len(claimed) == 2 and stuck.id not in {j.id for j in claimed}
