@@ -222,3 +222,26 @@ def test_a_truncated_checkpoint_stops_the_worker_in_one_line(engine, db_url, tin
     proc = run_cli("worker", "--db", db_url, "--device", "cpu", "--no-progress")
     one_error(proc, f"cannot load model {model}: .*(incomplete|deserializ)")
     assert job_states(engine) == {"todo": 3}
+
+
+def test_a_worker_rides_out_an_outage_at_start_up(engine, db_url, tmp_path):
+    """Issue 20.6: a held SQLite lock (or PostgreSQL refusing connections) when the worker starts."""
+    import os
+
+    from tests.acceptance.test_workers import wait_for
+    from tests.helpers import job_states, seed_jobs, start_worker
+
+    seed_jobs(engine, 6, num_samples=2, max_new_tokens=2)
+    engine.dispose()
+    log = tmp_path / "w.log"
+    end = outage(engine, db_url)
+    try:
+        worker = start_worker(db_url, "--fake-sampler", "--db-retry-seconds", "120", log_path=log,
+                              env={"POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"})
+        wait_for(lambda: "database unavailable" in log.read_text(), what="the worker to meet the outage")
+        assert worker.poll() is None  # alive, retrying
+    finally:
+        end()
+    assert worker.wait(timeout=600) == 0, log.read_text()
+    assert job_states(engine) == {"done": 6}
+    assert os.path.exists(log)
