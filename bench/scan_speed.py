@@ -46,12 +46,15 @@ def main() -> None:
     budget = Budget(args.seconds)
     threads = set_threads(args, torch.device(args.device).type)
 
+    layer = args.layer if args.layer is not None else (12 if args.config == "gemma-2-2b" else 2)
+    device = torch.device(args.device)
+    # the header first: a step cut by its cap while the tokenizer trains still says what it was
+    emit(f"# {args.config}, layer {layer}, {machine(device)}, {threads} CPU threads, torch {torch.__version__}, "
+         f"{time.strftime('%Y-%m-%d')}")
     work = tempfile.mkdtemp(prefix="scan-bench-")
     train = [s.text for s in read_conllu(os.path.join(args.ewt, "en_ewt-ud-train.conllu"))]
     tokenizer = tiny.build_tokenizer(os.path.join(work, "model"), vocab_size=32000, texts=train)
     config = tiny.gemma2_2b_config() if args.config == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=32000)
-    layer = args.layer if args.layer is not None else (12 if args.config == "gemma-2-2b" else 2)
-    device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = tiny.build_model(config, seed=0, dtype=dtype, device=device).eval()
 
@@ -87,8 +90,6 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     n = result.scan["sentences_done"]
     tokens = result.scan["tokens_seen"]
-    emit(f"# {args.config}, layer {layer}, {machine(device)}, {threads} CPU threads, torch {torch.__version__}, "
-         f"{time.strftime('%Y-%m-%d')}")
     emit(f"{n} sentences, {tokens} labelled tokens, {result.candidates} candidates in {seconds:.1f} s "
          f"({n / seconds:.0f} sentences/s; all {result.scan['sentences_total']} at this rate: "
          f"{result.scan['sentences_total'] * seconds / max(n, 1):.1f} s), model built in memory, its load not included")

@@ -11,7 +11,7 @@ E[f(pi_i, q_i) | labels_i], and their mean estimates the population mean of f wi
 bias (the posterior means average to G's own mean of f: Robbins, Efron's "g-modeling").
 
 Atoms live in each candidate's probe-rank frame (rank 1 = the probe's argmax), so that G can learn
-how the truth relates to the probe's ranking: the vertices, two-label mixtures on a 1/50 grid over
+how the truth relates to the probe's ranking: the vertices, two-label mixtures on a grid of 50 bin midpoints over
 the top ranks (and the labels outside the probe's classes), the candidates' own sparsified
 maximum-likelihood estimates, and "the probe itself, recalibrated" (q^(1/T) for a few T), a
 candidate-specific atom that lets a calibrated probe be recognised as one. Intervals: percentile
@@ -25,10 +25,12 @@ from dataclasses import dataclass
 import numpy as np
 
 K = 18
-GRID = 50  # two-label atoms at shares 1/50 .. 49/50
+GRID = 50  # two-label atoms at the midpoints of 50 bins: 0.01, 0.03, .. 0.99
+# No atom lies on a verdict threshold (second label 0.10, first 0.90): an atom there would stand for
+# the truths on both sides of it and count them all on one (which side, rounding decides).
 FIRST_RANKS = 3  # two-label atoms: the first label at one of the probe's first 3 ranks, the second at any
 TOP_RANKS = 6  # ... and every pair of the first 6 ranks
-TRIPLE_RANKS, TRIPLE_GRID = 4, 10  # three-label atoms over the first 4 ranks, shares in tenths
+TRIPLE_RANKS, TRIPLE_GRID = 4, 12  # three-label atoms over the first 4 ranks, shares in twelfths (none at 0.10)
 EXEMPLARS = 2000  # candidates' own estimates used as atoms, at most
 EXEMPLAR_FLOOR = 0.05  # an exemplar's components below this are dropped (noise would make them spread)
 PROBE_TEMPERATURES = (0.5, 0.7, 1.0, 1.4, 2.0)  # the probe recalibrated, as candidate-specific atoms
@@ -50,7 +52,7 @@ def rank_order(q: np.ndarray) -> np.ndarray:
 
 def shared_atoms(mle_rank: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Atoms in the rank frame [M, K]: vertices, two-label grids, sparsified exemplars."""
-    grid = np.arange(1, GRID) / GRID
+    grid = (np.arange(GRID) + 0.5) / GRID
     # a first reading among the probe's top ranks, a second anywhere (the probe need not know of it)
     pairs = sorted({(a, b) for a in range(FIRST_RANKS) for b in range(a + 1, K)} |
                    {(a, b) for a in range(TOP_RANKS) for b in range(a + 1, TOP_RANKS)})
