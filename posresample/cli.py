@@ -502,8 +502,9 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
     Corrects the labels for the tagger's confusion and the sampling noise: per candidate a
     corrected UPOS distribution with 95% intervals, a p-value for the probe (Benjamini-Hochberg
     across candidates) and a verdict; for the study, population shares of the verdicts and
-    bias-corrected divergences with intervals that cover the truth, the share of genuinely
-    ambiguous tokens by the probe's certainty, and the raw (uncorrected) view beside them.
+    bias-corrected divergences with intervals aimed at the truth (their measured coverage is in
+    docs/benchmarks.md), the share of genuinely ambiguous tokens by the probe's certainty, and the
+    raw (uncorrected) view beside them.
     Writes candidates.csv, summary.json, six PNG plots and index.html (one self-contained page).
 
     \b

