@@ -45,9 +45,9 @@ def check_model_name(name: str) -> None:
     if os.path.isdir(name):
         return
     if os.path.exists(name):
-        raise ModelError(f"cannot load model {name}: a file, not a model folder")
+        raise ModelError(f"cannot load model: {name} is a file, not a model folder")
     if not HUB_ID.match(name) or name.startswith((".", "~")):
-        raise ModelError(f"cannot load model {name}: no such folder, and not a Hub id")
+        raise ModelError(f"cannot load model: no model folder at {name}, and not a Hub id")
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:

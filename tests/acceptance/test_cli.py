@@ -56,7 +56,7 @@ def test_scan_errors_are_one_line_and_touch_no_data(scan_args, tmp_path, wrong_w
         ({"--layer": "9"}, r"--layer 9 is out of range: the model has hidden_states\[0..4\]"),
         ({"--dataset": str(tmp_path / "nowhere")}, "dataset not found"),
         ({"--dataset": str(tmp_path / "notud.conllu")}, "is not CoNLL-U"),
-        ({"--model": "/no/such/folder"}, "cannot load model /no/such/folder: no such folder, and not a Hub id"),
+        ({"--model": "/no/such/folder"}, "cannot load model: no model folder at /no/such/folder, and not a Hub id"),
         ({"--split": "nosuch"}, "unknown split 'nosuch'; use train, validation or test"),
         ({"--db": "mysql://x/y"}, "unsupported database"),
         ({"--db": "sqlite:////no/such/folder/x.db"}, "folder /no/such/folder does not exist"),
