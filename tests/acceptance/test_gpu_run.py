@@ -23,7 +23,10 @@ LOGS = {"setup": "machine.log", "sampler_peaked": "sampler_peaked.log", "tests":
 def cpu_env(out, **extra):
     ewt = REPO.parent / "shared" / "data" / "ud_english_ewt"
     return {**os.environ, "DEVICE": "cpu", "CONFIG": "tiny", "PY": sys.executable, "NO_WHEELS": "1", "OUT": str(out),
-            "SCALE": "0.05", "MIN_CAP": "15", "POSRESAMPLE_EWT": str(ewt), **extra}
+            "SCALE": "0.05", "MIN_CAP": "15", "POSRESAMPLE_EWT": str(ewt),
+            # a step its cap kills while inductor compiles leaves a half-written .so in the cache ("invalid
+            # ELF header" for the next user of /tmp/torchinductor_$USER): the tests compile into their own
+            "TORCHINDUCTOR_CACHE_DIR": f"{out}-inductor", **extra}
 
 
 def test_the_plan_fits_one_device_call_and_runs_the_headline_first():
