@@ -22,8 +22,6 @@ from .data import UPOS_NAMES
 from .errors import ConfigError
 from .models import candidates, completions, jobs, labels, taggers
 
-K = len(UPOS_NAMES)
-
 
 def answers(engine, scan_id: int, params_id: int, tagger_id: int) -> dict[int, tuple[str, int | None]]:
     """{completion id: (status, upos)} of one tagger (or annotator) over a scan's completions."""
@@ -41,22 +39,20 @@ def human_taggers(engine) -> list[dict]:
         return [dict(r) for r in conn.execute(select(taggers).where(taggers.c.name.like("human:%")).order_by(taggers.c.id)).mappings()]
 
 
-def tagger_vs_human(human: dict, machine: dict) -> dict:
-    """The machine's confusion and accuracy on the completions a person labelled with a UPOS."""
-    from .corrected import _jeffreys
+def tagger_vs_human(human: dict, machine: dict) -> tuple[dict, Confusion]:
+    """The machine's accuracy on the completions a person labelled with a UPOS, and its confusion
+    there (rows the person's label)."""
+    from .metrics import jeffreys_interval
 
-    pairs = [(h[1], machine[c][1]) for c, h in human.items()
-             if h[0] == "ok" and c in machine and machine[c][0] == "ok"]
-    counts = np.zeros((K, K))
-    for truth, tagged in pairs:
-        counts[truth, tagged] += 1
-    right = float(np.trace(counts))
-    accuracy = _jeffreys(right, len(pairs)) if pairs else None
-    return {"completions": len(pairs), "right": int(right), "accuracy": accuracy,
-            "machine_unlabelled": sum(1 for c, h in human.items() if h[0] == "ok" and (c not in machine or machine[c][0] != "ok")),
+    both = [c for c, h in human.items() if h[0] == "ok" and c in machine and machine[c][0] == "ok"]
+    confusion = Confusion.from_pairs([human[c][1] for c in both], [machine[c][1] for c in both], "")
+    right = float(np.trace(confusion.counts))
+    return {"completions": len(both), "right": int(right),
+            "accuracy": jeffreys_interval(right, len(both)) if both else None,
+            "machine_unlabelled": sum(1 for h in human.values() if h[0] == "ok") - len(both),
             "human_unsure": sum(1 for h in human.values() if h[0] == "unsure"),
             "human_no_span": sum(1 for h in human.values() if h[0] == "no_span"),
-            "confusion": Confusion(counts, "").to_json()["counts"]}
+            "confusion": confusion.to_json()["counts"]}, confusion
 
 
 def kappa(a: dict, b: dict) -> dict | None:
@@ -82,7 +78,7 @@ def summary(engine, scan_id: int, params_id: int, tagger: dict) -> dict | None:
     given = {h["name"]: answers(engine, scan_id, params_id, h["id"]) for h in humans}
     out = {"annotators": {name: {"answers": len(a), "ok": sum(s == "ok" for s, _ in a.values())} for name, a in given.items()},
            "tagger": tagger["name"], "tagger_treebank_accuracy": tagger.get("accuracy"),
-           "tagger_on_completions": {name: tagger_vs_human(a, machine) for name, a in given.items()} if machine else {},
+           "tagger_on_completions": {name: tagger_vs_human(a, machine)[0] for name, a in given.items()} if machine else {},
            "kappa": []}
     names = list(given)
     for i, x in enumerate(names):
@@ -101,10 +97,11 @@ def confusion_from(engine, scan_id: int, params_id: int, tagger: dict, human_nam
         raise ConfigError(f"no annotator {human_name!r} in the database (annotate --annotator NAME makes human:NAME)")
     if tagger["name"] == human_name:
         raise ConfigError(f"--confusion-from {human_name} is the tagger analysed itself: pick a machine tagger with --tagger")
-    measured = tagger_vs_human(answers(engine, scan_id, params_id, human["id"]), answers(engine, scan_id, params_id, tagger["id"]))
+    measured, confusion = tagger_vs_human(answers(engine, scan_id, params_id, human["id"]),
+                                          answers(engine, scan_id, params_id, tagger["id"]))
     if measured["completions"] == 0:
         raise ConfigError(f"{human_name} and tagger {tagger['name']!r} labelled no completion in common with a UPOS")
-    counts = parse_confusion({"counts": measured["confusion"]}, human_name).counts
+    counts = confusion.counts.copy()
     source = f"{tagger['name']} against {human_name} on {measured['completions']} completions"
     if tagger.get("confusion"):  # classes the person never gave: the treebank's measurement of them
         treebank = parse_confusion(tagger["confusion"], f"the confusion stored with tagger {tagger['name']}").counts

@@ -18,7 +18,7 @@ from .config import (
     DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
     DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, GenerationParams,
 )
-from .errors import DatabaseError, PosresampleError
+from .errors import ConfigError, DatabaseError, PosresampleError
 
 log = logging.getLogger("posresample")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -650,12 +650,12 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
     except (OSError, ValueError):
         raise click.BadParameter(f"{host!r} is not an address to listen on", param_hint="--host") from None
     if not loopback and not token:
-        raise DatabaseError(f"listening on {host} exposes the page beyond this machine: pass --token SECRET too")
+        raise ConfigError(f"listening on {host} exposes the page beyond this machine: pass --token SECRET too")
     with socket.socket() as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise DatabaseError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port") from None
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port") from None
     engine = open_engine(db_url, must_exist=True, schema=True)
     from . import db as dbmod
 
@@ -664,7 +664,9 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
         params = pick_params(conn, scan["id"], params_id)
     total = ann.build_queue(engine, scan["id"], params["id"], sample, overlap / 100, seed)
     tagger_id = ann.register_annotator(engine, annotator)
-    owner = new_owner()
+    from .queue import new_worker_id
+
+    owner = new_worker_id()
     decode = _decoder(params["model"])
     app = create_app(engine, scan, params["id"], tagger_id, annotator, owner, decode, token)
     from werkzeug.serving import make_server
@@ -680,12 +682,6 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
     finally:
         ann.release(engine, tagger_id, owner)
         click.echo("stopped; every answer given is stored", err=True)
-
-
-def new_owner() -> str:
-    from .queue import new_worker_id
-
-    return new_worker_id()
 
 
 def _decoder(model: str):
@@ -707,8 +703,9 @@ def _decoder(model: str):
 @click.option("--dataset", required=True, help="A UD directory, a .conllu file or a HF id: the treebank to measure it on.")
 @click.option("--split", default=DEFAULT_SPLIT, show_default=True, help="Split to measure on (words the tagger was not trained on).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Also write the confusion here (JSON counts).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_option
-def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, db_url):
+def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, no_progress, db_url):
     """Measure a tagger's confusion (true UPOS -> its UPOS) on a treebank's raw text and store it.
 
     The words are tagged through the same span lookup `label` uses on completions. The counts go
@@ -730,7 +727,7 @@ def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, db_url):
         check_file(output)
     engine = open_engine(db_url, must_exist=True, schema=True)
     tagger = load_tagger(tagger_spec, tagger_name)
-    accuracy, confusion = run_evaluate(tagger, dataset, split)
+    accuracy, confusion = run_evaluate(tagger, dataset, split, progress=not no_progress)
     tagger_id = label_store.register_tagger(engine, tagger.identity())
     label_store.set_confusion(engine, tagger_id, confusion.to_json(), {split: accuracy})
     if output:

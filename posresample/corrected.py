@@ -58,7 +58,7 @@ def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusi
         "verdict": {name: boot.share(values[name]) for name in verdict.VERDICTS},
         "verdict_called": {name: int((calls == i).sum()) for i, name in enumerate(verdict.VERDICTS)},
         "majority_is_probe_argmax": boot.share(values["majority_is_probe_argmax"]),
-        "probe_contradicted_fdr05": _jeffreys(float((test.q <= FDR).sum()), len(counts)),
+        "probe_contradicted_fdr05": metrics.jeffreys_interval(float((test.q <= FDR).sum()), len(counts)),
         "p_value_floor": float(1 / (1 + test.replicates.max())),
         "divergences": {name: boot.mean(values[name]) for name in ("tv", "js", "kl", "kl_all", "brier")},
         "out_of_probe_mass": boot.mean(values["out_of_probe"]),
@@ -130,18 +130,9 @@ class TwoStage:
     def share(self, values: np.ndarray) -> dict:
         out = self.mean(values)
         n = len(self.posterior)
-        jeffreys = _jeffreys(out["estimate"] * n, n)["ci95"]
+        jeffreys = metrics.jeffreys_interval(out["estimate"] * n, n)["ci95"]
         out["ci95"] = [min(out["ci95"][0], jeffreys[0]), max(out["ci95"][1], jeffreys[1])]
         return {"share": out["estimate"], "ci95": out["ci95"]}
-
-
-def _jeffreys(successes: float, n: int) -> dict:
-    """The Jeffreys interval of a share of n: Beta(x + 1/2, n - x + 1/2) quantiles."""
-    from scipy.stats import beta
-
-    lo = 0.0 if successes <= 0 else float(beta.ppf(0.025, successes + 0.5, n - successes + 0.5))
-    hi = 1.0 if successes >= n else float(beta.ppf(0.975, successes + 0.5, n - successes + 0.5))
-    return {"share": successes / n, "ci95": [lo, hi]}
 
 
 def curve(posterior: np.ndarray, ambiguous: np.ndarray, max_prob: np.ndarray, rng: np.random.Generator) -> list[dict]:

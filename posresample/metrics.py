@@ -123,3 +123,13 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, resamples: int = 1000, level
     res = bootstrap((values,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
                     random_state=np.random.default_rng(seed), vectorized=True)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def jeffreys_interval(successes: float, n: int) -> dict:
+    """{share, ci95}: the Jeffreys interval of a share of n, Beta(x + 1/2, n - x + 1/2) quantiles (the
+    bound at 0 or n is the end itself)."""
+    from scipy.stats import beta
+
+    lo = 0.0 if successes <= 0 else float(beta.ppf(0.025, successes + 0.5, n - successes + 0.5))
+    hi = 1.0 if successes >= n else float(beta.ppf(0.975, successes + 0.5, n - successes + 0.5))
+    return {"share": successes / n, "ci95": [lo, hi]}

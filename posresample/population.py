@@ -14,8 +14,8 @@ Atoms live in each candidate's probe-rank frame (rank 1 = the probe's argmax), s
 how the truth relates to the probe's ranking: the vertices, two-label mixtures on a grid of 50 bin midpoints over
 the top ranks (and the labels outside the probe's classes), the candidates' own sparsified
 maximum-likelihood estimates, and "the probe itself, recalibrated" (q^(1/T) for a few T), a
-candidate-specific atom that lets a calibrated probe be recognised as one. Intervals: percentile
-bootstrap over candidates of the posterior means (scipy.stats.bootstrap).
+candidate-specific atom that lets a calibrated probe be recognised as one. The intervals are
+corrected.py's two-stage bootstrap over these posteriors.
 """
 
 from __future__ import annotations
@@ -24,7 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-K = 18
+from . import metrics
+from .data import UPOS_NAMES
+
+K = len(UPOS_NAMES)
 GRID = 50  # two-label atoms at the midpoints of 50 bins: 0.01, 0.03, .. 0.99
 # No atom lies on a verdict threshold (second label 0.10, first 0.90): an atom there would stand for
 # the truths on both sides of it and count them all on one (which side, rounding decides).
@@ -36,13 +39,6 @@ EXEMPLAR_FLOOR = 0.05  # an exemplar's components below this are dropped (noise 
 PROBE_TEMPERATURES = (0.5, 0.7, 1.0, 1.4, 2.0)  # the probe recalibrated, as candidate-specific atoms
 KEEP = 64  # atoms kept per candidate posterior (the rest hold < 1e-9 of it)
 CUTOFF = 20.0  # atoms under exp(-20) of a candidate's best likelihood are dropped (sparse)
-
-
-def temper(q: np.ndarray, temperature: float) -> np.ndarray:
-    logq = np.log(np.clip(q, 1e-300, None)) / temperature
-    logq -= logq.max(axis=-1, keepdims=True)
-    out = np.exp(logq) * (q > 0)
-    return out / out.sum(axis=-1, keepdims=True)
 
 
 def rank_order(q: np.ndarray) -> np.ndarray:
@@ -81,17 +77,13 @@ class Deconvolution:
     atoms: np.ndarray  # [N, KEEP, K] each candidate's posterior atoms, in its class frame
     posterior: np.ndarray  # [N, KEEP] their posterior probabilities (rows sum to 1)
 
-    def mean(self, f) -> np.ndarray:
-        """E[f(pi) | labels] per candidate, f mapping [N, KEEP, K] atoms to [N, KEEP] values."""
-        return (self.posterior * f(self.atoms)).sum(axis=1)
-
 
 def deconvolve(counts: np.ndarray, q: np.ndarray, C: np.ndarray, support: np.ndarray, mle: np.ndarray,
                rng: np.random.Generator) -> Deconvolution:
     order = rank_order(q)
     inverse = np.argsort(order, axis=1)  # inverse[i, class] = its rank
     shared = shared_atoms(np.take_along_axis(mle, order, axis=1), rng)  # [M, K] rank frame
-    probe = np.stack([temper(q, t) for t in PROBE_TEMPERATURES], axis=1) if PROBE_TEMPERATURES else \
+    probe = np.stack([metrics.temper(q, t) for t in PROBE_TEMPERATURES], axis=1) if PROBE_TEMPERATURES else \
         np.zeros((len(q), 0, K))  # [N, P, K] class frame
     likelihood = sparse_likelihood(counts, C, support, order, shared, probe)
     weights = npmle(likelihood)
@@ -182,14 +174,3 @@ def npmle(E, iters: int = 80, weights: np.ndarray | None = None, start: np.ndarr
         w = jump if objective(jump) >= objective(two) else two
     return w / w.sum()
 
-
-def interval(values: np.ndarray, rng: np.random.Generator, resamples: int = 1000) -> dict:
-    """{share or mean, ci95} of per-candidate values, percentile bootstrap over candidates."""
-    from scipy.stats import bootstrap
-
-    values = np.asarray(values, dtype=float)
-    estimate = float(values.mean())
-    if len(values) < 2 or np.ptp(values) == 0:
-        return {"estimate": estimate, "ci95": [estimate, estimate]}
-    res = bootstrap((values,), np.mean, n_resamples=resamples, method="percentile", random_state=rng, vectorized=True)
-    return {"estimate": estimate, "ci95": [float(res.confidence_interval.low), float(res.confidence_interval.high)]}

@@ -34,7 +34,7 @@ class Tagger(Protocol):
 
     def identity(self) -> dict: ...
 
-    def tag(self, texts: list[str], spans: list[tuple[int, int]]) -> list[TagResult]: ...
+    def tag(self, texts: list[str], spans: list[tuple[int, int]], progress: bool = False) -> list[TagResult]: ...
 
 
 def load_tagger(spec: str, name: str | None = None) -> "Tagger":
@@ -113,10 +113,15 @@ class SpacyTagger:
                 "package_version": None if self.is_folder else f"{meta.get('name')}-{meta.get('version')}",
                 "accuracy": sidecar.get("accuracy"), "confusion": sidecar.get("confusion")}
 
-    def tag(self, texts: list[str], spans: list[tuple[int, int]]) -> list[TagResult]:
-        """Tag each distinct text once (nlp.pipe), then read the token at each span."""
+    def tag(self, texts: list[str], spans: list[tuple[int, int]], progress: bool = False) -> list[TagResult]:
+        """Tag each distinct text once (nlp.pipe), then read the token at each span; `progress`: a bar
+        over the distinct texts (a transformer pipeline on the CPU takes minutes over a treebank)."""
+        from tqdm import tqdm
+
         distinct = list(dict.fromkeys(texts))
-        docs = dict(zip(distinct, self.nlp.pipe(distinct, batch_size=self.batch_size)))
+        piped = tqdm(self.nlp.pipe(distinct, batch_size=self.batch_size), total=len(distinct), desc="tag",
+                     unit="text", disable=not progress)
+        docs = dict(zip(distinct, piped))
         return [token_at(docs[text], start, end) for text, (start, end) in zip(texts, spans)]
 
 

@@ -120,11 +120,11 @@ def _run_spacy_training(paths: dict, output: str, max_steps: int, max_epochs: in
     return os.path.join(output, "model-best")
 
 
-def raw_text_pairs(tagger, sentences: list[Sentence]) -> tuple[list[int], list, int]:
+def raw_text_pairs(tagger, sentences: list[Sentence], progress: bool = False) -> tuple[list[int], list, int]:
     """(true UPOS ids, the tagger's results, words) for every word of the sentences, tagged on raw
     text through the span lookup `label` uses (the tagger's own tokenization)."""
     pairs = [(s.text, span, upos) for s, spans in aligned(sentences) for span, (_form, upos) in zip(spans, s.words)]
-    results = tagger.tag([text for text, _, _ in pairs], [span for _, span, _ in pairs])
+    results = tagger.tag([text for text, _, _ in pairs], [span for _, span, _ in pairs], progress=progress)
     return [upos for _, _, upos in pairs], results, len(pairs)
 
 
@@ -167,10 +167,10 @@ def write_sidecar(out_dir: str, accuracy: dict, confusion: dict, sources: dict, 
     return path
 
 
-def evaluate_tagger(tagger, dataset: str, split: str) -> tuple[dict, Confusion]:
+def evaluate_tagger(tagger, dataset: str, split: str, progress: bool = False) -> tuple[dict, Confusion]:
     """Any tagger on one split's raw text: ({accuracy, words, unlabelled}, its confusion)."""
     sentences = load_sentences(dataset, split)
-    true, results, total = raw_text_pairs(tagger, sentences)
+    true, results, total = raw_text_pairs(tagger, sentences, progress)
     if not total:
         raise DatasetError(f"{dataset} {split}: no sentence whose words all align with its text")
     right = sum(r.upos == upos for r, upos in zip(results, true))

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .confusion import Confusion
+from .data import UPOS_NAMES
 
-K = 18
+K = len(UPOS_NAMES)
 AMBIGUOUS_SECOND = 0.10  # genuinely ambiguous: the second label's lower 95% bound is at least this
 DOMINANT_FIRST = 0.90  # one label dominates: its lower 95% bound is at least this
 VERDICTS = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined")
