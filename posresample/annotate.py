@@ -26,7 +26,6 @@ from .models import (
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")  # an annotator's name: lowercase letters, digits, _ . -
 DEFAULT_SAMPLE = 300  # completions in the queue
 LEASE_SECONDS = 600.0  # an annotator holds the item on screen this long without answering
-ACTIVE_SECONDS = 600.0  # "annotators active": answered or holding an item in the last ten minutes
 STATUSES = ("ok", "unsure", "no_span")  # a UPOS; "can't tell"; "not a word here"
 
 
@@ -94,7 +93,7 @@ def _pool(conn, scan_id: int, params_id: int) -> list[dict]:
         .outerjoin(machine, machine.c.completion_id == completions.c.id)
         .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done")
         .order_by(completions.c.id)).all()
-    out = []
+    out, strata = [], {}
     for cid, cand, probs, pred, status, upos in rows:
         if status is not None and status != "ok":
             reason = "odd_span"
@@ -102,8 +101,9 @@ def _pool(conn, scan_id: int, params_id: int) -> list[dict]:
             reason = "disagrees"
         else:
             reason = "sample"
-        order = np.argsort(-np.asarray(probs), kind="stable")[:2]
-        out.append({"completion_id": cid, "candidate_id": cand, "stratum": tuple(order.tolist()), "reason": reason})
+        if cand not in strata:  # once per candidate, not once for each of its 96 completions
+            strata[cand] = tuple(np.argsort(-np.asarray(probs), kind="stable")[:2].tolist())
+        out.append({"completion_id": cid, "candidate_id": cand, "stratum": strata[cand], "reason": reason})
     return out
 
 
@@ -247,6 +247,7 @@ def progress(engine, scan_id: int, params_id: int, tagger_id: int) -> dict:
         labelled = conn.execute(select(func.count()).select_from(annotation_items).where(
             in_queue, exists(answered_by))).scalar_one()
         mine = conn.execute(select(func.count()).select_from(annotation_items).where(in_queue, _answered(tagger_id))).scalar_one()
+        # an annotator at work always holds the item on screen (an answer takes the next one at once)
         active = conn.execute(select(func.count(func.distinct(annotation_leases.c.tagger_id))).where(
-            annotation_leases.c.expires_at >= db_now() - 0)).scalar_one()
+            annotation_leases.c.expires_at >= db_now())).scalar_one()
     return {"total": total, "labelled": labelled, "mine": mine, "active": max(active, 1)}

@@ -18,6 +18,7 @@ from flask import Flask, abort, jsonify, make_response, request
 
 from . import annotate
 from .data import UPOS_IDS, UPOS_NAMES
+from .errors import ConfigError
 
 KEYS = {"NOUN": "n", "PROPN": "m", "VERB": "v", "AUX": "u", "ADJ": "a", "ADV": "r", "PRON": "p", "DET": "d", "ADP": "i",
         "CCONJ": "c", "SCONJ": "s", "PART": "t", "NUM": "q", "INTJ": "j", "PUNCT": ".", "SYM": "y", "X": "x"}
@@ -58,6 +59,7 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
     def page():
         nonce = secrets.token_urlsafe(16)
         body = PAGE.replace("{nonce}", nonce).replace("{csrf}", csrf).replace("{buttons}", buttons()) \
+            .replace("{undo_key}", UNDO_KEY) \
             .replace("{annotator}", _escape(annotate.tagger_name(annotator))).replace("{scan}", _escape(scan["name"]))
         response = make_response(body)
         response.headers["Content-Security-Policy"] = (f"default-src 'none'; script-src 'nonce-{nonce}'; "
@@ -72,13 +74,15 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
 
     @app.post("/api/answer")
     def answer():
-        data = request.get_json(silent=True) or {}
-        label = str(data.get("label", ""))
-        if label in UPOS_IDS and label != "_":
-            annotate.answer(engine, int(data.get("item_id", 0)), tagger_id, UPOS_IDS[label], "ok")
-        elif label in SPECIAL:
-            annotate.answer(engine, int(data.get("item_id", 0)), tagger_id, None, label)
-        else:
+        data = request.get_json(silent=True)
+        label = str(data.get("label", "")) if isinstance(data, dict) else ""
+        item_id = data.get("item_id") if isinstance(data, dict) else None
+        if not isinstance(item_id, int) or isinstance(item_id, bool) or not (label in SPECIAL or label in KEYS):
+            abort(400)  # a malformed request is the client's error, never a 500
+        try:
+            annotate.answer(engine, item_id, tagger_id, UPOS_IDS.get(label) if label in KEYS else None,
+                            "ok" if label in KEYS else label)
+        except ConfigError:  # no such item
             abort(400)
         return jsonify(current())
 
@@ -176,7 +180,7 @@ const KEYS = {};
 document.querySelectorAll("button[data-label]").forEach(b => { KEYS[b.querySelector("kbd").textContent] = b.dataset.label; });
 document.addEventListener("keydown", e => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key === "z") { call("/api/undo", {}); e.preventDefault(); return; }
+  if (e.key === "{undo_key}") { call("/api/undo", {}); e.preventDefault(); return; }
   if (KEYS[e.key]) { label(KEYS[e.key]); e.preventDefault(); }
 });
 call("/api/item");

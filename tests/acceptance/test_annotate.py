@@ -176,6 +176,11 @@ def test_cross_site_posts_are_refused(sampled, db_url):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 server.post("api/answer", {"item_id": item, "label": "NOUN"}, **kwargs)
             assert refused.value.code == 403
+        for body in ({"item_id": str(item), "label": "NOUN"}, {"item_id": 10 ** 9, "label": "NOUN"},
+                     {"item_id": item, "label": "_"}, {"item_id": True, "label": "NOUN"}, [item]):
+            with pytest.raises(urllib.error.HTTPError) as bad:  # malformed: the client's error, not a 500
+                server.post("api/answer", body)
+            assert bad.value.code == 400, body
         assert human_answers(sampled) == []
         assert server.post("api/answer", {"item_id": item, "label": "NOUN"})["progress"]["mine"] == 1
     finally:
