@@ -248,14 +248,9 @@ def load_examples(engine, cands: list[dict], tagger_id: int, params_id: int, mod
     (a window function ranks them in the database: memory does not grow with the completions):
     [suffix, start, end], the text after the candidate's decoded prefix and the tagger's word at
     [start, end) of prefix + suffix ([continuation, -1, -1] where the tokenizer is not here)."""
-    from .errors import ModelError
-    from .modeling import load_tokenizer
+    from .label import decoder
 
-    try:
-        tok = load_tokenizer(model)
-        decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
-    except ModelError:
-        decode = None
+    decode = decoder(model)
     by_id = {c["id"]: c for c in cands}
     rank = func.row_number().over(partition_by=(jobs.c.candidate_id, labels.c.status, labels.c.upos_name),
                                   order_by=completions.c.sample_index).label("rank")

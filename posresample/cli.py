@@ -686,15 +686,12 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
 
 def _decoder(model: str):
     """decode(ids) with the model's tokenizer, for the exact text and span; None where it is not here."""
-    from .errors import ModelError
-    from .modeling import load_tokenizer
+    from .label import decoder
 
-    try:
-        tokenizer = load_tokenizer(model)
-    except ModelError:
+    decode = decoder(model)
+    if decode is None:
         log.warning("the tokenizer of %s is not here: completions are shown as stored, without the exact span", model)
-        return None
-    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    return decode
 
 
 @cli.command("evaluate-tagger", context_settings=CONTEXT)

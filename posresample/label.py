@@ -52,6 +52,19 @@ class LabelResult:
     candidates_added: int
 
 
+def decoder(model: str):
+    """decode(ids) -> text with the model's tokenizer, special tokens skipped (what `target_span`
+    wants); None where the tokenizer is not here (pages then show the stored texts)."""
+    from .errors import ModelError
+    from .modeling import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(model)
+    except ModelError:
+        return None
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def target_span(decode, prefix_ids: list[int], completion_ids: list[int],
                 prefix_texts: tuple[str, str] | None = None) -> tuple[str, tuple[int, int] | None]:
     """(prefix + continuation as text, the target token's span in it, or None where decoding the
