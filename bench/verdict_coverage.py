@@ -23,7 +23,7 @@ import numpy as np
 
 from common import emit, machine
 
-from posresample import db
+from posresample import db, population
 from posresample.analyze import analyze
 from tests.known_truth import draw_study, population_truth, write_study
 
@@ -53,7 +53,13 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=240)
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--true-confusion", action="store_true",
+                        help="store the tagger's true confusion (as counts of 10^7 words a row) instead of a "
+                        "treebank-sized measurement of it: is the measurement's error what the intervals miss?")
+    parser.add_argument("--exemplars", type=int, default=population.EXEMPLARS,
+                        help="candidates' own estimates used as atoms, at most [default: %(default)s; 0: none]")
     args = parser.parse_args()
+    default_exemplars, population.EXEMPLARS = population.EXEMPLARS, args.exemplars
     truth = population_truth(np.random.default_rng(12345))
     rng = np.random.default_rng(args.seed)
     hits = {k: 0 for k in STATISTICS}
@@ -66,7 +72,7 @@ def main() -> None:
             engine = db.make_engine(f"sqlite:///{os.path.join(work, 'study.db')}")
             db.upgrade(engine)
             study = draw_study(args.candidates, rng)
-            write_study(engine, study, study.measured)
+            write_study(engine, study, study.confusion * 1e7 if args.true_confusion else study.measured)
             summary = analyze(engine, min_labelled=20, seed=study_index, with_examples=False).summary
             engine.dispose()
         for name, (value, (lo, hi)) in estimates(summary).items():
@@ -76,8 +82,10 @@ def main() -> None:
         for name, value in plug_ins(summary).items():
             raw_errors[name].append(value - truth[name])
     seconds = time.perf_counter() - start
+    variant = ("; the true confusion" if args.true_confusion else "") + \
+        (f"; {args.exemplars} exemplar atoms" if args.exemplars != default_exemplars else "")
     emit(f"# {args.studies} known-truth studies of {args.candidates} candidates x 96 labels, SQLite, {machine('cpu')}, "
-         f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s ({seconds / args.studies:.1f} s a study)")
+         f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s ({seconds / args.studies:.1f} s a study){variant}")
     emit("| statistic | population value | 95% CI contains it | mean error | spread (sd) | mean CI width | plug-in's mean error |")
     emit("|---|---|---|---|---|---|---|")
     for name in STATISTICS:
