@@ -58,6 +58,17 @@ class Confusion:
         out[:, ~self.support] = np.eye(K)[~self.support]
         return out
 
+    def redrawn(self, rng: np.random.Generator) -> "Confusion":
+        """The same measurement made again: each measured row's words drawn again from its row of
+        `matrix()` (a parametric bootstrap of the treebank measurement); the identity stays."""
+        if self.exact:
+            return self
+        C = self.matrix()
+        totals = self.counts.sum(axis=1).round().astype(np.int64)
+        counts = np.zeros_like(self.counts)
+        counts[self.support] = rng.multinomial(totals[self.support], C[self.support])
+        return Confusion(counts, self.source)
+
     def accuracy(self) -> tuple[int, int]:
         """(words tagged right, words) over the measured rows."""
         return int(np.trace(self.counts)), int(self.counts.sum())

@@ -105,13 +105,16 @@ def sparse_likelihood(counts, C, support, order, shared, probe, cutoff: float = 
     candidates x atoms."""
     from scipy.sparse import csr_matrix, vstack
 
+    # blocks of candidates with alike numbers of distinct labels: a block's arrays are as wide as its
+    # widest candidate, so one candidate with 14 labels among ones with 3 would make them all 14 wide
+    by_width = np.argsort((counts > 0).sum(axis=1), kind="stable")
     blocks = []
     for start in range(0, len(counts), 256):
-        part = slice(start, start + 256)
+        part = by_width[start:start + 256]
         ll = _loglik(counts[part], C, support, order[part], shared, probe[part])
         ll -= ll.max(axis=1, keepdims=True)
         blocks.append(csr_matrix(np.where(ll >= -cutoff, np.exp(ll), 0.0)))
-    return vstack(blocks).tocsr()
+    return vstack(blocks).tocsr()[np.argsort(by_width)]
 
 
 def posterior_top(E, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +145,7 @@ def _loglik(counts, C, support, order, shared, probe) -> np.ndarray:
     mix = np.matmul(shared[None], C_seen)  # [n, M, L]
     ll = np.matmul(np.log(np.maximum(mix, 1e-300)), x[:, :, None])[:, :, 0]  # [n, M]
     outside = ~np.take_along_axis(np.broadcast_to(support, order.shape), order, axis=1)  # [n, K(rank)]
-    ll[(shared[None] * outside[:, None, :]).sum(-1) > 0] = -np.inf  # no mass where the tagger was never measured
+    ll[(outside.astype(float) @ (shared > 0).T.astype(float)) > 0] = -np.inf  # no mass where the tagger was never measured
     mixp = np.matmul(probe, C[:, labels].transpose(1, 0, 2))  # [n, P, L]
     llp = np.matmul(np.log(np.maximum(mixp, 1e-300)), x[:, :, None])[:, :, 0]
     llp[(probe * ~support).sum(-1) > 0] = -np.inf
@@ -156,21 +159,24 @@ def npmle(E, iters: int = 80, weights: np.ndarray | None = None, start: np.ndarr
     (a bootstrap resample), 1 by default."""
     m = np.ones(E.shape[0]) if weights is None else weights
     total = m.sum()
+    ET = E.T.tocsr()  # the transpose's products row by row: faster than through E's columns
 
-    def step(w):
-        return w * (E.T @ (m / np.maximum(E @ w, 1e-300))) / total
+    def step(w, Ew=None):
+        return w * (ET @ (m / np.maximum(E @ w if Ew is None else Ew, 1e-300))) / total
 
-    def objective(w):
-        return float(m @ np.log(np.maximum(E @ w, 1e-300)))
+    def objective(Ew):
+        return float(m @ np.log(np.maximum(Ew, 1e-300)))
 
     w = np.full(E.shape[1], 1.0 / E.shape[1]) if start is None else start.copy()
+    Ew = E @ w
     for _ in range(iters):
-        one = step(w)
+        one = step(w, Ew)
         two = step(one)
         r, v = one - w, two - 2 * one + w
         alpha = min(-np.sqrt((r @ r) / max(v @ v, 1e-300)), -1.0)
         jump = np.maximum(w - 2 * alpha * r + alpha * alpha * v, 0.0)
         jump = step(jump / jump.sum())
-        w = jump if objective(jump) >= objective(two) else two
+        E_jump, E_two = E @ jump, E @ two  # each kept product is the next step's first
+        w, Ew = (jump, E_jump) if objective(E_jump) >= objective(E_two) else (two, E_two)
     return w / w.sum()
 

@@ -38,32 +38,35 @@ CHUNK = 128  # candidates per vectorised block
 def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400, tol: float = 1e-9) -> np.ndarray:
     """argmax_pi sum_l x_l log (pi C)_l over the simplex on `support`: EM (each label's latent true
     class), accelerated by SQUAREM (Varadhan & Roland 2008) row by row, with a plain EM step kept
-    wherever the extrapolation would lower the likelihood. counts [N, K] -> [N, K]."""
+    wherever the extrapolation would lower the likelihood. A row stops once no share of it moves by
+    `tol` in a step, so the rows that converge slowly do not hold the rest. counts [N, K] -> [N, K]."""
     n = counts.sum(axis=1, keepdims=True)
 
-    def step(pi):
+    def step(pi, x, n):
         mix = pi @ C  # [N, K] label probabilities
-        ratio = np.divide(counts, mix, out=np.zeros_like(counts), where=mix > 0)
+        ratio = np.divide(x, mix, out=np.zeros_like(x), where=mix > 0)
         return pi * (ratio @ C.T) / n  # expected true-class shares
 
-    def loglik(pi):
-        return (counts * np.log(np.maximum(pi @ C, 1e-300))).sum(axis=1)
+    def loglik(pi, x):
+        return (x * np.log(np.maximum(pi @ C, 1e-300))).sum(axis=1)
 
     pi = np.where(support, 1.0, 0.0) * np.ones_like(counts)
     pi /= pi.sum(axis=1, keepdims=True)
+    active = np.arange(len(counts))  # the rows still moving
     for _ in range(iters):
-        one = step(pi)
-        two = step(one)
-        r, v = one - pi, two - 2 * one + pi
+        if not len(active):
+            break
+        p, x, m = pi[active], counts[active], n[active]
+        one = step(p, x, m)
+        two = step(one, x, m)
+        r, v = one - p, two - 2 * one + p
         alpha = -np.sqrt((r * r).sum(1, keepdims=True) / np.maximum((v * v).sum(1, keepdims=True), 1e-300))
         alpha = np.minimum(alpha, -1.0)
-        jump = np.maximum(pi - 2 * alpha * r + alpha * alpha * v, 0.0) * support
-        jump = step(jump / np.maximum(jump.sum(axis=1, keepdims=True), 1e-300))
-        new = np.where((loglik(jump) >= loglik(two))[:, None], jump, two)
-        done = np.abs(new - pi).max() < tol
-        pi = new
-        if done:
-            break
+        jump = np.maximum(p - 2 * alpha * r + alpha * alpha * v, 0.0) * support
+        jump = step(jump / np.maximum(jump.sum(axis=1, keepdims=True), 1e-300), x, m)
+        new = np.where((loglik(jump, x) >= loglik(two, x))[:, None], jump, two)
+        pi[active] = new
+        active = active[np.abs(new - p).max(axis=1) >= tol]
     return pi
 
 

@@ -1,0 +1,54 @@
+"""The corrected view's population intervals: the parametric bootstrap's pieces (the treebank
+measurement drawn again, the widening by the refits' spread) and that the refits only ever widen
+what the two-stage bootstrap gives. (Coverage over many studies: bench/verdict_coverage.py.)"""
+
+import numpy as np
+from scipy.stats import t
+
+from posresample import corrected
+from posresample.confusion import Confusion
+from tests.known_truth import K, PROBE_CLASSES, draw_study
+
+
+def test_a_redrawn_measurement_keeps_each_rows_words_and_averages_to_the_matrix():
+    rng = np.random.default_rng(0)
+    measured = Confusion(draw_study(1, rng).measured, "a treebank sample")
+    draws = np.stack([measured.redrawn(rng).counts for _ in range(400)])
+    assert np.allclose(draws.sum(axis=2), measured.counts.sum(axis=1))  # every row's word count, every time
+    assert (draws[:, ~measured.support] == 0).all()  # a class never measured stays unmeasured
+    rows = measured.counts.sum(axis=1, keepdims=True)
+    expected = rows * measured.matrix()
+    se = np.sqrt(rows * measured.matrix() * (1 - measured.matrix()) / len(draws))
+    assert (np.abs(draws.mean(axis=0) - expected)[measured.support] <= 5 * se[measured.support] + 1e-9).all()
+    assert Confusion.identity().redrawn(rng).exact  # the labels taken as the truth: nothing to redraw
+
+
+def test_the_refits_widen_an_interval_to_t_times_their_spread_and_never_narrow_it():
+    refits = np.array([0.40, 0.42, 0.44, 0.41, 0.43, 0.45, 0.39, 0.42, 0.44, 0.40])
+    half = t.ppf(0.975, len(refits) - 1) * refits.std(ddof=1)
+    assert np.allclose(corrected.widen(0.42, [0.415, 0.425], refits), [0.42 - half, 0.42 + half])
+    assert corrected.widen(0.42, [0.30, 0.55], refits) == [0.30, 0.55]  # already wider: kept
+    assert corrected.widen(0.42, [0.415, 0.425], None) == [0.415, 0.425]
+    assert corrected.widen(0.42, [0.415, 0.425], np.array([0.5])) == [0.415, 0.425]  # one refit has no spread
+
+
+def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are_counted(monkeypatch):
+    rng = np.random.default_rng(5)
+    study = draw_study(150, rng)
+    counts = np.stack([np.bincount(row, minlength=K) for row in study.labels]).astype(float)
+    confusion = Confusion(study.measured, "a treebank sample")
+    monkeypatch.setattr(corrected, "REFITS", 0)
+    alone = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3).summary
+    monkeypatch.setattr(corrected, "REFITS", 6)
+    widened = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3).summary
+    assert alone["population"]["refits"] == 0 and widened["population"]["refits"] == 6
+    pairs = [(alone["verdict"][v], widened["verdict"][v]) for v in alone["verdict"]]
+    pairs += [(alone["majority_is_probe_argmax"], widened["majority_is_probe_argmax"])]
+    pairs += [(alone["divergences"][d], widened["divergences"][d]) for d in alone["divergences"]]
+    grown = 0
+    for before, after in pairs:
+        key = "share" if "share" in before else "estimate"
+        assert before[key] == after[key]  # the estimate is the same; only its interval may grow
+        assert after["ci95"][0] <= before["ci95"][0] + 1e-12 and after["ci95"][1] >= before["ci95"][1] - 1e-12
+        grown += (after["ci95"][1] - after["ci95"][0]) > (before["ci95"][1] - before["ci95"][0]) + 1e-9
+    assert grown >= 1
