@@ -29,17 +29,15 @@ from common import emit, machine
 
 from posresample import corrected, population, verdict
 from posresample.confusion import Confusion
-from tests.known_truth import K, PROBE_CLASSES, draw_study
+from tests.known_truth import PROBE_CLASSES, draw_study, label_counts
 
 STATISTICS = ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined", "majority_is_probe_argmax")
 
 
-def fit(counts: np.ndarray, q: np.ndarray, confusion: Confusion, rng: np.random.Generator):
-    """The population estimates as corrected.analyse makes them: {name: estimate}, G, atom values."""
-    C, support = confusion.matrix(), confusion.support
-    g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
-    values = corrected.atom_values(g.atoms, q, PROBE_CLASSES)
-    return {name: float((g.posterior * values[name]).sum(axis=1).mean()) for name in STATISTICS}, g, values
+def fit(counts: np.ndarray, q: np.ndarray, confusion: Confusion, rng: np.random.Generator) -> dict[str, float]:
+    """The population estimates as corrected.analyse makes them."""
+    means = corrected.posterior_means(counts, q, PROBE_CLASSES, confusion.matrix(), confusion.support, rng)
+    return {name: float(means[name].mean()) for name in STATISTICS}
 
 
 def main() -> None:
@@ -50,16 +48,19 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     study = draw_study(args.candidates, rng)
-    counts = np.stack([np.bincount(row, minlength=K) for row in study.labels]).astype(float)
+    counts = label_counts(study)
     q, confusion = study.probe, Confusion(study.measured, "known truth: a treebank-sized sample")
-    base, g, values = fit(counts, q, confusion, rng)
+    C, support = confusion.matrix(), confusion.support
+    g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
+    values = corrected.atom_values(g.atoms, q, PROBE_CLASSES)
+    base = {name: float((g.posterior * values[name]).sum(axis=1).mean()) for name in STATISTICS}
     boot = corrected.TwoStage(g.posterior, rng)
     two_stage = {name: float(np.std(boot.replicate_means(values[name]), ddof=1)) for name in STATISTICS}
     n = len(counts)
     nonparametric, start = [], time.perf_counter()
     for _ in range(args.replicates):
         rows = rng.integers(0, n, n)
-        nonparametric.append(fit(counts[rows], q[rows], confusion, rng)[0])
+        nonparametric.append(fit(counts[rows], q[rows], confusion, rng))
     seconds = {"nonparametric": time.perf_counter() - start}
     start = time.perf_counter()
     parametric = corrected.refit_estimates(counts, q, PROBE_CLASSES, confusion, g, boot, rng, refits=args.replicates)

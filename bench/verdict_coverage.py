@@ -33,7 +33,7 @@ from common import emit, machine
 from posresample import corrected, db, metrics, population
 from posresample.analyze import analyze
 from posresample.confusion import Confusion
-from tests.known_truth import K, PROBE_CLASSES, draw_study, population_truth, write_study
+from tests.known_truth import PROBE_CLASSES, draw_study, label_counts, population_truth, write_study
 
 STATISTICS = ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined", "majority_is_probe_argmax")
 
@@ -58,7 +58,7 @@ def plug_ins(summary: dict) -> dict:
 
 def direct(study, tagger_counts: np.ndarray, seed: int) -> dict:
     """What `estimates` and `plug_ins` read of analyze's summary, from corrected.analyse on the arrays."""
-    counts = np.stack([np.bincount(row, minlength=K) for row in study.labels]).astype(float)
+    counts = label_counts(study)
     fixed = corrected.analyse(counts, study.probe, PROBE_CLASSES, Confusion(tagger_counts, "known truth"), seed)
     p = counts / counts.sum(axis=1, keepdims=True)
     return {"corrected": fixed.summary, "verdict": fixed.summary["verdict"], "candidates_analysed": len(counts),

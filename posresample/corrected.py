@@ -11,12 +11,15 @@ N candidates (a small share is where a percentile bootstrap is known to be short
 
 The two-stage bootstrap keeps the one fitted G; what it leaves out is how G itself would come out
 of another sample of labels. On known-truth studies of 2,400 candidates that part made the
-estimates vary about 1.3x as much between studies as the two-stage said (docs/benchmarks.md), and a
-nonparametric bootstrap that fits G again does not show it. So each interval is also widened to
-the estimate +- t(R-1) x the standard deviation of a parametric bootstrap with R refits: R replicate
-studies drawn from the fitted model (candidates resampled, each one's distribution drawn from its
-posterior, its labels drawn again through the tagger's confusion, the treebank measurement of that
-confusion drawn again), each analysed by the same deconvolution.
+estimates vary 1.2-1.3x as much between studies as the two-stage said (docs/benchmarks.md), and a
+nonparametric bootstrap that fits G again does not show it. `refit_estimates` is the remedy, off
+by default (REFITS = 0) because each refit is a whole deconvolution (~4 s at 4,000 candidates):
+a parametric bootstrap of R replicate studies drawn from the fitted model (candidates resampled,
+each one's distribution drawn from its posterior, its labels drawn again through the tagger's
+confusion, the treebank measurement of that confusion drawn again), each analysed by the same
+deconvolution; each interval is then widened to the estimate +- t(R-1) x their standard deviation.
+With R = 10 the intervals covered in 92-100% of 40 studies at 2,400 candidates
+(`bench/verdict_coverage.py --direct --refits 10`).
 """
 
 from __future__ import annotations
@@ -133,9 +136,7 @@ def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int],
         measured = confusion.redrawn(rng)
         Cr, support = measured.matrix(), measured.support
         qr = q[rows]
-        gr = population.deconvolve(labels, qr, Cr, support, verdict.mle(labels, Cr, support), rng)
-        values = atom_values(gr.atoms, qr, probe_classes)
-        means = {name: (gr.posterior * values[name]).sum(axis=1) for name in SUMMARIES}
+        means = posterior_means(labels, qr, probe_classes, Cr, support, rng)
         for name in SUMMARIES:
             out[name][r] = means[name].mean()
         bins = np.digitize(qr.max(axis=1), CURVE_EDGES[1:-1])
@@ -143,6 +144,15 @@ def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int],
             if (bins == b).any():
                 out["curve"][r, b] = means["genuinely_ambiguous"][bins == b].mean()
     return out
+
+
+def posterior_means(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], C: np.ndarray, support: np.ndarray,
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The deconvolution from scratch, as `analyse` runs it: {statistic: [N] each candidate's
+    posterior mean under the fitted G}; a population estimate is their mean."""
+    g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
+    values = atom_values(g.atoms, q, probe_classes)
+    return {name: (g.posterior * values[name]).sum(axis=1) for name in SUMMARIES}
 
 
 def widen(estimate: float, ci: list[float], refits: np.ndarray | None) -> list[float]:

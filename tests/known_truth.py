@@ -113,6 +113,11 @@ def draw_study(n: int, rng: np.random.Generator, num_samples: int = 96, calibrat
     return Study(truth, probe, labels, C, treebank_counts(C, rng))
 
 
+def label_counts(study: Study) -> np.ndarray:
+    """[N, K] each candidate's labels counted by UPOS id, as `analyze` counts them from the database."""
+    return np.stack([np.bincount(row, minlength=K) for row in study.labels]).astype(float)
+
+
 def population_truth(rng: np.random.Generator, n: int = 200_000) -> dict:
     """The population's values of the statistics the coverage bench checks (a large Monte Carlo draw)."""
     truth = np.stack([draw_truth(rng) for _ in range(n)])

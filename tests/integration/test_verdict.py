@@ -13,7 +13,7 @@ from posresample.analyze import analyze
 from posresample.confusion import Confusion
 from posresample.data import UPOS_IDS
 from posresample.report import write_report
-from tests.known_truth import K, PROBE_CLASSES, draw_study, planted_verdicts, write_study
+from tests.known_truth import K, PROBE_CLASSES, draw_study, label_counts, planted_verdicts, write_study
 
 
 def test_the_correction_is_closer_to_the_truth_and_is_the_raw_shares_under_the_identity(engine):
@@ -32,7 +32,7 @@ def test_the_probe_test_holds_its_size_and_finds_a_probe_off_by_a_tv_of_0_3():
     rng = np.random.default_rng(2)
     n = 400
     calibrated = draw_study(n, rng, calibrated=True)
-    counts = np.stack([np.bincount(row, minlength=K) for row in calibrated.labels]).astype(float)
+    counts = label_counts(calibrated)
     measured = Confusion(calibrated.measured, "a treebank sample")
     size = (verdict.probe_test(counts, calibrated.probe, measured, rng).p < 0.05).mean()
     assert size <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / n)  # at most ~5%, plus binomial slack

@@ -7,7 +7,7 @@ from scipy.stats import t
 
 from posresample import corrected
 from posresample.confusion import Confusion
-from tests.known_truth import K, PROBE_CLASSES, draw_study
+from tests.known_truth import PROBE_CLASSES, draw_study, label_counts
 
 
 def test_a_redrawn_measurement_keeps_each_rows_words_and_averages_to_the_matrix():
@@ -35,7 +35,7 @@ def test_the_refits_widen_an_interval_to_t_times_their_spread_and_never_narrow_i
 def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are_counted(monkeypatch):
     rng = np.random.default_rng(5)
     study = draw_study(150, rng)
-    counts = np.stack([np.bincount(row, minlength=K) for row in study.labels]).astype(float)
+    counts = label_counts(study)
     confusion = Confusion(study.measured, "a treebank sample")
     monkeypatch.setattr(corrected, "REFITS", 0)
     alone = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3).summary
