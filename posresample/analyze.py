@@ -121,9 +121,10 @@ def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
 
 def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None, params_id: int | None = None,
             min_labelled: int = DEFAULT_MIN_LABELLED, seed: int = 0, with_examples: bool = True,
-            confusion: Confusion | None = None, confusion_from: str | None = None) -> Analysis:
+            confusion: Confusion | None = None, confusion_from: str | None = None, refits: int | None = None) -> Analysis:
     """`confusion`: the tagger's confusion as given (a file); `confusion_from`: measure it against
-    that annotator's labels on these completions (human:NAME) instead of the treebank's."""
+    that annotator's labels on these completions (human:NAME) instead of the treebank's; `refits`:
+    the parametric bootstrap's replicate studies [default: corrected.REFITS]."""
     from . import agreement
 
     scan, params, tagger, cands, per_candidate, original = load(engine, scan_name, tagger_name, params_id)
@@ -143,11 +144,17 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
     true = np.array([c["true_label"] for c in kept])
     orig = np.array([original.get(c["id"]) if original.get(c["id"]) is not None else -1 for c in kept])
     conf = tagger_confusion(tagger, confusion)
-    fixed = corrected.analyse(counts, q, classes, conf, seed)
-    floor = baselines.floors(q, n, classes, seed)
     prior, prior_source = label_prior(scan)
+
+    def raw_view() -> tuple:  # the raw view and the examples, done while the corrected view's refits run
+        floor = baselines.floors(q, n, classes, seed)
+        return (floor, baselines.raw_summary(p, q, n, true, orig, classes, prior, floor, seed),
+                baselines.out_of_probe(p, q, classes, seed), baselines.research_block(p, q, true, classes, seed),
+                load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {})
+
+    fixed = corrected.analyse(counts, q, classes, conf, seed, refits=refits, meanwhile=raw_view)
+    floor, raw, out_of_probe, research, examples = fixed.meanwhile
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
-    raw = baselines.raw_summary(p, q, n, true, orig, classes, prior, floor, seed)
     corrected_summary = fixed.summary
     summary = {
         "headline": headline(len(kept), corrected_summary),
@@ -155,8 +162,8 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
         "probe_contradicted_fdr05": corrected_summary["probe_contradicted_fdr05"],
         "corrected": corrected_summary,
         "raw": raw,
-        "out_of_probe": baselines.out_of_probe(p, q, classes, seed),
-        "research_scripts": baselines.research_block(p, q, true, classes, seed),
+        "out_of_probe": out_of_probe,
+        "research_scripts": research,
         "fitted_temperature": {"corrected": corrected_summary["fitted_temperature"],
                                "raw": raw["baselines"]["fitted_temperature"]},
         "scan": scan["name"], "split": scan["split"], "model": scan["model"], "layer": scan["layer"],
@@ -166,7 +173,6 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
         "breakdowns": {key: breakdown(rows, key, p, q, true, classes) for key in ("true_label", "probe_top2")},
         "human_labels": agreement.summary(engine, scan["id"], params["id"], tagger),
     }
-    examples = load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {}
     return Analysis(scan, params["id"], tagger, min_labelled, rows, summary, q, p, fixed.point, examples)
 
 

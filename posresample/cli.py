@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .config import (
-    DEFAULT_DB_RETRY_SECONDS, DEFAULT_MIN_LABELLED, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_LABEL_BATCH, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LABEL_LEASE,
+    DEFAULT_DB_RETRY_SECONDS, DEFAULT_MIN_LABELLED, DEFAULT_REFITS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_LABEL_BATCH, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LABEL_LEASE,
     DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_TAGGER_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_TAGGER_STEPS, INT32_MAX, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, SEED_MAX, DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
     DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, GenerationParams,
@@ -492,11 +492,15 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
 @click.option("--confusion-from", "confusion_from", default=None,
               help="Correct with the tagger's confusion against an annotator's labels on these completions (human:NAME).")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the bootstraps, tests and draws.")
+@click.option("--refits", default=DEFAULT_REFITS, show_default=True, type=click.IntRange(0, 1000),
+              help="Replicate studies of the parametric bootstrap, each a whole deconvolution on a thread "
+              "(0: the two-stage bootstrap alone, faster, but its intervals miss the truth more "
+              "often than 5% at thousands of candidates: docs/benchmarks.md).")
 @click.option("--distill", "distill_sidecar", default=None, type=click.Path(dir_okay=False),
               help="A distilled probe's sidecar JSON: its cross-validation joins the report.")
 @db_option
-def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_file, confusion_from, seed, distill_sidecar,
-            db_url):
+def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_file, confusion_from, seed, refits,
+            distill_sidecar, db_url):
     """Say, per uncertain token and for the study, whether the word is genuinely ambiguous.
 
     Corrects the labels for the tagger's confusion and the sampling noise: per candidate a
@@ -525,7 +529,7 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
     engine = open_engine(db_url, must_exist=True)
     dbmod.ensure_schema(engine, migrate=False)
     result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed, confusion=confusion,
-                         confusion_from=confusion_from)
+                         confusion_from=confusion_from, refits=refits)
     paths = write_report(result, output, distill)
     click.echo(result.summary["headline"])
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]

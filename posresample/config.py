@@ -34,6 +34,7 @@ DEFAULT_LABEL_LEASE_SECONDS = 30.0  # a killed label process's jobs are taken ov
 DEFAULT_TAGGER_MAX_STEPS = 6000  # train-tagger: about 25 minutes on 2 CPU cores for EWT train
 DEFAULT_TAGGER_MAX_EPOCHS = 20
 DEFAULT_MIN_LABELLED = 20  # analyze: candidates with fewer labelled completions are left out
+DEFAULT_REFITS = 10  # analyze: replicate studies of the parametric bootstrap behind the study's intervals
 DEFAULT_DB_RETRY_SECONDS = 300.0  # a worker rides out a database outage (restart, lock) this long
 
 

@@ -12,29 +12,35 @@ N candidates (a small share is where a percentile bootstrap is known to be short
 The two-stage bootstrap keeps the one fitted G; what it leaves out is how G itself would come out
 of another sample of labels. On known-truth studies of 2,400 candidates that part made the
 estimates vary 1.2-1.3x as much between studies as the two-stage said (docs/benchmarks.md), and a
-nonparametric bootstrap that fits G again does not show it. `refit_estimates` is the remedy, off
-by default (REFITS = 0) because each refit is a whole deconvolution (~4 s at 4,000 candidates):
-a parametric bootstrap of R replicate studies drawn from the fitted model (candidates resampled,
-each one's distribution drawn from its posterior, its labels drawn again through the tagger's
+nonparametric bootstrap that fits G again does not show it. `Refits` is the remedy: a parametric
+bootstrap of R = REFITS replicate studies drawn from the fitted model (candidates resampled, each
+one's distribution drawn from its posterior, its labels drawn again through the tagger's
 confusion, the treebank measurement of that confusion drawn again), each analysed by the same
-deconvolution; each interval is then widened to the estimate +- t(R-1) x their standard deviation.
-With R = 10 the intervals covered in 92-100% of 40 studies at 2,400 candidates
-(`bench/verdict_coverage.py --direct --refits 10`).
+deconvolution; each interval is then widened, where that is wider, to the estimate +- t(R-1) x
+their standard deviation (a t interval: exact for a normal estimate whatever R, wider on average
+the smaller R is). Each refit is a whole deconvolution (~2.5 CPU-seconds at 4,000 candidates), so
+they run on threads, beside the per-candidate work and the caller's raw view (`meanwhile`).
+Measured coverage and cost: docs/benchmarks.md (bench/verdict_coverage.py, bench/analyze_speed.py).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
 from . import metrics, population, verdict
+from .config import DEFAULT_REFITS
 from .confusion import Confusion
 from .data import UPOS_NAMES
 
 K = len(UPOS_NAMES)
 BOOTSTRAP = 1000  # two-stage replicates
-REFITS = 0  # parametric-bootstrap refits (bench: --refits 10 covers at 2,400 but costs ~4 s each at 4,000; off until faster)
+REFITS = DEFAULT_REFITS  # parametric-bootstrap refits (replicate studies, each a whole deconvolution)
+MAX_THREADS = 4  # refits at once, at most (each holds its own likelihood matrix: ~0.1 GB at 16,000 candidates)
 CURVE_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # probe max probability bins of the study's curve
 FDR = 0.05
 
@@ -50,39 +56,55 @@ class Corrected:
     replicates: np.ndarray  # [N] Monte Carlo replicates behind each p-value
     posterior_mean: np.ndarray  # [N, K] E[pi | labels] under the estimated population
     summary: dict
+    meanwhile: Any = None  # what analyse's `meanwhile` gave back
 
 
-def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int) -> Corrected:
-    """counts [N, K] the ok labels per candidate; q [N, K] the probe on all UPOS ids."""
+def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int,
+            refits: int | None = None, meanwhile: Callable[[], Any] | None = None) -> Corrected:
+    """counts [N, K] the ok labels per candidate; q [N, K] the probe on all UPOS ids. refits: the
+    parametric bootstrap's replicate studies [default: REFITS], run on threads while the
+    per-candidate intervals and tests are computed, and then `meanwhile` (the caller's other
+    work, its result kept as .meanwhile)."""
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread: the products here are many and small, and BLAS's own threads beside the
+    # refits' made analyze 1.5x slower on two cores (8.4 s against 9.7 s at 4,000 without refits)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _analyse(counts, q, probe_classes, confusion, seed, REFITS if refits is None else refits, meanwhile)
+
+
+def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwhile) -> Corrected:
     rng = np.random.default_rng(seed)
     C, support = confusion.matrix(), confusion.support
     point = verdict.mle(counts, C, support)
-    lo, hi = verdict.posterior_intervals(counts, confusion, rng)
-    probe_pred = q.argmax(axis=1)
-    calls = verdict.verdicts(point, lo, probe_pred)
-    test = verdict.probe_test(counts, q, confusion, rng, fdr=FDR)
     g = population.deconvolve(counts, q, C, support, point, rng)
-    values = atom_values(g.atoms, q, probe_classes)
     boot = TwoStage(g.posterior, rng)
-    refits = refit_estimates(counts, q, probe_classes, confusion, g, boot, rng)
-    posterior_mean = (g.posterior[:, :, None] * g.atoms).sum(axis=1)  # [N, K] E[pi | labels]
+    with Refits(counts, q, probe_classes, confusion, g, boot, refits, rng) as pending:
+        lo, hi = verdict.posterior_intervals(counts, confusion, rng)
+        probe_pred = q.argmax(axis=1)
+        calls = verdict.verdicts(point, lo, probe_pred)
+        test = verdict.probe_test(counts, q, confusion, rng, fdr=FDR)
+        values = atom_values(g.atoms, q, probe_classes)
+        posterior_mean = (g.posterior[:, :, None] * g.atoms).sum(axis=1)  # [N, K] E[pi | labels]
+        side = meanwhile() if meanwhile is not None else None
+        replicas = pending.result()
     summary = {
         "confusion": {"source": confusion.source, "exact": confusion.exact,
                       "support": [UPOS_NAMES[k] for k in np.flatnonzero(support)]},
-        "verdict": {name: boot.share(values[name], refits[name]) for name in verdict.VERDICTS},
+        "verdict": {name: boot.share(values[name], replicas[name]) for name in verdict.VERDICTS},
         "verdict_called": {name: int((calls == i).sum()) for i, name in enumerate(verdict.VERDICTS)},
-        "majority_is_probe_argmax": boot.share(values["majority_is_probe_argmax"], refits["majority_is_probe_argmax"]),
+        "majority_is_probe_argmax": boot.share(values["majority_is_probe_argmax"], replicas["majority_is_probe_argmax"]),
         "probe_contradicted_fdr05": metrics.jeffreys_interval(float((test.q <= FDR).sum()), len(counts)),
         "p_value_floor": float(1 / (1 + test.replicates.max())),
-        "divergences": {name: boot.mean(values[name], refits[name]) for name in ("tv", "js", "kl", "kl_all", "brier")},
-        "out_of_probe_mass": boot.mean(values["out_of_probe"], refits["out_of_probe"]),
+        "divergences": {name: boot.mean(values[name], replicas[name]) for name in ("tv", "js", "kl", "kl_all", "brier")},
+        "out_of_probe_mass": boot.mean(values["out_of_probe"], replicas["out_of_probe"]),
         # cross-entropy is linear in pi, so fitting to the posterior means fits to the posteriors
         "fitted_temperature": metrics.fit_temperature(posterior_mean, q),
-        "curve": curve(g.posterior, values["genuinely_ambiguous"], q.max(axis=1), rng, refits["curve"]),
+        "curve": curve(g.posterior, values["genuinely_ambiguous"], q.max(axis=1), rng, replicas["curve"]),
         "population": {"atoms": int((g.weights > 1e-9).sum()), "method": "NPMLE over rank-frame atoms",
-                       "refits": len(refits["tv"])},
+                       "refits": refits},
     }
-    return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary)
+    return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary, side)
 
 
 def atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int], block: int = 1024) -> dict[str, np.ndarray]:
@@ -123,26 +145,54 @@ def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int],
     empty). Replicate r takes the two-stage bootstrap's r-th draw (candidates resampled, each one's
     distribution drawn from its posterior under G), draws each candidate's labels from it through
     the confusion and the treebank measurement of the confusion from that confusion, and runs the
-    whole deconvolution again."""
-    refits = REFITS if refits is None else refits
+    whole deconvolution again. The replicates run on threads (the sparse products and the
+    likelihood's logs let go of the GIL), each with its own generator: the result does not depend
+    on how they are scheduled."""
+    with Refits(counts, q, probe_classes, confusion, g, boot, REFITS if refits is None else refits, rng) as pending:
+        return pending.result()
+
+
+class Refits:
+    """The parametric bootstrap's replicates, started on a thread pool at entry: result() waits."""
+
+    def __init__(self, counts, q, probe_classes, confusion, g, boot, refits: int, rng: np.random.Generator):
+        self.args = (counts, q, probe_classes, confusion, g, boot)
+        self.refits = refits
+        self.seeds = rng.integers(0, 2 ** 63, size=refits)  # one generator a replicate, drawn up front
+
+    def __enter__(self) -> "Refits":
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(self.refits, MAX_THREADS, os.cpu_count() or 1)))
+        self.futures = [self.pool.submit(_refit, *self.args, r, np.random.default_rng(int(seed)))
+                        for r, seed in enumerate(self.seeds)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for future in self.futures:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+
+    def result(self) -> dict[str, np.ndarray]:
+        out = {name: np.empty(self.refits) for name in SUMMARIES}
+        out["curve"] = np.full((self.refits, len(CURVE_EDGES) - 1), np.nan)
+        for r, future in enumerate(self.futures):
+            for name, value in future.result().items():
+                out[name][r] = value
+        return out
+
+
+def _refit(counts, q, probe_classes, confusion, g, boot, r: int, rng: np.random.Generator) -> dict:
+    """Replicate study r's estimates: {statistic: float, "curve": [bins]}."""
     C = confusion.matrix()
-    n_labels = counts.sum(axis=1).astype(np.int64)
-    out = {name: np.empty(refits) for name in SUMMARIES}
-    out["curve"] = np.full((refits, len(CURVE_EDGES) - 1), np.nan)
-    for r in range(refits):
-        rows = boot.rows[r]
-        mix = g.atoms[rows, boot.atoms[r]] @ C
-        labels = rng.multinomial(n_labels[rows], mix / mix.sum(axis=1, keepdims=True)).astype(float)
-        measured = confusion.redrawn(rng)
-        Cr, support = measured.matrix(), measured.support
-        qr = q[rows]
-        means = posterior_means(labels, qr, probe_classes, Cr, support, rng)
-        for name in SUMMARIES:
-            out[name][r] = means[name].mean()
-        bins = np.digitize(qr.max(axis=1), CURVE_EDGES[1:-1])
-        for b in range(len(CURVE_EDGES) - 1):
-            if (bins == b).any():
-                out["curve"][r, b] = means["genuinely_ambiguous"][bins == b].mean()
+    rows = boot.rows[r]
+    mix = g.atoms[rows, boot.atoms[r]] @ C
+    labels = rng.multinomial(counts.sum(axis=1).astype(np.int64)[rows], mix / mix.sum(axis=1, keepdims=True)).astype(float)
+    measured = confusion.redrawn(rng)
+    qr = q[rows]
+    means = posterior_means(labels, qr, probe_classes, measured.matrix(), measured.support, rng)
+    out = {name: float(means[name].mean()) for name in SUMMARIES}
+    bins = np.digitize(qr.max(axis=1), CURVE_EDGES[1:-1])
+    out["curve"] = np.array([means["genuinely_ambiguous"][bins == b].mean() if (bins == b).any() else np.nan
+                             for b in range(len(CURVE_EDGES) - 1)])
     return out
 
 

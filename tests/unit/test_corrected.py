@@ -1,6 +1,6 @@
 """The corrected view's population intervals: the parametric bootstrap's pieces (the treebank
-measurement drawn again, the widening by the refits' spread) and that the refits only ever widen
-what the two-stage bootstrap gives. (Coverage over many studies: bench/verdict_coverage.py.)"""
+measurement drawn again, the widening by the refits' spread), that the refits only ever widen
+what the two-stage bootstrap gives, and that running them on threads changes nothing. (Coverage over many studies: bench/verdict_coverage.py.)"""
 
 import numpy as np
 from scipy.stats import t
@@ -32,15 +32,13 @@ def test_the_refits_widen_an_interval_to_t_times_their_spread_and_never_narrow_i
     assert corrected.widen(0.42, [0.415, 0.425], np.array([0.5])) == [0.415, 0.425]  # one refit has no spread
 
 
-def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are_counted(monkeypatch):
+def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are_counted():
     rng = np.random.default_rng(5)
     study = draw_study(150, rng)
     counts = label_counts(study)
     confusion = Confusion(study.measured, "a treebank sample")
-    monkeypatch.setattr(corrected, "REFITS", 0)
-    alone = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3).summary
-    monkeypatch.setattr(corrected, "REFITS", 6)
-    widened = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3).summary
+    alone = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3, refits=0).summary
+    widened = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3, refits=6).summary
     assert alone["population"]["refits"] == 0 and widened["population"]["refits"] == 6
     pairs = [(alone["verdict"][v], widened["verdict"][v]) for v in alone["verdict"]]
     pairs += [(alone["majority_is_probe_argmax"], widened["majority_is_probe_argmax"])]
@@ -52,3 +50,25 @@ def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are
         assert after["ci95"][0] <= before["ci95"][0] + 1e-12 and after["ci95"][1] >= before["ci95"][1] - 1e-12
         grown += (after["ci95"][1] - after["ci95"][0]) > (before["ci95"][1] - before["ci95"][0]) + 1e-9
     assert grown >= 1
+
+
+def test_the_refits_come_out_the_same_on_one_thread_or_four(monkeypatch):
+    """Each replicate study has its own generator, seeded before any runs: which thread runs which
+    replicate, and when, cannot change the result."""
+    rng = np.random.default_rng(8)
+    study = draw_study(120, rng)
+    counts = label_counts(study)
+    confusion = Confusion(study.measured, "a treebank sample")
+    C = confusion.matrix()
+    g = corrected.population.deconvolve(counts, study.probe, C, confusion.support,
+                                        corrected.verdict.mle(counts, C, confusion.support), rng)
+    boot = corrected.TwoStage(g.posterior, rng, replicates=50)
+    runs = []
+    for threads in (1, 4):
+        monkeypatch.setattr(corrected, "MAX_THREADS", threads)
+        runs.append(corrected.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot,
+                                              np.random.default_rng(21), refits=5))
+    for name in corrected.SUMMARIES:
+        assert np.isfinite(runs[0][name]).all() and np.ptp(runs[0][name]) > 0  # five different studies
+        assert np.allclose(runs[0][name], runs[1][name], rtol=1e-12, atol=1e-15)
+    assert np.allclose(runs[0]["curve"], runs[1]["curve"], rtol=1e-12, equal_nan=True)
