@@ -358,7 +358,7 @@ def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
         meta=e(f"model {s['model']}, layer {s['layer']}, split {s['split']}, generation params {s['generation_params_id']}, "
                f"tagger {s['tagger']['spec']}; {s['candidates_analysed']} of {s['candidates_in_scan']} candidates (at least "
                f"{s['min_labelled']} labelled completions each); label prior from {s['prior_source']}"),
-        corrected=corrected_html(s), raw=raw_html(s),
+        corrected=corrected_html(s), raw=raw_html(s), refits=s["corrected"]["population"]["refits"],
         fitted=f"{b['fitted_temperature']:.3g}", fit_n=b["fit_candidates"], test_n=b["scored_candidates"],
         baselines=baseline_rows, breakdowns="".join(_breakdown_table(k, rows) for k, rows in s["breakdowns"].items()),
         images=images, examples=EXAMPLES_PER_LABEL, extra=human_html(s.get("human_labels")) + extra,

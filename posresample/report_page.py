@@ -29,7 +29,8 @@ mark {{ background: #ffe066; }}
 <h2>The corrected view</h2>
 <p>The tagger's confusion and the sampling noise modelled: population shares from an empirical-Bayes
 deconvolution of the candidates' distributions, 95% intervals from a two-stage bootstrap (candidates,
-then each one's distribution); a verdict per candidate from its own 95% intervals ("called"). The rule:
+then each one's distribution), widened where that is wider by the spread of {refits} replicate studies
+drawn from the fitted model and analysed again; a verdict per candidate from its own 95% intervals ("called"). The rule:
 genuinely ambiguous when the second reading's lower bound is at least 0.10; one reading when the first's
 lower bound is at least 0.90 (under-confident probe if it is the probe's argmax, wrong probe if not);
 otherwise neither is shown (undetermined). docs/design.md has the model.</p>
