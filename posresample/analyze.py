@@ -121,10 +121,11 @@ def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
 
 def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None, params_id: int | None = None,
             min_labelled: int = DEFAULT_MIN_LABELLED, seed: int = 0, with_examples: bool = True,
-            confusion: Confusion | None = None, confusion_from: str | None = None, refits: int | None = None) -> Analysis:
+            confusion: Confusion | None = None, confusion_from: str | None = None, refits: int | None = None,
+            progress: bool = False) -> Analysis:
     """`confusion`: the tagger's confusion as given (a file); `confusion_from`: measure it against
     that annotator's labels on these completions (human:NAME) instead of the treebank's; `refits`:
-    the parametric bootstrap's replicate studies [default: corrected.REFITS]."""
+    the parametric bootstrap's replicate studies [default: corrected.REFITS]; `progress`: a bar of them."""
     from . import agreement
 
     scan, params, tagger, cands, per_candidate, original = load(engine, scan_name, tagger_name, params_id)
@@ -152,7 +153,7 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
                 baselines.out_of_probe(p, q, classes, seed), baselines.research_block(p, q, true, classes, seed),
                 load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {})
 
-    fixed = corrected.analyse(counts, q, classes, conf, seed, refits=refits, meanwhile=raw_view)
+    fixed = corrected.analyse(counts, q, classes, conf, seed, refits=refits, meanwhile=raw_view, progress=progress)
     floor, raw, out_of_probe, research, examples = fixed.meanwhile
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
     corrected_summary = fixed.summary

@@ -498,9 +498,10 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
               "often than 5% at thousands of candidates: docs/benchmarks.md).")
 @click.option("--distill", "distill_sidecar", default=None, type=click.Path(dir_okay=False),
               help="A distilled probe's sidecar JSON: its cross-validation joins the report.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_option
 def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_file, confusion_from, seed, refits,
-            distill_sidecar, db_url):
+            distill_sidecar, no_progress, db_url):
     """Say, per uncertain token and for the study, whether the word is genuinely ambiguous.
 
     Corrects the labels for the tagger's confusion and the sampling noise: per candidate a
@@ -529,7 +530,7 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
     engine = open_engine(db_url, must_exist=True)
     dbmod.ensure_schema(engine, migrate=False)
     result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed, confusion=confusion,
-                         confusion_from=confusion_from, refits=refits)
+                         confusion_from=confusion_from, refits=refits, progress=not no_progress)
     paths = write_report(result, output, distill)
     click.echo(result.summary["headline"])
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]

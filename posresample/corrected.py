@@ -26,6 +26,7 @@ Measured coverage and cost: docs/benchmarks.md (bench/verdict_coverage.py, bench
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -60,27 +61,27 @@ class Corrected:
 
 
 def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int,
-            refits: int | None = None, meanwhile: Callable[[], Any] | None = None) -> Corrected:
+            refits: int | None = None, meanwhile: Callable[[], Any] | None = None, progress: bool = False) -> Corrected:
     """counts [N, K] the ok labels per candidate; q [N, K] the probe on all UPOS ids. refits: the
     parametric bootstrap's replicate studies [default: REFITS], run on threads while the
     per-candidate intervals and tests are computed, and then `meanwhile` (the caller's other
-    work, its result kept as .meanwhile)."""
+    work, its result kept as .meanwhile); progress: a bar of the replicate studies done."""
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread: the products here are many and small, and BLAS's own threads beside the
     # refits' slowed them down (two cores, 4,000 candidates: 4 refits 18.9 s against 12.6 s on one
     # BLAS thread; no refits 9.7 s against 8.4 s)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _analyse(counts, q, probe_classes, confusion, seed, REFITS if refits is None else refits, meanwhile)
+        return _analyse(counts, q, probe_classes, confusion, seed, REFITS if refits is None else refits, meanwhile, progress)
 
 
-def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwhile) -> Corrected:
+def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwhile, progress: bool) -> Corrected:
     rng = np.random.default_rng(seed)
     C, support = confusion.matrix(), confusion.support
     point = verdict.mle(counts, C, support)
     g = population.deconvolve(counts, q, C, support, point, rng)
     boot = TwoStage(g.posterior, rng)
-    with Refits(counts, q, probe_classes, confusion, g, boot, refits, rng) as pending:
+    with Refits(counts, q, probe_classes, confusion, g, boot, refits, rng, progress) as pending:
         lo, hi = verdict.posterior_intervals(counts, confusion, rng)
         probe_pred = q.argmax(axis=1)
         calls = verdict.verdicts(point, lo, probe_pred)
@@ -156,23 +157,37 @@ def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int],
 class Refits:
     """The parametric bootstrap's replicates, started on a thread pool at entry: result() waits."""
 
-    def __init__(self, counts, q, probe_classes, confusion, g, boot, refits: int, rng: np.random.Generator):
+    def __init__(self, counts, q, probe_classes, confusion, g, boot, refits: int, rng: np.random.Generator,
+                 progress: bool = False):
         if refits > len(boot.rows):
             raise ValueError(f"{refits} refits, but the two-stage bootstrap drew {len(boot.rows)} replicates to take them from")
         self.args = (counts, q, probe_classes, confusion, g, boot)
-        self.refits = refits
+        self.refits, self.progress = refits, progress
         self.seeds = rng.integers(0, 2 ** 63, size=refits)  # one generator a replicate, drawn up front
 
     def __enter__(self) -> "Refits":
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.refits, desc="analyze: replicate studies", unit="study",
+                        disable=not self.progress or not self.refits)
+        lock = threading.Lock()  # the bar is advanced from the pool's threads
+
+        def done(_future) -> None:
+            with lock:
+                self.bar.update(1)
+
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(self.refits, MAX_THREADS, os.cpu_count() or 1)))
         self.futures = [self.pool.submit(_refit, *self.args, r, np.random.default_rng(int(seed)))
                         for r, seed in enumerate(self.seeds)]
+        for future in self.futures:
+            future.add_done_callback(done)
         return self
 
     def __exit__(self, *exc) -> None:
         for future in self.futures:
             future.cancel()
         self.pool.shutdown(wait=True)
+        self.bar.close()
 
     def result(self) -> dict[str, np.ndarray]:
         out = {name: np.empty(self.refits) for name in SUMMARIES}

@@ -127,7 +127,15 @@ def test_bad_confusion_files_are_one_line_and_write_nothing(engine, db_url, tmp_
     result = CliRunner().invoke(cli, ["analyze", "--db", db_url, "--tagger-confusion", str(good), "-o", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Of 30 uncertain tokens, ")
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["corrected"]["confusion"]["source"] == "given"
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["corrected"]["confusion"]["source"] == "given"
+    assert summary["corrected"]["population"]["refits"] == 10  # the default
+    assert "analyze: replicate studies: 100%" in result.stderr and "10/10" in result.stderr  # the bar, on stderr
+    quiet = CliRunner().invoke(cli, ["analyze", "--db", db_url, "--tagger-confusion", str(good), "--no-progress",
+                                     "--refits", "3", "-o", str(tmp_path / "r3")])
+    assert quiet.exit_code == 0, quiet.output
+    assert "replicate studies" not in quiet.stderr
+    assert json.loads((tmp_path / "r3" / "summary.json").read_text())["corrected"]["population"]["refits"] == 3
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
