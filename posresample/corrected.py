@@ -41,7 +41,7 @@ from .data import UPOS_NAMES
 K = len(UPOS_NAMES)
 BOOTSTRAP = 1000  # two-stage replicates
 REFITS = DEFAULT_REFITS  # parametric-bootstrap refits (replicate studies, each a whole deconvolution)
-MAX_THREADS = 4  # refits at once, at most (each holds its own likelihood matrix: ~0.1 GB at 16,000 candidates)
+MAX_THREADS = 4  # refits at once, at most (each holds its own likelihoods and posteriors: ~0.45 GB at 16,000 candidates)
 CURVE_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # probe max probability bins of the study's curve
 FDR = 0.05
 
