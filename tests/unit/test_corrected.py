@@ -53,17 +53,23 @@ def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are
     assert grown >= 1
 
 
-def test_the_refits_come_out_the_same_on_one_thread_or_four(monkeypatch):
-    """Each replicate study has its own generator, seeded before any runs: which thread runs which
-    replicate, and when, cannot change the result."""
-    rng = np.random.default_rng(8)
-    study = draw_study(120, rng)
+def fitted(study, rng: np.random.Generator, replicates: int = 50):
+    """What corrected.analyse fits before its refits: the counts, the measured confusion, the
+    deconvolution and the two-stage replicates."""
     counts = label_counts(study)
     confusion = Confusion(study.measured, "a treebank sample")
     C = confusion.matrix()
     g = corrected.population.deconvolve(counts, study.probe, C, confusion.support,
                                         corrected.verdict.mle(counts, C, confusion.support), rng)
-    boot = corrected.TwoStage(g.posterior, rng, replicates=50)
+    return counts, confusion, g, corrected.TwoStage(g.posterior, rng, replicates=replicates)
+
+
+def test_the_refits_come_out_the_same_on_one_thread_or_four(monkeypatch):
+    """Each replicate study has its own generator, seeded before any runs: which thread runs which
+    replicate, and when, cannot change the result."""
+    rng = np.random.default_rng(8)
+    study = draw_study(120, rng)
+    counts, confusion, g, boot = fitted(study, rng)
     runs = []
     for threads in (1, 4):
         monkeypatch.setattr(corrected, "MAX_THREADS", threads)
@@ -88,14 +94,9 @@ def test_the_refits_spread_is_the_spread_between_independent_studies():
     with threadpool_limits(limits=1, user_api="blas"):
         for _ in range(24):
             study = draw_study(600, studies)
-            counts = label_counts(study)
-            confusion = Confusion(study.measured, "a treebank sample")
-            C = confusion.matrix()
-            g = corrected.population.deconvolve(counts, study.probe, C, confusion.support,
-                                                corrected.verdict.mle(counts, C, confusion.support), rng)
+            counts, confusion, g, boot = fitted(study, rng)
             values = corrected.atom_values(g.atoms, study.probe, PROBE_CLASSES)
             estimates.append({k: (g.posterior * values[k]).sum(axis=1).mean() for k in corrected.SUMMARIES})
-            boot = corrected.TwoStage(g.posterior, rng, replicates=50)
             refits = corrected.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot, rng, refits=10)
             spreads.append({k: refits[k].std(ddof=1) for k in corrected.SUMMARIES})
     for name in ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "majority_is_probe_argmax"):
