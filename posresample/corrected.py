@@ -172,9 +172,10 @@ class Refits:
                         disable=not self.progress or not self.refits)
         lock = threading.Lock()  # the bar is advanced from the pool's threads
 
-        def done(_future) -> None:
-            with lock:
-                self.bar.update(1)
+        def done(future) -> None:
+            if not future.cancelled():  # a cancelled one (an error elsewhere) is not a study done
+                with lock:
+                    self.bar.update(1)
 
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(self.refits, MAX_THREADS, os.cpu_count() or 1)))
         self.futures = [self.pool.submit(_refit, *self.args, r, np.random.default_rng(int(seed)))
