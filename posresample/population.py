@@ -158,12 +158,11 @@ def _loglik(counts, C, support, order, shared, probe) -> np.ndarray:
     return np.concatenate([ll, llp], axis=1)
 
 
-def npmle(E, iters: int = 80, weights: np.ndarray | None = None, start: np.ndarray | None = None) -> np.ndarray:
-    """Mixing weights maximising sum_i m_i log sum_j w_j L_ij over the simplex (Kiefer-Wolfowitz), L
-    the sparse relative likelihoods: the EM fixed point w_j <- sum_i m_i post_ij / sum m, accelerated
-    by SQUAREM (the step is kept only where it raises the likelihood). m: candidate multiplicities
-    (a bootstrap resample), 1 by default."""
-    m = np.ones(E.shape[0]) if weights is None else weights
+def npmle(E, iters: int = 80) -> np.ndarray:
+    """Mixing weights maximising sum_i log sum_j w_j L_ij over the simplex (Kiefer-Wolfowitz), L the
+    sparse relative likelihoods: the EM fixed point w_j <- sum_i post_ij / N from uniform weights,
+    accelerated by SQUAREM (the step is kept only where it raises the likelihood)."""
+    m = np.ones(E.shape[0])
     total = m.sum()
     ET = E.T.tocsr()  # the transpose's products row by row: faster than through E's columns
 
@@ -173,7 +172,7 @@ def npmle(E, iters: int = 80, weights: np.ndarray | None = None, start: np.ndarr
     def objective(Ew):
         return float(m @ np.log(np.maximum(Ew, 1e-300)))
 
-    w = np.full(E.shape[1], 1.0 / E.shape[1]) if start is None else start.copy()
+    w = np.full(E.shape[1], 1.0 / E.shape[1])
     Ew = E @ w
     for _ in range(iters):
         one = step(w, Ew)
