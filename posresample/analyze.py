@@ -58,10 +58,29 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
             {"scan": scan["id"], "params": params["id"], "tagger": tagger["id"]}).all()
         original = dict(conn.execute(select(candidate_labels.c.candidate_id, candidate_labels.c.upos).where(
             candidate_labels.c.tagger_id == tagger["id"])).all())
+        scan["sampled"] = conn.execute(select(func.count()).select_from(jobs).join(
+            candidates, candidates.c.id == jobs.c.candidate_id).where(
+            candidates.c.scan_id == scan["id"], jobs.c.params_id == params["id"], jobs.c.state == "done")).scalar_one()
     per_candidate: dict[int, np.ndarray] = {}
     for cid, upos, n in counts:
         per_candidate.setdefault(cid, np.zeros(K))[upos] = n
     return scan, params, tagger, [dict(c) for c in cands], per_candidate, original
+
+
+def sample_description(scan: dict, scanned: int) -> dict:
+    """Which candidates were sampled, and so what the study's shares are estimates of."""
+    order = scan.get("job_order") or "dataset"
+    sampled = scan["sampled"]
+    if sampled >= scanned:
+        reading = f"every candidate of the scan was sampled: the shares are for its {scanned} candidates"
+    elif order == "random":
+        reading = (f"{sampled} of the scan's {scanned} candidates, drawn in the scan's random order: a simple random "
+                   f"sample, so the shares and means estimate all {scanned}")
+    else:
+        reading = (f"the first {sampled} of {scanned} candidates in dataset order: not a random sample, so the "
+                   "shares describe these candidates only")
+    return {"order": order, "order_seed": scan.get("order_seed"), "random_sample": order == "random" or sampled >= scanned,
+            "reading": reading}
 
 
 def pick_tagger(conn, name: str | None) -> dict:
@@ -158,7 +177,9 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
     corrected_summary = fixed.summary
     summary = {
-        "headline": headline(len(kept), corrected_summary),
+        "headline": headline(len(kept), corrected_summary, len(cands), scan),
+        "flow": {"scanned": len(cands), "sampled": scan["sampled"], "labelled_enough": len(kept), "analysed": len(kept)},
+        "sample": sample_description(scan, len(cands)),
         "verdict": corrected_summary["verdict"],
         "probe_contradicted_fdr05": corrected_summary["probe_contradicted_fdr05"],
         "corrected": corrected_summary,
@@ -177,14 +198,19 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
     return Analysis(scan, params["id"], tagger, min_labelled, rows, summary, q, p, fixed.point, examples)
 
 
-def headline(n: int, s: dict) -> str:
+def headline(n: int, s: dict, scanned: int | None = None, scan: dict | None = None) -> str:
     v = s["verdict"]
 
     def pct(entry):
         lo, hi = entry["ci95"]
         return f"{entry['share']:.0%} ({lo:.0%}-{hi:.0%})"
 
-    return (f"Of {n} uncertain tokens, {pct(v['genuinely_ambiguous'])} are genuinely ambiguous, "
+    whole = ""
+    if scanned is not None and scan is not None and scan["sampled"] < scanned:
+        random = (scan.get("job_order") or "dataset") == "random"
+        whole = (f" (a random sample of the scan's {scanned}: the shares estimate all {scanned})" if random
+                 else f" (the first sampled of the scan's {scanned}, in dataset order: not a random sample)")
+    return (f"Of {n} uncertain tokens{whole}, {pct(v['genuinely_ambiguous'])} are genuinely ambiguous, "
             f"{pct(v['probe_underconfident'])} have one reading the probe was merely unsure of, "
             f"{pct(v['probe_wrong'])} have one reading the probe got wrong, and {pct(v['undetermined'])} are neither; "
             f"the labels contradict the probe for {pct(s['probe_contradicted_fdr05'])} (FDR 5%).")

@@ -16,7 +16,7 @@ from .config import (
     DEFAULT_DB_RETRY_SECONDS, DEFAULT_MIN_LABELLED, DEFAULT_REFITS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_LABEL_BATCH, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LABEL_LEASE,
     DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_TAGGER_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_TAGGER_STEPS, INT32_MAX, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, SEED_MAX, DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
-    DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, GenerationParams,
+    DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, DEFAULT_ORDER_SEED, GenerationParams,
 )
 from .errors import ConfigError, DatabaseError, PosresampleError
 
@@ -69,6 +69,9 @@ class FiniteFloat(click.ParamType):
 
 
 COUNT = click.IntRange(1, INT32_MAX)  # a positive count that fits the 32-bit integer columns
+
+
+MODEL_HELP = "HF model id, local folder, or a .gguf file (converted once to a cached folder)."
 
 
 def db_option(func):
@@ -149,12 +152,17 @@ def parse_exclude(spec: str) -> tuple[int, ...]:
 @click.option("--probe", required=True, type=click.Path(dir_okay=False), help="The probe (.joblib, scikit-learn).")
 @click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
 @click.option("--split", default=DEFAULT_SPLIT, show_default=True, help="train, validation or test.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="HF model id or local folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=click.IntRange(0, 10_000), help="hidden_states index the probe reads.")
 @click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=FiniteFloat(0, 1), help="Keep tokens whose max probe probability is below this.")
 @click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="True labels to skip (names or ids).")
 @click.option("--max-prefixes", default=None, type=COUNT, help="Stop after this many candidates.")
 @click.option("--name", default=DEFAULT_SCAN_NAME, show_default=True, help="Scan name; re-running it resumes.")
+@click.option("--order", type=click.Choice(["random", "dataset"]), default=None,
+              help="Order the jobs drain in: random (a seeded permutation, so the jobs done at any moment are a "
+              "random sample of the candidates) or dataset [default: random for a new scan, as stored when resuming].")
+@click.option("--order-seed", default=DEFAULT_ORDER_SEED, show_default=True, type=click.IntRange(0, SEED_MAX),
+              help="Seed of the random order.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
 @click.option("--batch-size", default=32, show_default=True, type=COUNT, help="Sentences per forward pass.")
@@ -164,13 +172,19 @@ def parse_exclude(spec: str) -> tuple[int, ...]:
 @generation_options
 @db_option
 @click.pass_context
-def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefixes, name, device, attn, batch_size,
-         no_progress, trust_probe, num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
+def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefixes, name, order, order_seed, device, attn,
+         batch_size, no_progress, trust_probe, num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
     """Find the tokens where the probe is unsure and queue them for sampling.
 
     \b
-    Example:
+    Jobs drain in a random order seeded by --order-seed, so a study stopped part-way holds a
+    random sample of the candidates.
+
+    \b
+    Examples:
         python cli.py scan --probe probe.joblib \\
+            --dataset ../shared/data/ud_english_ewt --split validation
+        python cli.py scan --probe probe.joblib --model gemma-3-270m-q4_k_m.gguf \\
             --dataset ../shared/data/ud_english_ewt --split validation
     """
     from .scan import ScanOptions, run_scan
@@ -178,7 +192,8 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
     params = GenerationParams(model, temperature, top_p, top_k, max_new_tokens, num_samples, seed).validate()
     opts = ScanOptions(probe=probe, dataset=dataset, split=split, model=model, layer=layer, threshold=threshold,
                        exclude=parse_exclude(exclude), params=params, name=name, max_prefixes=max_prefixes,
-                       device=device, attn=attn, batch_size=batch_size, trust_probe=trust_probe)
+                       device=device, attn=attn, batch_size=batch_size, trust_probe=trust_probe, order=order,
+                       order_seed=order_seed)
     if no_progress:
         silence_library_progress()
     engine = open_engine(db_url)
@@ -209,14 +224,19 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
 @click.option("--compile", "compile_mode", type=click.Choice(["off", "inductor", "cuda-graph"]), default="off",
               show_default=True, help="With --decode fast: run its step through torch.compile (inductor) or "
               "capture it once per batch as a CUDA graph and replay it (cuda-graph, CUDA only).")
+@click.option("--max-jobs", default=None, type=COUNT, help="Stop after this many jobs (with --devices: in all).")
+@click.option("--model", "gguf_models", multiple=True, type=click.Path(dir_okay=False),
+              help="A .gguf file behind the queued jobs' model (gguf:sha256:...), converted here once; repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--jobs-budget", default=None, hidden=True, help="The --max-jobs budget file shared by a supervisor's workers.")
 @click.option("--fake-sampler", is_flag=True, hidden=True, help="Model-free sampler for queue tests and benchmarks.")
 @click.option("--fake-delay", default=0.0, type=float, hidden=True)
 @click.option("--fake-poison-token", default=None, type=int, hidden=True)
 @db_option
 @click.pass_context
 def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, db_retry_seconds, no_wait,
-           max_restarts, attn, decode, compile_mode, no_progress, fake_sampler, fake_delay, fake_poison_token, db_url):
+           max_restarts, attn, decode, compile_mode, max_jobs, gguf_models, no_progress, jobs_budget, fake_sampler,
+           fake_delay, fake_poison_token, db_url):
     """Claim queued prefixes, sample continuations, write them back.
 
     Exits when no job is left; waits while another worker's lease is pending. Loads the model of
@@ -229,16 +249,19 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
         python cli.py worker --device cuda:0
         python cli.py worker --devices all --db postgresql+psycopg://user@host/posresample
         python cli.py worker --device cuda:0 --decode fast --compile cuda-graph
+        python cli.py worker --device cpu --model gemma-3-270m-q4_k_m.gguf --max-jobs 300
     """
     if compile_mode != "off" and decode != "fast":
         raise click.UsageError(f"--compile {compile_mode} needs --decode fast")
+    for path in gguf_models:  # before any process starts: a bad file is one line, and the conversion runs once
+        _register_gguf(path)
     if devices:
-        from .supervise import Supervisor, parse_devices
+        from .supervise import parse_devices
 
         argv = _argv_without(sys.argv[sys.argv.index("worker"):], ("--devices", "--device", "--max-restarts"))
         if ctx.obj.get("verbose"):
             argv = ["-v", *argv]
-        raise SystemExit(Supervisor(argv, parse_devices(devices), max_restarts).run())
+        raise SystemExit(_supervise(argv, parse_devices(devices), max_restarts, max_jobs))
     from .modeling import pick_device
     from .worker import Worker, WorkerOptions
 
@@ -250,10 +273,39 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
         silence_library_progress()
     opts = WorkerOptions(device=dev, batch_jobs=batch_jobs or (32 if dev.startswith("cuda") else 4),
                          lease_seconds=lease_seconds, max_attempts=max_attempts, stop_grace=stop_grace,
-                         wait=not no_wait, progress=not no_progress, db_retry_seconds=db_retry_seconds)
+                         wait=not no_wait, progress=not no_progress, db_retry_seconds=db_retry_seconds,
+                         max_jobs=max_jobs, budget_file=jobs_budget)
     w = Worker(engine, _sampler_factory(dev, max_rows, attn, decode, compile_mode, fake_sampler, fake_delay, fake_poison_token), opts)
     w.install_signal_handlers()
     raise SystemExit(w.run())
+
+
+def _supervise(argv: list[str], devices: list[str], max_restarts: int, max_jobs: int | None) -> int:
+    """One worker per device; under --max-jobs they share one budget file, so N is N in all."""
+    import tempfile
+
+    from .supervise import Supervisor
+
+    if max_jobs is None:
+        return Supervisor(argv, devices, max_restarts).run()
+    fd, path = tempfile.mkstemp(prefix="posresample-budget-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(str(max_jobs))
+        return Supervisor([*argv, "--jobs-budget", path], devices, max_restarts).run()
+    finally:
+        os.unlink(path)
+
+
+def _register_gguf(path: str) -> str:
+    """A .gguf given to a command that loads its model from the database: hashed, and converted now."""
+    from . import gguf_cache
+
+    if not gguf_cache.is_gguf_path(path):
+        raise ConfigError(f"--model {path}: expected a .gguf file (other models are named by the scan)")
+    ref = gguf_cache.ref_for(path)
+    gguf_cache.converted_folder(ref)
+    return ref
 
 
 def _argv_without(argv: list[str], names: tuple[str, ...]) -> list[str]:
@@ -354,8 +406,12 @@ def format_status(r: dict) -> str:
 
 
 def _scan_line(scan: dict) -> str:
+    sampled = f"{scan['sampled']}/{scan['candidates']} candidates sampled"
+    if 0 < scan["sampled"] < scan["candidates"]:
+        sampled += (", a random sample (random order, seed {})".format(scan["order_seed"]) if scan["order"] == "random"
+                    else ", the first in dataset order (not a random sample)")
     return (f"{scan['name']}  {scan['split']}  {scan['sentences_done']}/{scan['sentences_total']} sentences, "
-            f"{scan['state']}  ({scan['candidates']} candidates)")
+            f"{scan['state']}  ({scan['candidates']} candidates; {sampled})")
 
 
 def _age(seconds) -> str:
@@ -410,7 +466,7 @@ def upgrade(db_url):
 @click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
 @click.option("--split", default="train", show_default=True, help="Split to fit on.")
 @click.option("--eval-split", default="validation", show_default=True, help="Split to report accuracy on ('' for none).")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="HF model id or local folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=click.IntRange(0, 10_000), help="hidden_states index to read.")
 @click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="Labels left out of the fit (names or ids).")
 @click.option("--max-sentences", default=None, type=COUNT, help="Fit on the first N sentences only.")
@@ -450,11 +506,14 @@ def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences
 @click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 256), help="Label processes on this host.")
 @click.option("--lease-seconds", default=DEFAULT_LABEL_LEASE, show_default=True, type=FiniteFloat(0.5),
               help="A killed process's jobs are taken over after this.")
+@click.option("--model", "gguf_models", multiple=True, type=click.Path(dir_okay=False),
+              help="A .gguf file behind the scan's model (gguf:sha256:...) where this host has not converted it; repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_retry_option
 @db_option
 @click.pass_context
-def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease_seconds, no_progress, db_retry_seconds, db_url):
+def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease_seconds, gguf_models, no_progress,
+          db_retry_seconds, db_url):
     """Tag the target word of every sampled completion with a POS tagger.
 
     Resumable (a re-run labels only what is missing) and parallel (several processes or hosts split
@@ -467,6 +526,8 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
     """
     from .label import LabelOptions, run_label
 
+    for path in gguf_models:
+        _register_gguf(path)
     opts = LabelOptions(tagger=tagger_spec, tagger_name=tagger_name, scan=scan_name, batch_jobs=batch_jobs,
                         processes=processes, lease_seconds=lease_seconds, progress=not no_progress,
                         db_retry_seconds=db_retry_seconds)
@@ -553,9 +614,12 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the prefix activations as .npz here.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the folds and the bootstrap.")
+@click.option("--model", "gguf_models", multiple=True, type=click.Path(dir_okay=False),
+              help="A .gguf file behind the scan's model (gguf:sha256:...) where this host has not converted it; repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @db_option
-def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, folds, cache_dir, device, seed, no_progress, db_url):
+def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, folds, cache_dir, device, seed, gguf_models,
+            no_progress, db_url):
     """Train a probe on the empirical UPOS distributions and score it against the original.
 
     Soft-label multinomial logistic regression (torch L-BFGS, L2 by cross-validation) on each
@@ -577,6 +641,8 @@ def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, fol
         raise click.BadParameter(f"{layers!r} is not a comma-separated list of integers", param_hint="--layers") from None
     engine = open_engine(db_url, must_exist=True)
     dbmod.ensure_schema(engine, migrate=False)
+    for path in gguf_models:
+        _register_gguf(path)
     if no_progress:
         silence_library_progress()
     result = run_distill(engine, output, tagger_name, scan_name, params_id, layer_list, min_labelled, folds, cache_dir,

@@ -21,6 +21,7 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = None  # off: HF generate would silently add top_k=50, we do not
 DEFAULT_SEED = 123
+DEFAULT_ORDER_SEED = 123  # scan: the seed of the random order in which its jobs drain
 MAX_NUM_SAMPLES = 65_536  # continuations per prefix (96 is the study's)
 MAX_NEW_TOKENS = 4_096  # Gemma 2's context is 8,192 tokens
 INT32_MAX = 2**31 - 1  # integer columns (top_k, counts) are 32-bit

@@ -184,6 +184,8 @@ def model_fingerprint(model_name: str) -> str:
     """What the cached activations depend on: the model's files, not its name. A folder (or the Hub
     snapshot it resolves to offline) is fingerprinted by config.json's bytes and each weight file's
     name, size and mtime; a name that resolves to nothing here stays a name."""
+    if model_name.startswith("gguf:sha256:"):  # a GGUF file's sha256 names its weights already
+        return model_name
     folder = model_name if os.path.isdir(model_name) else _snapshot(model_name)
     if folder is None:
         return model_name

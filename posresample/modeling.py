@@ -39,6 +39,23 @@ def attention_implementation(model_type: str, requested: str = "auto") -> str:
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[\w.-]{1,96})?$")  # namespace/repo_name, as the Hub allows
 
 
+def model_ref(name: str) -> str:
+    """What a model is recorded as: a .gguf file becomes `gguf:sha256:HEX` (the file, wherever it
+    lies); a folder or Hub id stays as given."""
+    from . import gguf_cache
+
+    return gguf_cache.ref_for(name) if gguf_cache.is_gguf_path(name) else name
+
+
+def model_source(name: str) -> str:
+    """Where transformers loads `name` from: a GGUF file or reference -> its converted folder."""
+    from . import gguf_cache
+
+    if gguf_cache.is_gguf_path(name):
+        name = gguf_cache.ref_for(name)
+    return gguf_cache.converted_folder(name) if gguf_cache.is_ref(name) else name
+
+
 def check_model_name(name: str) -> None:
     """A name that is neither a folder here nor a Hub id gets one clear line (transformers would
     complain about repo id syntax for /no/such/folder)."""
@@ -61,11 +78,12 @@ def _load_errors() -> tuple[type[BaseException], ...]:
 
 
 def load_tokenizer(name: str):
-    check_model_name(name)  # before importing transformers: a missing folder is told in one line, at once
+    source = model_source(name)
+    check_model_name(source)  # before importing transformers: a missing folder is told in one line, at once
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load tokenizer {name}: {str(exc).splitlines()[0]}") from None
     if not getattr(tokenizer, "is_fast", False):
@@ -77,12 +95,13 @@ def load_model(name: str, device: torch.device, attn: str = "auto"):
     """bf16 on GPU, float32 on CPU; eval mode; no gradients."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    check_model_name(name)
+    source = model_source(name)
+    check_model_name(source)
     try:
-        config = AutoConfig.from_pretrained(name)
+        config = AutoConfig.from_pretrained(source)
         dtype = default_dtype(device)
         model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=dtype, attn_implementation=attention_implementation(config.model_type, attn)
+            source, dtype=dtype, attn_implementation=attention_implementation(config.model_type, attn)
         )
     except _load_errors() as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

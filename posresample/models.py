@@ -52,6 +52,8 @@ scans = Table(
     Column("finished_at", Float),
     Column("lease_owner", String(200)),  # host:pid:uuid of the process running the scan
     Column("lease_expires_at", Float),  # renewed by its heartbeat; another process may take it after
+    Column("job_order", String(20)),  # random (jobs drain in a seeded random order) or dataset; NULL: dataset
+    Column("order_seed", BigInteger),  # the random order's seed
 )
 
 candidates = Table(

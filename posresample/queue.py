@@ -279,8 +279,12 @@ def status_report(engine) -> dict:
         recent = conn.execute(select(func.count(), func.min(jobs.c.done_at)).where(
             jobs.c.state == "done", jobs.c.done_at >= now - THROUGHPUT_WINDOW)).one()
         worker_rows = conn.execute(select(workers).order_by(workers.c.started_at)).mappings().all()
+        sampled = (select(func.count(func.distinct(jobs.c.candidate_id)))
+                   .join(candidates, candidates.c.id == jobs.c.candidate_id)
+                   .where(candidates.c.scan_id == scans.c.id, jobs.c.state == "done").scalar_subquery())
         scan_rows = conn.execute(
-            select(scans, select(func.count()).where(candidates.c.scan_id == scans.c.id).scalar_subquery().label("n"))
+            select(scans, select(func.count()).where(candidates.c.scan_id == scans.c.id).scalar_subquery().label("n"),
+                   sampled.label("sampled"))
             .order_by(scans.c.id)).mappings().all()
     per_second = _rate(recent[0], recent[1], now)
     remaining = states["todo"] + states["running"]
@@ -311,7 +315,8 @@ def _scan_view(row, now: float) -> dict:
     else:
         state = "partial"
     return {"name": row["name"], "split": row["split"], "sentences_done": row["sentences_done"],
-            "sentences_total": row["sentences_total"], "state": state, "candidates": row["n"]}
+            "sentences_total": row["sentences_total"], "state": state, "candidates": row["n"],
+            "sampled": row["sampled"], "order": row["job_order"] or "dataset", "order_seed": row["order_seed"]}
 
 
 def _rate(count: int, first_done: float | None, now: float) -> float:

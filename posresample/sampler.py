@@ -68,6 +68,10 @@ class Sampler:
         if decode not in DECODE_PATHS:
             raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
         self.model = model
+        if decode == "fast" and model.config.model_type != "gemma2":
+            log.warning("--decode fast is a Gemma 2 decode step and this model is %s: sampling with the hf path",
+                        model.config.model_type)
+            decode = "hf"
         self.decode_path = decode
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device

@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
 
 from . import db, store
-from .config import DEFAULT_LEASE_SECONDS, GenerationParams
+from .config import DEFAULT_LEASE_SECONDS, DEFAULT_ORDER_SEED, GenerationParams
 from .heartbeat import Heartbeat
 from .data import UPOS_NAMES, Sentence, TokenizedSentence, load_sentences, tokenize_with_labels
-from .modeling import check_layer, layer_activations, load_model, load_tokenizer, model_dtype, pad_batch, pick_device
+from .modeling import (
+    check_layer, layer_activations, load_model, load_tokenizer, model_dtype, model_ref, pad_batch, pick_device,
+)
 from .queue import new_worker_id
 from .probe import check_readout, check_sidecar, load_probe, validate_probe
 
@@ -45,6 +47,8 @@ class ScanOptions:
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # a second process of this scan is refused while the lease is live
     trust_probe: bool = False  # unpickle the probe as it is (runs any code it names), not only linear classifiers
     stop_after_seconds: float | None = None  # stop (resumably) after the batch that crosses this much time
+    order: str | None = None  # random or dataset (store.JOB_ORDERS); None: random when new, as stored when resuming
+    order_seed: int = DEFAULT_ORDER_SEED  # the random order's seed
 
 
 @dataclass
@@ -60,10 +64,12 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | N
     sentences = load_sentences(opts.dataset, opts.split)
     probe = load_probe(opts.probe, trust=opts.trust_probe)
     device = pick_device(opts.device)
-    model, tokenizer = loaded or (load_model(opts.model, device, opts.attn), load_tokenizer(opts.model))
+    ref = model_ref(opts.model)  # a .gguf file is recorded by its sha256, so any host's copy serves the jobs
+    opts = replace(opts, model=ref, params=replace(opts.params, model=ref))
+    model, tokenizer = loaded or (load_model(ref, device, opts.attn), load_tokenizer(ref))
     check_layer(model, opts.layer)
     validate_probe(probe, model.config.hidden_size)
-    check_sidecar(probe, opts.model, opts.layer, model_dtype(model))
+    check_sidecar(probe, ref, opts.layer, model_dtype(model))
 
     db.ensure_schema(engine, migrate=True)
     identity = dict(
@@ -74,7 +80,8 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | N
     )
     extra = dict(probe_path=os.path.abspath(opts.probe), probe_classes=list(probe.class_ids), sentences_total=len(sentences))
     owner = new_worker_id()
-    scan, pid = store.open_scan(engine, opts.name, identity, extra, opts.params, owner, opts.lease_seconds)
+    scan, pid = store.open_scan(engine, opts.name, identity, extra, opts.params, owner, opts.lease_seconds,
+                                opts.order, opts.order_seed)
     try:
         with Heartbeat(lambda: store.renew_scan_lease(engine, scan["id"], owner, opts.lease_seconds),
                        opts.lease_seconds / 3, name="scan lease"):

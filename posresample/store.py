@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from typing import Iterator
 
-from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy import and_, case, exists, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
-from .config import GenerationParams
+from .config import DEFAULT_ORDER_SEED, GenerationParams
 from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
 from .models import candidates, completions, generation_params, jobs, scans, workers
@@ -44,12 +45,31 @@ def scan_key(identity: dict) -> dict:
     return {k: sorted(identity[k]) if k == "excluded_labels" else identity[k] for k in SCAN_IDENTITY}
 
 
+JOB_ORDERS = ("random", "dataset")  # how a scan's jobs drain: a seeded random permutation, or dataset order
+PRIORITY_BITS = 31  # jobs.priority is a signed 32-bit integer
+
+
+def job_priority(order: str | None, order_seed: int | None, dataset_idx: int, target_position: int) -> int:
+    """A job's place in the queue. random: a keyed hash of (seed, sentence, position), uniform over
+    [0, 2**31) and independent of the row ids, so the jobs claimed first are a simple random sample
+    of the scan's candidates (ties, about one pair in 10**5 at 10k jobs, go by id); the same seed
+    gives the same order in any database. dataset (and scans made before the order existed): 0, so
+    jobs drain in id order, which is dataset order."""
+    if order != "random":
+        return 0
+    key = json.dumps([order_seed, dataset_idx, target_position]).encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> (64 - PRIORITY_BITS)
+
+
 def open_scan(engine: Engine, name: str, identity: dict, extra: dict, params: GenerationParams,
-              owner: str, lease_seconds: float) -> tuple[dict, int]:
+              owner: str, lease_seconds: float, order: str | None = None,
+              order_seed: int = DEFAULT_ORDER_SEED) -> tuple[dict, int]:
     """Create the scan or resume it, and take its lease. -> (scan row, params id).
 
-    Refused: the same name with another identity, and a scan whose lease another live process holds
-    (two processes of one scan would overshoot --max-prefixes and double-count progress).
+    `order`: how its jobs drain (JOB_ORDERS); None is random for a new scan and the stored order
+    when resuming. Refused: the same name with another identity or another order, and a scan whose
+    lease another live process holds (two processes of one scan would overshoot --max-prefixes and
+    double-count progress).
     """
     key = scan_key(identity)
     with write(engine) as conn:
@@ -57,8 +77,14 @@ def open_scan(engine: Engine, name: str, identity: dict, extra: dict, params: Ge
         dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
         conn.execute(dialect_insert(scans).values(
             name=name, config_key=canonical(key), **identity, **extra, sentences_done=0, tokens_seen=0,
-            tokens_skipped_unknown_label=0, created_at=db_now(), updated_at=db_now()).on_conflict_do_nothing())
+            tokens_skipped_unknown_label=0, created_at=db_now(), updated_at=db_now(),
+            job_order=order or "random", order_seed=order_seed).on_conflict_do_nothing())
         row = conn.execute(select(scans).where(scans.c.name == name)).mappings().one()
+        stored_order = (row["job_order"] or "dataset", row["order_seed"] if row["job_order"] == "random" else None)
+        wanted = (order, order_seed if order == "random" else None)
+        if order is not None and stored_order != wanted:
+            raise ConfigError(f"scan {name!r} drains in {_order_text(*stored_order)}, not {_order_text(*wanted)}; "
+                              "leave --order out to resume it, or use --name for a new scan")
         stored = json.loads(row["config_key"])
         differs = [k for k in SCAN_IDENTITY if stored.get(k) != key[k] and not (k in ADOPTED_IF_MISSING and k not in stored)]
         if differs:
@@ -71,6 +97,10 @@ def open_scan(engine: Engine, name: str, identity: dict, extra: dict, params: Ge
         pid = params_id(conn, params)
         enqueue_missing_jobs(conn, row["id"], pid)
     return dict(row), pid
+
+
+def _order_text(order: str, seed: int | None) -> str:
+    return f"random order (seed {seed})" if order == "random" else "dataset order"
 
 
 def take_scan_lease(conn: Connection, row, owner: str, lease_seconds: float) -> None:
@@ -96,12 +126,17 @@ def release_scan_lease(engine: Engine, scan_id: int, owner: str) -> None:
 
 
 def enqueue_missing_jobs(conn: Connection, scan_id: int, pid: int) -> int:
-    """One todo job per candidate of the scan that has none for these generation params."""
+    """One todo job per candidate of the scan that has none for these generation params, placed in
+    the queue by the scan's order (job_priority): the same candidates under other generation params
+    drain in the same order."""
+    order, seed = conn.execute(select(scans.c.job_order, scans.c.order_seed).where(scans.c.id == scan_id)).one()
     has_job = exists().where(jobs.c.candidate_id == candidates.c.id, jobs.c.params_id == pid)
-    missing = select(candidates.c.id, literal(pid), literal("todo"), literal(0), literal(0), db_now()).where(
-        candidates.c.scan_id == scan_id, ~has_job)
-    cols = ["candidate_id", "params_id", "state", "priority", "attempt", "created_at"]
-    return conn.execute(insert(jobs).from_select(cols, missing)).rowcount
+    missing = conn.execute(select(candidates.c.id, candidates.c.dataset_idx, candidates.c.target_position).where(
+        candidates.c.scan_id == scan_id, ~has_job)).all()
+    rows = [dict(candidate_id=cid, priority=job_priority(order, seed, idx, pos)) for cid, idx, pos in missing]
+    if rows:
+        conn.execute(insert(jobs).values(params_id=pid, state="todo", attempt=0, created_at=db_now()), rows)
+    return len(rows)
 
 
 def count_candidates(engine: Engine, scan_id: int) -> int:

@@ -29,17 +29,31 @@ PR_SET_PDEATHSIG = 1
 
 
 def parse_devices(spec: str) -> list[str]:
-    """'0,1' -> cuda ids; 'all' -> every visible GPU; 'cpu,cpu' -> CPU workers (for tests)."""
+    """'0,1' -> cuda ids; 'all' -> every visible GPU; 'cpu,cpu' -> CPU workers (for tests).
+
+    Checked before any process starts: a name that is neither a GPU index nor cpu, a GPU index
+    given twice or one that is not visible is one line, not children that die and restart."""
+    import torch
+
+    from .errors import ModelError
+
+    count = torch.cuda.device_count()
     if spec == "all":
-        import torch
-
-        count = torch.cuda.device_count()
         if count == 0:
-            from .errors import ModelError
-
             raise ModelError("--devices all: no CUDA device is visible")
         return [str(i) for i in range(count)]
-    return [d.strip() for d in spec.split(",") if d.strip()]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    if not devices:
+        raise ModelError(f"--devices {spec!r}: name GPU indexes (0,1), all, or cpu")
+    for device in devices:
+        if device != "cpu" and not device.isdigit():
+            raise ModelError(f"--devices: {device!r} is neither a GPU index (0, 1, ...) nor cpu")
+        if device.isdigit() and int(device) >= count:
+            raise ModelError(f"--devices: GPU {device} is not visible ({count} CUDA device(s))")
+    gpus = [d for d in devices if d.isdigit()]
+    if len(set(map(int, gpus))) != len(gpus):
+        raise ModelError(f"--devices {spec!r} names a GPU twice: one worker per GPU")
+    return devices
 
 
 @dataclass

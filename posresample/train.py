@@ -6,14 +6,14 @@ import inspect
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from .data import UPOS_NAMES, Sentence, tokenize_with_labels
-from .modeling import layer_activations, pad_batch
+from .modeling import layer_activations, model_ref, pad_batch
 
 log = logging.getLogger(__name__)
 ACTIVATION_BATCH = 32  # sentences per forward pass
@@ -173,6 +173,7 @@ def train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
     from .export import package_versions
     from .modeling import check_layer, load_model, load_tokenizer, pick_device
 
+    opts = replace(opts, model=model_ref(opts.model))  # a .gguf is recorded (sidecar, cache key) by its sha256
     train_sents = load_sentences(opts.dataset, opts.split)[: opts.max_sentences]
     eval_sents = load_sentences(opts.dataset, opts.eval_split) if opts.eval_split else []
     loaded = {}

@@ -39,6 +39,47 @@ class WorkerOptions:
     wait: bool = True  # wait for other workers' leases instead of exiting
     progress: bool = True
     db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS  # how long a transient database error is retried
+    max_jobs: int | None = None  # stop after claiming this many jobs (None: until the queue is empty)
+    budget_file: str | None = None  # a --max-jobs budget shared with sibling workers (worker --devices)
+
+
+class JobBudget:
+    """How many more jobs this worker may claim under --max-jobs. With `path`, the budget is a
+    number in a file that every worker of one `worker --devices` takes from under an exclusive
+    lock, so N is N in all; jobs handed back unclaimed (or released on a stop) return to it."""
+
+    def __init__(self, total: int | None, path: str | None = None):
+        self.left, self.path = total, path
+
+    def take(self, wanted: int) -> int:
+        if self.path is not None:
+            return self._update(lambda left: min(wanted, left), -1)
+        if self.left is None:
+            return wanted
+        got = min(wanted, self.left)
+        self.left -= got
+        return got
+
+    def give_back(self, count: int) -> None:
+        if count <= 0:
+            return
+        if self.path is not None:
+            self._update(lambda _left: count, +1)
+        elif self.left is not None:
+            self.left += count
+
+    def _update(self, amount, sign: int) -> int:
+        import fcntl
+
+        with open(self.path, "r+", encoding="ascii") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            left = int(handle.read().strip() or 0)
+            moved = amount(left)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(left + sign * moved))
+            handle.flush()
+        return moved
 
 
 def noise_key(job: ClaimedJob) -> int:
@@ -58,6 +99,7 @@ class Worker:
         self.stop_requested = threading.Event()
         self.stop_deadline: float | None = None
         self._samplers: dict[str, object] = {}
+        self.budget = JobBudget(opts.max_jobs, opts.budget_file)
         self.jobs_done = self.lost = self.failed = 0
         self.samples = self.tokens = self.eos = 0
 
@@ -84,8 +126,13 @@ class Worker:
     def _loop(self, bar) -> None:
         while not self.stop_requested.is_set():
             self._load_claimable_models()  # before claiming: a model that will not load costs no attempt
-            claimed = self._db(queue.claim_jobs, self.engine, self.id, self.opts.batch_jobs, self.opts.lease_seconds,
+            allowed = self.budget.take(self.opts.batch_jobs)
+            if allowed == 0:
+                log.info("--max-jobs reached: stopping")
+                return
+            claimed = self._db(queue.claim_jobs, self.engine, self.id, allowed, self.opts.lease_seconds,
                                self.opts.max_attempts, list(self._samplers))
+            self.budget.give_back(allowed - len(claimed))
             pending = self._db(queue.pending, self.engine, self.opts.max_attempts)
             left = pending.todo + pending.running_live + pending.running_expired
             bar.total = bar.n + left  # others drain the queue too: the total shrinks as they do
@@ -111,6 +158,7 @@ class Worker:
         for i, group in enumerate(by_params):
             if self.stop_requested.is_set() and self._past_deadline():
                 released = self._db(queue.release_jobs, self.engine, [j for g in by_params[i:] for j in g], self.id)
+                self.budget.give_back(released)
                 log.info("stopping: released %d job(s)", released)
                 return
             self._process_group(group, bar)
@@ -124,6 +172,7 @@ class Worker:
             results = sampler.sample(requests, params, should_abort=self._past_deadline)
         except Aborted:
             released = self._db(queue.release_jobs, self.engine, group, self.id)
+            self.budget.give_back(released)
             log.info("stopping: grace time over, released %d job(s)", released)
             return
         except Exception as exc:  # a job must not kill the worker: record the error on each job

@@ -18,13 +18,14 @@ POISON_TOKEN = 999_999
 
 
 def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, poison: tuple[int, ...] = (),
-              model: str = "fake") -> list[int]:
-    """A scan with n fake candidates and one todo job each; candidates listed in `poison` carry POISON_TOKEN."""
+              model: str = "fake", order: str = "random") -> list[int]:
+    """A scan with n fake candidates and one todo job each; candidates listed in `poison` carry POISON_TOKEN.
+    Returns the job ids in the order claims take them (priority, then id)."""
     params = GenerationParams(model=model, num_samples=num_samples, max_new_tokens=max_new_tokens)
     identity = dict(dataset="fake", split="validation", model="fake", layer=1, probe_sha256="0" * 64,
                     threshold=0.95, excluded_labels=[], dtype="float32", attn="eager")
     extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=n)
-    scan, pid = store.open_scan(engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60)
+    scan, pid = store.open_scan(engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60, order=order)
     store.release_scan_lease(engine, scan["id"], "seed_jobs")
     rows = [
         dict(dataset_idx=i, sent_id=str(i), sentence_text=f"sentence {i}", target_position=1, target_token_id=7,
@@ -36,7 +37,7 @@ def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, p
     for start in range(0, n, 1000):
         store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0)
     with db.read(engine) as conn:
-        return list(conn.execute(select(jobs.c.id).order_by(jobs.c.id)).scalars())
+        return list(conn.execute(select(jobs.c.id).order_by(jobs.c.priority, jobs.c.id)).scalars())
 
 
 def job_states(engine) -> dict:

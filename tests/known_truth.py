@@ -149,10 +149,12 @@ def planted_verdicts(truth: np.ndarray, probe: np.ndarray) -> list[str]:
 
 
 def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: str = "known",
-                texts: bool = True) -> None:
+                texts: bool = True, sampled: int | None = None) -> None:
     """The study as a database, through the project's own statements: a scan and its candidates
     (store), each job claimed and completed (queue), the tagger registered with its measured
-    confusion and every completion labelled (label_store). Completions are ~70-character texts."""
+    confusion and every completion labelled (label_store). Completions are ~70-character texts.
+    `sampled`: only the first this many jobs of the queue's (random) order are sampled, as a
+    worker under --max-jobs leaves a study."""
     from posresample import label_store, queue, store
     from posresample.config import GenerationParams
     from posresample.confusion import Confusion
@@ -178,7 +180,9 @@ def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: st
     store.release_scan_lease(engine, scan["id"], "known-truth")
     queue.register_worker(engine, "known:1:truth", "cpu", 600)
     text = "{i} the model goes on with the sentence and then it stops somewhere near here" if texts else "c{i}"
-    while claimed := queue.claim_jobs(engine, "known:1:truth", 256, 600, 3):
+    left = n if sampled is None else sampled
+    while left > 0 and (claimed := queue.claim_jobs(engine, "known:1:truth", min(256, left), 600, 3)):
+        left -= len(claimed)
         for job in claimed:
             queue.complete_job(engine, job, "known:1:truth", [
                 dict(sample_index=s, text=text.format(i=s), token_ids=[5 + s % 7] * 16, num_tokens=16, finish_reason="length")
@@ -195,8 +199,19 @@ def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: st
                                    status="ok"))
         label_store.write_labels(engine, tagger_id, "known:2:label", jobs, label_rows)
     originals = [dict(candidate_id=cid, upos=int(study.truth[i].argmax()), upos_name=UPOS_NAMES[int(study.truth[i].argmax())],
-                      tag=None, word="of", status="ok") for i, cid in enumerate(sorted(job_of))]
+                      tag=None, word="of", status="ok") for i, cid in enumerate(sorted(job_of))
+                 if sampled is None or _is_done(engine, job_of[cid])]
     label_store.write_candidate_labels(engine, tagger_id, originals)
+
+
+def _is_done(engine, job_id: int) -> bool:
+    from sqlalchemy import select
+
+    from posresample import db
+    from posresample.models import jobs
+
+    with db.read(engine) as conn:
+        return conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one() == "done"
 
 
 def _jobs_by_candidate(engine, scan_id: int) -> dict[int, int]:

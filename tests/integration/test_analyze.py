@@ -82,3 +82,25 @@ def test_out_of_probe_labels_are_their_own_line_and_the_smoothing_is_stated(engi
     assert o["share_of_labels"]["mean"] == pytest.approx(0.1, abs=0.03)
     assert o["kl_all_eps_1e-8"] - o["kl_all_eps_1e-6"] == pytest.approx(6.64 * o["share_of_labels"]["mean"], rel=0.1)
     assert o["kl_on_probe_classes"] < o["kl_all_eps_1e-6"]  # the KL on the probe's classes is not decided by eps
+
+
+def test_a_random_part_of_the_scan_sampled_estimates_the_whole_scan(engine):
+    """A worker stopped by --max-jobs leaves the first jobs of the scan's random order: a simple
+    random sample. analyze says so, counts the flow, and its shares' intervals hold the values of
+    all the scan's candidates (the sample's own values differ from them, by sampling)."""
+    from tests.known_truth import truth_values
+
+    rng = np.random.default_rng(11)
+    study = draw_study(500, rng)
+    write_study(engine, study, study.measured, sampled=200)
+    a = analyze(engine, min_labelled=20, with_examples=False, refits=4)
+    s = a.summary
+    assert s["flow"] == {"scanned": 500, "sampled": 200, "labelled_enough": 200, "analysed": 200}
+    assert s["sample"]["random_sample"] and "simple random sample" in s["sample"]["reading"]
+    assert "a random sample of the scan's 500" in s["headline"]
+    sampled_idx = sorted(r["dataset_idx"] for r in a.rows)
+    assert 150 < np.mean(sampled_idx) < 350 and sampled_idx[-1] > 400  # spread over the scan, not its first 200
+    whole = truth_values(study.truth, study.probe)
+    for name in ("genuinely_ambiguous", "probe_underconfident", "probe_wrong"):
+        lo, hi = s["verdict"][name]["ci95"]
+        assert lo <= whole[name] <= hi, (name, lo, whole[name], hi)
