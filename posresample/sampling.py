@@ -21,9 +21,21 @@ masses are float64; a top-down and a bottom-up cut agree unless a token's mass a
 float64 rounding (1e-12) of top_p. HF's TopPLogitsWarper sorts ascending with an unspecified order
 among ties and sums in float32: where a tie group straddles the cut, or its float32 sum rounds the
 other way, its kept set can differ from ours by members of that tie group (or the token at the cut).
+
+Cost at a real vocabulary (262,144 tokens): the first tiers never divide or copy the whole row.
+Temperature keeps the order of the logits, so the top candidates are found on the raw logits (a
+maximum per bucket of 64 ids, then the top buckets only: the top `size` tokens lie in the `size`
+buckets of highest maximum) and only they are divided by the temperature, bit for bit as HF divides.
+The normaliser is the one pass over the row that cannot be avoided: log sum exp((l - max) / T),
+fused into one loop by torch.compile on the CPU (torch's own logsumexp makes four passes there).
+Rows no early tier decides (flat ones, or with top-k) are divided in full, as before.
 """
 
 from __future__ import annotations
+
+import functools
+import logging
+import os
 
 import torch
 
@@ -110,14 +122,16 @@ def order_candidates(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Ten
     return scores.gather(-1, by_score), ids.gather(-1, by_score)
 
 
-def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float,
-            complete: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float, complete: bool = False,
+            margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-p, top-down, on candidates in the defined order: (kept probabilities [R, C] float64, fits [R]).
 
     A token is dropped when the mass ranked strictly above it is >= top_p (HF's rule); the top token
     is always kept; at top_p >= 1 there is no top-p step. `fits` is False where the nucleus may reach
     beyond the candidates (`complete`: they are the whole vocabulary): their mass is below top_p, or
-    the tie group at the cut reaches the candidates' lowest score, so tokens outside tie with kept ones.
+    the tie group at the cut reaches the candidates' lowest score, so tokens outside tie with kept ones;
+    and, with a `margin` (the normaliser's relative error), where a mass above a candidate or above
+    all of them lies within it of top_p, so that the exact normaliser might cut elsewhere.
     """
     probs = probabilities(sorted_scores, lse)  # [R, C]
     lowest = sorted_scores[:, -1]
@@ -132,6 +146,9 @@ def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float,
     fits = (mass.sum(dim=-1) >= top_p * MASS_SCALE) & (cut_score > lowest)
     if complete:
         fits = torch.ones_like(fits)
+    if margin > 0:
+        near = ((above - top_p * MASS_SCALE).abs() <= margin * MASS_SCALE).any(dim=-1)
+        fits &= ~near & ((mass.sum(dim=-1) - top_p * MASS_SCALE).abs() > margin * MASS_SCALE)
     return probs * keep, fits
 
 
@@ -194,12 +211,110 @@ def race_vocabulary(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return ids.gather(1, second.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
-def _kept(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int, wide_prefilter: int):
+BUCKET = 64  # ids per bucket when the top candidates are found through bucket maxima
+BUCKETED_FROM = 32_768  # vocabularies at least this large (and a multiple of BUCKET) take that path
+LSE_MARGIN = 1e-6  # rows whose cut lies this close to top_p leave the fast tier for the float64 normaliser
+
+
+def top_candidates(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `size` largest values of each row and their ids, [R, size] each (in no defined order).
+
+    At a large vocabulary, through bucket maxima: every value above the size-th largest lies in a
+    bucket whose maximum is above it, and there are fewer than `size` such buckets, so the top
+    `size` buckets hold them all; only their size x 64 values are searched. Which of several
+    values equal to the size-th largest is returned is unspecified, as with topk."""
+    n_rows, vocab = logits.shape
+    n_buckets = vocab // BUCKET
+    if vocab < BUCKETED_FROM or vocab % BUCKET or size * 4 > n_buckets:
+        return logits.topk(size, dim=-1)
+    maxima = logits.view(n_rows, n_buckets, BUCKET).amax(dim=-1)  # [R, buckets]: one pass over the row
+    buckets = maxima.topk(size, dim=-1).indices  # [R, size]
+    ids = (buckets[:, :, None] * BUCKET + torch.arange(BUCKET, device=logits.device)).view(n_rows, -1)  # [R, size*64]
+    values, where = logits.gather(1, ids).topk(size, dim=-1)
+    return values, ids.gather(1, where)
+
+
+def _shifted_lse(logits: torch.Tensor, top: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log sum exp((l - top) / T) per row, [R, 1]: float32 terms summed in float64, one fused loop
+    where compiled (relative error about 1e-7: nucleus() sends rows whose cut lies that close to
+    top_p to a tier with the float64 normaliser)."""
+    return torch.log(torch.exp((logits - top) / temperature).double().sum(dim=-1, keepdim=True))
+
+
+def exact_lse(scores: torch.Tensor) -> torch.Tensor:
+    """log sum exp of divided scores [R, V] in float64, a block of rows at a time: [R, 1] float64."""
+    chunk = max(1, FALLBACK_ELEMENTS // scores.shape[-1])
+    return torch.cat([torch.logsumexp(part.double(), dim=-1, keepdim=True) for part in scores.split(chunk)])
+
+
+@functools.cache
+def _compiled_lse():
+    return torch.compile(_shifted_lse, dynamic=True)
+
+
+def log_normaliser(logits: torch.Tensor, top: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log sum exp(l / T) over each row of logits [R, V] whose maxima are `top` [R, 1]: [R, 1] float64.
+
+    Computed as top / T + log sum exp((l - top) / T), the same value to about 1e-7, from one
+    read of the row: compiled on the CPU at a large vocabulary (torch's logsumexp takes four passes
+    there, a third of a decode step on a real model), eager elsewhere or where compiling fails."""
+    shift = top.double() / temperature
+    if logits.device.type == "cpu" and logits.shape[-1] >= BUCKETED_FROM and FUSED_ON_CPU:
+        try:
+            return shift + _compiled_lse()(logits, top, temperature)
+        except Exception as exc:  # no C++ compiler, an unsupported platform: the eager ops give the same value
+            _disable_fused(exc)
+    return shift + _shifted_lse(logits, top, temperature)
+
+
+FUSED_ON_CPU = os.environ.get("POSRESAMPLE_FUSED_LSE", "1") != "0"  # 0: torch's eager ops only
+
+
+def _disable_fused(exc: Exception) -> None:
+    global FUSED_ON_CPU
+    FUSED_ON_CPU = False
+    logging.getLogger(__name__).warning("torch.compile of the sampler's normaliser failed (%s): using eager ops",
+                                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _kept(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None, prefilter: int,
+          wide_prefilter: int):
     """Yield (row indices, or None for all rows; token ids [r, C] or None for the whole vocabulary;
     kept probabilities [r, C or V]), deciding each row in the first tier that can."""
+    if top_k is not None:  # top-k's k-th score needs the divided row: the full path
+        yield from _kept_scores(apply_temperature_top_k(logits, temperature, top_k), top_p, top_k, prefilter,
+                                wide_prefilter)
+        return
+    logits = logits.float()
+    n_rows, vocab = logits.shape
+    size = min(prefilter, vocab)
+    values, ids = top_candidates(logits, size)  # [R, size] raw logits: dividing by T > 0 keeps their order
+    top = values.max(dim=-1, keepdim=True).values  # [R, 1] each row's maximum
+    lse = log_normaliser(logits, top, temperature)  # [R, 1] float64
+    top_prob = (top[:, 0].double() / temperature - lse[:, 0]).exp()  # [R]: the top score is top / T bit for bit
+    hopeful = size * top_prob >= min(top_p, 1.0)
+    top_scores, top_ids = order_candidates(values / temperature, ids)  # HF's division, on the candidates only
+    probs, fits = nucleus(top_scores, lse, top_p, complete=size == vocab, margin=LSE_MARGIN)
+    fits &= hopeful  # `size` tokens cannot hold top_p of the mass when size * p_max < top_p
+    if bool(fits.all()):
+        yield None, top_ids, probs
+        return
+    if bool(fits.any()):
+        yield torch.nonzero(fits)[:, 0], top_ids[fits], probs[fits]
+    rest = torch.nonzero(~fits)[:, 0]
+    if len(rest):  # the wider tiers see the divided rows of the undecided ones only, normalised in float64
+        scores = logits[rest] / temperature
+        for which, tier_ids, probs in _kept_scores(scores, top_p, None, wide_prefilter, wide_prefilter):
+            yield rest if which is None else rest[which], tier_ids, probs
+
+
+def _kept_scores(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int, wide_prefilter: int,
+                 lse: torch.Tensor | None = None):
+    """_kept on divided scores [R, V] (top-k applied): the tiers by topk, then bottom-up, then a full sort."""
     n_rows, vocab = scores.shape
     chunk = max(1, FALLBACK_ELEMENTS // vocab)
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True).double()  # [R, 1]
+    if lse is None:
+        lse = exact_lse(scores)  # [R, 1]
     top_prob = (scores.max(dim=-1).values.double() - lse[:, 0]).exp()  # [R]
     pending = torch.arange(n_rows, device=scores.device)
     sizes = dict.fromkeys(min(max(size, top_k or 0), vocab) for size in (prefilter, wide_prefilter))
@@ -208,7 +323,7 @@ def _kept(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int,
         hopeful = size * top_prob[pending] >= min(top_p, 1.0)
         undecided = [pending[~hopeful]]
         for part in pending[hopeful].split(chunk if size > prefilter else n_rows):
-            top_scores, top_ids = order_candidates(*scores[part].topk(size, dim=-1))
+            top_scores, top_ids = order_candidates(*top_candidates(scores[part], size))
             probs, fits = nucleus(top_scores, lse[part], top_p, complete=size == vocab)  # complete: a tiny vocabulary
             if bool(fits.all()):
                 yield (None if len(part) == n_rows else part), top_ids, probs  # n_rows rows: 0..n-1 in order
@@ -236,10 +351,9 @@ def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, 
                   top_k: int | None = None, prefilter: int = DEFAULT_PREFILTER,
                   wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
     """Draw one token per row from logits [R, V] with per-row noise hashes `rows` [R] -> [R]."""
-    scores = apply_temperature_top_k(logits, temperature, top_k)
-    vocab = scores.shape[-1]
-    chosen = torch.empty(len(scores), dtype=torch.long, device=scores.device)
-    for which, ids, probs in _kept(scores, top_p, top_k, prefilter, wide_prefilter):
+    vocab = logits.shape[-1]
+    chosen = torch.empty(len(logits), dtype=torch.long, device=logits.device)
+    for which, ids, probs in _kept(logits, temperature, top_p, top_k, prefilter, wide_prefilter):
         picks = rows if which is None else rows[which]
         drawn = race_vocabulary(probs, picks) if ids is None else race(probs, ids, picks, vocab)
         if which is None:
@@ -251,11 +365,10 @@ def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, 
 def processed_probs(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None = None,
                     prefilter: int = DEFAULT_PREFILTER, wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
     """The distribution sample_tokens draws from, dense [R, V]: for tests against HF's warpers."""
-    scores = apply_temperature_top_k(logits, temperature, top_k)
-    dense = torch.zeros(scores.shape, dtype=torch.float64, device=scores.device)
-    for which, ids, probs in _kept(scores, top_p, top_k, prefilter, wide_prefilter):
+    dense = torch.zeros(logits.shape, dtype=torch.float64, device=logits.device)
+    for which, ids, probs in _kept(logits, temperature, top_p, top_k, prefilter, wide_prefilter):
         probs = probs / probs.sum(dim=-1, keepdim=True)
-        rows = torch.zeros(len(probs), scores.shape[-1], dtype=torch.float64, device=scores.device)
+        rows = torch.zeros(len(probs), logits.shape[-1], dtype=torch.float64, device=logits.device)
         rows = probs if ids is None else rows.scatter(-1, ids, probs)
         if which is None:
             return rows.float()

@@ -201,3 +201,50 @@ def test_a_flat_row_is_cut_bottom_up_exactly_as_top_down(monkeypatch):
         assert torch.equal(sample_tokens(logits, rows, 0.7, 0.95), sample_tokens(logits, rows, 0.7, 0.95, **sorted_only))
     monkeypatch.setattr(sampling, "TAIL_FRACTION", 1000)  # a tail too short to hold the cut: the full sort
     assert torch.equal(processed_probs(logits, 0.7, 0.95) > 0, processed_probs(logits, 0.7, 0.95, **sorted_only) > 0)
+
+
+# --- a real vocabulary (262,144 ids): candidates through bucket maxima, a fused normaliser ----
+
+
+def real_vocabulary_logits(rows: int = 12, seed: int = 5) -> torch.Tensor:
+    """Gemma 3-sized rows, peaked to flat, rounded to bf16 so that equal logits are common."""
+    torch.manual_seed(seed)
+    scales = torch.linspace(0.3, 8.0, rows)[:, None]
+    return (torch.randn(rows, 262_144) * scales).to(torch.bfloat16).float()
+
+
+def test_bucketed_top_candidates_are_the_top_values():
+    from posresample.sampling import top_candidates
+
+    logits = real_vocabulary_logits()
+    for size in (16, 256, 4096):
+        values, ids = top_candidates(logits, size)
+        expected = logits.topk(size, dim=-1).values
+        assert torch.equal(values.sort(-1).values, expected.sort(-1).values)  # the same values, ties included
+        assert torch.equal(logits.gather(1, ids), values) and all(len(set(r.tolist())) == size for r in ids)
+
+
+def test_the_fused_normaliser_equals_torch_logsumexp():
+    from posresample.sampling import log_normaliser
+
+    logits = real_vocabulary_logits()
+    for temperature in (0.7, 1.0, 1.7):
+        ours = log_normaliser(logits, logits.amax(-1, keepdim=True), temperature)
+        reference = torch.logsumexp((logits / temperature).double(), dim=-1, keepdim=True)
+        assert torch.allclose(ours, reference, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 0.95), (1.3, 0.9), (0.7, 1.0)])
+def test_a_real_vocabulary_keeps_the_defined_set_and_draws_alike_in_any_batch(temperature, top_p):
+    logits = real_vocabulary_logits(rows=6)
+    dense = processed_probs(logits, temperature, top_p)
+    for i, row in enumerate(logits):
+        if top_p >= 1:  # every token kept (a float32 row underflows in the far tail: compare the values)
+            expected = torch.softmax((row / temperature).double(), dim=-1).float()  # HF's float32 division
+            assert torch.allclose(dense[i], expected, rtol=1e-5, atol=1e-9)
+            continue
+        assert set(torch.nonzero(dense[i])[:, 0].tolist()) == reference_kept(row, temperature, top_p)
+    rows = row_hash(3, torch.arange(6), torch.arange(6), 1)
+    together = sample_tokens(logits, rows, temperature, top_p)
+    alone = torch.stack([sample_tokens(logits[i:i + 1], rows[i:i + 1], temperature, top_p)[0] for i in range(6)])
+    assert torch.equal(together, alone)
