@@ -12,6 +12,7 @@ import io
 import json
 import os
 import platform
+import stat
 import sys
 import time
 from importlib import metadata as importlib_metadata
@@ -121,29 +122,52 @@ def _record(head: dict, rows: list[dict], gen: dict) -> dict:
     }
 
 
+OUTPUT_SUFFIXES = (".jsonl", ".zst")  # JSONL, or JSONL compressed with zstandard (.jsonl.zst)
+
+
+def is_stream(path: str) -> bool:
+    """'-', a pipe, a device or a socket: written straight into, never replaced by a file."""
+    if path == "-":
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # nothing there yet: a new regular file
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
 @contextlib.contextmanager
 def open_output(path: str):
-    """A text stream for '-', a .jsonl or a .jsonl.zst path; files appear only when complete."""
+    """A text stream for '-', a pipe or device, a .jsonl or a .jsonl.zst path; files appear only when
+    complete (written beside and renamed), while a pipe or device is written in place."""
     if path == "-":
         yield sys.stdout
         sys.stdout.flush()
         return
+    if is_stream(path):
+        with open(path, "wb") as raw:
+            yield from _text_streams(raw, path)
+        return
     tmp = f"{path}.partial"
     try:
         with open(tmp, "wb") as raw:
-            if path.endswith(".zst"):
-                import zstandard
-
-                with zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False) as zst, \
-                        io.TextIOWrapper(zst, encoding="utf-8") as text:
-                    yield text
-            else:
-                with io.TextIOWrapper(raw, encoding="utf-8") as text:
-                    yield text
+            yield from _text_streams(raw, path)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _text_streams(raw, path: str):
+    if path.endswith(".zst"):
+        import zstandard
+
+        with zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False) as zst, \
+                io.TextIOWrapper(zst, encoding="utf-8") as text:
+            yield text
+    else:
+        with io.TextIOWrapper(raw, encoding="utf-8") as text:
+            yield text
 
 
 def export(engine, out: str, scan_name: str | None = None, params_id: int | None = None, progress: bool = True) -> dict:
@@ -157,7 +181,7 @@ def export(engine, out: str, scan_name: str | None = None, params_id: int | None
 
 def check_output(out: str) -> None:
     """Refuse an output that cannot be a file before reading anything."""
-    if out == "-":
+    if is_stream(out):
         return
     folder = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
@@ -166,6 +190,9 @@ def check_output(out: str) -> None:
         raise ExportError(f"cannot write {out}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ExportError(f"cannot write {out}: folder {folder} is not writable")
+    if not out.lower().endswith(OUTPUT_SUFFIXES):
+        raise ExportError(f"cannot write {out}: export writes .jsonl or .jsonl.zst (or - for stdout), "
+                          f"not {os.path.splitext(out)[1] or 'a file without a suffix'}")
 
 
 def _export(engine, out: str, scan_name: str | None, params_id: int | None, progress: bool) -> dict:

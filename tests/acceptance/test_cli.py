@@ -182,11 +182,35 @@ def test_export_file_errors_are_one_line(scan_args, tmp_path, monkeypatch):
     assert not out.exists() and not (tmp_path / "full.jsonl.partial").exists()
 
 
+def test_export_writes_into_a_pipe_or_device_and_refuses_suffixes_it_cannot_write(scan_args, tmp_path):
+    """A named pipe, /dev/null or /dev/stdout are written in place, never replaced by a regular file."""
+    import os
+    import stat
+    import threading
+
+    assert invoke(*scan_args(**{"--max-prefixes": "2"})).exit_code == 0
+    db = f"sqlite:///{scan_args.db}"
+    assert_one_line_error(invoke("export", "-o", str(tmp_path / "out.zip"), "--db", db),
+                          r"export writes \.jsonl or \.jsonl\.zst .* not \.zip")
+    assert not (tmp_path / "out.zip").exists()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo, "rb").read()))
+    reader.start()
+    assert invoke("export", "-o", str(fifo), "--db", db).exit_code == 0
+    reader.join(timeout=60)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and json.loads(received[0].splitlines()[0])["metadata"]
+    assert invoke("export", "-o", "/dev/null", "--db", db).exit_code == 0
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and not os.path.exists("/dev/null.partial")
+
+
 def test_status_names_the_scan_and_how_far_it_got(scan_args):
     assert invoke(*scan_args(**{"--max-prefixes": "3"})).exit_code == 0
     db = f"sqlite:///{scan_args.db}"
     text = invoke("status", "--db", db).stdout
-    assert re.search(r"scan +default +validation +\d+/24 sentences, partial +\(3 candidates\)", text), text
+    assert re.search(r"scan +default +validation +\d+/24 sentences, partial +\(3 candidates; 0/3 candidates sampled\)",
+                     text), text
     assert "workers      0 live, 0 lost (no heartbeat), 0 stopped" in text
     report = json.loads(invoke("status", "--json", "--db", db).stdout)
     [scan] = report["scans"]
