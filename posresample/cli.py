@@ -465,7 +465,9 @@ def upgrade(db_url):
 @cli.command("train-probe", context_settings=CONTEXT)
 @click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
 @click.option("--split", default="train", show_default=True, help="Split to fit on.")
-@click.option("--eval-split", default="validation", show_default=True, help="Split to report accuracy on ('' for none).")
+@click.option("--eval-split", default=None,
+              help="Split to report accuracy on ('' for none) [default: validation; given one .conllu file, the "
+              "dev file beside it in the UD layout, else none].")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
 @click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=click.IntRange(0, 10_000), help="hidden_states index to read.")
 @click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="Labels left out of the fit (names or ids).")
@@ -488,13 +490,13 @@ def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences
     """
     from .train import TrainOptions, train_probe as run_train
 
-    opts = TrainOptions(dataset=dataset, split=split, eval_split=eval_split or None, model=model, layer=layer,
+    opts = TrainOptions(dataset=dataset, split=split, eval_split=eval_split, model=model, layer=layer,
                         exclude=parse_exclude(exclude), output=output, max_sentences=max_sentences,
                         cache_dir=cache_dir, device=device, attn=attn, batch_size=batch_size)
     result = run_train(opts)
     if result.accuracy is not None:
         click.echo(result.report)
-        click.echo(f"{eval_split} accuracy: {result.accuracy:.4f}")
+        click.echo(f"{result.eval_split} accuracy: {result.accuracy:.4f}")
     click.echo(f"wrote {result.probe_path} ({len(result.classes)} classes, {result.n_train} training tokens) and {result.sidecar_path}")
 
 

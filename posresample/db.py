@@ -242,7 +242,9 @@ def check_database(engine: Engine) -> str | None:
                                 f"knows up to {head_revision()}): upgrade posresample")
         raise DatabaseError(f"{where} belongs to another application (Alembic revision {current}, no posresample "
                             "tables): use a new database for posresample")
-    foreign = sorted(names - {"alembic_version"} - _all_own_names())
+    # tables that are not a posresample schema's, even where one is named like ours (jobs, scans):
+    # refused before anything is written (SQLite's WAL switch changes the file's header)
+    foreign = sorted(names - {"alembic_version"} - _all_own_names()) or sorted(names - {"alembic_version"})
     if foreign and not ours:
         listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise DatabaseError(f"{where} holds another application's tables ({listed}): posresample uses an empty "

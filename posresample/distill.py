@@ -254,8 +254,10 @@ def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: 
                 progress: bool = True) -> DistillResult:
     from tqdm import tqdm
 
+    from .probe import check_probe_output
     from .train import save_probe, write_sidecar
 
+    check_probe_output(output)
     meta, data, kept = collect(engine, scan_name, tagger_name, params_id, min_labelled)
     scan = meta["scan"]
     layers = layers or [scan["layer"]]

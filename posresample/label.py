@@ -20,13 +20,14 @@ from tqdm import tqdm
 
 from . import db, label_store
 from .config import DEFAULT_DB_RETRY_SECONDS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_BATCH_JOBS, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LEASE_SECONDS
-from .errors import DatabaseError
+from .errors import DatabaseError, TaggerError
 from .heartbeat import Heartbeat
 from .queue import new_worker_id
 from .tagger import TagResult, load_tagger
 
 log = logging.getLogger(__name__)
 
+HUMAN_PREFIX = "human:"  # people's labels (annotate); no machine tagger may take such a name
 POLL_SECONDS = 1.0  # how often an idle label process (or the parent of several) looks again
 
 
@@ -175,8 +176,14 @@ def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) ->
     The tagger is loaded (and its sidecar read) before the database is touched; the database must
     hold posresample's schema already (label creates none); every statement rides out an outage
     or a held lock for `opts.db_retry_seconds`, at start-up too."""
+    if (opts.tagger_name or "").startswith(HUMAN_PREFIX):
+        raise TaggerError(f"--tagger-name {opts.tagger_name}: names starting with {HUMAN_PREFIX!r} are people's "
+                          "labels, written by `cli.py annotate` only")
     tagger = load_tagger(opts.tagger, opts.tagger_name)
     identity = tagger.identity()
+    if identity["name"].startswith(HUMAN_PREFIX):
+        raise TaggerError(f"tagger name {identity['name']}: names starting with {HUMAN_PREFIX!r} are people's labels; "
+                          "pass another --tagger-name")
     retry = lambda call, *args: db.retrying(lambda: call(*args), opts.db_retry_seconds)  # noqa: E731
     scan_id = retry(_check_database, engine, opts.scan)
     tagger_id = retry(label_store.register_tagger, engine, identity)

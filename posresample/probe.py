@@ -228,6 +228,26 @@ def sidecar_path(probe_path: str) -> str:
     return os.path.splitext(probe_path)[0] + ".json"
 
 
+def check_probe_output(path: str) -> None:
+    """Before any work: a probe output whose .json sidecar would overwrite it, a folder, or a
+    place that cannot be written is refused in one line."""
+    if os.path.isdir(path):
+        raise ProbeError(f"cannot write {path}: it is a folder; give a file name such as {os.path.join(path, 'probe.joblib')}")
+    if os.path.abspath(sidecar_path(path)) == os.path.abspath(path):
+        raise ProbeError(f"cannot write the probe to {path}: its .json sidecar goes to the same path; "
+                         "give a .joblib name")
+    check_writable_folder(path)
+
+
+def check_writable_folder(path: str) -> None:
+    """The folder `path` goes into exists (or can be made) and can be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # the nearest existing parent decides whether makedirs can succeed
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ProbeError(f"cannot write {path}: {folder} is not a writable folder")
+
+
 def check_sidecar(probe: Probe, model: str, layer: int, dtype: str | None = None) -> None:
     """When train-probe's sidecar JSON sits beside the probe, refuse a model or layer mismatch and
     warn when the probe was fit on activations of another dtype than the scan computes."""

@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -112,7 +113,7 @@ def save_probe(probe, path: str) -> str:
 class TrainOptions:
     dataset: str
     split: str
-    eval_split: str | None
+    eval_split: str | None  # None: validation where the dataset has one (eval_source); "": no evaluation
     model: str
     layer: int
     exclude: tuple[int, ...]
@@ -132,6 +133,7 @@ class TrainResult:
     report: str
     n_train: int
     classes: list[int]
+    eval_split: str | None = None
 
 
 def _cache_key(opts: TrainOptions, split: str) -> str:
@@ -166,6 +168,36 @@ def _cached(opts: TrainOptions, split: str, compute) -> Activations:
     return acts
 
 
+def eval_source_for(dataset: str, eval_split: str | None) -> tuple[str, str | None]:
+    """Where the held-out accuracy is measured: (dataset, split), or (dataset, None) for nowhere.
+
+    A folder or a Hub id holds every split. One .conllu file holds one: in the UD layout
+    (`*-ud-train.conllu`) the file of the eval split beside it is used; otherwise there is nothing
+    held out, which the default notes and an explicit --eval-split refuses."""
+    from .data import SPLIT_FILE_SUFFIX
+    from .errors import DatasetError
+
+    if eval_split == "":
+        return dataset, None
+    explicit, split = eval_split is not None, eval_split or "validation"
+    if split not in SPLIT_FILE_SUFFIX:
+        raise DatasetError(f"--eval-split {split!r}: use train, validation or test ('' for none)")
+    if not os.path.isfile(dataset):
+        return dataset, split
+    named = re.search(r"-ud-(train|dev|test)\.conllu$", os.path.basename(dataset))
+    name = os.path.basename(dataset)
+    beside = os.path.join(os.path.dirname(dataset), name[: named.start()] + f"-ud-{SPLIT_FILE_SUFFIX[split]}.conllu") \
+        if named else None
+    if beside and os.path.isfile(beside):
+        return beside, split
+    why = f"{dataset} is one split and no {os.path.basename(beside)} lies beside it" if beside else \
+        f"{dataset} is one split, not a UD treebank's file"
+    if explicit:
+        raise DatasetError(f"--eval-split {split}: {why}; pass the treebank's folder, or --eval-split ''")
+    log.info("no held-out evaluation: %s (pass the treebank's folder to evaluate on %s)", why, split)
+    return dataset, None
+
+
 def train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
     """Activations (or the cache) -> research-recipe probe -> joblib + sidecar JSON."""
     from .data import load_sentences
@@ -173,9 +205,14 @@ def train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
     from .export import package_versions
     from .modeling import check_layer, load_model, load_tokenizer, pick_device
 
+    from .probe import check_probe_output
+
+    check_probe_output(opts.output)  # before the model and the fit: a bad output is told at once
     opts = replace(opts, model=model_ref(opts.model))  # a .gguf is recorded (sidecar, cache key) by its sha256
     train_sents = load_sentences(opts.dataset, opts.split)[: opts.max_sentences]
-    eval_sents = load_sentences(opts.dataset, opts.eval_split) if opts.eval_split else []
+    eval_source, eval_split = eval_source_for(opts.dataset, opts.eval_split)
+    opts = replace(opts, eval_split=eval_split)
+    eval_sents = load_sentences(eval_source, eval_split) if eval_split else []
     loaded = {}
 
     def model_and_tokenizer():
@@ -206,4 +243,4 @@ def train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
         "package_versions": package_versions(), "sha256": sha,
     }
     sidecar = write_sidecar(opts.output, meta)
-    return TrainResult(opts.output, sidecar, accuracy, report, int(len(train.y)), meta["classes"])
+    return TrainResult(opts.output, sidecar, accuracy, report, int(len(train.y)), meta["classes"], opts.eval_split)

@@ -76,8 +76,9 @@ def train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_MAX_STEPS,
     from spacy.tokens import DocBin
 
     train, evals, sources = splits_for(dataset)
-    if os.path.exists(out_dir) and os.listdir(out_dir):
-        raise DatasetError(f"{out_dir} exists and is not empty: give a new folder")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise DatasetError(f"{out_dir} exists and is not an empty folder: give a new folder")
+    _check_writable(out_dir)
     vocab = spacy.blank("en").vocab
     with tempfile.TemporaryDirectory(prefix="posresample-tagger-") as work:
         paths = {}
@@ -94,6 +95,18 @@ def train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_MAX_STEPS,
         acc.pop("confusion", None)
     sidecar = write_sidecar(out_dir, accuracy, confusion, sources, len(train), max_steps, max_epochs, seed)
     return TaggerTrainResult(out_dir, sidecar, accuracy, sources)
+
+
+def _check_writable(out_dir: str) -> None:
+    """Before 25 minutes of training: the folder and its sidecar can be written."""
+    from .errors import ProbeError, TaggerError
+    from .probe import check_writable_folder
+
+    try:
+        check_writable_folder(os.path.join(out_dir, "x"))
+        check_writable_folder(os.path.normpath(out_dir) + ".json")
+    except ProbeError as exc:
+        raise TaggerError(str(exc)) from None
 
 
 def _run_spacy_training(paths: dict, output: str, max_steps: int, max_epochs: int, seed: int, progress: bool) -> str:

@@ -1,0 +1,63 @@
+"""Inputs that used to destroy, misfile or fail late: each is one line `Error:` before any work, or
+does the right thing."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+from posresample import db
+from tests.acceptance.test_cli import assert_one_line_error, invoke
+
+
+def probe_args(tiny_dir, dataset, out, *extra):
+    return ["train-probe", "--model", tiny_dir, "--dataset", dataset, "--split", "train", "--layer", "2",
+            "--device", "cpu", "-o", str(out), *extra]
+
+
+def test_a_probe_output_named_like_its_sidecar_is_refused_before_any_work(tiny_dir, sample_conllu, tmp_path):
+    out = tmp_path / "p.json"
+    assert_one_line_error(invoke(*probe_args(tiny_dir, sample_conllu, out)), "sidecar goes to the same path")
+    assert not out.exists()
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    db.upgrade(db.make_engine(url))
+    assert_one_line_error(invoke("distill", "-o", str(out), "--db", url), "sidecar goes to the same path")
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(tiny_dir, sample_conllu, tmp_path):
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    assert_one_line_error(invoke(*probe_args(tiny_dir, sample_conllu, a_file / "p.joblib")), "is not a writable folder")
+    assert_one_line_error(invoke("train-tagger", "--dataset", sample_conllu, "-o", str(a_file / "tagger")),
+                          "is not a writable folder")
+
+
+def test_train_probe_on_one_ud_file_evaluates_on_the_dev_file_beside_it(tiny_dir, sample_conllu, tmp_path):
+    train = tmp_path / "xx_t-ud-train.conllu"
+    shutil.copy(sample_conllu, train)
+    alone = invoke(*probe_args(tiny_dir, str(train), tmp_path / "a.joblib"))
+    assert alone.exit_code == 0 and "accuracy" not in alone.stdout  # no dev file beside it: no evaluation
+    assert_one_line_error(invoke(*probe_args(tiny_dir, str(train), tmp_path / "b.joblib", "--eval-split", "test")),
+                          r"--eval-split test: .* no xx_t-ud-test\.conllu lies beside it")
+    assert_one_line_error(invoke(*probe_args(tiny_dir, str(train), tmp_path / "b.joblib", "--eval-split", "dev2")),
+                          "--eval-split 'dev2': use train, validation or test")
+    shutil.copy(sample_conllu, tmp_path / "xx_t-ud-dev.conllu")
+    paired = invoke(*probe_args(tiny_dir, str(train), tmp_path / "c.joblib"))
+    assert paired.exit_code == 0 and "validation accuracy:" in paired.stdout
+
+
+def test_another_applications_table_named_like_ours_is_refused_with_the_file_untouched(tmp_path):
+    path = tmp_path / "theirs.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, command TEXT)")
+        conn.execute("INSERT INTO jobs (command) VALUES ('backup')")
+    before = path.read_bytes()
+    assert_one_line_error(invoke("db", "upgrade", "--db", f"sqlite:///{path}"), r"holds another application's tables \(jobs\)")
+    assert path.read_bytes() == before  # header bytes 18-19 (the journal mode) included
+
+
+def test_machine_labels_cannot_pose_as_a_persons(tiny_tagger, tmp_path):
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    db.upgrade(db.make_engine(url))
+    assert_one_line_error(invoke("label", "--tagger", f"spacy:{tiny_tagger}", "--tagger-name", "human:eve", "--db", url),
+                          "names starting with 'human:' are people's labels")
