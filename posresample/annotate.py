@@ -187,9 +187,14 @@ def _item(conn, item_id: int) -> Item:
     return Item(row[0], row[1], row[2], list(row[3]), list(row[4]), row[5], row[6], row[7], row[8])
 
 
-def answer(engine, item_id: int, tagger_id: int, upos: int | None, status: str) -> bool:
+class NotHeld(ConfigError):
+    """An answer to an item this annotator's page does not hold (another's, or one never shown)."""
+
+
+def answer(engine, item_id: int, tagger_id: int, upos: int | None, status: str, owner: str | None = None) -> bool:
     """Store one answer as a labels row (at once: closing the tab loses nothing). False when this
-    annotator has answered the item already."""
+    annotator has answered the item already. With `owner` (the page's server), only an item this
+    annotator holds a lease on, taken by that server, may be answered."""
     from .data import UPOS_NAMES
     from .store import insert_ignoring_duplicates
 
@@ -199,6 +204,10 @@ def answer(engine, item_id: int, tagger_id: int, upos: int | None, status: str) 
         completion = conn.execute(select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)).scalar()
         if completion is None:
             raise ConfigError(f"no annotation item {item_id}")
+        if owner is not None and conn.execute(select(annotation_leases.c.item_id).where(
+                annotation_leases.c.item_id == item_id, annotation_leases.c.tagger_id == tagger_id,
+                annotation_leases.c.owner == owner)).first() is None:
+            raise NotHeld(f"annotation item {item_id} is not held by this annotator")
         added = insert_ignoring_duplicates(conn, labels, [dict(
             completion_id=completion, tagger_id=tagger_id, upos=upos, upos_name=UPOS_NAMES[upos] if upos is not None else None,
             tag=None, word=None, status=status)])

@@ -26,9 +26,21 @@ SPECIAL = {"unsure": ("can't tell", "?"), "no_span": ("not a word here", "-")}
 UNDO_KEY = "z"
 
 
+MAX_BODY_BYTES = 4096  # an answer is a few dozen bytes of JSON
+LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the Host names a page served on the loopback answers to
+ITEM_ID_MAX = 2**31 - 1  # annotation item ids are 32-bit
+
+
 def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: str, owner: str,
-               decode=None, token: str | None = None) -> Flask:
+               decode=None, token: str | None = None, hosts: tuple[str, ...] | None = LOCAL_HOSTS) -> Flask:
+    """`hosts`: the Host names requests may carry (DNS rebinding: a page on another name that
+    resolves here gets a 400, never the page or its CSRF token); None: any (a page beyond the
+    loopback, which the token guards)."""
+    check_token(token)
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # a larger body is a 413 before it is read
+    if hosts is not None:
+        app.config["TRUSTED_HOSTS"] = list(hosts)  # any other Host header is a 400
     csrf = secrets.token_urlsafe(24)
 
     def current():
@@ -38,14 +50,15 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
 
     @app.before_request
     def guard():
-        if token is not None and not (hmac.compare_digest(request.cookies.get("annotate_token", ""), token)
-                                      or hmac.compare_digest(request.args.get("token", ""), token)):
+        request.host  # noqa: B018 (checked against TRUSTED_HOSTS: a 400 for any other name)
+        if token is not None and not (_same(request.cookies.get("annotate_token", ""), token)
+                                      or _same(request.args.get("token", ""), token)):
             abort(403)
         if request.method == "POST":
             origin = request.headers.get("Origin")
             if origin is not None and origin != request.host_url.rstrip("/"):
                 abort(403)  # a cross-site request
-            if not hmac.compare_digest(request.headers.get("X-CSRF-Token", ""), csrf) or not request.is_json:
+            if not _same(request.headers.get("X-CSRF-Token", ""), csrf) or not request.is_json:
                 abort(403)
 
     @app.after_request
@@ -74,14 +87,20 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
 
     @app.post("/api/answer")
     def answer():
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:  # JSON nested thousands deep
+            abort(400)
         label = str(data.get("label", "")) if isinstance(data, dict) else ""
         item_id = data.get("item_id") if isinstance(data, dict) else None
-        if not isinstance(item_id, int) or isinstance(item_id, bool) or not (label in SPECIAL or label in KEYS):
+        if not isinstance(item_id, int) or isinstance(item_id, bool) or not 1 <= item_id <= ITEM_ID_MAX \
+                or not (label in SPECIAL or label in KEYS):
             abort(400)  # a malformed request is the client's error, never a 500
         try:
             annotate.answer(engine, item_id, tagger_id, UPOS_IDS.get(label) if label in KEYS else None,
-                            "ok" if label in KEYS else label)
+                            "ok" if label in KEYS else label, owner=owner)
+        except annotate.NotHeld:  # another annotator's item, or one this page never showed
+            abort(409)
         except ConfigError:  # no such item
             abort(400)
         return jsonify(current())
@@ -117,6 +136,22 @@ def buttons() -> str:
     return "\n".join(out)
 
 
+def check_token(token: str | None) -> None:
+    if token is not None and not (token and token.isascii() and token.isprintable() and token.strip() == token):
+        raise ConfigError("--token must be printable ASCII, without spaces at its ends")
+
+
+def allowed_hosts(host: str, loopback: bool) -> tuple[str, ...] | None:
+    """The Host names a page listening on `host` answers to: the loopback names and `host` itself;
+    beyond the loopback (--token required there) any."""
+    return tuple(dict.fromkeys((*LOCAL_HOSTS, host))) if loopback else None
+
+
+def _same(given: str, expected: str) -> bool:
+    """A constant-time comparison of bytes: any text the request carries (non-ASCII too) is a no."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
+
+
 def _escape(text: str) -> str:
     import html
 
@@ -129,6 +164,7 @@ PAGE = """<!doctype html>
 <style>
 body { font: 16px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 58em; color: #222; }
 #text { font-size: 1.35em; padding: 1em; background: #fafafa; border: 1px solid #ddd; border-radius: 6px; white-space: pre-wrap; }
+#prefix, #target, #continuation { unicode-bidi: isolate; }  /* an unterminated U+202E stays in its span */
 #target { background: #ffe066; padding: 0 2px; border-radius: 3px; }
 #continuation { color: #1f5fbf; }
 #buttons { margin-top: 1em; display: flex; flex-wrap: wrap; gap: 0.4em; }

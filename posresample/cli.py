@@ -714,10 +714,11 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
     import socket
 
     from . import annotate as ann
-    from .annotate_app import create_app
+    from .annotate_app import allowed_hosts, check_token, create_app
     from .store import pick_params, pick_scan
 
     tagger = ann.tagger_name(annotator)  # every input is checked before anything is written
+    check_token(token)
     try:
         loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
@@ -741,7 +742,7 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
 
     owner = new_worker_id()
     decode = _decoder(params["model"])
-    app = create_app(engine, scan, params["id"], tagger_id, annotator, owner, decode, token)
+    app = create_app(engine, scan, params["id"], tagger_id, annotator, owner, decode, token, allowed_hosts(host, loopback))
     from werkzeug.serving import make_server
 
     server = make_server(host, port, app, threaded=True)  # listening from here: the URL is good when printed

@@ -89,6 +89,25 @@ def json_for_script(value) -> str:
     return text
 
 
+def utf16_offsets(text: str, start: int, end: int) -> tuple[int, int]:
+    """Python's code-point offsets into `text` as JavaScript's UTF-16 ones (a character outside the
+    Basic Multilingual Plane, an emoji, is one code point and two UTF-16 units)."""
+    def units(i: int) -> int:
+        return len(text[:i].encode("utf-16-le")) // 2
+
+    return units(start), units(end)
+
+
+def utf16_examples(examples: dict, prefixes: dict) -> dict:
+    """The examples as the page slices them: [suffix, start, end] with UTF-16 offsets into prefix + suffix."""
+    out = {}
+    for cid, groups in examples.items():
+        prefix = prefixes.get(cid, "")
+        out[str(cid)] = {label: [[suffix, *utf16_offsets(prefix + suffix, s, e)] if s >= 0 else [suffix, s, e]
+                                 for suffix, s, e in items] for label, items in groups.items()}
+    return out
+
+
 def packed(value) -> str:
     """JSON, gzip-compressed, base64: only [A-Za-z0-9+/=] reaches the page."""
     return base64.b64encode(gzip.compress(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"), 9,
@@ -363,7 +382,7 @@ def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
         baselines=baseline_rows, breakdowns="".join(_breakdown_table(k, rows) for k, rows in s["breakdowns"].items()),
         images=images, examples=EXAMPLES_PER_LABEL, extra=human_html(s.get("human_labels")) + extra,
         header="".join(f'<th data-key="{k}">{e(k)}</th>' for k in TABLE_FIELDS),
-        rows=packed(table_rows), samples=packed({str(k): v for k, v in a.examples.items()}),
+        rows=packed(table_rows), samples=packed(utf16_examples(a.examples, {r["candidate_id"]: r["prefix_text"] for r in a.rows})),
         upos=json_for_script(list(UPOS_NAMES)))
 
 

@@ -20,7 +20,8 @@ from posresample.models import annotation_items, completions, labels, taggers
 from tests.helpers import REPO, cli_cmd
 from tests.known_truth import draw_study, write_study
 
-HOSTILE = '<script>document.body.dataset.pwned = "script"</script> "><img src=x onerror="document.body.dataset.pwned=1">'
+HOSTILE = ('<script>document.body.dataset.pwned = "script"</script> "><img src=x onerror="document.body.dataset.pwned=1">'
+           " \u202etxet desrever")  # an unterminated RIGHT-TO-LEFT OVERRIDE
 SCREENSHOT = REPO / "docs" / "annotate.png"
 
 
@@ -49,7 +50,8 @@ class Server:
         match = re.search(r"open (http://\S+)", line)
         assert match, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
         self.url = match.group(1)
-        self.csrf = re.search(r'name="csrf" content="([^"]+)"', self.get("")).group(1)
+        with urllib.request.urlopen(self.url, timeout=60) as r:  # with ?token=... where the server needs one
+            self.csrf = re.search(r'name="csrf" content="([^"]+)"', r.read().decode()).group(1)
 
     def get(self, path):
         with urllib.request.urlopen(self.url.split("?")[0] + path, timeout=60) as r:
@@ -113,6 +115,10 @@ def test_label_ten_with_the_keyboard_undo_one_and_resume_after_a_restart(sampled
         shown = driver.find_element(By.ID, "continuation").text
         assert "<script>" in shown and 'onerror="' in shown  # the hostile text is shown as text
         assert driver.find_elements(By.CSS_SELECTOR, "#text img") == [] and body.get_attribute("data-pwned") is None
+        starts = driver.execute_script(  # where each part starts: the override stays inside the continuation
+            "return ['prefix', 'target', 'continuation'].map(id => document.getElementById(id).getClientRects()[0].left)")
+        assert starts[0] < starts[1] < starts[2], starts
+        assert driver.execute_script("return getComputedStyle(document.getElementById('continuation')).unicodeBidi") == "isolate"
         keys = "nvadpnvadp"
         shown_items = []
         for i, key in enumerate(keys):
@@ -210,3 +216,50 @@ def test_bad_input_is_one_line_and_writes_nothing(engine, db_url, sampled):
     with db.read(sampled) as conn:
         assert conn.execute(select(func.count()).select_from(annotation_items)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(taggers).where(taggers.c.name.like("human:%"))).scalar_one() == 0
+
+
+def http_status(url: str, data: bytes | None = None, headers: dict | None = None) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_hostile_requests_get_a_4xx_and_write_nothing(sampled, db_url):
+    """Another annotator's item (409), a rebinding Host (400), a huge or deep body (413, 400),
+    ids past 32 or 64 bits (400), a non-ASCII token (403): never a 200 that writes, never a 500."""
+    ana = Server(db_url, "ana", "--sample", "6")
+    bob = None
+    try:
+        bob = Server(db_url, "bob", "--sample", "6")
+        anas = json.loads(ana.get("api/item"))["item"]["id"]
+        base = bob.url.split("?")[0]
+        post = {"Content-Type": "application/json", "X-CSRF-Token": bob.csrf}
+        answer = json.dumps({"item_id": anas, "label": "NOUN"}).encode()
+        assert http_status(base + "api/answer", answer, post) == 409  # ana holds it: bob cannot answer it
+        rebound = {**post, "Host": f"rebind.example:{bob.port}", "Origin": f"http://rebind.example:{bob.port}"}
+        assert http_status(base, None, {"Host": f"rebind.example:{bob.port}"}) == 400  # no page, no CSRF token
+        assert http_status(base + "api/answer", answer, rebound) == 400
+        assert http_status(base + "api/answer", b'{"item_id": 1, "label": "NOUN", "pad": "' + b"x" * 200_000 + b'"}', post) == 413
+        assert http_status(base + "api/answer", b"[" * 2000 + b"]" * 2000, post) == 400
+        for item_id in (10 ** 30, 2 ** 63, -1, 0):
+            body = json.dumps({"item_id": item_id, "label": "NOUN"}).encode()
+            assert http_status(base + "api/answer", body, post) == 400, item_id
+        assert human_answers(sampled) == [] and human_answers(sampled, "human:bob") == []
+    finally:
+        ana.stop()
+        if bob:
+            bob.stop()
+    guarded = Server(db_url, "cy", "--sample", "3", "--token", "s3cret")
+    try:
+        base = guarded.url.split("?")[0]
+        assert http_status(base + "?token=s%C3%A9cret") == 403 and http_status(base + "?token=s3cret") == 200
+        assert http_status(base, None, {"Cookie": "annotate_token=s\xe9cret"}) == 403
+    finally:
+        guarded.stop()
+    run = subprocess.run(cli_cmd("annotate", "--db", db_url, "--annotator", "dee", "--token", "sécret"),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == \
+        "Error: --token must be printable ASCII, without spaces at its ends"

@@ -70,3 +70,17 @@ def test_fitted_temperature_recovers_a_known_one():
     q = rng.dirichlet(np.ones(5), size=300)
     p = metrics.temper(q, 2.5)  # the truth is the probe softened by T = 2.5
     assert metrics.fit_temperature(p, q) == pytest.approx(2.5, rel=0.02)
+
+
+def test_report_offsets_are_utf16_units_as_javascript_slices():
+    """A prefix with characters outside the Basic Multilingual Plane: the page's slice(s, e) of the
+    text must still cut out the target word."""
+    from posresample.report import utf16_examples, utf16_offsets
+
+    text = "😀😀 From here on"
+    s, e = text.index("From"), text.index("From") + 4
+    s16, e16 = utf16_offsets(text, s, e)
+    units = text.encode("utf-16-le")
+    assert units[2 * s16:2 * e16].decode("utf-16-le") == "From" and (s16, e16) == (s + 2, e + 2)
+    packed = utf16_examples({7: {"ADP": [[" here on", s, e], [" x", -1, -1]]}}, {7: "😀😀 From"})
+    assert packed == {"7": {"ADP": [[" here on", s16, e16], [" x", -1, -1]]}}
