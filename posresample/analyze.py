@@ -11,6 +11,7 @@ turns the result into CSV, JSON, plots and one HTML page.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,9 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
             candidates.c.scan_id == scan["id"], jobs.c.params_id == params["id"], jobs.c.state == "done")).scalar_one()
     per_candidate: dict[int, np.ndarray] = {}
     for cid, upos, n in counts:
+        if not (isinstance(upos, int) and 0 <= upos < K):
+            raise DatabaseError(f"candidate {cid} has labels with upos {upos!r}, not a UPOS id 0-{K - 1}: "
+                                "the labels table was edited by hand; run `cli.py label` into a fresh database")
         per_candidate.setdefault(cid, np.zeros(K))[upos] = n
     return scan, params, tagger, [dict(c) for c in cands], per_candidate, original
 
@@ -102,6 +106,12 @@ def pick_tagger(conn, name: str | None) -> dict:
 def probe_matrix(cands: list[dict], classes: list[int]) -> np.ndarray:
     """Each candidate's probe probabilities on all K UPOS ids (zeros for classes the probe lacks)."""
     q = np.zeros((len(cands), K))
+    for c in cands:
+        probs = c["probe_probs"]
+        if not isinstance(probs, list) or len(probs) != len(classes) or not all(
+                isinstance(x, (int, float)) and math.isfinite(x) and 0 <= x <= 1 for x in probs):
+            raise DatabaseError(f"candidate {c['id']}: probe_probs is not {len(classes)} probabilities (the scan's probe "
+                                "classes): the candidates table was edited by hand")
     q[:, classes] = np.array([c["probe_probs"] for c in cands], dtype=np.float64)
     return q
 
@@ -163,7 +173,9 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
     q = probe_matrix(kept, classes)
     true = np.array([c["true_label"] for c in kept])
     orig = np.array([original.get(c["id"]) if original.get(c["id"]) is not None else -1 for c in kept])
-    conf = tagger_confusion(tagger, confusion)
+    conf = tagger_confusion(tagger, confusion).covering(counts.sum(axis=0) > 0)
+    if conf.filled:
+        log.warning("%s", filled_warning(conf))
     prior, prior_source = label_prior(scan)
 
     def raw_view() -> tuple:  # the raw view and the examples, done while the corrected view's refits run
@@ -177,7 +189,9 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
     corrected_summary = fixed.summary
     summary = {
-        "headline": headline(len(kept), corrected_summary, len(cands), scan),
+        "headline": (filled_warning(conf) + " " if conf.filled else "") + headline(len(kept), corrected_summary, len(cands), scan),
+        "confusion_filled": [UPOS_NAMES[k] for k in conf.filled],
+        "verdict_counts": {v: int(sum(r["verdict"] == v for r in rows)) for v in verdict.VERDICTS},
         "flow": {"scanned": len(cands), "sampled": scan["sampled"], "labelled_enough": len(kept), "analysed": len(kept)},
         "sample": sample_description(scan, len(cands)),
         "verdict": corrected_summary["verdict"],
@@ -196,6 +210,12 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
         "human_labels": agreement.summary(engine, scan["id"], params["id"], tagger),
     }
     return Analysis(scan, params["id"], tagger, min_labelled, rows, summary, q, p, fixed.point, examples)
+
+
+def filled_warning(conf: Confusion) -> str:
+    names = ", ".join(UPOS_NAMES[k] for k in conf.filled)
+    return (f"Warning: the tagger's confusion ({conf.source}) has no row for {names}, labels the tagger gave: "
+            "those rows are taken as the identity (the tagger right on such words), so the correction is partial.")
 
 
 def headline(n: int, s: dict, scanned: int | None = None, scan: dict | None = None) -> str:

@@ -29,24 +29,33 @@ K = len(UPOS_NAMES)
 PSEUDO_COUNT = 1.0 / K  # per cell: one pseudo-word per row
 
 
+MAX_COUNT = 10**12  # a count beyond any treebank (and within float64's exact integers)
+
+
 @dataclass(frozen=True)
 class Confusion:
     counts: np.ndarray  # [K, K] float: rows true UPOS, columns the tagger's UPOS
     source: str  # what it was measured on
     exact: bool = False  # the identity, used as it is (no pseudo-counts): labels taken as the truth
+    filled: tuple[int, ...] = ()  # rows not measured, taken as the identity (the tagger right on them)
 
     @property
     def support(self) -> np.ndarray:
-        """[K] bool: the true classes the tagger was measured on (the only ones given mass)."""
-        return self.counts.sum(axis=1) > 0
+        """[K] bool: the true classes the tagger was measured on, or filled (the only ones given mass)."""
+        support = self.counts.sum(axis=1) > 0
+        support[list(self.filled)] = True
+        return support
 
     def matrix(self) -> np.ndarray:
-        """[K, K] row-stochastic P(tagger says l | true t); rows outside the support are the identity."""
+        """[K, K] row-stochastic P(tagger says l | true t); rows outside the support, and filled
+        rows, are the identity."""
         if self.exact:
             return np.eye(K)
         smoothed = self.counts + PSEUDO_COUNT
         out = smoothed / smoothed.sum(axis=1, keepdims=True)
-        out[~self.support] = np.eye(K)[~self.support]
+        identity = ~self.support
+        identity[list(self.filled)] = True
+        out[identity] = np.eye(K)[identity]
         return out
 
     def draws(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -55,8 +64,18 @@ class Confusion:
             return np.broadcast_to(np.eye(K), (n, K, K)).copy()
         gamma = rng.gamma(np.broadcast_to(self.counts + PSEUDO_COUNT, (n, K, K)))
         out = gamma / gamma.sum(axis=2, keepdims=True)
-        out[:, ~self.support] = np.eye(K)[~self.support]
+        identity = ~self.support
+        identity[list(self.filled)] = True
+        out[:, identity] = np.eye(K)[identity]
         return out
+
+    def covering(self, labels: np.ndarray) -> "Confusion":
+        """This confusion with a row for every label the tagger gave (`labels` [K] bool): rows it
+        lacks are filled with the identity (their words taken as tagged right), listed in `filled`."""
+        missing = tuple(int(k) for k in np.flatnonzero(labels & ~self.support))
+        if self.exact or not missing:
+            return self
+        return Confusion(self.counts, self.source, filled=tuple(sorted(set(self.filled) | set(missing))))
 
     def redrawn(self, rng: np.random.Generator) -> "Confusion":
         """The same measurement made again: each measured row's words drawn again from its row of
@@ -66,8 +85,9 @@ class Confusion:
         C = self.matrix()
         totals = self.counts.sum(axis=1).round().astype(np.int64)
         counts = np.zeros_like(self.counts)
-        counts[self.support] = rng.multinomial(totals[self.support], C[self.support])
-        return Confusion(counts, self.source)
+        measured = self.counts.sum(axis=1) > 0
+        counts[measured] = rng.multinomial(totals[measured], C[measured])
+        return Confusion(counts, self.source, filled=self.filled)
 
     def accuracy(self) -> tuple[int, int]:
         """(words tagged right, words) over the measured rows."""
@@ -113,12 +133,18 @@ def parse_confusion(data, where: str) -> Confusion:
         for tagged, n in row.items():
             if tagged not in UPOS_IDS:
                 raise ConfigError(f"{where}: unknown UPOS label {tagged!r} in the row of {true}")
-            if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 0:
-                raise ConfigError(f"{where}: count {true} -> {tagged} is {n!r}, not a count >= 0")
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 <= n <= MAX_COUNT or \
+                    not math.isfinite(n):
+                raise ConfigError(f"{where}: count {true} -> {tagged} is {_short(n)}, not a count in [0, {MAX_COUNT:.0e}]")
             counts[UPOS_IDS[true], UPOS_IDS[tagged]] = n
         if counts[UPOS_IDS[true]].sum() == 0:
             raise ConfigError(f"{where}: the row of {true} has no counts: leave a class the tagger was not measured on out")
     return Confusion(counts, source)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_confusion_file(path: str) -> Confusion:

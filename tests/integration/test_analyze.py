@@ -104,3 +104,53 @@ def test_a_random_part_of_the_scan_sampled_estimates_the_whole_scan(engine):
     for name in ("genuinely_ambiguous", "probe_underconfident", "probe_wrong"):
         lo, hi = s["verdict"][name]["ci95"]
         assert lo <= whole[name] <= hi, (name, lo, whole[name], hi)
+
+
+def test_a_confusion_without_rows_for_the_tagger_s_labels_is_filled_and_said_so(engine):
+    """A one-row confusion ({NOUN: {NOUN: 5}}) used to give every mass to NOUN. Rows for the labels
+    the tagger gave are filled with the identity, and the first line says which."""
+    rng = np.random.default_rng(5)
+    study = draw_study(40, rng, confusion=perfect_tagger())
+    write_study(engine, study, None)
+    partial = Confusion(np.where(np.arange(K)[:, None] == 0, np.eye(K) * 5, 0.0), "one row")
+    a = analyze(engine, min_labelled=20, confusion=partial, with_examples=False, refits=2)
+    s = a.summary
+    assert s["headline"].startswith("Warning: the tagger's confusion (one row) has no row for ")
+    assert "NOUN" not in s["confusion_filled"] and len(s["confusion_filled"]) >= 5
+    firsts = {r["corrected_first"] for r in a.rows}
+    assert len(firsts) > 3  # not everything NOUN
+    agree = np.mean([r["corrected_first"] == r["empirical_majority"] for r in a.rows])
+    assert agree > 0.9
+    assert sum(s["verdict_counts"].values()) == 40
+
+
+def test_confusion_counts_past_any_treebank_are_one_line_errors():
+    from posresample.confusion import parse_confusion
+    from posresample.errors import ConfigError
+
+    for n in (9.3e18, 1e308, 10 ** 400, float("nan"), -1):
+        with pytest.raises(ConfigError, match="not a count in"):
+            parse_confusion({"NOUN": {"NOUN": n}}, "c.json")
+
+
+def test_values_edited_by_hand_are_one_line_naming_the_row(engine):
+    from sqlalchemy import update
+
+    from posresample import db
+    from posresample.errors import DatabaseError
+    from posresample.models import candidates, labels
+
+    rng = np.random.default_rng(6)
+    study = draw_study(30, rng)
+    write_study(engine, study, study.measured)
+    with db.write(engine) as conn:
+        cid = conn.execute(candidates.select().limit(1)).first().id
+        conn.execute(update(candidates).where(candidates.c.id == cid).values(probe_probs=[0.5, 0.5]))
+    with pytest.raises(DatabaseError, match=f"candidate {cid}: probe_probs is not 15 probabilities"):
+        analyze(engine, min_labelled=20, with_examples=False, refits=0)
+    with db.write(engine) as conn:
+        conn.execute(update(candidates).where(candidates.c.id == cid).values(probe_probs=[1 / 15] * 15))
+        first = conn.execute(labels.select().limit(1)).first().id
+        conn.execute(update(labels).where(labels.c.id == first).values(upos=99))
+    with pytest.raises(DatabaseError, match="has labels with upos 99"):
+        analyze(engine, min_labelled=20, with_examples=False, refits=0)
