@@ -142,6 +142,16 @@ def silence_library_progress() -> None:
     silence()
 
 
+SCAN_NAME_MAX = 200  # the scans.name column
+
+
+def check_scan_name(name: str) -> str:
+    if not name or len(name) > SCAN_NAME_MAX or not name.isprintable() or name != name.strip():
+        raise click.BadParameter(f"a scan name is 1-{SCAN_NAME_MAX} printable characters without spaces at its ends",
+                                 param_hint="--name")
+    return name
+
+
 def parse_exclude(spec: str) -> tuple[int, ...]:
     from .data import parse_label_list
 
@@ -157,7 +167,8 @@ def parse_exclude(spec: str) -> tuple[int, ...]:
 @click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=FiniteFloat(0, 1), help="Keep tokens whose max probe probability is below this.")
 @click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="True labels to skip (names or ids).")
 @click.option("--max-prefixes", default=None, type=COUNT, help="Stop after this many candidates.")
-@click.option("--name", default=DEFAULT_SCAN_NAME, show_default=True, help="Scan name; re-running it resumes.")
+@click.option("--name", default=DEFAULT_SCAN_NAME, show_default=True, callback=lambda _c, _p, v: check_scan_name(v),
+              help="Scan name; re-running it resumes.")
 @click.option("--order", type=click.Choice(["random", "dataset"]), default=None,
               help="Order the jobs drain in: random (a seeded permutation, so the jobs done at any moment are a "
               "random sample of the candidates) or dataset [default: random for a new scan, as stored when resuming].")
@@ -436,6 +447,10 @@ def requeue(failed, stale, job_id, force, db_url):
     """
     from . import db
     from .queue import requeue as run_requeue
+
+    if force and job_id is None:
+        raise click.UsageError("--force applies to --job ID only (a live worker's job); --failed and --stale never "
+                               "touch live leases")
 
     engine = open_engine(db_url, must_exist=True)
     db.ensure_schema(engine, migrate=False)
@@ -837,6 +852,9 @@ def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature,
     url = db_url or f"sqlite:///{os.path.join(workdir, 'posresample.db')}"
     if no_progress:
         silence_library_progress()
+    from . import db as dbmod
+
+    dbmod.make_engine(url, check=False).dispose()  # an unsupported URL is told before the model is built
     os.makedirs(workdir, exist_ok=True)
     r = run_demo(workdir, lambda: open_engine(url), params, progress=not no_progress)
     click.echo(f"""demo done in {r['workdir']}/

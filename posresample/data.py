@@ -116,8 +116,8 @@ def read_conllu(path: str) -> list[Sentence]:
             sentences = [_sentence_from_tokenlist(i, tl) for i, tl in enumerate(conllu.parse_incr(lines))]
     except (UnicodeDecodeError, conllu.exceptions.ParseException, ValueError, KeyError) as exc:
         raise DatasetError(f"{path} is not CoNLL-U: {exc}") from None
-    if not sentences:
-        raise DatasetError(f"{path} holds no CoNLL-U sentences")
+    if not any(s.words for s in sentences):  # comments only, or multiword ranges without their words
+        raise DatasetError(f"{path} holds no CoNLL-U words (sentences with numbered token lines)")
     return sentences
 
 

@@ -257,8 +257,13 @@ def check_sidecar(probe: Probe, model: str, layer: int, dtype: str | None = None
     try:
         with open(path, encoding="utf-8") as handle:
             meta = json.load(handle)
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProbeError(f"cannot read probe sidecar {path}: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise ProbeError(f"cannot read probe sidecar {path}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(meta, dict):
+        raise ProbeError(f"probe sidecar {path} is not a JSON object (train-probe writes one): fix or remove it")
+    if meta.get("sha256") not in (None, probe.sha256):
+        raise ProbeError(f"probe sidecar {path} records another sha256 than {probe.path}: it describes another "
+                         "probe; remove it or put the probe it describes back")
     if meta.get("model") not in (None, model):
         raise ProbeError(f"probe was trained on model {meta['model']!r} ({path}), not {model!r}")
     if meta.get("layer") not in (None, layer):
@@ -266,5 +271,3 @@ def check_sidecar(probe: Probe, model: str, layer: int, dtype: str | None = None
     if dtype is not None and meta.get("dtype") not in (None, dtype):
         log.warning("probe was fit on %s activations (%s) and this scan computes %s ones: probabilities "
                     "near the threshold may differ", meta["dtype"], path, dtype)
-    if meta.get("sha256") not in (None, probe.sha256):
-        log.warning("probe sidecar %s records another sha256 than %s", path, probe.path)

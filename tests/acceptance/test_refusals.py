@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 
 from posresample import db
-from tests.acceptance.test_cli import assert_one_line_error, invoke
+from tests.acceptance.test_cli import assert_one_line_error, invoke, scan_args  # noqa: F401 (a fixture)
 
 
 def probe_args(tiny_dir, dataset, out, *extra):
@@ -61,3 +61,21 @@ def test_machine_labels_cannot_pose_as_a_persons(tiny_tagger, tmp_path):
     db.upgrade(db.make_engine(url))
     assert_one_line_error(invoke("label", "--tagger", f"spacy:{tiny_tagger}", "--tagger-name", "human:eve", "--db", url),
                           "names starting with 'human:' are people's labels")
+
+
+def test_inputs_accepted_without_a_word_are_refused(scan_args, tmp_path):
+    comments = tmp_path / "comments.conllu"
+    comments.write_text("# sent_id = 1\n# text = nothing here\n\n")
+    ranges = tmp_path / "ranges.conllu"
+    ranges.write_text("# text = don't\n1-2\tdon't\t_\t_\t_\t_\t_\t_\t_\t_\n\n")
+    for path in (comments, ranges):
+        assert_one_line_error(invoke(*scan_args(**{"--dataset": str(path)})), "holds no CoNLL-U words")
+    for name in ("", "two\nlines", "x" * 201, " padded"):
+        result = invoke(*scan_args(**{"--name": name}))
+        assert result.exit_code == 2 and "a scan name is 1-200 printable characters" in result.output
+    assert not scan_args.db.exists()
+    result = invoke("requeue", "--failed", "--force", "--db", f"sqlite:///{tmp_path / 'none.db'}")
+    assert result.exit_code == 2 and "--force applies to --job ID only" in result.output
+    work = tmp_path / "demo"
+    assert_one_line_error(invoke("demo", "--workdir", str(work), "--db", "mysql://x/y"), "unsupported database")
+    assert not (work / "tiny-gemma2").exists()

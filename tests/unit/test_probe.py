@@ -98,6 +98,21 @@ def test_sidecar_mismatch_is_refused(tmp_path):
         check_sidecar(probe, "other/model", 12)
 
 
+def test_a_malformed_or_contradicting_sidecar_is_one_error(tmp_path):
+    est, _ = fitted(RESEARCH_CLASSES)
+    joblib.dump(est, tmp_path / "p.joblib")
+    probe = load_probe(str(tmp_path / "p.joblib"))
+    side = tmp_path / "p.json"
+    for content, message in ((b"[1, 2]", "is not a JSON object"), (b'"layer 12"', "is not a JSON object"),
+                             (b"\xff\xfe{", "cannot read probe sidecar"), (b"{nope", "cannot read probe sidecar"),
+                             (json.dumps({"layer": 6, "sha256": "0" * 64}).encode(), "records another sha256")):
+        side.write_bytes(content)
+        with pytest.raises(ProbeError, match=message):
+            check_sidecar(probe, "google/gemma-2-2b", 12)
+    side.write_text(json.dumps({"layer": 12, "sha256": probe.sha256}))
+    check_sidecar(probe, "google/gemma-2-2b", 12)
+
+
 def test_version_mismatch_warns_but_loads(tmp_path, caplog):
     import pickle
 
