@@ -25,20 +25,6 @@ def assert_one_line_error(result, pattern):
 
 
 @pytest.fixture
-def scan_args(tiny_dir, tiny_probe, sample_conllu, tmp_path):
-    db = tmp_path / "scan.db"
-
-    def build(**over):
-        opts = {"--probe": tiny_probe, "--dataset": sample_conllu, "--model": tiny_dir, "--layer": "2",
-                "--device": "cpu", "--db": f"sqlite:///{db}", "--num-samples": "4", "--max-new-tokens": "4"}
-        opts.update(over)
-        return ["scan", *[x for kv in opts.items() for x in kv]]
-
-    build.db = db
-    return build
-
-
-@pytest.fixture
 def wrong_width_probe(tmp_path):
     rng = np.random.default_rng(0)
     probe = LogisticRegression(max_iter=50).fit(rng.standard_normal((60, 10)), rng.integers(0, 3, 60))

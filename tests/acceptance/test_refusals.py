@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 
 from posresample import db
-from tests.acceptance.test_cli import assert_one_line_error, invoke, scan_args  # noqa: F401 (a fixture)
+from tests.acceptance.test_cli import assert_one_line_error, invoke
 
 
 def probe_args(tiny_dir, dataset, out, *extra):
