@@ -615,6 +615,7 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
     click.echo(f"per candidate (each on its own {result.summary['labels_analysed'] // max(len(result.rows), 1)} or so labels): "
                + ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in counts.items())
                + "; the shares above are the population's, estimated with the noise removed")
+    click.echo(result.summary["sensitivity_line"])
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]
     click.echo(f"mean TV(probe, words) {fixed['estimate']:.3f} [{fixed['ci95'][0]:.3f}, {fixed['ci95'][1]:.3f}] corrected, "
                f"{raw['mean']:.3f} raw; fitted temperature {result.summary['fitted_temperature']['corrected']:.3g} corrected, "

@@ -72,7 +72,9 @@ class Confusion:
     def covering(self, labels: np.ndarray) -> "Confusion":
         """This confusion with a row for every label the tagger gave (`labels` [K] bool): rows it
         lacks are filled with the identity (their words taken as tagged right), listed in `filled`."""
-        missing = tuple(int(k) for k in np.flatnonzero(labels & ~self.support))
+        wanted = labels.copy()
+        wanted[UPOS_IDS["_"]] = False  # not a word's tag: UD splits such tokens, so no treebank measures it
+        missing = tuple(int(k) for k in np.flatnonzero(wanted & ~self.support))
         if self.exact or not missing:
             return self
         return Confusion(self.counts, self.source, filled=tuple(sorted(set(self.filled) | set(missing))))
@@ -88,6 +90,33 @@ class Confusion:
         measured = self.counts.sum(axis=1) > 0
         counts[measured] = rng.multinomial(totals[measured], C[measured])
         return Confusion(counts, self.source, filled=self.filled)
+
+    def scaled_errors(self, factor: float) -> "Confusion":
+        """Each measured row's errors (off-diagonal counts) times `factor`, its words kept: a tagger
+        that errs `factor` times as often on these words as on the treebank's (sensitivity)."""
+        if self.exact:
+            return self
+        counts = self.counts.copy()
+        diagonal = np.diag(counts).copy()
+        off = counts - np.diag(diagonal)
+        scaled = off * factor
+        totals = counts.sum(axis=1)
+        # a row whose errors would pass its words keeps no right answers and its errors scaled to them
+        over = scaled.sum(axis=1) > totals
+        scaled[over] *= (totals[over] / scaled[over].sum(axis=1))[:, None]
+        counts = scaled + np.diag(totals - scaled.sum(axis=1))
+        return Confusion(counts, f"{self.source}, errors x{factor:g}", filled=self.filled)
+
+    def shrunk_toward(self, prior: "Confusion", strength: float) -> "Confusion":
+        """These counts (few words: say the candidates' own) plus `strength` pseudo-words per row in
+        the proportions of `prior`'s row (many words: the treebank's): a rare row follows the prior,
+        a row measured on many words its own counts."""
+        if prior.exact:
+            return self
+        pseudo = prior.matrix() * strength
+        pseudo[~prior.support] = 0
+        return Confusion(self.counts + pseudo, f"{self.source}, shrunk toward {prior.source} ({strength:g} words a row)",
+                         filled=tuple(sorted(set(self.filled) | set(prior.filled))))
 
     def accuracy(self) -> tuple[int, int]:
         """(words tagged right, words) over the measured rows."""

@@ -100,6 +100,13 @@ def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwh
         "p_value_floor": float(1 / (1 + test.replicates.max())),
         "divergences": {name: boot.mean(values[name], replicas[name]) for name in ("tv", "js", "kl", "kl_all", "brier")},
         "out_of_probe_mass": boot.mean(values["out_of_probe"], replicas["out_of_probe"]),
+        # the estimand varied: the share with a second reading of at least t, and the second reading's mean mass
+        "ambiguous_by_threshold": [{"threshold": t, **boot.share(values[threshold_name(t)], replicas[threshold_name(t)])}
+                                   for t in THRESHOLDS],
+        "second_reading_mass": boot.mean(values["second_mass"], replicas["second_mass"]),
+        # a population quantity, unlike the count of rejections below: P(TV(pi, probe) > FAR_TV)
+        "probe_far_from_words": {"tv_above": FAR_TV, **boot.share(values[f"tv_above_{FAR_TV}"],
+                                                                   replicas[f"tv_above_{FAR_TV}"])},
         # cross-entropy is linear in pi, so fitting to the posterior means fits to the posteriors
         "fitted_temperature": metrics.fit_temperature(posterior_mean, q),
         "curve": curve(g.posterior, values["genuinely_ambiguous"], q.max(axis=1), rng, replicas["curve"]),
@@ -124,20 +131,32 @@ def _atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int]) -> 
     dominant = (first >= verdict.DOMINANT_FIRST) & ~ambiguous
     agrees = atoms.argmax(axis=-1) == q.argmax(axis=1)[:, None]
     outside = np.setdiff1d(np.arange(K), probe_classes)
+    tv = metrics.total_variation(atoms, qa)
     return {
+        **{threshold_name(t): (second >= t).astype(float) for t in THRESHOLDS if t != verdict.AMBIGUOUS_SECOND},
+        "second_mass": second, f"tv_above_{FAR_TV}": (tv > FAR_TV).astype(float),
         "genuinely_ambiguous": ambiguous.astype(float),
         "probe_underconfident": (dominant & agrees).astype(float),
         "probe_wrong": (dominant & ~agrees).astype(float),
         "undetermined": (~ambiguous & ~dominant).astype(float),
         "majority_is_probe_argmax": agrees.astype(float),
-        "tv": metrics.total_variation(atoms, qa), "js": metrics.js(atoms, qa),
+        "tv": tv, "js": metrics.js(atoms, qa),
         "kl": metrics.kl_on(atoms, qa, probe_classes), "kl_all": metrics.kl(atoms, qa),
         "brier": metrics.brier(qa, atoms), "out_of_probe": atoms[..., outside].sum(axis=-1),
     }
 
 
+THRESHOLDS = (0.05, 0.10, 0.20, 0.30)  # second-reading thresholds of the ambiguous share's curve (0.10: the verdict's)
+FAR_TV = 0.2  # the probe is far from the word's distribution when their total variation exceeds this
+
+
+def threshold_name(t: float) -> str:
+    return "genuinely_ambiguous" if t == verdict.AMBIGUOUS_SECOND else f"second_at_least_{t:.2f}"
+
+
 SUMMARIES = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined", "majority_is_probe_argmax",
-             "tv", "js", "kl", "kl_all", "brier", "out_of_probe")
+             "tv", "js", "kl", "kl_all", "brier", "out_of_probe", "second_mass", f"tv_above_{FAR_TV}",
+             *[threshold_name(t) for t in THRESHOLDS if t != verdict.AMBIGUOUS_SECOND])
 
 
 def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion,
@@ -213,6 +232,21 @@ def _refit(counts, q, probe_classes, confusion, g, boot, r: int, rng: np.random.
     out["curve"] = np.array([means["genuinely_ambiguous"][bins == b].mean() if (bins == b).any() else np.nan
                              for b in range(len(CURVE_EDGES) - 1)])
     return out
+
+
+def population_shares(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int,
+                      replicates: int = 400) -> dict:
+    """The study's verdict shares under another confusion, for the sensitivity table: the same
+    deconvolution, two-stage intervals only (no refits: each row would cost R deconvolutions more)."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    with threadpool_limits(limits=1, user_api="blas"):
+        C, support = confusion.matrix(), confusion.support
+        g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
+        values = atom_values(g.atoms, q, probe_classes)
+        boot = TwoStage(g.posterior, rng, replicates=replicates)
+        return {name: boot.share(values[name]) for name in verdict.VERDICTS}
 
 
 def posterior_means(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], C: np.ndarray, support: np.ndarray,

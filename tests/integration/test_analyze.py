@@ -154,3 +154,51 @@ def test_values_edited_by_hand_are_one_line_naming_the_row(engine):
         conn.execute(update(labels).where(labels.c.id == first).values(upos=99))
     with pytest.raises(DatabaseError, match="has labels with upos 99"):
         analyze(engine, min_labelled=20, with_examples=False, refits=0)
+
+
+def test_the_sensitivity_table_flags_a_tagger_worse_on_these_words_than_measured(engine):
+    """Labels drawn through a tagger three times as wrong as the treebank measurement handed to
+    analyze: the headline overstates the ambiguous share (tagger error read as ambiguity), and the
+    table shows it: the share falls from the stored row to x1.5 to x2, toward the truth."""
+    from tests.known_truth import tagger_confusion, treebank_counts
+
+    rng = np.random.default_rng(21)
+    C = tagger_confusion()
+    worse = Confusion(C * 10_000, "the tagger on these words").scaled_errors(3.0).matrix()
+    study = draw_study(400, rng, confusion=worse)
+    write_study(engine, study, treebank_counts(C, rng))
+    s = analyze(engine, min_labelled=20, with_examples=False, refits=2).summary
+    rows = {r["confusion"]: r["verdict"]["genuinely_ambiguous"]["share"] for r in s["sensitivity"]}
+    truth = float((np.sort(study.truth, axis=1)[:, -2] >= 0.10).mean())
+    assert list(rows) == ["stored", "errors x1.5", "errors x2", "hard words"]
+    assert rows["stored"] > rows["errors x1.5"] > rows["errors x2"]
+    assert rows["stored"] - truth > 0.08 and abs(rows["errors x2"] - truth) < rows["stored"] - truth
+    assert s["sensitivity_line"].startswith(f"sensitivity: genuinely ambiguous {rows['stored']:.0%} with the stored")
+    assert s["tagger_on_candidates"]["accuracy"] == 1.0 and s["tagger_on_candidates"]["words"] == 400
+    by_t = [row["share"] for row in s["ambiguous_by_threshold"]]
+    assert [row["threshold"] for row in s["ambiguous_by_threshold"]] == [0.05, 0.10, 0.20, 0.30]
+    assert by_t == sorted(by_t, reverse=True) and by_t[1] == s["verdict"]["genuinely_ambiguous"]["share"]
+    assert "temperature 0.7, top-p 0.95" in s["estimand"]
+
+
+def test_the_estimand_curve_recovers_the_planted_shares(engine):
+    """The share with a second reading of at least t, for each t, against the planted truth."""
+    rng = np.random.default_rng(22)
+    study = draw_study(600, rng)
+    write_study(engine, study, study.measured)
+    s = analyze(engine, min_labelled=20, with_examples=False, refits=4).summary
+    second = np.sort(study.truth, axis=1)[:, -2]
+    for row in s["ambiguous_by_threshold"]:
+        lo, hi = row["ci95"]
+        assert lo <= float((second >= row["threshold"]).mean()) <= hi, row
+    lo, hi = s["corrected"]["second_reading_mass"]["ci95"]
+    assert lo <= float(second.mean()) <= hi
+
+
+def test_a_perfect_tagger_s_sensitivity_rows_agree(engine):
+    rng = np.random.default_rng(23)
+    study = draw_study(120, rng, confusion=perfect_tagger())
+    write_study(engine, study, np.eye(K) * 1000)
+    s = analyze(engine, min_labelled=20, with_examples=False, refits=0).summary
+    shares = [r["verdict"]["genuinely_ambiguous"]["share"] for r in s["sensitivity"][:3]]
+    assert max(shares) - min(shares) < 0.01, shares

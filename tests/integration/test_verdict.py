@@ -113,7 +113,7 @@ def test_bad_confusion_files_are_one_line_and_write_nothing(engine, db_url, tmp_
     cases = {"notjson.json": ("{ nope", "is not JSON"),
              "unknown.json": (json.dumps({"NOUN": {"NOUN": 10, "NOUNISH": 1}}), "unknown UPOS label 'NOUNISH'"),
              "zero.json": (json.dumps({"NOUN": {"NOUN": 10}, "VERB": {"VERB": 0, "NOUN": 0}}), "the row of VERB has no counts"),
-             "negative.json": (json.dumps({"NOUN": {"NOUN": -3}}), "not a count >= 0")}
+             "negative.json": (json.dumps({"NOUN": {"NOUN": -3}}), "not a count in [0, 1e+12]")}
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(content)
         out = tmp_path / f"report-{name}"
