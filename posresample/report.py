@@ -337,6 +337,37 @@ def raw_html(s: dict) -> str:
     return _table(rows, "summary")
 
 
+def robustness_html(s: dict) -> str:
+    """What the shares estimate, which candidates they rest on, and how far they move when the
+    tagger's confusion is not the one measured on the treebank."""
+    e = html.escape
+    f = s["flow"]
+    flow = (f"<p id=\"flow\">Candidates: {f['scanned']} scanned &rarr; {f['sampled']} sampled &rarr; "
+            f"{f['labelled_enough']} with at least {s['min_labelled']} labelled completions &rarr; {f['analysed']} analysed. "
+            f"{e(s['sample']['reading'])}.</p>")
+    t = s["tagger_on_candidates"]
+    tagger = ("" if t["accuracy"] is None else
+              f"<p id=\"tagger-on-candidates\">The tagger gives the treebank's label to the candidates' own words in their "
+              f"original sentences {_fmt({'share': t['accuracy'], 'ci95': t['ci95']})} of the time ({t['words']} words)"
+              + ("" if t["all_words_accuracy"] is None else f", against {t['all_words_accuracy']:.3f} on all dev words")
+              + ".</p>")
+    head = "".join(f"<th>{e(VERDICT_TITLES[k])}</th>" for k in VERDICTS)
+    rows = "".join(f"<tr><td>{e(r['confusion'])}</td><td>{e(r['source'])}</td>"
+                   + "".join(f"<td>{_fmt(r['verdict'][k])}</td>" for k in VERDICTS) + f"<td>{e(r['intervals'])}</td></tr>"
+                   for r in s["sensitivity"])
+    thresholds = "".join(f"<tr><td>{r['threshold']:.2f}</td><td>{_fmt(r)}</td></tr>" for r in s["ambiguous_by_threshold"])
+    c = s["corrected"]
+    return ("<h2>What is estimated, and how robust it is</h2>"
+            f"<p id=\"estimand\">The estimand: {e(s['estimand'])}.</p>" + flow + tagger +
+            f"<p>{e(s['sensitivity_line'])}. A share that holds across these rows is the claim; one that moves is not.</p>"
+            f"<table id=\"sensitivity\"><tr><th>confusion</th><th>source</th>{head}<th>intervals</th></tr>{rows}</table>"
+            "<h3>The ambiguous share by the second reading's threshold</h3>"
+            f"<table id=\"thresholds\"><tr><th>second reading at least</th><th>share (95% CI)</th></tr>{thresholds}</table>"
+            f"<p>Mean mass of the second reading: {_fmt(c['second_reading_mass'])}. Share of candidates whose words' "
+            f"distribution lies farther than TV {c['probe_far_from_words']['tv_above']} from the probe: "
+            f"{_fmt(c['probe_far_from_words'])}.</p>")
+
+
 def human_html(h: dict | None) -> str:
     """The tagger against people on the completions themselves, and people against each other."""
     if not h:
@@ -380,7 +411,7 @@ def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
         corrected=corrected_html(s), raw=raw_html(s), refits=s["corrected"]["population"]["refits"],
         fitted=f"{b['fitted_temperature']:.3g}", fit_n=b["fit_candidates"], test_n=b["scored_candidates"],
         baselines=baseline_rows, breakdowns="".join(_breakdown_table(k, rows) for k, rows in s["breakdowns"].items()),
-        images=images, examples=EXAMPLES_PER_LABEL, extra=human_html(s.get("human_labels")) + extra,
+        images=images, examples=EXAMPLES_PER_LABEL, extra=robustness_html(s) + human_html(s.get("human_labels")) + extra,
         header="".join(f'<th data-key="{k}">{e(k)}</th>' for k in TABLE_FIELDS),
         rows=packed(table_rows), samples=packed(utf16_examples(a.examples, {r["candidate_id"]: r["prefix_text"] for r in a.rows})),
         upos=json_for_script(list(UPOS_NAMES)))
