@@ -133,13 +133,13 @@ def posterior_top(E, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keep, post
 
 
-def _loglik(counts, C, support, order, shared, probe) -> np.ndarray:
+def _loglik(counts, C, support, order, shared, probe, dtype=np.float32) -> np.ndarray:
     """log P(labels | pi = atom) for shared atoms (rank frame) and probe atoms (class frame), over
     each candidate's observed labels only (a handful of the 18). In float32, half the time of float64
     (the logs of [n, M, L] mixtures are most of it): a log-likelihood of -1,000 is then off by
     ~1e-4, a relative likelihood by 1e-4 of itself, where the candidates' sampling moves it by
-    factors."""
-    f32 = np.float32
+    factors (tests/unit/test_corrected.py holds it to that against float64)."""
+    f32 = dtype
     seen = counts > 0
     width = max(1, int(seen.sum(axis=1).max()))
     labels = np.argsort(~seen, axis=1, kind="stable")[:, :width]  # [n, L] observed labels first
