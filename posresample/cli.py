@@ -855,7 +855,8 @@ def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature,
         silence_library_progress()
     from . import db as dbmod
 
-    dbmod.make_engine(url, check=False).dispose()  # an unsupported URL is told before the model is built
+    if not url.startswith("sqlite:"):  # another database's URL is told before the model is built
+        dbmod.make_engine(url, check=False).dispose()
     os.makedirs(workdir, exist_ok=True)
     r = run_demo(workdir, lambda: open_engine(url), params, progress=not no_progress)
     click.echo(f"""demo done in {r['workdir']}/

@@ -181,6 +181,7 @@ def test_the_sensitivity_table_flags_a_tagger_worse_on_these_words_than_measured
     assert "temperature 0.7, top-p 0.95" in s["estimand"]
 
 
+@pytest.mark.slow
 def test_the_estimand_curve_recovers_the_planted_shares(engine):
     """The share with a second reading of at least t, for each t, against the planted truth."""
     rng = np.random.default_rng(22)

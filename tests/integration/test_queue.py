@@ -194,7 +194,8 @@ def test_status_report(engine):
     assert report["workers"][0]["state"] == "live" and report["workers"][0]["jobs_done"] == 1
     assert report["throughput_jobs_per_minute"] > 0 and report["eta_seconds"] > 0
     assert report["scans"] == [{"name": "fake", "split": "validation", "sentences_done": 3, "sentences_total": 3,
-                                "state": "complete", "candidates": 3}]
+                                "state": "complete", "candidates": 3, "sampled": 1, "order": "random",
+                                "order_seed": 123}]
     for i in range(40):  # a kill campaign leaves many dead workers: counted, not listed
         queue.stop_worker(engine, register(engine, f"dead{i}"))
     queue.stop_worker(engine, w)
