@@ -64,3 +64,36 @@ class Budget:
 
     def spent(self) -> bool:
         return self.left() <= 0
+
+
+def sync(device) -> None:
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class DrawTimer:
+    """Seconds spent in the Sampler's token draws (sample_tokens, the device synchronised around
+    each), summed over the calls made inside the `with`."""
+
+    def __init__(self, device):
+        from posresample import sampler as sampler_module
+
+        self.module = sampler_module
+        self.device, self.seconds, self.original = device, 0.0, sampler_module.sample_tokens
+
+    def __enter__(self):
+        def timed(*args, **kwargs):
+            sync(self.device)
+            start = time.perf_counter()
+            out = self.original(*args, **kwargs)
+            sync(self.device)
+            self.seconds += time.perf_counter() - start
+            return out
+
+        self.module.sample_tokens = timed
+        return self
+
+    def __exit__(self, *exc):
+        self.module.sample_tokens = self.original

@@ -26,20 +26,14 @@ import time
 
 import torch
 
-from common import Budget, add_arguments, emit, machine, set_threads
+from common import Budget, DrawTimer, add_arguments, emit, machine, set_threads, sync
 
-from posresample import sampler as sampler_module
 from posresample.modeling import load_model, load_tokenizer, model_ref, pick_device
 from posresample.sampler import SampleRequest, Sampler, SamplingParams
 
 PARAMS = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=16, seed=123)
 NUM_SAMPLES = 96
 TARGET_SHARE, TARGET_RATIO, TARGET_FLOOR = 0.15, 6.0, 1.3
-
-
-def sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def scan_prefixes(db_url: str, n: int) -> list[list[int]]:
@@ -66,28 +60,6 @@ def ewt_prefixes(tokenizer, n: int) -> list[list[int]]:
         if len(out) == n:
             break
     return out
-
-
-class DrawTimer:
-    """Seconds spent in sample_tokens (the token draws), summed over calls."""
-
-    def __init__(self, device):
-        self.device, self.seconds, self.original = device, 0.0, sampler_module.sample_tokens
-
-    def __enter__(self):
-        def timed(*args, **kwargs):
-            sync(self.device)
-            start = time.perf_counter()
-            out = self.original(*args, **kwargs)
-            sync(self.device)
-            self.seconds += time.perf_counter() - start
-            return out
-
-        sampler_module.sample_tokens = timed
-        return self
-
-    def __exit__(self, *exc):
-        sampler_module.sample_tokens = self.original
 
 
 @torch.inference_mode()
