@@ -197,6 +197,8 @@ def pick_scan(conn: Connection, name: str | None) -> dict:
 def pick_params(conn: Connection, scan_id: int, pid: int | None) -> dict:
     used = select(jobs.c.params_id).join(candidates, candidates.c.id == jobs.c.candidate_id).where(candidates.c.scan_id == scan_id).distinct()
     rows = conn.execute(select(generation_params).where(generation_params.c.id.in_(used)).order_by(generation_params.c.id)).mappings().all()
+    if not rows and not conn.execute(select(candidates.c.id).where(candidates.c.scan_id == scan_id).limit(1)).first():
+        raise DatabaseError("this scan has no candidates (no token under its threshold): nothing was sampled")
     if pid is not None:
         rows = [r for r in rows if r["id"] == pid]
         if not rows:
