@@ -1,4 +1,4 @@
-"""How often a sample changes with the batch it was drawn in (issue 4: reproducibility).
+"""How often a sample changes with the batch it was drawn in.
 
     python bench/batch_invariance.py --config tiny --device cpu --dtype float32
     python bench/batch_invariance.py --config tiny --device cpu --dtype bfloat16

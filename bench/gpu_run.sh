@@ -2,7 +2,7 @@
 # The whole GPU plan in one device call of at most 8 minutes, most valuable step first.
 #
 # Here, once:   scripts/gpu-wheels                       (fills .gpu/: wheels and EWT files, ~26 MiB)
-# Device tool:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=540)
+# GPU machine:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=540)
 #               bash bench/gpu_run.sh --plan             prints the steps and their time caps, runs nothing
 #               bash bench/gpu_run.sh scan tiers         runs the named steps only, in the order given
 #
@@ -21,7 +21,7 @@
 # Each bench gets --seconds (its cap less start-up slack) and measures what fits; `timeout` kills a
 # step that overruns its cap anyway. Every line is flushed to $OUT/<step>.log as it is printed, and
 # machine.log indexes the steps as they end, so a run cut at any point returns all that finished.
-# Eight files in all: what the device tool brings back.
+# Eight files in all: what a GPU call brings back.
 #
 # DEVICE=cpu CONFIG=tiny SCALE=0.1 PY=.venv/bin/python NO_WHEELS=1 runs the same plan here (a dry run).
 set -uo pipefail

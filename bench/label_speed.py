@@ -1,4 +1,4 @@
-"""How fast `label` tags completions, against a plain loop over the same spaCy pipeline (issue 10).
+"""How fast `label` tags completions, against a plain loop over the same spaCy pipeline.
 
     python cli.py demo                      # a database with 160 candidates x 96 completions
     python bench/label_speed.py --tagger spacy:taggers/ewt --db demo_out/posresample.db

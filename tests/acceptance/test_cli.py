@@ -121,7 +121,7 @@ def test_every_command_has_help_with_an_example_and_is_documented():
 
 
 def test_non_finite_and_out_of_range_values_are_refused_before_anything_is_written(scan_args):
-    """Issue 9.19: nan/inf floats and integers past the 32/64-bit columns, each one line, no file."""
+    """Nan/inf floats and integers past the 32/64-bit columns, each one line, no file."""
     cases = [
         ({"--threshold": "nan"}, r"--threshold.*'nan' is not a finite number"),
         ({"--temperature": "inf"}, r"--temperature.*'inf' is not a finite number"),
@@ -245,7 +245,7 @@ def test_worker_bar_has_a_total_and_an_eta(tmp_path, capsys):
 
 
 def test_demo_run_again_with_other_settings_exports_what_it_just_sampled(tmp_path):
-    """Issue 9.2: the second run samples new params and exports them, not 'pick one with --params'."""
+    """The second run samples new params and exports them, not 'pick one with --params'."""
     workdir = tmp_path / "demo"
     first = invoke("demo", "--workdir", str(workdir), "--no-progress", "--num-samples", "2", "--max-new-tokens", "2")
     assert first.exit_code == 0, first.output
@@ -257,7 +257,7 @@ def test_demo_run_again_with_other_settings_exports_what_it_just_sampled(tmp_pat
 
 
 def test_the_full_help_in_the_docs_is_current():
-    """docs/cli.md ends with every command's --help; `python scripts/cli-help-doc` rewrites it."""
+    """Docs/cli.md ends with every command's --help; `python scripts/cli-help-doc` rewrites it."""
     from posresample.cli import full_help_markdown
 
     text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")

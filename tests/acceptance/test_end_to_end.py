@@ -65,7 +65,7 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
 
 @pytest.mark.postgres
 def test_two_scans_of_one_name_at_once_are_safe(pg_url, tiny_dir, tiny_probe, sample_conllu, tmp_path):
-    """Issue 9.12: on a fresh database, the second is refused in one line (or runs after the first);
+    """On a fresh database, the second is refused in one line (or runs after the first);
     either way the limit holds and progress is counted once. On PostgreSQL, where the second used to
     die on the scan's unique name and both used to insert; SQLite's single writer hides the race
     (the lease logic is the same code, tested on both in test_pipeline)."""

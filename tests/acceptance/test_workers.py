@@ -207,7 +207,7 @@ def test_supervisor_restarts_dead_children_and_stops_all_on_ctrl_c(engine, db_ur
 
 
 def test_a_model_that_will_not_load_costs_no_attempt(engine, db_url, tmp_path):
-    """Issue 9.13: the model loads before any claim; its error stops the worker, every job untouched."""
+    """The model loads before any claim; its error stops the worker, every job untouched."""
     seed_jobs(engine, 20, model=str(tmp_path / "moved-away"))
     w = start_worker(db_url, "--device", "cpu", log_path=tmp_path / "w.log", env={"HF_HUB_OFFLINE": "1"})
     assert w.wait(timeout=TIMEOUT) == 1
@@ -243,7 +243,7 @@ def outage(engine, db_url):
 
 
 def test_a_worker_rides_out_a_database_outage(engine, db_url, tmp_path):
-    """Issue 9.14: a lock held past the busy timeout, or a PostgreSQL outage, is retried, not fatal."""
+    """A lock held past the busy timeout, or a PostgreSQL outage, is retried, not fatal."""
     n = 60
     seed_jobs(engine, n)
     log = tmp_path / "w.log"
@@ -262,7 +262,7 @@ def test_a_worker_rides_out_a_database_outage(engine, db_url, tmp_path):
 
 
 def test_children_stop_when_their_supervisor_is_killed(engine, db_url, tmp_path):
-    """Issue 9.15: SIGKILL of `worker --devices` reaches the children (PR_SET_PDEATHSIG), which stop cleanly."""
+    """SIGKILL of `worker --devices` reaches the children (PR_SET_PDEATHSIG), which stop cleanly."""
     from tests.helpers import cli_cmd
 
     seed_jobs(engine, 2000)

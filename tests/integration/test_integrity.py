@@ -132,7 +132,7 @@ def test_the_migration_renames_taggers_that_share_a_name(db_url):
 @pytest.mark.postgres
 def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer,
                                                          tiny_tagger):
-    """Issue 20.7: a transaction holding one label_leases row must not block other label processes."""
+    """a transaction holding one label_leases row must not block other label processes."""
 
     from posresample.scan import run_scan
     from posresample.tagger import load_tagger
@@ -163,7 +163,7 @@ def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_p
 
 
 def test_label_rides_out_an_outage_at_start_up(sampled, db_url, tiny_tagger, tmp_path):
-    """Issue 20.6: a held SQLite lock, or a PostgreSQL that refuses connections, when label starts."""
+    """A held SQLite lock, or a PostgreSQL that refuses connections, when label starts."""
     log = tmp_path / "label.log"
     sampled.dispose()
     end = outage(sampled, db_url)
@@ -207,7 +207,7 @@ def test_scan_into_a_foreign_database_is_refused_by_the_library_too(foreign_url)
 
 
 def test_a_truncated_checkpoint_stops_the_worker_in_one_line(engine, db_url, tiny_dir, tmp_path):
-    """Issue 20.9: a cut-off model.safetensors is a one-line error, every job untouched."""
+    """A cut-off model.safetensors is a one-line error, every job untouched."""
     import os
     import shutil
 
@@ -225,7 +225,7 @@ def test_a_truncated_checkpoint_stops_the_worker_in_one_line(engine, db_url, tin
 
 
 def test_a_worker_rides_out_an_outage_at_start_up(engine, db_url, tmp_path):
-    """Issue 20.6: a held SQLite lock (or PostgreSQL refusing connections) when the worker starts."""
+    """A held SQLite lock (or PostgreSQL refusing connections) when the worker starts."""
     import os
 
     from tests.acceptance.test_workers import wait_for

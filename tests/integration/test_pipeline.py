@@ -180,7 +180,7 @@ def test_completions_are_queryable_with_sql_json(engine, tiny_dir, tiny_probe, s
 
 
 def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger):
-    """docs/sql.md: its first sql block is for SQLite, its second for PostgreSQL; every statement runs."""
+    """Docs/sql.md: its first sql block is for SQLite, its second for PostgreSQL; every statement runs."""
     import re
     from collections import Counter
 
@@ -245,7 +245,7 @@ def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, s
 
 
 def test_a_limit_inside_already_stored_sentences_never_spins(engine, tiny_dir, tiny_probe, sample_conllu, monkeypatch):
-    """Issue 9.11: a reset progress counter and a larger --max-prefixes used to rescore one sentence forever."""
+    """A reset progress counter and a larger --max-prefixes used to rescore one sentence forever."""
     run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=20), progress=False)
     with db.write(engine) as conn:
         conn.execute(scans.update().values(sentences_done=0))
