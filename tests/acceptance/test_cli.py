@@ -121,7 +121,7 @@ def test_every_command_has_help_with_an_example_and_is_documented():
 
 
 def test_non_finite_and_out_of_range_values_are_refused_before_anything_is_written(scan_args):
-    """Nan/inf floats and integers past the 32/64-bit columns, each one line, no file."""
+    """NaN/inf floats and integers past the 32/64-bit columns, each one line, no file."""
     cases = [
         ({"--threshold": "nan"}, r"--threshold.*'nan' is not a finite number"),
         ({"--temperature": "inf"}, r"--temperature.*'inf' is not a finite number"),
@@ -257,7 +257,7 @@ def test_demo_run_again_with_other_settings_exports_what_it_just_sampled(tmp_pat
 
 
 def test_the_full_help_in_the_docs_is_current():
-    """Docs/cli.md ends with every command's --help; `python scripts/cli-help-doc` rewrites it."""
+    """docs/cli.md ends with every command's --help; `python scripts/cli-help-doc` rewrites it."""
     from posresample.cli import full_help_markdown
 
     text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")

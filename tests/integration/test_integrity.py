@@ -132,7 +132,7 @@ def test_the_migration_renames_taggers_that_share_a_name(db_url):
 @pytest.mark.postgres
 def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer,
                                                          tiny_tagger):
-    """a transaction holding one label_leases row must not block other label processes."""
+    """A transaction holding one label_leases row must not block other label processes."""
 
     from posresample.scan import run_scan
     from posresample.tagger import load_tagger

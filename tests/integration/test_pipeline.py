@@ -180,7 +180,7 @@ def test_completions_are_queryable_with_sql_json(engine, tiny_dir, tiny_probe, s
 
 
 def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger):
-    """Docs/sql.md: its first sql block is for SQLite, its second for PostgreSQL; every statement runs."""
+    """docs/sql.md: its first sql block is for SQLite, its second for PostgreSQL; every statement runs."""
     import re
     from collections import Counter
 
