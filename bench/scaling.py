@@ -1,6 +1,7 @@
-"""Costs that must not grow with history: a claim, pending(), and export, at two or three sizes.
+"""Costs that must not grow with history: a claim, pending(), export, label's claim and annotate's
+queue, at two or three sizes.
 
-    python bench/scaling.py --db sqlite:////tmp/scale.db --what claim,pending
+    python bench/scaling.py --db sqlite:////tmp/scale.db --what claim,pending,label,annotate
     python bench/scaling.py --db postgresql+psycopg://postgres@127.0.0.1:55439/postgres --what claim,pending,export
 
 claim / pending: a queue of N jobs of which T are todo (the rest done), built with one INSERT ...
@@ -9,7 +10,11 @@ pending(), each the median of 15, next to the claim's old single-statement pick 
 expired lease, ORDER BY priority, id) for comparison. export: C done candidates x 96 completions of
 ~70 characters with one label each, exported to a file; wall time, and on PostgreSQL the server
 backend's CPU seconds (read from /proc, so the server must run on this machine). Each size gets a
-fresh database (a new file, or a new PostgreSQL database on the given server).
+fresh database (a new file, or a new PostgreSQL database on the given server). label: C done
+candidates x 96 completions of which the first half of the jobs carry a tagger's labels; the time
+of the first claim (which fills the tagger's queue), of later claims of 16 jobs (median of 15, given
+back untimed) and of the backlog count. annotate: the same database with the labels, half of them
+disagreeing with the probe; the time to build a queue of 300 completions and to grow it to 600.
 """
 
 from __future__ import annotations
@@ -159,6 +164,56 @@ def seed_export(url: str, candidates: int) -> None:
     engine.dispose()
 
 
+LABEL_SIZES = (2_500, 10_000)
+
+
+def seed_labelled(url: str, candidates: int) -> None:
+    """`candidates` done jobs x 96 completions; the first half of the jobs labelled by tagger 1 (every
+    other label disagrees with the probe's argmax, 0)."""
+    seed_export(url, candidates)
+    engine = db.make_engine(url, check=False)
+    with db.write(engine) as conn:
+        conn.execute(text("UPDATE candidates SET probe_probs = '[0.5, 0.3, 0.2]'"))
+        conn.execute(text(f"DELETE FROM labels WHERE completion_id IN (SELECT c.id FROM completions c "
+                          f"WHERE c.job_id > {candidates // 2})"))
+        conn.execute(text("UPDATE labels SET upos = 1, upos_name = 'PUNCT' WHERE completion_id % 2 = 0"))
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    engine.dispose()
+
+
+def bench_label(url: str) -> None:
+    from posresample import annotate, label_store
+
+    emit("| candidates | completions | label: first claim (s) | label: claim 16 (ms) | label: backlog (ms) | "
+         "annotate: queue of 300 (s) | annotate: grown to 600 (s) |")
+    emit("|---|---|---|---|---|---|---|")
+    for n in LABEL_SIZES:
+        scratch, drop = fresh(url)
+        try:
+            seed_labelled(scratch, n)
+            engine = db.make_engine(scratch)
+            t0 = time.perf_counter()
+            first = label_store.claim_label_jobs(engine, 1, "bench:1:x", 16, 600)
+            first_s = time.perf_counter() - t0
+            label_store.release_label_leases(engine, 1, "bench:1:x")
+            assert first and min(first) > n // 2, first  # the labelled half is passed over
+            claim = median_ms(lambda: label_store.claim_label_jobs(engine, 1, "bench:1:x", 16, 600),
+                              after=lambda _: label_store.release_label_leases(engine, 1, "bench:1:x"))
+            backlog = median_ms(lambda: label_store.label_backlog(engine, 1, None))
+            t0 = time.perf_counter()
+            annotate.build_queue(engine, 1, 1, sample=300, overlap=0.1)
+            built = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            assert annotate.build_queue(engine, 1, 1, sample=600, overlap=0.1) == 600
+            grown = time.perf_counter() - t0
+            emit(f"| {n:,} | {n * 96:,} | {first_s:.2f} | {claim:.1f} | {backlog:.1f} | {built:.2f} | {grown:.2f} |")
+            engine.dispose()
+        finally:
+            drop()
+
+
 def backend_cpu_seconds(pids: set[int]) -> float | None:
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
@@ -209,7 +264,8 @@ def bench_export(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True, help="a SQLite URL (its folder is used) or a PostgreSQL server URL")
-    parser.add_argument("--what", default="claim,pending,export", help="claim,pending (one table) and/or export")
+    parser.add_argument("--what", default="claim,pending,export,label",
+                        help="claim,pending (one table), export, and/or label (label's claim and annotate's queue)")
     args = parser.parse_args()
     import sqlalchemy
 
@@ -220,6 +276,8 @@ def main() -> None:
         bench_queue(args.db)
     if "export" in what:
         bench_export(args.db)
+    if what & {"label", "annotate"}:
+        bench_label(args.db)
 
 
 if __name__ == "__main__":

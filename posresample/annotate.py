@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import and_, delete, exists, func, insert, or_, select
+from sqlalchemy import and_, case, delete, exists, func, insert, or_, select
 
 from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
@@ -57,81 +57,127 @@ class Item:
 
 
 def build_queue(engine, scan_id: int, params_id: int, sample: int, overlap: float, seed: int = 0) -> int:
-    """Add items to the queue up to `sample` (stratified, disagreements first). -> items in the queue."""
+    """Add items to the queue up to `sample` (stratified, disagreements first). -> items in the queue.
+
+    The database counts each done job's completions by why they would be shown (one GROUP BY);
+    Python reads a row per job and its candidate's probe pair, picks (job, round) pairs, and reads
+    the completions of the picked jobs only: never every completion of the study."""
     with write(engine) as conn:
         have = conn.execute(select(func.count()).select_from(annotation_items).where(
             annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalar_one()
         if have >= sample:
             return have
-        taken = set(conn.execute(select(annotation_items.c.completion_id).where(
-            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalars())
-        pool = _pool(conn, scan_id, params_id)
-        if not pool:
+        counts, strata = _pool_counts(conn, scan_id, params_id)
+        if not counts and have == 0:
             raise DatabaseError("this scan has no sampled completions to label: run `cli.py worker` first")
-        picked = _stratified([p for p in pool if p["completion_id"] not in taken], sample - have, seed)
+        picked = _stratified(conn, scan_id, params_id, counts, strata, sample - have, seed)
         rng = np.random.default_rng(seed + 1)
         now = conn.execute(select(db_now())).scalar_one()
         top = conn.execute(select(func.coalesce(func.max(annotation_items.c.rank), 0)).where(
             annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalar_one()
-        rows = [dict(scan_id=scan_id, params_id=params_id, completion_id=p["completion_id"], rank=top + 1 + i,
-                     overlap=bool(rng.random() < overlap), reason=p["reason"], created_at=now)
-                for i, p in enumerate(picked)]
+        rows = [dict(scan_id=scan_id, params_id=params_id, completion_id=completion_id, rank=top + 1 + i,
+                     overlap=bool(rng.random() < overlap), reason=reason, created_at=now)
+                for i, (completion_id, reason) in enumerate(picked)]
         if rows:
             conn.execute(insert(annotation_items), rows)
         return have + len(rows)
 
 
-def _pool(conn, scan_id: int, params_id: int) -> list[dict]:
-    """Every done completion of the scan with its candidate's probe pair and a machine label, if any."""
-    machine = select(labels.c.completion_id, func.min(labels.c.status).label("status"),
-                     func.min(labels.c.upos).label("upos")).join(taggers, taggers.c.id == labels.c.tagger_id) \
-        .where(~taggers.c.name.like("human:%")).group_by(labels.c.completion_id).subquery()
-    rows = conn.execute(
-        select(completions.c.id, candidates.c.id.label("candidate_id"), candidates.c.probe_probs, candidates.c.probe_pred,
-               machine.c.status, machine.c.upos)
-        .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-        .outerjoin(machine, machine.c.completion_id == completions.c.id)
-        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done")
-        .order_by(completions.c.id)).all()
-    out, strata = [], {}
-    for cid, cand, probs, pred, status, upos in rows:
-        if status is not None and status != "ok":
-            reason = "odd_span"
-        elif upos is not None and upos != pred:
-            reason = "disagrees"
-        else:
-            reason = "sample"
-        if cand not in strata:  # once per candidate, not once for each of its 96 completions
-            strata[cand] = tuple(np.argsort(-np.asarray(probs), kind="stable")[:2].tolist())
-        out.append({"completion_id": cid, "candidate_id": cand, "stratum": strata[cand], "reason": reason})
-    return out
+FLAGGED = ("odd_span", "disagrees")  # shown first
 
 
-def _stratified(pool: list[dict], n: int, seed: int) -> list[dict]:
-    """n completions: the flagged ones (odd span, disagreeing) first, then the rest; within each, a
-    round robin over the probe's top-2 strata in random order, one candidate's completions spread out."""
+def _reason(conn):
+    """Why a completion is worth a person's look: 'odd_span' when a machine tagger found no clean
+    span, 'disagrees' when a machine label differs from the probe's argmax, else 'sample'."""
+    machines = conn.execute(select(taggers.c.id).where(~taggers.c.name.like("human:%"))).scalars().all()
+    machine = and_(labels.c.completion_id == completions.c.id, labels.c.tagger_id.in_(machines))
+    odd = exists().where(machine, labels.c.status != "ok")
+    disagrees = exists().where(machine, labels.c.status == "ok", labels.c.upos != candidates.c.probe_pred)
+    return case((odd, "odd_span"), (disagrees, "disagrees"), else_="sample").label("reason")
+
+
+def _unqueued(query, scan_id: int, params_id: int):
+    """Done completions of the scan and params that are not in the queue yet."""
+    queued = exists().where(annotation_items.c.completion_id == completions.c.id,
+                            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
+    return (query.join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done", ~queued))
+
+
+def _pool_counts(conn, scan_id: int, params_id: int) -> tuple[dict, dict]:
+    """({(job, reason): completions not in the queue yet}, {job: its candidate's probe top-2 stratum})."""
+    reason = _reason(conn)
+    rows = conn.execute(_unqueued(select(jobs.c.id, reason, func.count()).select_from(completions), scan_id, params_id)
+                        .group_by(jobs.c.id, reason)).all()
+    counts = {(job, why): n for job, why, n in rows}
+    probs = conn.execute(select(jobs.c.id, candidates.c.probe_probs).join(candidates, candidates.c.id == jobs.c.candidate_id)
+                         .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done"))
+    strata = {job: tuple(np.argsort(-np.asarray(p), kind="stable")[:2].tolist()) for job, p in probs}
+    return counts, strata
+
+
+def _stratified(conn, scan_id: int, params_id: int, counts: dict, strata: dict, n: int, seed: int) -> list[tuple[int, str]]:
+    """n (completion id, reason): the flagged ones (odd span, disagreeing) first, then the rest;
+    within each, a round robin over the probe's top-2 strata in random order, and within a stratum
+    one completion of each job (in random order) before a second of any."""
     rng = np.random.default_rng(seed)
-    picked = []
-    for flagged in (("odd_span", "disagrees"), ("sample",)):
-        strata: dict[tuple, list[dict]] = {}
-        for p in pool:
-            if p["reason"] in flagged:
-                strata.setdefault(p["stratum"], []).append(p)
-        queues = []
-        for key in sorted(strata):
-            members = strata[key]
-            members = [members[i] for i in rng.permutation(len(members))]
-            by_candidate: dict[int, list[dict]] = {}
-            for m in members:
-                by_candidate.setdefault(m["candidate_id"], []).append(m)
-            queues.append([m for group in zip(*by_candidate.values()) for m in group] +
-                          [m for group in by_candidate.values() for m in group[min(map(len, by_candidate.values())):]])
-        order = rng.permutation(len(queues)) if queues else []
-        while len(picked) < n and any(queues):
-            for i in order:
-                if queues[i] and len(picked) < n:
-                    picked.append(queues[i].pop(0))
+    picked: list[tuple[int, str]] = []
+    for reasons in (FLAGGED, ("sample",)):
+        if len(picked) >= n:
+            break
+        sizes = {}
+        for (job, why), k in counts.items():
+            if why in reasons:
+                sizes[job] = sizes.get(job, 0) + k
+        by_stratum: dict[tuple, list[int]] = {}
+        for job in sorted(sizes):
+            by_stratum.setdefault(strata[job], []).append(job)
+        queues = [_rounds([jobs_[i] for i in rng.permutation(len(jobs_))], sizes) for _, jobs_ in sorted(by_stratum.items())]
+        turns = [(job, r) for job, r in _interleave([queues[i] for i in rng.permutation(len(queues))], n - len(picked))]
+        picked += _completions_for(conn, scan_id, params_id, turns, reasons, rng)
     return picked[:n]
+
+
+def _rounds(jobs_: list[int], sizes: dict):
+    """(job, round): round 0 takes every job once, round 1 again those with a second completion..."""
+    r = 0
+    while row := [job for job in jobs_ if sizes[job] > r]:
+        for job in row:
+            yield job, r
+        r += 1
+
+
+def _interleave(queues: list, n: int):
+    """Up to n turns, one from each queue in turn while any has turns left."""
+    given = 0
+    while queues and given < n:
+        for q in list(queues):
+            turn = next(q, None)
+            if turn is None:
+                queues.remove(q)
+                continue
+            yield turn
+            given += 1
+            if given == n:
+                return
+
+
+def _completions_for(conn, scan_id: int, params_id: int, turns: list, reasons: tuple, rng) -> list[tuple[int, str]]:
+    """The completion each (job, round) turn stands for: the job's completions of these reasons, in a
+    random order, the round-th of them. Reads the picked jobs' completions only."""
+    members: dict[int, list[tuple[int, str]]] = {}
+    wanted = sorted({job for job, _ in turns})
+    reason = _reason(conn)
+    for start in range(0, len(wanted), 500):
+        rows = conn.execute(_unqueued(select(completions.c.id, completions.c.job_id, reason), scan_id, params_id)
+                            .where(completions.c.job_id.in_(wanted[start:start + 500])).order_by(completions.c.id)).all()
+        for completion_id, job, why in rows:
+            if why in reasons:
+                members.setdefault(job, []).append((completion_id, why))
+    for job in wanted:
+        mine = members.get(job, [])
+        members[job] = [mine[i] for i in rng.permutation(len(mine))]
+    return [members[job][r] for job, r in turns if r < len(members[job])]
 
 
 def _answered(tagger_id: int):

@@ -190,6 +190,7 @@ def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) ->
     start = time.monotonic()
     labeller = Labeller(engine, tagger, tagger_id, opts, scan_id)
     candidates_added = labeller.label_candidates()
+    retry(label_store.queue_done_jobs, engine, tagger_id, scan_id)
     backlog, _ = retry(label_store.label_backlog, engine, tagger_id, scan_id)
     bar = tqdm(total=backlog, desc="label", unit="text", disable=not opts.progress)
     if opts.processes > 1:

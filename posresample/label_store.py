@@ -1,22 +1,27 @@
-"""The label stage's statements: taggers, leases on done jobs, label rows. Idempotent writes.
+"""The label stage's statements: taggers, each tagger's queue of done jobs, label rows. Idempotent writes.
 
-A label process claims done jobs with a lease (INSERT ... ON CONFLICT DO UPDATE ... WHERE the old
-lease expired, so two processes never hold one job), tags their completions, and writes the labels
-and drops its leases in one transaction. Labels are unique per (completion, tagger) and inserted with
-ON CONFLICT DO NOTHING: a late write by a process whose lease was taken over adds nothing.
+Each tagger has a queue (label_jobs): a row per done job, todo, leased or labelled. A label process
+claims todo rows or rows whose lease expired, reading the partial index of the unlabelled rows, so
+a claim costs O(batch) however many jobs are labelled already; when none is free it first adds rows
+for the done jobs that have none (one INSERT ... SELECT), which is how jobs finished since reach the
+queue. It tags the claimed jobs' completions and, in one transaction, writes the labels and marks
+the jobs labelled. Labels are unique per (completion, tagger) and inserted with ON CONFLICT DO
+NOTHING: a late write by a process whose lease was taken over adds nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy import and_, case, exists, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from .db import db_now, read, write
-from .models import candidate_labels, candidates, completions, generation_params, jobs, label_leases, labels, scans, taggers
+from .models import (
+    LABEL_TODO_SQL, candidate_labels, candidates, completions, generation_params, jobs, label_jobs, labels, scans, taggers,
+)
 from .store import canonical
 
 IDENTITY_FIELDS = ("name", "library", "files_sha256", "package_version")
@@ -70,53 +75,65 @@ def set_confusion(engine: Engine, tagger_id: int, confusion: dict, accuracy: dic
         conn.execute(update(taggers).where(taggers.c.id == tagger_id).values(**values))
 
 
-def _labelled(tagger_id: int):
+def _has_labels(tagger_id: int):
     """A job is labelled once any of its completions has a label: a job's labels are one transaction."""
     return exists().where(labels.c.tagger_id == tagger_id, labels.c.completion_id == completions.c.id,
                           completions.c.job_id == jobs.c.id)
 
 
-def _unlabelled_jobs(tagger_id: int, scan_id: int | None):
-    query = select(jobs.c.id).where(jobs.c.state == "done", ~_labelled(tagger_id))
+def fill_label_queue(conn: Connection, tagger_id: int, scan_id: int | None) -> int:
+    """Add a row to the tagger's queue for each done job that has none (labelled already, when its
+    completions carry this tagger's labels). -> rows added"""
+    queued = exists().where(label_jobs.c.job_id == jobs.c.id, label_jobs.c.tagger_id == tagger_id)
+    source = (select(jobs.c.id, literal(tagger_id), candidates.c.scan_id,
+                     case((_has_labels(tagger_id), db_now()), else_=None))
+              .join(candidates, candidates.c.id == jobs.c.candidate_id)
+              .where(jobs.c.state == "done", ~queued))
     if scan_id is not None:
-        query = query.where(jobs.c.candidate_id.in_(select(candidates.c.id).where(candidates.c.scan_id == scan_id)))
-    return query
+        source = source.where(candidates.c.scan_id == scan_id)
+    stmt = _insert(conn, label_jobs).from_select(["job_id", "tagger_id", "scan_id", "labelled_at"], source)
+    return conn.execute(stmt.on_conflict_do_nothing()).rowcount
+
+
+def queue_done_jobs(engine: Engine, tagger_id: int, scan_id: int | None) -> int:
+    """fill_label_queue in its own transaction: label does it first, so its backlog is exact."""
+    with write(engine) as conn:
+        return fill_label_queue(conn, tagger_id, scan_id)
+
+
+def _free_jobs(conn: Connection, tagger_id: int, limit: int, scan_id: int | None) -> list[int]:
+    """Up to `limit` unlabelled jobs of the queue that no live lease holds, in (scan, job) order.
+    The literal predicate matches ix_label_jobs_todo (SQLite matches no bound value to a partial index)."""
+    free = or_(label_jobs.c.expires_at.is_(None), label_jobs.c.expires_at < db_now())
+    query = select(label_jobs.c.job_id).where(label_jobs.c.tagger_id == tagger_id, text(LABEL_TODO_SQL), free)
+    if scan_id is not None:
+        query = query.where(label_jobs.c.scan_id == scan_id)
+    query = query.order_by(label_jobs.c.scan_id, label_jobs.c.job_id).limit(limit)
+    return conn.execute(query.with_for_update(skip_locked=True)).scalars().all()
 
 
 def claim_label_jobs(engine: Engine, tagger_id: int, owner: str, limit: int, lease_seconds: float,
                      scan_id: int | None = None) -> list[int]:
     """Lease up to `limit` done, unlabelled jobs that no live lease holds. -> their ids.
 
-    PostgreSQL: the job rows and their existing lease rows are locked with SKIP LOCKED, so a row
-    another transaction holds (a frozen process, a slow renewal) is passed over instead of stalling
-    every label process; since the job row is locked first, no other process can be inserting a lease
-    for it meanwhile. SQLite has one writer (BEGIN IMMEDIATE).
+    PostgreSQL: the queue rows are locked with SKIP LOCKED, so a row another transaction holds (a
+    frozen process, a slow renewal) is passed over instead of stalling every label process. SQLite
+    has one writer (BEGIN IMMEDIATE).
     """
-    leased = exists().where(label_leases.c.job_id == jobs.c.id, label_leases.c.tagger_id == tagger_id,
-                            label_leases.c.expires_at >= db_now())
     with write(engine) as conn:
-        wanted = conn.execute(_unlabelled_jobs(tagger_id, scan_id).where(~leased).order_by(jobs.c.id).limit(limit)
-                              .with_for_update(skip_locked=True, of=jobs)).scalars().all()
-        if wanted and conn.dialect.name == "postgresql":
-            existing = select(label_leases.c.job_id).where(label_leases.c.tagger_id == tagger_id,
-                                                           label_leases.c.job_id.in_(wanted))
-            free = set(conn.execute(existing.with_for_update(skip_locked=True)).scalars())
-            held = set(conn.execute(existing).scalars()) - free
-            wanted = [j for j in wanted if j not in held]
-        if not wanted:
-            return []
-        stmt = _insert(conn, label_leases).values(
-            [dict(job_id=j, tagger_id=tagger_id, owner=owner, expires_at=db_now() + lease_seconds) for j in wanted])
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[label_leases.c.job_id, label_leases.c.tagger_id],
-            set_={"owner": stmt.excluded.owner, "expires_at": stmt.excluded.expires_at},
-            where=label_leases.c.expires_at < db_now())
-        return sorted(conn.execute(stmt.returning(label_leases.c.job_id)).scalars().all())
+        wanted = _free_jobs(conn, tagger_id, limit, scan_id)
+        if not wanted and fill_label_queue(conn, tagger_id, scan_id):
+            wanted = _free_jobs(conn, tagger_id, limit, scan_id)
+        if wanted:
+            conn.execute(update(label_jobs).where(label_jobs.c.tagger_id == tagger_id, label_jobs.c.job_id.in_(wanted))
+                         .values(owner=owner, expires_at=db_now() + lease_seconds))
+        return sorted(wanted)
 
 
 def renew_label_leases(engine: Engine, tagger_id: int, owner: str, lease_seconds: float) -> int:
     with write(engine) as conn:
-        return conn.execute(update(label_leases).where(label_leases.c.tagger_id == tagger_id, label_leases.c.owner == owner)
+        return conn.execute(update(label_jobs).where(label_jobs.c.tagger_id == tagger_id, label_jobs.c.owner == owner,
+                                                     label_jobs.c.labelled_at.is_(None))
                             .values(expires_at=db_now() + lease_seconds)).rowcount
 
 
@@ -132,29 +149,41 @@ def label_inputs(engine: Engine, job_ids: list[int]) -> list[LabelInput]:
 
 
 def write_labels(engine: Engine, tagger_id: int, owner: str, job_ids: list[int], rows: list[dict]) -> int:
-    """Insert the labels of these jobs and drop this process's leases on them. -> rows added."""
+    """Insert the labels of these jobs and mark them labelled in the tagger's queue. -> rows added.
+
+    A job is labelled once its labels are written, whoever holds its lease now: a process that took
+    over an expired lease finds it labelled, and its own write adds nothing."""
     with write(engine) as conn:
         added = 0
         if rows:
             stmt = _insert(conn, labels).on_conflict_do_nothing().returning(labels.c.id)
             added = len(conn.execute(stmt, [dict(r, tagger_id=tagger_id) for r in rows]).all())
-        conn.execute(delete(label_leases).where(label_leases.c.tagger_id == tagger_id, label_leases.c.owner == owner,
-                                                label_leases.c.job_id.in_(job_ids)))
+        conn.execute(update(label_jobs).where(label_jobs.c.tagger_id == tagger_id, label_jobs.c.job_id.in_(job_ids))
+                     .values(labelled_at=func.coalesce(label_jobs.c.labelled_at, db_now()), owner=None, expires_at=None))
     return added
 
 
 def release_label_leases(engine: Engine, tagger_id: int, owner: str) -> None:
     with write(engine) as conn:
-        conn.execute(delete(label_leases).where(label_leases.c.tagger_id == tagger_id, label_leases.c.owner == owner))
+        conn.execute(update(label_jobs).where(label_jobs.c.tagger_id == tagger_id, label_jobs.c.owner == owner)
+                     .values(owner=None, expires_at=None))
 
 
 def label_backlog(engine: Engine, tagger_id: int, scan_id: int | None) -> tuple[int, int]:
-    """(completions of done jobs still to label, jobs that label processes hold live leases on)."""
-    live = and_(label_leases.c.tagger_id == tagger_id, label_leases.c.expires_at >= db_now())
+    """(completions of done jobs still to label, jobs that label processes hold live leases on).
+
+    A done job is still to label unless the tagger's queue marks it labelled (rows are added by the
+    claims, so a job with no row yet counts as to label)."""
+    labelled = exists().where(label_jobs.c.job_id == jobs.c.id, label_jobs.c.tagger_id == tagger_id,
+                              label_jobs.c.labelled_at.is_not(None))
+    todo_jobs = select(jobs.c.id).where(jobs.c.state == "done", ~labelled)
+    if scan_id is not None:
+        todo_jobs = todo_jobs.where(jobs.c.candidate_id.in_(select(candidates.c.id).where(candidates.c.scan_id == scan_id)))
+    live = and_(label_jobs.c.tagger_id == tagger_id, text(LABEL_TODO_SQL), label_jobs.c.expires_at >= db_now())
     with read(engine) as conn:
         todo = conn.execute(select(func.count()).select_from(completions).where(
-            completions.c.job_id.in_(_unlabelled_jobs(tagger_id, scan_id)))).scalar_one()
-        leased = conn.execute(select(func.count()).select_from(label_leases).where(live)).scalar_one()
+            completions.c.job_id.in_(todo_jobs))).scalar_one()
+        leased = conn.execute(select(func.count()).select_from(label_jobs).where(live)).scalar_one()
     return todo, leased
 
 

@@ -190,12 +190,19 @@ candidate_labels = Table(
     UniqueConstraint("candidate_id", "tagger_id"),
 )
 
-label_leases = Table(
-    "label_leases", metadata,  # which label process holds which done job; expired ones are taken over
+LABEL_TODO_SQL = "labelled_at IS NULL"  # ix_label_jobs_todo's predicate: the claim matches it exactly
+
+label_jobs = Table(
+    "label_jobs", metadata,  # a tagger's queue of done jobs: todo, leased to a label process, or labelled
     Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), primary_key=True),
-    Column("owner", String(200), nullable=False),
-    Column("expires_at", Float, nullable=False),
+    Column("scan_id", Integer, nullable=False),  # the job's candidate's scan: `label --scan` reads the index alone
+    Column("owner", String(200)),  # the label process holding it; expired leases are taken over
+    Column("expires_at", Float),
+    Column("labelled_at", Float),  # set in the transaction that writes the job's labels
+    # the claim: a tagger's unlabelled jobs in (scan, job) order, never the labelled ones
+    Index("ix_label_jobs_todo", "tagger_id", "scan_id", "job_id",
+          sqlite_where=text(LABEL_TODO_SQL), postgresql_where=text(LABEL_TODO_SQL)),
 )
 
 annotation_items = Table(

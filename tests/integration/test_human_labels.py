@@ -103,3 +103,53 @@ def test_export_carries_human_labels_like_a_taggers(labelled, tmp_path):
         rows = conn.execute(select(labels.c.status).join(taggers, taggers.c.id == labels.c.tagger_id)
                             .where(taggers.c.name == "human:ana")).scalars().all()
     assert sorted(rows) == ["ok", "ok", "unsure"]
+
+
+def test_the_queue_shows_disagreements_first_spreads_strata_and_jobs_and_grows_in_place(engine):
+    """30 candidates x 8 completions in two probe strata (NOUN/VERB, ADJ/ADV); the machine tagger
+    disagrees with the probe's argmax on some completions. The queue puts every disagreement first,
+    alternates the strata, shows one completion of each job before a second of any, and a larger
+    --sample adds to the end without moving or repeating an item."""
+    rng = np.random.default_rng(4)
+    truth, probe = np.zeros((30, K)), np.zeros((30, K))
+    truth[:20, [UPOS_IDS["NOUN"], UPOS_IDS["VERB"]]] = [0.8, 0.2]
+    truth[20:, [UPOS_IDS["ADJ"], UPOS_IDS["ADV"]]] = [0.9, 0.1]
+    probe[:20, [UPOS_IDS["NOUN"], UPOS_IDS["VERB"]]] = [0.6, 0.4]
+    probe[20:, [UPOS_IDS["ADJ"], UPOS_IDS["ADV"]]] = [0.7, 0.3]
+    write_study(engine, draw_study(30, rng, num_samples=8, truth=truth, probe=probe, confusion=np.eye(K)), None)
+    with db.read(engine) as conn:
+        from posresample.models import candidates, jobs
+        rows = conn.execute(select(completions.c.id, jobs.c.id, candidates.c.probe_pred, labels.c.upos)
+                            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
+                            .join(labels, labels.c.completion_id == completions.c.id)).all()
+    job_of = {c: j for c, j, _, _ in rows}
+    disagrees = {c for c, _, pred, upos in rows if upos != pred}
+    noun_jobs = {j for _, j, pred, _ in rows if pred == UPOS_IDS["NOUN"]}
+    assert 20 < len(disagrees) < 80  # the VERB and ADV readings
+
+    def queue():
+        with db.read(engine) as conn:
+            return conn.execute(select(annotation_items.c.completion_id, annotation_items.c.reason)
+                                .order_by(annotation_items.c.rank)).all()
+
+    assert annotate.build_queue(engine, 1, 1, sample=150, overlap=0.0, seed=3) == 150
+    first = queue()
+    ids = [c for c, _ in first]
+    assert len(set(ids)) == 150
+    assert {c for c, why in first if why == "disagrees"} == disagrees  # every disagreement, marked as such
+    assert all(why == "disagrees" for _, why in first[:len(disagrees)])  # and all of them first
+    rest = ids[len(disagrees):]
+    strata = ["noun" if job_of[c] in noun_jobs else "adj" for c in rest]
+    assert strata[:20] == (["noun", "adj"] * 10 if strata[0] == "noun" else ["adj", "noun"] * 10)  # round robin
+    for stratum in ("noun", "adj"):  # within a stratum every job once before any job twice
+        seen: dict[int, int] = {}
+        rounds = []
+        for c, s in zip(rest, strata):
+            if s == stratum:
+                rounds.append(seen.get(job_of[c], 0))
+                seen[job_of[c]] = rounds[-1] + 1
+        assert rounds == sorted(rounds) and rounds[-1] > 0, rounds  # the n-th of a job after the (n-1)-th of all
+    assert annotate.build_queue(engine, 1, 1, sample=240, overlap=0.0, seed=3) == 240
+    grown = queue()
+    assert grown[:150] == first and len({c for c, _ in grown}) == 240 == len(job_of)  # in place, no repeat, all of them
+    assert annotate.build_queue(engine, 1, 1, sample=300, overlap=0.0) == 240  # nothing left to add

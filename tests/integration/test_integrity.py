@@ -132,7 +132,7 @@ def test_the_migration_renames_taggers_that_share_a_name(db_url):
 @pytest.mark.postgres
 def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer,
                                                          tiny_tagger):
-    """A transaction holding one label_leases row must not block other label processes."""
+    """A transaction holding one row of the label queue must not block other label processes."""
 
     from posresample.scan import run_scan
     from posresample.tagger import load_tagger
@@ -146,7 +146,7 @@ def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_p
     [stale] = label_store.claim_label_jobs(engine, tagger_id, "dead:1:x", 1, lease_seconds=0.01)
     frozen = engine.connect()
     frozen.begin()
-    frozen.execute(text("SELECT job_id FROM label_leases WHERE job_id = :j FOR UPDATE"), {"j": stale})
+    frozen.execute(text("SELECT job_id FROM label_jobs WHERE job_id = :j FOR UPDATE"), {"j": stale})
     from tests.helpers import lock_timeout_engine
 
     strict = lock_timeout_engine(pg_url)  # a blocked claim errors instead of waiting

@@ -10,13 +10,18 @@ from posresample import db, label_store
 from posresample.errors import DatabaseError
 from posresample.export import export
 from posresample.label import LabelOptions, run_label
-from posresample.models import candidate_labels, candidates, completions, label_leases, labels
+from posresample.models import candidate_labels, candidates, completions, label_jobs, labels
 from tests.helpers import cli_cmd
 
 
 def count(engine, table):
     with db.read(engine) as conn:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def leases(engine):
+    with db.read(engine) as conn:
+        return conn.execute(select(func.count()).select_from(label_jobs).where(label_jobs.c.owner.is_not(None))).scalar_one()
 
 
 def test_label_every_completion_once_and_resume_adds_nothing(sampled, tiny_tagger):
@@ -28,7 +33,9 @@ def test_label_every_completion_once_and_resume_adds_nothing(sampled, tiny_tagge
     assert sum(first.summary["upos"].values()) == first.summary["statuses"].get("ok", 0) > 0
     again = run_label(sampled, "", opts)
     assert again.added == 0 and again.candidates_added == 0 and count(sampled, labels) == 48
-    assert count(sampled, label_leases) == 0  # every lease given back
+    assert leases(sampled) == 0  # every lease given back
+    with db.read(sampled) as conn:  # the tagger's queue: every done job, each labelled
+        assert conn.execute(select(func.count()).select_from(label_jobs).where(label_jobs.c.labelled_at.is_not(None))).scalar_one() == 6
 
 
 def test_an_interrupted_run_is_finished_by_the_next(sampled, tiny_tagger, monkeypatch):
@@ -100,7 +107,7 @@ def test_jobs_leased_by_a_killed_process_are_taken_over(sampled, tiny_tagger):
         [j for j in range(1, 7) if j not in held]  # a live lease is never claimed twice
     label_store.release_label_leases(sampled, tagger_id, "other:2:y")
     result = run_label(sampled, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", lease_seconds=1.0, progress=False))
-    assert result.added == 48 and count(sampled, labels) == 48 and count(sampled, label_leases) == 0
+    assert result.added == 48 and count(sampled, labels) == 48 and leases(sampled) == 0
 
 
 def test_labelling_while_workers_sample_picks_up_jobs_done_later(sampled, tiny_tagger):

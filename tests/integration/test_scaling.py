@@ -7,7 +7,7 @@ import json
 import pytest
 from sqlalchemy import event, text
 
-from posresample import db, queue
+from posresample import db, label_store, queue
 from tests.helpers import seed_jobs
 
 
@@ -72,6 +72,29 @@ def test_pending_counts_the_unfinished_rows_from_their_own_index(backlog):
     else:  # PostgreSQL's statistics are per value: either index reads the unfinished rows only
         assert ("ix_jobs_unfinished" in shown or "ix_jobs_state_priority_id" in shown) and "Seq Scan" not in shown, shown
     assert queue.pending(engine, 3) == queue.Pending(todo=100, running_live=0, running_expired=0)
+
+
+def test_a_label_claim_reads_the_unlabelled_rows_of_its_own_index(backlog):
+    """label's claim used to walk every labelled job to find an unlabelled one; the tagger's queue
+    has a partial index of the unlabelled rows, walked in order."""
+    engine = backlog
+    tagger = label_store.register_tagger(engine, {"name": "t", "spec": "t", "library": "x", "library_version": "1"})
+    first = label_store.claim_label_jobs(engine, tagger, "h:1:l", 8, 60)  # fills the queue: 1,900 done jobs
+    assert first == list(range(1, 9))
+    label_store.write_labels(engine, tagger, "h:1:l", list(range(1, 1001)), [])  # 1,000 of them labelled
+    with engine.connect() as conn:
+        conn.execute(text("ANALYZE"))
+        conn.commit()
+    claims = []
+    picks = [s for s in captured_selects(engine, lambda: claims.append(label_store.claim_label_jobs(engine, tagger, "h:1:l", 8, 60)))
+             if "FROM label_jobs" in s[0] and "ORDER BY" in s[0]]
+    assert claims == [list(range(1001, 1009))] and len(picks) == 1  # no refill: the queue had free rows
+    shown = plan(engine, *picks[0])
+    if engine.dialect.name == "sqlite":
+        assert "ix_label_jobs_todo" in shown and "TEMP B-TREE" not in shown, shown
+    else:
+        assert "ix_label_jobs_todo" in shown and "Sort" not in shown and "Seq Scan" not in shown, shown
+    assert label_store.label_backlog(engine, tagger, None)[1] == 8  # the live leases, read from the same index
 
 
 def test_export_reads_the_labels_in_one_pass_whatever_the_number_of_records(engine, tmp_path):
