@@ -59,7 +59,7 @@ def run(args) -> None:
     q, confusion = study.probe, Confusion(study.measured, "known truth: a treebank-sized sample")
     C, support = confusion.matrix(), confusion.support
     g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
-    values = corrected.atom_values(g.atoms, q, PROBE_CLASSES)
+    values = corrected.atom_values(g, q, PROBE_CLASSES)
     base = {name: float((g.posterior * values[name]).sum(axis=1).mean()) for name in STATISTICS}
     boot = corrected.TwoStage(g.posterior, rng)
     two_stage = {name: float(np.std(boot.replicate_means(values[name]), ddof=1)) for name in STATISTICS}

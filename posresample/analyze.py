@@ -178,18 +178,23 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
         log.warning("%s", filled_warning(conf))
     prior, prior_source = label_prior(scan)
 
-    def raw_view() -> tuple:  # the raw view and the examples, done while the corrected view's refits run
+    def raw_view() -> tuple:  # the raw view, the sensitivity rows and the examples: beside the refits, or after them
         floor = baselines.floors(q, n, classes, seed)
-        return (floor, baselines.raw_summary(p, q, n, true, orig, classes, prior, floor, seed),
-                baselines.out_of_probe(p, q, classes, seed), baselines.research_block(p, q, true, classes, seed),
+        raw_parts = (floor, baselines.raw_summary(p, q, n, true, orig, classes, prior, floor, seed),
+                     baselines.out_of_probe(p, q, classes, seed), baselines.research_block(p, q, true, classes, seed))
+        varied = sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed)
+        corrected.trim_memory()  # the examples are loaded last: at 16,000 candidates they are 200 MB of rows
+        return (*raw_parts, varied,
                 load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {})
 
     fixed = corrected.analyse(counts, q, classes, conf, seed, refits=refits, meanwhile=raw_view, progress=progress)
-    floor, raw, out_of_probe, research, examples = fixed.meanwhile
-    rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
+    floor, raw, out_of_probe, research, varied, examples = fixed.meanwhile
     corrected_summary = fixed.summary
+    corrected.trim_memory()
+    sensitivity = [{"confusion": "stored", "source": conf.source, "verdict": corrected_summary["verdict"],
+                    "intervals": "two-stage and refits"}] + varied
+    rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
     on_candidates = tagger_on_candidates(true, orig, tagger)
-    sensitivity = sensitivity_rows(counts, q, classes, conf, corrected_summary, true, orig, scan, seed)
     summary = {
         "headline": (filled_warning(conf) + " " if conf.filled else "") + headline(len(kept), corrected_summary, len(cands), scan),
         "confusion_filled": [UPOS_NAMES[k] for k in conf.filled],
@@ -237,22 +242,25 @@ def tagger_on_candidates(true: np.ndarray, orig: np.ndarray, tagger: dict) -> di
             "all_words_accuracy": dev.get("raw_text") if isinstance(dev, dict) else None}
 
 
-def sensitivity_rows(counts, q, classes, conf: Confusion, main: dict, true, orig, scan: dict, seed: int) -> list[dict]:
-    """The headline shares again under other confusions: the stored one's errors x1.5 and x2, and the
+def sensitivity_variants(counts, q, classes, conf: Confusion, true, orig, scan: dict, seed: int) -> list[dict]:
+    """The sensitivity table's rows past the first (the stored confusion's, which is the verdict): the
+    headline shares again under other confusions: the stored one's errors x1.5 and x2, and the
     tagger's confusion on the candidates' own words (their original sentences, gold against tagged),
     shrunk toward the stored one. A result that holds across the rows is the claim."""
-    rows = [{"confusion": "stored", "source": conf.source, "verdict": main["verdict"], "intervals": "two-stage and refits"}]
     if conf.exact:
-        return rows
+        return []
     variants = [("errors x1.5", conf.scaled_errors(1.5)), ("errors x2", conf.scaled_errors(2.0))]
     tagged = orig >= 0
     if scan["split"] != "train" and tagged.any():  # never words the tagger may have been trained on
         hard = Confusion.from_pairs(true[tagged].tolist(), orig[tagged].tolist(), "the candidates' own words")
         variants.append(("hard words", hard.shrunk_toward(conf, HARD_WORD_PRIOR)))
-    for name, variant in variants:
-        shares = corrected.population_shares(counts, q, classes, variant, seed)
-        rows.append({"confusion": name, "source": variant.source, "verdict": shares, "intervals": "two-stage"})
-    return rows
+    from concurrent.futures import ThreadPoolExecutor
+
+    # side by side on the cores (the sparse products and logs let go of the GIL), as far as memory allows
+    with ThreadPoolExecutor(max_workers=corrected.refit_threads(len(variants), len(counts))) as pool:
+        shares = list(pool.map(lambda v: corrected.population_shares(counts, q, classes, v[1], seed), variants))
+    return [{"confusion": name, "source": variant.source, "verdict": share, "intervals": "two-stage"}
+            for (name, variant), share in zip(variants, shares)]
 
 
 def sensitivity_line(rows: list[dict]) -> str:

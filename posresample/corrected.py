@@ -41,7 +41,12 @@ from .data import UPOS_NAMES
 K = len(UPOS_NAMES)
 BOOTSTRAP = 1000  # two-stage replicates
 REFITS = DEFAULT_REFITS  # parametric-bootstrap refits (replicate studies, each a whole deconvolution)
-MAX_THREADS = 4  # refits at once, at most (each holds its own likelihoods and posteriors: ~0.45 GB at 16,000 candidates)
+MAX_THREADS = 4  # refits at once, at most
+# each refit holds its own likelihoods and posteriors while it runs, about this much a candidate
+# (0.4 GB at 16,000); refits run at once only as far as REFIT_MEMORY allows, so that analyze stays
+# under 1 GiB at 16,000 candidates (one at a time there; two at 4,000 on two cores)
+REFIT_BYTES_PER_CANDIDATE = 26_000
+REFIT_MEMORY = 512 * 2 ** 20
 CURVE_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # probe max probability bins of the study's curve
 FDR = 0.05
 
@@ -80,14 +85,20 @@ def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwh
     C, support = confusion.matrix(), confusion.support
     point = verdict.mle(counts, C, support)
     g = population.deconvolve(counts, q, C, support, point, rng)
+    trim_memory()
     boot = TwoStage(g.posterior, rng)
+    values = atom_values(g, q, probe_classes)
+    ambiguous = values["genuinely_ambiguous"]  # the curve's, per atom
+    values = {name: boot.reduce(v) for name, v in values.items()}  # [N, KEEP] x 16: 130 MB at 16k, not kept
+    posterior_mean = np.concatenate([np.einsum("na,nak->nk", g.posterior[i:i + 1024], g.atom_block(i, i + 1024))
+                                     for i in range(0, len(q), 1024)])  # [N, K] E[pi | labels]
     with Refits(counts, q, probe_classes, confusion, g, boot, refits, rng, progress) as pending:
         lo, hi = verdict.posterior_intervals(counts, confusion, rng)
         probe_pred = q.argmax(axis=1)
         calls = verdict.verdicts(point, lo, probe_pred)
         test = verdict.probe_test(counts, q, confusion, rng, fdr=FDR)
-        values = atom_values(g.atoms, q, probe_classes)
-        posterior_mean = (g.posterior[:, :, None] * g.atoms).sum(axis=1)  # [N, K] E[pi | labels]
+        if pending.deferred:  # memory limits the refits: theirs first, then the caller's work (the examples)
+            replicas = pending.result()
         side = meanwhile() if meanwhile is not None else None
         replicas = pending.result()
     summary = {
@@ -109,18 +120,31 @@ def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwh
                                                                    replicas[f"tv_above_{FAR_TV}"])},
         # cross-entropy is linear in pi, so fitting to the posterior means fits to the posteriors
         "fitted_temperature": metrics.fit_temperature(posterior_mean, q),
-        "curve": curve(g.posterior, values["genuinely_ambiguous"], q.max(axis=1), rng, replicas["curve"]),
+        "curve": curve(g.posterior, ambiguous, q.max(axis=1), rng, replicas["curve"]),
         "population": {"atoms": int((g.weights > 1e-9).sum()), "method": "NPMLE over rank-frame atoms",
                        "refits": refits},
     }
     return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary, side)
 
 
-def atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int], block: int = 1024) -> dict[str, np.ndarray]:
-    """Each statistic's value at each candidate's posterior atoms: {name: [N, KEEP]}, a block of
-    candidates at a time (each divergence's temporaries are [N, KEEP, K]: 0.5 GB more at 16k at once)."""
-    parts = [_atom_values(atoms[i:i + block], q[i:i + block], probe_classes) for i in range(0, len(q), block)]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+def atom_values(g: population.Deconvolution, q: np.ndarray, probe_classes: list[int], posterior: bool = False,
+                names: tuple[str, ...] | None = None, block: int = 1024) -> dict[str, np.ndarray]:
+    """Each statistic's value at each candidate's posterior atoms: {name: [N, KEEP]}; `posterior`:
+    each candidate's posterior mean of it instead: {name: [N]}. A block of candidates at a time,
+    written into arrays made once (the atoms are [N, KEEP, K], and each divergence's temporaries as
+    large: 0.5 GB more at 16k at once). names: these statistics only."""
+    out: dict[str, np.ndarray] = {}
+    for i in range(0, len(q), block):
+        part = _atom_values(g.atom_block(i, i + block), q[i:i + block], probe_classes)
+        for name, value in part.items():
+            if names is not None and name not in names:
+                continue
+            if posterior:
+                value = (g.posterior[i:i + block] * value).sum(axis=1)
+            if name not in out:
+                out[name] = np.empty((len(q), *value.shape[1:]))
+            out[name][i:i + block] = value
+    return out
 
 
 def _atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int]) -> dict[str, np.ndarray]:
@@ -180,7 +204,10 @@ class Refits:
                  progress: bool = False):
         if refits > len(boot.rows):
             raise ValueError(f"{refits} refits, but the two-stage bootstrap drew {len(boot.rows)} replicates to take them from")
-        self.args = (counts, q, probe_classes, confusion, g, boot)
+        self.args = (counts, q, probe_classes, confusion)
+        # replicate r's candidates and their true distributions (two-stage draw r): [N] and [N, K] each
+        self.draws = [(boot.rows[r], g.atoms_of(boot.rows[r], boot.atoms[r][:, None].astype(np.int64))[:, 0])
+                      for r in range(refits)]
         self.refits, self.progress = refits, progress
         self.seeds = rng.integers(0, 2 ** 63, size=refits)  # one generator a replicate, drawn up front
 
@@ -196,12 +223,21 @@ class Refits:
                 with lock:
                     self.bar.update(1)
 
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(self.refits, MAX_THREADS, os.cpu_count() or 1)))
-        self.futures = [self.pool.submit(_refit, *self.args, r, np.random.default_rng(int(seed)))
+        threads = refit_threads(self.refits, len(self.args[0]))
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self._done, self.futures = done, []
+        # beside the rest of the analysis when there is memory for that; after it when memory is what
+        # limits the refits (the analysis's own temporaries and a refit's would then be held at once)
+        self.deferred = threads < min(self.refits, MAX_THREADS, os.cpu_count() or 1)
+        if not self.deferred:
+            self._start()
+        return self
+
+    def _start(self) -> None:
+        self.futures = [self.pool.submit(_refit, *self.args, *self.draws[r], np.random.default_rng(int(seed)))
                         for r, seed in enumerate(self.seeds)]
         for future in self.futures:
-            future.add_done_callback(done)
-        return self
+            future.add_done_callback(self._done)
 
     def __exit__(self, *exc) -> None:
         for future in self.futures:
@@ -210,6 +246,9 @@ class Refits:
         self.bar.close()
 
     def result(self) -> dict[str, np.ndarray]:
+        """Waits for the replicate studies (started now, if deferred); can be called again."""
+        if self.deferred and not self.futures:
+            self._start()
         out = {name: np.empty(self.refits) for name in SUMMARIES}
         out["curve"] = np.full((self.refits, len(CURVE_EDGES) - 1), np.nan)
         for r, future in enumerate(self.futures):
@@ -218,11 +257,30 @@ class Refits:
         return out
 
 
-def _refit(counts, q, probe_classes, confusion, g, boot, r: int, rng: np.random.Generator) -> dict:
-    """Replicate study r's estimates: {statistic: float, "curve": [bins]}."""
+def trim_memory() -> None:
+    """Give the heap that freed temporaries leave behind back to the system (glibc keeps it, and the
+    blocks of [n, atoms] temporaries, on several threads' arenas, fragment it: at 16,000 candidates
+    the resident size stayed ~400 MB above what was live). As Dask's workers do; elsewhere a no-op."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def refit_threads(refits: int, candidates: int) -> int:
+    """Refits at once: as many as the cores, MAX_THREADS and REFIT_MEMORY allow, at least one."""
+    by_memory = REFIT_MEMORY // max(1, candidates * REFIT_BYTES_PER_CANDIDATE)
+    return max(1, min(refits, MAX_THREADS, os.cpu_count() or 1, by_memory))
+
+
+def _refit(counts, q, probe_classes, confusion, rows: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> dict:
+    """One replicate study's estimates: {statistic: float, "curve": [bins]}; rows and truth [N, K]
+    are its resampled candidates and their distributions."""
     C = confusion.matrix()
-    rows = boot.rows[r]
-    mix = g.atoms[rows, boot.atoms[r]] @ C
+    mix = truth @ C
     labels = rng.multinomial(counts.sum(axis=1).astype(np.int64)[rows], mix / mix.sum(axis=1, keepdims=True)).astype(float)
     measured = confusion.redrawn(rng)
     qr = q[rows]
@@ -231,6 +289,8 @@ def _refit(counts, q, probe_classes, confusion, g, boot, r: int, rng: np.random.
     bins = np.digitize(qr.max(axis=1), CURVE_EDGES[1:-1])
     out["curve"] = np.array([means["genuinely_ambiguous"][bins == b].mean() if (bins == b).any() else np.nan
                              for b in range(len(CURVE_EDGES) - 1)])
+    del means, labels
+    trim_memory()
     return out
 
 
@@ -244,7 +304,8 @@ def population_shares(counts: np.ndarray, q: np.ndarray, probe_classes: list[int
     with threadpool_limits(limits=1, user_api="blas"):
         C, support = confusion.matrix(), confusion.support
         g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
-        values = atom_values(g.atoms, q, probe_classes)
+        values = atom_values(g, q, probe_classes, names=verdict.VERDICTS)
+        trim_memory()
         boot = TwoStage(g.posterior, rng, replicates=replicates)
         return {name: boot.share(values[name]) for name in verdict.VERDICTS}
 
@@ -254,8 +315,8 @@ def posterior_means(counts: np.ndarray, q: np.ndarray, probe_classes: list[int],
     """The deconvolution from scratch, as `analyse` runs it: {statistic: [N] each candidate's
     posterior mean under the fitted G}; a population estimate is their mean."""
     g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
-    values = atom_values(g.atoms, q, probe_classes)
-    return {name: (g.posterior * values[name]).sum(axis=1) for name in SUMMARIES}
+    means = atom_values(g, q, probe_classes, posterior=True)
+    return {name: means[name] for name in SUMMARIES}
 
 
 def widen(estimate: float, ci: list[float], refits: np.ndarray | None) -> list[float]:
@@ -294,15 +355,19 @@ class TwoStage:
             out[part] = values[self.rows[part], self.atoms[part]].mean(axis=1)
         return out
 
-    def mean(self, values: np.ndarray, refits: np.ndarray | None = None) -> dict:
+    def reduce(self, values: np.ndarray) -> tuple[float, np.ndarray]:
+        """What mean() and share() need of a statistic's [N, KEEP] values: (estimate, replicate means)."""
+        return float((self.posterior * values).sum(axis=1).mean()), self.replicate_means(values)
+
+    def mean(self, values: np.ndarray | tuple[float, np.ndarray], refits: np.ndarray | None = None) -> dict:
         """The estimate and its interval: the two-stage percentiles, widened by the parametric
-        bootstrap's refit estimates where given."""
-        estimate = float((self.posterior * values).sum(axis=1).mean())
-        lo, hi = np.quantile(self.replicate_means(values), [0.025, 0.975])
+        bootstrap's refit estimates where given. values: [N, KEEP], or reduce()'s pair."""
+        estimate, replicates = values if isinstance(values, tuple) else self.reduce(values)
+        lo, hi = np.quantile(replicates, [0.025, 0.975])
         ci = widen(estimate, [float(min(lo, estimate)), float(max(hi, estimate))], refits)
         return {"estimate": estimate, "ci95": ci}
 
-    def share(self, values: np.ndarray, refits: np.ndarray | None = None) -> dict:
+    def share(self, values: np.ndarray | tuple[float, np.ndarray], refits: np.ndarray | None = None) -> dict:
         out = self.mean(values, refits)
         n = len(self.posterior)
         jeffreys = metrics.jeffreys_interval(out["estimate"] * n, n)["ci95"]

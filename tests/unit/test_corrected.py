@@ -81,6 +81,37 @@ def test_the_refits_come_out_the_same_on_one_thread_or_four(monkeypatch):
     assert np.allclose(runs[0]["curve"], runs[1]["curve"], rtol=1e-12, equal_nan=True)
 
 
+def test_refits_held_back_by_memory_run_after_the_rest_and_change_nothing(monkeypatch):
+    """Where memory limits the refits to fewer threads than the cores (16,000 candidates), they run
+    after the rest of the analysis instead of beside it, one at a time: the result is the same, and
+    the caller's work (analyze's raw view and examples) runs once, after them."""
+    from posresample.population import deconvolve
+    from posresample.verdict import mle
+
+    rng = np.random.default_rng(9)
+    study = draw_study(100, rng)
+    counts, confusion = label_counts(study), Confusion(study.measured, "a treebank sample")
+    order = []
+    beside = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
+                               meanwhile=lambda: order.append("meanwhile"))
+    monkeypatch.setattr(corrected, "REFIT_MEMORY", 1)  # too little for two at once: one, deferred
+    assert corrected.refit_threads(4, 100) == 1
+    real = corrected._refit
+    monkeypatch.setattr(corrected, "_refit", lambda *a: order.append("refit") or real(*a))
+    after = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
+                              meanwhile=lambda: order.append("meanwhile"))
+    assert order == ["meanwhile"] + ["refit"] * 4 + ["meanwhile"]
+    assert after.summary == beside.summary
+    # the atoms built a block at a time are the atoms
+    C, support = confusion.matrix(), confusion.support
+    g = deconvolve(counts, study.probe, C, support, mle(counts, C, support), np.random.default_rng(0))
+    whole = g.atoms
+    assert whole.shape == (100, g.keep.shape[1], counts.shape[1]) and np.allclose(whole.sum(axis=2), 1)
+    assert np.array_equal(np.concatenate([g.atom_block(i, i + 7) for i in range(0, 100, 7)]), whole)
+    rows, slots = np.array([5, 0, 99]), np.array([[0], [3], [1]])
+    assert np.array_equal(g.atoms_of(rows, slots)[:, 0], whole[rows, slots[:, 0]])
+
+
 @pytest.mark.slow
 def test_the_refits_spread_is_the_spread_between_independent_studies():
     """Known truth: 24 independent studies of 600 candidates from one population. The refits of
@@ -95,7 +126,7 @@ def test_the_refits_spread_is_the_spread_between_independent_studies():
         for _ in range(24):
             study = draw_study(600, studies)
             counts, confusion, g, boot = fitted(study, rng)
-            values = corrected.atom_values(g.atoms, study.probe, PROBE_CLASSES)
+            values = corrected.atom_values(g, study.probe, PROBE_CLASSES)
             estimates.append({k: (g.posterior * values[k]).sum(axis=1).mean() for k in corrected.SUMMARIES})
             refits = corrected.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot, rng, refits=10)
             spreads.append({k: refits[k].std(ddof=1) for k in corrected.SUMMARIES})
