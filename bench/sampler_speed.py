@@ -122,6 +122,8 @@ def timed(device, fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
+    parser.add_argument("--model", default=None, help="a real model instead of --config's random one: a .gguf file, "
+                        "a model folder or a Hub id (real prefixes and the seed loop: bench/real_sampler.py)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--attn", default="eager")
     parser.add_argument("--prefixes", type=int, default=16, help="prefixes for the sampler (at most)")
@@ -141,7 +143,14 @@ def main() -> None:
     budget = Budget(args.seconds)
     device = torch.device(args.device)
     threads = set_threads(args, device.type)
-    built_s, model = timed(device, lambda: make_model(args.config, device, args.attn, args.peaked))
+    if args.model:
+        from posresample.modeling import load_model, model_ref
+
+        built_s, model = timed(device, lambda: load_model(model_ref(args.model), device).eval())
+        model.config._attn_implementation = args.attn
+        args.config = args.model
+    else:
+        built_s, model = timed(device, lambda: make_model(args.config, device, args.attn, args.peaked))
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = random_prefixes(max(args.prefixes, args.baseline_prefixes), args.prefix_len, model.config.vocab_size)
     variants = args.decode.split(",")

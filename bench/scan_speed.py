@@ -35,8 +35,10 @@ EWT = os.environ.get("POSRESAMPLE_EWT") or os.path.join(os.path.dirname(REPO), "
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
+    parser.add_argument("--model", default=None,
+                        help="a real model instead of --config's random one: a .gguf file, a model folder or a Hub id")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--layer", type=int, default=None, help="default: 12 for gemma-2-2b, 2 for tiny")
+    parser.add_argument("--layer", type=int, default=None, help="default: 12 for gemma-2-2b, 2 for tiny, 8 for --model")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sentences", type=int, default=None, help="scan only the first N (default: all 2,001)")
     parser.add_argument("--ewt", default=EWT, help="folder with en_ewt-ud-{train,dev}.conllu [default: $POSRESAMPLE_EWT "
@@ -46,17 +48,23 @@ def main() -> None:
     budget = Budget(args.seconds)
     threads = set_threads(args, torch.device(args.device).type)
 
-    layer = args.layer if args.layer is not None else (12 if args.config == "gemma-2-2b" else 2)
+    layer = args.layer if args.layer is not None else (8 if args.model else 12 if args.config == "gemma-2-2b" else 2)
     device = torch.device(args.device)
     # the header first: a step cut by its cap while the tokenizer trains still says what it was
-    emit(f"# {args.config}, layer {layer}, {machine(device)}, {threads} CPU threads, torch {torch.__version__}, "
-         f"{time.strftime('%Y-%m-%d')}")
+    emit(f"# {args.model or args.config}, layer {layer}, {machine(device)}, {threads} CPU threads, "
+         f"torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     work = tempfile.mkdtemp(prefix="scan-bench-")
-    train = [s.text for s in read_conllu(os.path.join(args.ewt, "en_ewt-ud-train.conllu"))]
-    tokenizer = tiny.build_tokenizer(os.path.join(work, "model"), vocab_size=32000, texts=train)
-    config = tiny.gemma2_2b_config() if args.config == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=32000)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = tiny.build_model(config, seed=0, dtype=dtype, device=device).eval()
+    if args.model:  # a real model: converted once (a .gguf) and loaded as scan loads it
+        model_path = modeling.model_ref(args.model)
+        model, tokenizer = modeling.load_model(model_path, device), modeling.load_tokenizer(model_path)
+        config = model.config
+    else:
+        train = [s.text for s in read_conllu(os.path.join(args.ewt, "en_ewt-ud-train.conllu"))]
+        model_path = os.path.join(work, "model")
+        tokenizer = tiny.build_tokenizer(model_path, vocab_size=32000, texts=train)
+        config = tiny.gemma2_2b_config() if args.config == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=32000)
+        model = tiny.build_model(config, seed=0, dtype=dtype, device=device).eval()
 
     rng = np.random.default_rng(0)
     classes = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17])
@@ -73,7 +81,7 @@ def main() -> None:
             dst.write("\n\n".join(blocks) + "\n\n")
 
     opts = scan.ScanOptions(probe=os.path.join(work, "probe.joblib"), dataset=dataset, split="validation",
-                            model=os.path.join(work, "model"), layer=layer, threshold=0.95,
+                            model=model_path, layer=layer, threshold=0.95,
                             exclude=parse_label_list("_,SYM,INTJ"), params=GenerationParams(model="bench"),
                             name="bench", device=args.device, batch_size=args.batch_size,
                             stop_after_seconds=None if args.seconds is None else budget.left() * 0.8)

@@ -836,16 +836,23 @@ def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, no_progres
 @click.option("--workdir", default="demo_out", show_default=True, type=click.Path(file_okay=False), help="Where the model, probe, database and export go.")
 @click.option("--db", "db_url", default=None, help="Database URL [default: sqlite:///WORKDIR/posresample.db].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--model", default=None, help="A real model instead of the random tiny one: a .gguf file (converted "
+              "once into the cache), a model folder or a Hub id. The probe is then fit on half the sample and the "
+              "other half is scanned.")
+@click.option("--max-jobs", type=COUNT, default=None, help="Sample at most N candidates (a random part of them) "
+              "[default: all with the tiny model, 8 with --model].")
 @generation_options
-def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature, top_p, top_k, seed):
-    """Run scan -> worker -> export -> label -> analyze offline on a tiny random Gemma 2.
+def demo(workdir, db_url, no_progress, model, max_jobs, num_samples, max_new_tokens, temperature, top_p, top_k, seed):
+    """Run scan -> worker -> export -> label -> analyze offline on a tiny random Gemma 2 (or --model).
 
     Builds a tokenizer trained here, a randomly initialised tiny Gemma2ForCausalLM, a probe fit on
     its activations and a spaCy tagger trained on a bundled CoNLL-U sample; needs no download.
+    With --model, a real model's probe is fit on half the sample and the other half is scanned.
 
     \b
-    Example:
+    Examples:
         python cli.py demo --workdir demo_out
+        python cli.py demo --workdir demo_gemma3 --model gemma-3-270m-q4_k_m.gguf --num-samples 24
     """
     from .demo import run_demo
 
@@ -858,9 +865,14 @@ def demo(workdir, db_url, no_progress, num_samples, max_new_tokens, temperature,
     if not url.startswith("sqlite:"):  # another database's URL is told before the model is built
         dbmod.make_engine(url, check=False).dispose()
     os.makedirs(workdir, exist_ok=True)
-    r = run_demo(workdir, lambda: open_engine(url), params, progress=not no_progress)
+    if model is not None:
+        from .modeling import model_ref
+
+        model_ref(model)  # a bad .gguf is one line, before anything is built
+    r = run_demo(workdir, lambda: open_engine(url), params, progress=not no_progress, model=model, max_jobs=max_jobs)
+    what = "random tiny Gemma 2, tokenizer trained here" if model is None else f"layer {r['layer']}"
     click.echo(f"""demo done in {r['workdir']}/
-  model        {r['model']}  (random tiny Gemma 2, tokenizer trained here)
+  model        {r['model']}  ({what})
   probe        {r['probe']}
   candidates   {r['candidates']}
   completions  {r['completions']}

@@ -60,7 +60,7 @@ class ScanResult:
 
 
 def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | None = None) -> ScanResult:
-    """`loaded`: (model, tokenizer) already in memory, for benchmarks; otherwise opts.model is loaded."""
+    """`loaded`: (model, tokenizer) already in memory (benchmarks, demo); otherwise opts.model is loaded."""
     sentences = load_sentences(opts.dataset, opts.split)
     probe = load_probe(opts.probe, trust=opts.trust_probe)
     device = pick_device(opts.device)

@@ -133,3 +133,19 @@ def test_scan_worker_label_analyze_on_the_real_model(real_gguf, real_probe, shar
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["flow"]["scanned"] == 8 and summary["flow"]["sampled"] == 4
     assert summary["model"].startswith("gguf:sha256:")
+
+
+def test_the_demo_runs_on_the_real_model_with_a_held_out_scan(real_gguf, tmp_path):
+    """demo --model: the probe is fit on half the bundled sample and the other half is scanned, so
+    the real model leaves uncertain tokens to sample (a probe fit on the sentences it scans left
+    none); --max-jobs samples a random part of them, and label, analyze and the report follow."""
+    work = tmp_path / "demo"
+    out = run(cli_cmd("demo", "--workdir", str(work), "--model", real_gguf, "--num-samples", "8", "--max-new-tokens", "8",
+                      "--max-jobs", "3", "--no-progress")).stdout
+    assert "(layer 8)" in out and "gguf:sha256:" in out
+    candidates = int(re.search(r"candidates\s+(\d+)", out).group(1))
+    assert candidates > 3  # held-out words the probe is unsure of, more than were sampled
+    assert re.search(r"completions\s+24\b", out) and re.search(r"labels\s+24\b", out)  # 3 jobs x 8
+    records = (work / "uncertain_resamples.jsonl").read_text().splitlines()
+    assert len(records) == 1 + 3  # the header and the three sampled candidates
+    assert (work / "report" / "index.html").stat().st_size > 10_000
