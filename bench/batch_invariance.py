@@ -23,7 +23,7 @@ import time
 import torch
 
 from common import Budget, add_arguments, emit, machine, set_threads
-from sampler_speed import make_model
+from sampler_speed import add_model_arguments, make_model
 
 from posresample.sampler import SampleRequest, Sampler, SamplingParams
 
@@ -67,7 +67,7 @@ def prefill_logit_delta(model, prefixes: list[list[int]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
+    add_model_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
                         help="[default: bfloat16 on a GPU, float32 on the CPU, as the worker loads]")
@@ -83,6 +83,7 @@ def main() -> None:
     device = torch.device(args.device)
     threads = set_threads(args, device.type)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    args.config = args.model or args.config
     model = make_model(args.config, device, "eager", args.peaked, dtype)
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = varied_prefixes(args.prefixes, model.config.vocab_size)

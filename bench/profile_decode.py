@@ -17,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from common import add_arguments, emit, machine, set_threads
-from sampler_speed import make_model, random_prefixes, run_sampler, sync
+from sampler_speed import add_model_arguments, make_model, random_prefixes, run_sampler, sync
 
 from posresample.sampler import Sampler, SamplingParams
 
@@ -26,7 +26,7 @@ PHASES = ("prefill", "expand cache", "decode step (hf)", "decode step (fast)", "
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
+    add_model_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--decode", default="fast", help="hf, fast, fast:inductor or fast:cuda-graph")
     parser.add_argument("--prefixes", type=int, default=32, help="prefixes in the profiled call")
@@ -36,6 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     threads = set_threads(args, device.type)
+    args.config = args.model or args.config
     model = make_model(args.config, device, "eager", args.peaked)
     decode, _, mode = args.decode.partition(":")
     sampler = Sampler(model, decode=decode, compile=mode or "off")

@@ -44,8 +44,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+CONFIGS = ("tiny", "gemma-2-2b")
+
+
+def add_model_arguments(parser) -> None:
+    parser.add_argument("--config", choices=CONFIGS, default="tiny", help="random weights at these shapes")
+    parser.add_argument("--model", default=None, help="a real model instead of --config's random one: a .gguf file "
+                        "(converted once into the cache), a model folder or a Hub id")
+
+
 def make_model(name: str, device: torch.device, attn: str, peaked: bool, dtype: torch.dtype | None = None):
-    """Random weights; bf16 on a GPU and float32 on the CPU unless dtype says otherwise."""
+    """Random weights at a config's shapes (bf16 on a GPU and float32 on the CPU unless dtype says
+    otherwise); or, where `name` is none of CONFIGS, the real model it names (`peaked` is moot)."""
+    if name not in CONFIGS:
+        from posresample.modeling import load_model, model_ref
+
+        model = load_model(model_ref(name), device)
+        model.config._attn_implementation = attn
+        return model.eval()
     config = tiny.gemma2_2b_config() if name == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=4096)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model = tiny.build_model(config, seed=0, dtype=dtype, device=device)
@@ -121,9 +137,7 @@ def timed(device, fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=["tiny", "gemma-2-2b"], default="tiny")
-    parser.add_argument("--model", default=None, help="a real model instead of --config's random one: a .gguf file, "
-                        "a model folder or a Hub id (real prefixes and the seed loop: bench/real_sampler.py)")
+    add_model_arguments(parser)  # a real model's own prefixes and its seed loop: bench/real_sampler.py
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--attn", default="eager")
     parser.add_argument("--prefixes", type=int, default=16, help="prefixes for the sampler (at most)")
@@ -143,14 +157,8 @@ def main() -> None:
     budget = Budget(args.seconds)
     device = torch.device(args.device)
     threads = set_threads(args, device.type)
-    if args.model:
-        from posresample.modeling import load_model, model_ref
-
-        built_s, model = timed(device, lambda: load_model(model_ref(args.model), device).eval())
-        model.config._attn_implementation = args.attn
-        args.config = args.model
-    else:
-        built_s, model = timed(device, lambda: make_model(args.config, device, args.attn, args.peaked))
+    args.config = args.model or args.config
+    built_s, model = timed(device, lambda: make_model(args.config, device, args.attn, args.peaked))
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = random_prefixes(max(args.prefixes, args.baseline_prefixes), args.prefix_len, model.config.vocab_size)
     variants = args.decode.split(",")
