@@ -852,7 +852,7 @@ def demo(workdir, db_url, no_progress, model, max_jobs, num_samples, max_new_tok
     \b
     Examples:
         python cli.py demo --workdir demo_out
-        python cli.py demo --workdir demo_gemma3 --model gemma-3-270m-q4_k_m.gguf --num-samples 24
+        python cli.py demo --workdir demo_gemma3 --model gemma-3-270m-q4_k_m.gguf --num-samples 16
     """
     from .demo import run_demo
 
