@@ -62,6 +62,12 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
         scan["sampled"] = conn.execute(select(func.count()).select_from(jobs).join(
             candidates, candidates.c.id == jobs.c.candidate_id).where(
             candidates.c.scan_id == scan["id"], jobs.c.params_id == params["id"], jobs.c.state == "done")).scalar_one()
+        # every label of these completions by status: those not ok are missing from the counts above
+        scan["label_statuses"] = dict(conn.execute(
+            select(labels.c.status, func.count()).join(completions, completions.c.id == labels.c.completion_id)
+            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(candidates.c.scan_id == scan["id"], jobs.c.params_id == params["id"], labels.c.tagger_id == tagger["id"])
+            .group_by(labels.c.status)).all())
     per_candidate: dict[int, np.ndarray] = {}
     for cid, upos, n in counts:
         if not (isinstance(upos, int) and 0 <= upos < K):
@@ -205,6 +211,7 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
         "estimand": ESTIMAND.format(**{k: params[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")}),
         "verdict_counts": {v: int(sum(r["verdict"] == v for r in rows)) for v in verdict.VERDICTS},
         "flow": {"scanned": len(cands), "sampled": scan["sampled"], "labelled_enough": len(kept), "analysed": len(kept)},
+        "label_statuses": label_statuses(scan["label_statuses"]),
         "sample": sample_description(scan, len(cands)),
         "verdict": corrected_summary["verdict"],
         "probe_contradicted_fdr05": corrected_summary["probe_contradicted_fdr05"],
@@ -240,6 +247,22 @@ def tagger_on_candidates(true: np.ndarray, orig: np.ndarray, tagger: dict) -> di
     dev = (tagger.get("accuracy") or {}).get("dev") or {}
     return {"accuracy": interval["share"], "ci95": interval["ci95"], "words": int(tagged.sum()),
             "all_words_accuracy": dev.get("raw_text") if isinstance(dev, dict) else None}
+
+
+def label_statuses(counts: dict[str, int]) -> dict:
+    """The tagger's labels of the sampled completions by status, and each status's share: the ones not
+    ok (no span for the target, an empty or non-UPOS tag) are missing from every count analysed."""
+    total = sum(counts.values())
+    return {"labels": total, "counts": dict(sorted(counts.items())),
+            "rates": {status: n / total for status, n in sorted(counts.items())} if total else {}}
+
+
+def flow_line(summary: dict) -> str:
+    """The accounting in one line: candidates scanned -> sampled -> analysed, and the labels by status."""
+    f, st = summary["flow"], summary["label_statuses"]
+    rates = ", ".join(f"{status} {rate:.1%}" for status, rate in st["rates"].items())
+    return (f"candidates: {f['scanned']:,} scanned -> {f['sampled']:,} sampled -> {f['labelled_enough']:,} with "
+            f"{summary['min_labelled']} or more ok labels, analysed; labels: {st['labels']:,} ({rates or 'none'})")
 
 
 def sensitivity_variants(counts, q, classes, conf: Confusion, true, orig, scan: dict, seed: int) -> list[dict]:

@@ -616,6 +616,9 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
                + ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in counts.items())
                + "; the shares above are the population's, estimated with the noise removed")
     click.echo(result.summary["sensitivity_line"])
+    from .analyze import flow_line
+
+    click.echo(flow_line(result.summary))
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]
     click.echo(f"mean TV(probe, words) {fixed['estimate']:.3f} [{fixed['ci95'][0]:.3f}, {fixed['ci95'][1]:.3f}] corrected, "
                f"{raw['mean']:.3f} raw; fitted temperature {result.summary['fitted_temperature']['corrected']:.3g} corrected, "

@@ -345,6 +345,10 @@ def robustness_html(s: dict) -> str:
     flow = (f"<p id=\"flow\">Candidates: {f['scanned']} scanned &rarr; {f['sampled']} sampled &rarr; "
             f"{f['labelled_enough']} with at least {s['min_labelled']} labelled completions &rarr; {f['analysed']} analysed. "
             f"{e(s['sample']['reading'])}.</p>")
+    st = s.get("label_statuses") or {"labels": 0, "rates": {}}
+    flow += (f"<p id=\"label-statuses\">The tagger's labels of the sampled completions: {st['labels']:,}, "
+             + (", ".join(f"{e(status)} {rate:.1%}" for status, rate in st["rates"].items()) or "none")
+             + "; only the ok ones enter the counts analysed.</p>")
     t = s["tagger_on_candidates"]
     tagger = ("" if t["accuracy"] is None else
               f"<p id=\"tagger-on-candidates\">The tagger gives the treebank's label to the candidates' own words in their "

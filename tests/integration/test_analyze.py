@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from posresample import metrics
+from posresample import db, metrics
 from posresample.analyze import analyze
 from posresample.confusion import Confusion
 from posresample.report import write_report
@@ -203,3 +203,24 @@ def test_a_perfect_tagger_s_sensitivity_rows_agree(engine):
     s = analyze(engine, min_labelled=20, with_examples=False, refits=0).summary
     shares = [r["verdict"]["genuinely_ambiguous"]["share"] for r in s["sensitivity"][:3]]
     assert max(shares) - min(shares) < 0.01, shares
+
+
+def test_the_accounting_shows_the_labels_that_are_not_ok(engine):
+    """Labels without a clean span are left out of every count analysed: the summary, the text line
+    and the page say how many there were, by status, beside the flow of candidates."""
+    from posresample.analyze import flow_line
+    from posresample.models import labels
+
+    study = draw_study(40, np.random.default_rng(3), num_samples=24)
+    write_study(engine, study, study.measured)
+    with db.write(engine) as conn:  # completions 1-24 are one job's, 25-48 another's: 5 and 6 of their labels not ok
+        conn.execute(labels.update().where(labels.c.completion_id.in_([1, 2, 3, 4, 5, 25, 26, 27, 28, 29]))
+                     .values(status="no_span", upos=None, upos_name=None))
+        conn.execute(labels.update().where(labels.c.completion_id == 30).values(status="empty", upos=None, upos_name=None))
+    result = analyze(engine, min_labelled=20, refits=0, with_examples=False)
+    st = result.summary["label_statuses"]
+    assert st["labels"] == 40 * 24 and st["counts"] == {"empty": 1, "no_span": 10, "ok": 40 * 24 - 11}
+    assert abs(sum(st["rates"].values()) - 1) < 1e-12 and st["rates"]["no_span"] == 10 / 960
+    assert result.summary["flow"]["labelled_enough"] == 38  # 19 and 18 ok labels: under --min-labelled 20
+    line = flow_line(result.summary)
+    assert "40 scanned -> 40 sampled -> 38 with 20 or more ok labels" in line and "no_span 1.0%" in line
