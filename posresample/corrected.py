@@ -25,9 +25,11 @@ Measured coverage and cost: docs/benchmarks.md (bench/verdict_coverage.py, bench
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -257,21 +259,57 @@ class Refits:
         return out
 
 
-def trim_memory() -> None:
-    """Give the heap that freed temporaries leave behind back to the system (glibc keeps it, and the
-    blocks of [n, atoms] temporaries, on several threads' arenas, fragment it: at 16,000 candidates
-    the resident size stayed ~400 MB above what was live). As Dask's workers do; elsewhere a no-op."""
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere (looked up once: find_library runs ldconfig)."""
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
-        pass
+        return None
+
+
+def trim_memory() -> None:
+    """Give the heap that freed temporaries leave behind back to the system (glibc keeps it, and the
+    blocks of [n, atoms] temporaries, on several threads' arenas, fragment it: at 16,000 candidates
+    the resident size stayed ~400 MB above what was live). As Dask's workers do; elsewhere a no-op."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+class MemoryBudget:
+    """REFIT_MEMORY shared by every deconvolution run on a thread (the refits and the sensitivity
+    rows, which may run at once): one waits while the others hold too much of it; one alone always
+    runs."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._used = 0
+
+    @contextmanager
+    def hold(self, candidates: int):
+        need = candidates * REFIT_BYTES_PER_CANDIDATE
+        with self._cond:
+            while self._used and self._used + need > REFIT_MEMORY:
+                self._cond.wait()
+            self._used += need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= need
+                self._cond.notify_all()
+
+
+DECONVOLUTIONS = MemoryBudget()
 
 
 def refit_threads(refits: int, candidates: int) -> int:
-    """Refits at once: as many as the cores, MAX_THREADS and REFIT_MEMORY allow, at least one."""
+    """Refits at once: as many as the cores, MAX_THREADS and REFIT_MEMORY allow, at least one
+    (DECONVOLUTIONS holds every thread's deconvolution to REFIT_MEMORY in all)."""
     by_memory = REFIT_MEMORY // max(1, candidates * REFIT_BYTES_PER_CANDIDATE)
     return max(1, min(refits, MAX_THREADS, os.cpu_count() or 1, by_memory))
 
@@ -284,7 +322,8 @@ def _refit(counts, q, probe_classes, confusion, rows: np.ndarray, truth: np.ndar
     labels = rng.multinomial(counts.sum(axis=1).astype(np.int64)[rows], mix / mix.sum(axis=1, keepdims=True)).astype(float)
     measured = confusion.redrawn(rng)
     qr = q[rows]
-    means = posterior_means(labels, qr, probe_classes, measured.matrix(), measured.support, rng)
+    with DECONVOLUTIONS.hold(len(labels)):
+        means = posterior_means(labels, qr, probe_classes, measured.matrix(), measured.support, rng)
     out = {name: float(means[name].mean()) for name in SUMMARIES}
     bins = np.digitize(qr.max(axis=1), CURVE_EDGES[1:-1])
     out["curve"] = np.array([means["genuinely_ambiguous"][bins == b].mean() if (bins == b).any() else np.nan
@@ -301,7 +340,7 @@ def population_shares(counts: np.ndarray, q: np.ndarray, probe_classes: list[int
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(seed)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"), DECONVOLUTIONS.hold(len(counts)):
         C, support = confusion.matrix(), confusion.support
         g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
         values = atom_values(g, q, probe_classes, names=verdict.VERDICTS)

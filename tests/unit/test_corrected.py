@@ -160,3 +160,36 @@ def test_the_float32_likelihood_is_within_1e_4_of_float64():
         ll = population._loglik(counts, C, support, order, shared, probe, dtype=dtype)
         relative.append(np.exp(ll - ll.max(axis=1, keepdims=True)))
     assert np.abs(relative[0] - relative[1]).max() < 1e-4
+
+
+def test_deconvolutions_on_threads_share_one_memory_budget(monkeypatch):
+    """The refits and the sensitivity rows may run at once: together they hold at most REFIT_MEMORY,
+    a third waits until one of two is done, and one alone runs whatever its size."""
+    import threading
+
+    monkeypatch.setattr(corrected, "REFIT_MEMORY", 2 * 100 * corrected.REFIT_BYTES_PER_CANDIDATE)
+    budget = corrected.MemoryBudget()
+    entered = {name: threading.Event() for name in "abc"}
+    leave = {name: threading.Event() for name in "abc"}
+
+    def run(name, candidates=100):
+        with budget.hold(candidates):
+            entered[name].set()
+            leave[name].wait(30)
+
+    threads = {name: threading.Thread(target=run, args=(name,)) for name in "abc"}
+    for name in "ab":
+        threads[name].start()
+        assert entered[name].wait(30)
+    threads["c"].start()
+    assert not entered["c"].wait(0.3)  # two at once fill the budget: the third waits
+    leave["a"].set()
+    assert entered["c"].wait(30)  # and runs once one is done
+    leave["b"].set(), leave["c"].set()
+    for t in threads.values():
+        t.join(30)
+    big = threading.Thread(target=run, args=("a", 10 ** 6))  # over the whole budget, alone: runs
+    entered["a"].clear()
+    big.start()
+    assert entered["a"].wait(30)
+    big.join(30)
