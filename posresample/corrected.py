@@ -273,8 +273,8 @@ def _malloc_trim():
 
 def trim_memory() -> None:
     """Give the heap that freed temporaries leave behind back to the system (glibc keeps it, and the
-    blocks of [n, atoms] temporaries, on several threads' arenas, fragment it: at 16,000 candidates
-    the resident size stayed ~400 MB above what was live). As Dask's workers do; elsewhere a no-op."""
+    blocks of [n, atoms] temporaries, on several threads' arenas, fragment it, so the resident size
+    stays far above what is live). As Dask's workers do; elsewhere a no-op."""
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
