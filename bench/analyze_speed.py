@@ -42,12 +42,12 @@ def build(path: str, n: int) -> float:
 def measure(path: str, out: str) -> dict:
     """In this (fresh) process: analyze and report, with time, CPU and peak memory."""
     from posresample import db
-    from posresample.analyze import analyze
+    from posresample.analyze import run_analyze
     from posresample.report import write_report
 
     engine = db.make_engine(f"sqlite:///{path}")
     cpu0, t0 = time.process_time(), time.perf_counter()
-    result = analyze(engine, min_labelled=20)
+    result = run_analyze(engine, min_labelled=20)
     analysed = time.perf_counter() - t0
     t1 = time.perf_counter()
     paths = write_report(result, out)

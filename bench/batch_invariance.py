@@ -25,7 +25,7 @@ import torch
 from common import Budget, add_arguments, emit, machine, set_threads
 from sampler_speed import add_model_arguments, make_model
 
-from posresample.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
 
 
 def varied_prefixes(n: int, vocab: int, shortest: int = 6, longest: int = 40) -> list[list[int]]:

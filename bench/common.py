@@ -78,7 +78,7 @@ class DrawTimer:
     each), summed over the calls made inside the `with`."""
 
     def __init__(self, device):
-        from posresample import sampler as sampler_module
+        from posresample.sampling import sampler as sampler_module
 
         self.module = sampler_module
         self.device, self.seconds, self.original = device, 0.0, sampler_module.sample_tokens

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole GPU plan in one device call of at most 8 minutes, most valuable step first.
+# The whole GPU plan in one run of at most 8 minutes (a 9-minute budget), most valuable step first.
 #
 # Here, once:   scripts/gpu-wheels                       (fills .gpu/: wheels and EWT files, ~26 MiB)
-# GPU machine:  run(command="bash bench/gpu_run.sh", carry=[".gpu"], timeout_s=540)
+# GPU machine:  bash bench/gpu_run.sh                     (with .gpu/ copied into the checkout; logs in $OUT)
 #               bash bench/gpu_run.sh --plan             prints the steps and their time caps, runs nothing
 #               bash bench/gpu_run.sh scan tiers         runs the named steps only, in the order given
 #
@@ -50,7 +50,7 @@ plan() {
             printf '  %-18s cap %4d s   (only when the target is missed; into sampler_peaked.log)\n' "profile" "$c"
         fi
     done
-    printf '  %-18s      %4d s   (%d min %02d s; a device call gets 540 s)\n' "total" "$total" $((total / 60)) $((total % 60))
+    printf '  %-18s      %4d s   (%d min %02d s; the budget is 540 s)\n' "total" "$total" $((total / 60)) $((total % 60))
 }
 
 if [ "${1:-}" = --plan ]; then plan; exit 0; fi

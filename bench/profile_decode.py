@@ -4,7 +4,7 @@
     python bench/profile_decode.py --config tiny --device cpu --peaked --decode hf --prefixes 8
 
 Prints the sampler's own phases (prefill, cache expansion, decode steps, sampling: the labels
-`record_function` puts on them in posresample/sampler.py) and the top operators and kernels by
+`record_function` puts on them in posresample/sampling/sampler.py) and the top operators and kernels by
 self time on the device. bench/gpu_run.sh runs it when the sampler table misses its target.
 """
 
@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from common import add_arguments, emit, machine, set_threads
 from sampler_speed import add_model_arguments, make_model, random_prefixes, run_sampler, sync
 
-from posresample.sampler import Sampler, SamplingParams
+from posresample.sampling.sampler import Sampler, SamplingParams
 
 PHASES = ("prefill", "expand cache", "decode step (hf)", "decode step (fast)", "sample")
 

@@ -20,7 +20,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from posresample import db, queue  # noqa: E402
-from posresample.models import metadata  # noqa: E402
+from posresample.schema import metadata  # noqa: E402
 from tests.helpers import seed_jobs  # noqa: E402
 
 ROWS = [dict(sample_index=i, text=" ".join(f"tok{t}" for t in range(16)), token_ids=list(range(1000, 1016)),

@@ -28,8 +28,8 @@ import torch
 
 from common import Budget, DrawTimer, add_arguments, emit, machine, set_threads, sync
 
-from posresample.modeling import load_model, load_tokenizer, model_ref, pick_device
-from posresample.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.lm import load_model, load_tokenizer, model_ref, pick_device
+from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
 
 PARAMS = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=16, seed=123)
 NUM_SAMPLES = 96
@@ -40,7 +40,7 @@ def scan_prefixes(db_url: str, n: int) -> list[list[int]]:
     from sqlalchemy import select
 
     from posresample import db
-    from posresample.models import candidates, jobs
+    from posresample.schema import candidates, jobs
 
     with db.read(db.make_engine(db_url)) as conn:
         rows = conn.execute(select(candidates.c.prefix_token_ids).join(jobs, jobs.c.candidate_id == candidates.c.id)

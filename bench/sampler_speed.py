@@ -26,8 +26,8 @@ import torch
 
 from common import Budget, DrawTimer, add_arguments, emit, machine, set_threads
 
-from posresample import tiny
-from posresample.sampler import SampleRequest, Sampler, SamplingParams
+from posresample import standins
+from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
 
 TARGET_PER_SECOND = 50  # prefixes/s on one H100/H200 at gemma-2-2b's shapes
 TARGET_RATIO = 40  # x the per-prefix generate loop in the same run
@@ -57,14 +57,14 @@ def make_model(name: str, device: torch.device, attn: str, peaked: bool, dtype: 
     """Random weights at a config's shapes (bf16 on a GPU and float32 on the CPU unless dtype says
     otherwise); or, where `name` is none of CONFIGS, the real model it names (`peaked` is moot)."""
     if name not in CONFIGS:
-        from posresample.modeling import load_model, model_ref
+        from posresample.lm import load_model, model_ref
 
         model = load_model(model_ref(name), device)
         model.config._attn_implementation = attn
         return model.eval()
-    config = tiny.gemma2_2b_config() if name == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=4096)
+    config = standins.gemma2_2b_config() if name == "gemma-2-2b" else standins.tiny_gemma2_config(vocab_size=4096)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model = tiny.build_model(config, seed=0, dtype=dtype, device=device)
+    model = standins.build_model(config, seed=0, dtype=dtype, device=device)
     if peaked:
         # Random weights give near-uniform next-token distributions, whose 95% nucleus spans most of
         # the vocabulary (every row takes the exact full-vocabulary path). A trained model's is
@@ -119,7 +119,7 @@ def run_sampler(sampler: Sampler, prefixes, params: SamplingParams, num_samples:
 
 @torch.inference_mode()
 def nucleus_share(model, prefixes) -> float:
-    from posresample.sampling import DEFAULT_PREFILTER, apply_temperature_top_k, nucleus
+    from posresample.sampling.draw import DEFAULT_PREFILTER, apply_temperature_top_k, nucleus
 
     logits = torch.stack([model(input_ids=torch.tensor([p], device=model.device)).logits[0, -1] for p in prefixes])
     scores = apply_temperature_top_k(logits, 0.7, None)
@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--peaked", action="store_true", help="peaked next-token distributions, as a trained model has")
     parser.add_argument("--decode", default="hf,fast",
                         help="sampler variants to time, comma-separated: hf, fast, or fast:MODE with MODE one of "
-                             "gemma_decode's compile modes (fast:inductor, fast:cuda-graph)")
+                             "fast_decode's compile modes (fast:inductor, fast:cuda-graph)")
     add_arguments(parser)
     args = parser.parse_args()
 

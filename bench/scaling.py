@@ -32,8 +32,8 @@ from sqlalchemy import and_, create_engine, or_, select, text
 from sqlalchemy.engine import make_url
 
 from posresample import db, queue
-from posresample.export import export
-from posresample.models import jobs
+from posresample.export import run_export
+from posresample.schema import jobs
 
 QUEUE_SIZES = ((10_000, 1_000), (1_000_000, 1_000), (100_000, 100_000), (1_000_000, 100_000))
 EXPORT_SIZES = (1_000, 4_000)
@@ -249,7 +249,7 @@ def bench_export(url: str) -> None:
             out = os.path.join(tempfile.mkdtemp(prefix="scaling-"), "export.jsonl")
             start_cpu = backend_cpu_seconds(pids) or 0.0
             t0 = time.perf_counter()
-            export(engine, out, progress=False)
+            run_export(engine, out, progress=False)
             wall = time.perf_counter() - t0
             cpu = backend_cpu_seconds(pids) if pids else None
             cpu_s = "-" if cpu is None else f"{cpu - start_cpu:.2f}"

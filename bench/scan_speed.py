@@ -24,10 +24,10 @@ import torch
 
 from common import REPO, Budget, add_arguments, emit, machine, set_threads
 
-from posresample import db, modeling, scan, tiny
+from posresample import db, lm, scan, standins
 from posresample.config import GenerationParams
 from posresample.data import parse_label_list, read_conllu
-from posresample.train import research_probe
+from posresample.train_probe import research_probe
 
 EWT = os.environ.get("POSRESAMPLE_EWT") or os.path.join(os.path.dirname(REPO), "shared", "data", "ud_english_ewt")
 
@@ -56,15 +56,15 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="scan-bench-")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.model:  # a real model: converted once (a .gguf) and loaded as scan loads it
-        model_path = modeling.model_ref(args.model)
-        model, tokenizer = modeling.load_model(model_path, device), modeling.load_tokenizer(model_path)
+        model_path = lm.model_ref(args.model)
+        model, tokenizer = lm.load_model(model_path, device), lm.load_tokenizer(model_path)
         config = model.config
     else:
         train = [s.text for s in read_conllu(os.path.join(args.ewt, "en_ewt-ud-train.conllu"))]
         model_path = os.path.join(work, "model")
-        tokenizer = tiny.build_tokenizer(model_path, vocab_size=32000, texts=train)
-        config = tiny.gemma2_2b_config() if args.config == "gemma-2-2b" else tiny.tiny_gemma2_config(vocab_size=32000)
-        model = tiny.build_model(config, seed=0, dtype=dtype, device=device).eval()
+        tokenizer = standins.build_tokenizer(model_path, vocab_size=32000, texts=train)
+        config = standins.gemma2_2b_config() if args.config == "gemma-2-2b" else standins.tiny_gemma2_config(vocab_size=32000)
+        model = standins.build_model(config, seed=0, dtype=dtype, device=device).eval()
 
     rng = np.random.default_rng(0)
     classes = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17])
@@ -86,7 +86,7 @@ def main() -> None:
                             name="bench", device=args.device, batch_size=args.batch_size,
                             stop_after_seconds=None if args.seconds is None else budget.left() * 0.8)
     ids = torch.tensor([tokenizer("warm up")["input_ids"]], device=device)
-    modeling.layer_activations(model, ids, torch.ones_like(ids), layer)
+    lm.layer_activations(model, ids, torch.ones_like(ids), layer)
     engine = db.make_engine(f"sqlite:///{os.path.join(work, 'scan.db')}")
     db.upgrade(engine)
     if device.type == "cuda":

@@ -18,7 +18,7 @@ import random
 from common import emit
 
 from posresample import db
-from posresample.models import candidates, completions, jobs, labels, taggers
+from posresample.schema import candidates, completions, jobs, labels, taggers
 
 
 def continuations(engine, candidate_id: int, tagger: str, limit: int) -> list[tuple[str, str]]:

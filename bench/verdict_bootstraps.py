@@ -3,14 +3,14 @@
     python bench/verdict_bootstraps.py --candidates 2400 --replicates 20 --seed 7
 
 One known-truth study (tests/known_truth.py, as bench/verdict_coverage.py draws them). Its
-population estimates (corrected.py: NPMLE deconvolution, each candidate's posterior mean under it)
+population estimates (stats/corrected_view.py: NPMLE deconvolution, each candidate's posterior mean under it)
 are recomputed on replicate studies made three ways, and the standard deviation of each statistic
 over the replicates is set beside the others:
 
-- two-stage: what `analyze` reports (corrected.TwoStage: candidates resampled, each resampled
+- two-stage: what `analyze` reports (corrected_view.TwoStage: candidates resampled, each resampled
   candidate's distribution drawn from its posterior under the one fitted G; G is not fitted again);
 - nonparametric refit: candidates resampled with their labels, everything fitted again;
-- parametric refit: what `analyze` adds (corrected.refit_estimates): candidates resampled, each
+- parametric refit: what `analyze` adds (corrected_view.refit_estimates): candidates resampled, each
   one's distribution drawn from its posterior, 96 new labels drawn through the tagger's confusion,
   the treebank measurement of the confusion drawn again, everything fitted again.
 
@@ -28,15 +28,15 @@ import numpy as np
 from common import emit, machine
 from verdict_coverage import STATISTICS
 
-from posresample import corrected, population, verdict
-from posresample.confusion import Confusion
+from posresample.stats import corrected_view, deconvolution, verdict
+from posresample.stats.confusion import Confusion
 from tests.known_truth import PROBE_CLASSES, draw_study, label_counts
 
 
 
 def fit(counts: np.ndarray, q: np.ndarray, confusion: Confusion, rng: np.random.Generator) -> dict[str, float]:
-    """The population estimates as corrected.analyse makes them."""
-    means = corrected.posterior_means(counts, q, PROBE_CLASSES, confusion.matrix(), confusion.support, rng)
+    """The population estimates as corrected_view.estimate makes them."""
+    means = corrected_view.posterior_means(counts, q, PROBE_CLASSES, confusion.matrix(), confusion.support, rng)
     return {name: float(means[name].mean()) for name in STATISTICS}
 
 
@@ -58,10 +58,10 @@ def run(args) -> None:
     counts = label_counts(study)
     q, confusion = study.probe, Confusion(study.measured, "known truth: a treebank-sized sample")
     C, support = confusion.matrix(), confusion.support
-    g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
-    values = corrected.atom_values(g, q, PROBE_CLASSES)
+    g = deconvolution.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
+    values = corrected_view.atom_values(g, q, PROBE_CLASSES)
     base = {name: float((g.posterior * values[name]).sum(axis=1).mean()) for name in STATISTICS}
-    boot = corrected.TwoStage(g.posterior, rng)
+    boot = corrected_view.TwoStage(g.posterior, rng)
     two_stage = {name: float(np.std(boot.replicate_means(values[name]), ddof=1)) for name in STATISTICS}
     n = len(counts)
     nonparametric, start = [], time.perf_counter()
@@ -70,7 +70,7 @@ def run(args) -> None:
         nonparametric.append(fit(counts[rows], q[rows], confusion, rng))
     seconds = {"nonparametric": time.perf_counter() - start}
     start = time.perf_counter()
-    parametric = corrected.refit_estimates(counts, q, PROBE_CLASSES, confusion, g, boot, rng, refits=args.replicates)
+    parametric = corrected_view.refit_estimates(counts, q, PROBE_CLASSES, confusion, g, boot, rng, refits=args.replicates)
     seconds["parametric"] = time.perf_counter() - start
     emit(f"# one known-truth study of {n} candidates x 96 labels (--seed {args.seed}), {args.replicates} replicates each, "
          f"{machine('cpu')}, {time.strftime('%Y-%m-%d')}; a refit replicate took "

@@ -14,7 +14,7 @@ argmax". The target is >= 90% at 240 and at 2,400 candidates. The table also giv
 statistic's mean error and its spread over the studies, and the plug-in's error for comparison.
 
 `--direct` skips the database, the per-candidate report and the raw view's bootstraps: it hands the
-study's label counts and probe straight to corrected.analyse, the function `analyze` calls for the
+study's label counts and probe straight to corrected_view.analyse, the function `analyze` calls for the
 corrected view, so that the hundreds of studies it takes to measure a spread to 10% fit in the
 time (about 4x faster at 2,400).
 """
@@ -30,9 +30,10 @@ import numpy as np
 
 from common import emit, machine
 
-from posresample import corrected, db, metrics, population
-from posresample.analyze import analyze
-from posresample.confusion import Confusion
+from posresample.stats import corrected_view, metrics, deconvolution
+from posresample import db
+from posresample.analyze import run_analyze
+from posresample.stats.confusion import Confusion
 from tests.known_truth import PROBE_CLASSES, draw_study, label_counts, population_truth, write_study
 
 STATISTICS = ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined", "majority_is_probe_argmax")
@@ -57,9 +58,9 @@ def plug_ins(summary: dict) -> dict:
 
 
 def direct(study, tagger_counts: np.ndarray, seed: int) -> dict:
-    """What `estimates` and `plug_ins` read of analyze's summary, from corrected.analyse on the arrays."""
+    """What `estimates` and `plug_ins` read of analyze's summary, from corrected_view.estimate on the arrays."""
     counts = label_counts(study)
-    fixed = corrected.analyse(counts, study.probe, PROBE_CLASSES, Confusion(tagger_counts, "known truth"), seed)
+    fixed = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, Confusion(tagger_counts, "known truth"), seed)
     p = counts / counts.sum(axis=1, keepdims=True)
     return {"corrected": fixed.summary, "verdict": fixed.summary["verdict"], "candidates_analysed": len(counts),
             "raw": {"probe_vs_empirical": {"tv": {"mean": float(metrics.total_variation(p, study.probe).mean())}},
@@ -74,15 +75,15 @@ def main() -> None:
     parser.add_argument("--true-confusion", action="store_true",
                         help="store the tagger's true confusion (as counts of 10^7 words a row) instead of a "
                         "treebank-sized measurement of it: is the measurement's error what the intervals miss?")
-    parser.add_argument("--exemplars", type=int, default=population.EXEMPLARS,
+    parser.add_argument("--exemplars", type=int, default=deconvolution.EXEMPLARS,
                         help="candidates' own estimates used as atoms, at most [default: %(default)s; 0: none]")
-    parser.add_argument("--refits", type=int, default=corrected.REFITS,
+    parser.add_argument("--refits", type=int, default=corrected_view.REFITS,
                         help="the parametric bootstrap's refits per study [default: %(default)s; 0: the two-stage bootstrap alone]")
     parser.add_argument("--direct", action="store_true",
-                        help="no database: corrected.analyse on the study's arrays (the corrected view only, ~4x faster)")
+                        help="no database: corrected_view.estimate on the study's arrays (the corrected view only, ~4x faster)")
     args = parser.parse_args()
-    default_exemplars, population.EXEMPLARS = population.EXEMPLARS, args.exemplars
-    default_refits, corrected.REFITS = corrected.REFITS, args.refits
+    default_exemplars, deconvolution.EXEMPLARS = deconvolution.EXEMPLARS, args.exemplars
+    default_refits, corrected_view.REFITS = corrected_view.REFITS, args.refits
     truth = population_truth(np.random.default_rng(12345))
     rng = np.random.default_rng(args.seed)
     hits = {k: 0 for k in STATISTICS}
@@ -100,7 +101,7 @@ def main() -> None:
                 engine = db.make_engine(f"sqlite:///{os.path.join(work, 'study.db')}")
                 db.upgrade(engine)
                 write_study(engine, study, tagger_counts)
-                summary = analyze(engine, min_labelled=20, seed=study_index, with_examples=False).summary
+                summary = run_analyze(engine, min_labelled=20, seed=study_index, with_examples=False).summary
                 engine.dispose()
         for name, (value, (lo, hi)) in estimates(summary).items():
             hits[name] += lo <= truth[name] <= hi

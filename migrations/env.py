@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from posresample.config import default_db_url
 from posresample.db import MIGRATION_LOCK_KEY, make_engine
-from posresample.models import metadata
+from posresample.schema import metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("connection") is None:

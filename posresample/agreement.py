@@ -17,10 +17,10 @@ import numpy as np
 from sqlalchemy import select
 
 from . import db
-from .confusion import Confusion, parse_confusion
+from .stats.confusion import Confusion, parse_confusion
 from .data import UPOS_NAMES
 from .errors import ConfigError
-from .models import candidates, completions, jobs, labels, taggers
+from .schema import candidates, completions, jobs, labels, taggers
 
 
 def answers(engine, scan_id: int, params_id: int, tagger_id: int) -> dict[int, tuple[str, int | None]]:
@@ -42,7 +42,7 @@ def human_taggers(engine) -> list[dict]:
 def tagger_vs_human(human: dict, machine: dict) -> tuple[dict, Confusion]:
     """The machine's accuracy on the completions a person labelled with a UPOS, and its confusion
     there (rows the person's label)."""
-    from .metrics import jeffreys_interval
+    from .stats.metrics import jeffreys_interval
 
     both = [c for c, h in human.items() if h[0] == "ok" and c in machine and machine[c][0] == "ok"]
     confusion = Confusion.from_pairs([human[c][1] for c in both], [machine[c][1] for c in both], "")

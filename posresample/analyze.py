@@ -1,10 +1,10 @@
 """analyze: where the probe is unsure, is the word genuinely ambiguous given its prefix?
 
 Reads each candidate's labels (the `empirical_labels` view) and the candidates, then builds two
-views. The corrected view leads (corrected.py): the tagger's confusion and the sampling noise are
+views. The corrected view leads (stats/corrected_view.py): the tagger's confusion and the sampling noise are
 modelled, each candidate gets a corrected distribution with intervals, a p-value for the probe and
 a verdict, and the study's shares and divergences estimate the population's values. The raw view
-(baselines.py) takes the tagger's labels at face value, as the research scripts did. `report.py`
+(stats/raw_view.py) takes the tagger's labels at face value, as the research scripts did. `report.py`
 turns the result into CSV, JSON, plots and one HTML page.
 """
 
@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import func, select, text
 
-from . import baselines, corrected, db, metrics, verdict
+from .stats import raw_view, corrected_view, metrics, verdict
+from . import db
 from .config import DEFAULT_MIN_LABELLED
-from .confusion import Confusion, parse_confusion
-from .data import UPOS_NAMES
+from .stats.confusion import Confusion, parse_confusion
+from .data import K, UPOS_NAMES
 from .errors import ConfigError, DatabaseError
-from .models import candidate_labels, candidates, completions, jobs, labels, taggers
+from .schema import candidate_labels, candidates, completions, jobs, labels, taggers
 
 log = logging.getLogger(__name__)
-K = len(UPOS_NAMES)  # every UPOS id in HF order; classes the probe lacks get probability 0
 EXAMPLES_PER_LABEL = 5  # completions per (candidate, label) embedded in the HTML report
-AMBIGUOUS_BELOW = baselines.RAW_AMBIGUOUS_BELOW
+AMBIGUOUS_BELOW = raw_view.RAW_AMBIGUOUS_BELOW
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Analysis:
 
 def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int | None):
     """The scan, params, tagger and, per candidate with labels, its row and empirical counts."""
-    from .store import pick_params, pick_scan
+    from .scan_store import pick_params, pick_scan
 
     with db.read(engine) as conn:
         scan = pick_scan(conn, scan_name)
@@ -154,13 +154,13 @@ def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
     return Confusion.identity()
 
 
-def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None, params_id: int | None = None,
+def run_analyze(engine, scan_name: str | None = None, tagger_name: str | None = None, params_id: int | None = None,
             min_labelled: int = DEFAULT_MIN_LABELLED, seed: int = 0, with_examples: bool = True,
             confusion: Confusion | None = None, confusion_from: str | None = None, refits: int | None = None,
             progress: bool = False) -> Analysis:
     """`confusion`: the tagger's confusion as given (a file); `confusion_from`: measure it against
     that annotator's labels on these completions (human:NAME) instead of the treebank's; `refits`:
-    the parametric bootstrap's replicate studies [default: corrected.REFITS]; `progress`: a bar of them."""
+    the parametric bootstrap's replicate studies [default: corrected_view.REFITS]; `progress`: a bar of them."""
     from . import agreement
 
     scan, params, tagger, cands, per_candidate, original = load(engine, scan_name, tagger_name, params_id)
@@ -184,19 +184,19 @@ def analyze(engine, scan_name: str | None = None, tagger_name: str | None = None
         log.warning("%s", filled_warning(conf))
     prior, prior_source = label_prior(scan)
 
-    def raw_view() -> tuple:  # the raw view, the sensitivity rows and the examples: beside the refits, or after them
-        floor = baselines.floors(q, n, classes, seed)
-        raw_parts = (floor, baselines.raw_summary(p, q, n, true, orig, classes, prior, floor, seed),
-                     baselines.out_of_probe(p, q, classes, seed), baselines.research_block(p, q, true, classes, seed))
+    def meanwhile() -> tuple:  # the raw view, the sensitivity rows and the examples: beside the refits, or after them
+        floor = raw_view.floors(q, n, classes, seed)
+        raw_parts = (floor, raw_view.raw_summary(p, q, n, true, orig, classes, prior, floor, seed),
+                     raw_view.out_of_probe(p, q, classes, seed), raw_view.research_block(p, q, true, classes, seed))
         varied = sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed)
-        corrected.trim_memory()  # the examples are loaded last: at 16,000 candidates they are 200 MB of rows
+        corrected_view.trim_memory()  # the examples are loaded last: at 16,000 candidates they are 200 MB of rows
         return (*raw_parts, varied,
                 load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {})
 
-    fixed = corrected.analyse(counts, q, classes, conf, seed, refits=refits, meanwhile=raw_view, progress=progress)
+    fixed = corrected_view.estimate(counts, q, classes, conf, seed, refits=refits, meanwhile=meanwhile, progress=progress)
     floor, raw, out_of_probe, research, varied, examples = fixed.meanwhile
     corrected_summary = fixed.summary
-    corrected.trim_memory()
+    corrected_view.trim_memory()
     sensitivity = [{"confusion": "stored", "source": conf.source, "verdict": corrected_summary["verdict"],
                     "intervals": "two-stage and refits"}] + varied
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
@@ -280,8 +280,8 @@ def sensitivity_variants(counts, q, classes, conf: Confusion, true, orig, scan: 
     from concurrent.futures import ThreadPoolExecutor
 
     # side by side on the cores (the sparse products and logs let go of the GIL), as far as memory allows
-    with ThreadPoolExecutor(max_workers=corrected.refit_threads(len(variants), len(counts))) as pool:
-        shares = list(pool.map(lambda v: corrected.population_shares(counts, q, classes, v[1], seed), variants))
+    with ThreadPoolExecutor(max_workers=corrected_view.refit_threads(len(variants), len(counts))) as pool:
+        shares = list(pool.map(lambda v: corrected_view.population_shares(counts, q, classes, v[1], seed), variants))
     return [{"confusion": name, "source": variant.source, "verdict": share, "intervals": "two-stage"}
             for (name, variant), share in zip(variants, shares)]
 
@@ -362,7 +362,7 @@ def per_candidate_rows(cands, p, q, n, true, orig, floor: dict, fixed, classes) 
 def breakdown(rows: list[dict], key: str, p, q, true, classes, top: int = 12) -> list[dict]:
     """Per true label or probe top-2 pair: counts, raw and corrected shares, and the research
     scripts' per-class Brier and KL."""
-    research = baselines.research_values(p, q, true, classes)
+    research = raw_view.research_values(p, q, true, classes)
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         groups.setdefault(r[key], []).append(i)
@@ -384,9 +384,9 @@ def load_examples(engine, cands: list[dict], tagger_id: int, params_id: int, mod
     (a window function ranks them in the database: memory does not grow with the completions):
     [suffix, start, end], the text after the candidate's decoded prefix and the tagger's word at
     [start, end) of prefix + suffix ([continuation, -1, -1] where the tokenizer is not here)."""
-    from .label import decoder
+    from .label import detokenizer
 
-    decode = decoder(model)
+    detokenize = detokenizer(model)
     by_id = {c["id"]: c for c in cands}
     rank = func.row_number().over(partition_by=(jobs.c.candidate_id, labels.c.status, labels.c.upos_name),
                                   order_by=completions.c.sample_index).label("rank")
@@ -404,17 +404,17 @@ def load_examples(engine, cands: list[dict], tagger_id: int, params_id: int, mod
             if cid not in by_id:
                 continue
             key = upos if status == "ok" else f"({status})"
-            out.setdefault(cid, {}).setdefault(key, []).append(_example(decode, by_id[cid], word, continuation, token_ids))
+            out.setdefault(cid, {}).setdefault(key, []).append(_example(detokenize, by_id[cid], word, continuation, token_ids))
     return out
 
 
-def _example(decode, cand: dict, word, continuation: str, token_ids) -> list:
+def _example(detokenize, cand: dict, word, continuation: str, token_ids) -> list:
     from .label import target_span
 
-    if decode is None:
+    if detokenize is None:
         return [continuation, -1, -1]
     prefix = cand["prefix_text"]
-    full, span = target_span(decode, list(cand["prefix_token_ids"]), list(token_ids))
+    full, span = target_span(detokenize, list(cand["prefix_token_ids"]), list(token_ids))
     if not full.startswith(prefix):
         return [continuation, -1, -1]
     if span is None:

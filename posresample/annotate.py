@@ -19,7 +19,7 @@ from sqlalchemy import and_, case, delete, exists, func, insert, or_, select
 
 from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
-from .models import (
+from .schema import (
     annotation_items, annotation_leases, candidates, completions, jobs, labels, taggers,
 )
 
@@ -221,7 +221,7 @@ def next_item(engine, scan_id: int, params_id: int, tagger_id: int, owner: str) 
 
 
 def _item(conn, item_id: int) -> Item:
-    from .models import generation_params
+    from .schema import generation_params
 
     row = conn.execute(
         select(annotation_items.c.id, completions.c.id, candidates.c.id, candidates.c.prefix_token_ids, completions.c.token_ids,
@@ -242,7 +242,7 @@ def answer(engine, item_id: int, tagger_id: int, upos: int | None, status: str, 
     annotator has answered the item already. With `owner` (the page's server), only an item this
     annotator holds a lease on, taken by that server, may be answered."""
     from .data import UPOS_NAMES
-    from .store import insert_ignoring_duplicates
+    from .scan_store import insert_ignoring_duplicates
 
     if status not in STATUSES or (status == "ok") != (upos is not None):
         raise ConfigError(f"an answer is a UPOS (status ok), unsure or no_span, not {status!r} / {upos!r}")

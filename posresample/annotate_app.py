@@ -12,13 +12,18 @@ every request then needs.
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
 import secrets
+import socket
 
-from flask import Flask, abort, jsonify, make_response, request
+from flask import Flask, abort, jsonify, make_response, render_template, request
 
 from . import annotate
 from .data import UPOS_IDS, UPOS_NAMES
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 KEYS = {"NOUN": "n", "PROPN": "m", "VERB": "v", "AUX": "u", "ADJ": "a", "ADV": "r", "PRON": "p", "DET": "d", "ADP": "i",
         "CCONJ": "c", "SCONJ": "s", "PART": "t", "NUM": "q", "INTJ": "j", "PUNCT": ".", "SYM": "y", "X": "x"}
@@ -32,7 +37,7 @@ ITEM_ID_MAX = 2**31 - 1  # annotation item ids are 32-bit
 
 
 def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: str, owner: str,
-               decode=None, token: str | None = None, hosts: tuple[str, ...] | None = LOCAL_HOSTS) -> Flask:
+               detokenize=None, token: str | None = None, hosts: tuple[str, ...] | None = LOCAL_HOSTS) -> Flask:
     """`hosts`: the Host names requests may carry (DNS rebinding: a page on another name that
     resolves here gets a 400, never the page or its CSRF token); None: any (a page beyond the
     loopback, which the token guards)."""
@@ -45,7 +50,7 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
 
     def current():
         item = annotate.next_item(engine, scan["id"], params_id, tagger_id, owner)
-        return {"item": None if item is None else shown(item, decode),
+        return {"item": None if item is None else shown(item, detokenize),
                 "progress": annotate.progress(engine, scan["id"], params_id, tagger_id)}
 
     @app.before_request
@@ -71,9 +76,9 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
     @app.get("/")
     def page():
         nonce = secrets.token_urlsafe(16)
-        body = PAGE.replace("{nonce}", nonce).replace("{csrf}", csrf).replace("{buttons}", buttons()) \
-            .replace("{undo_key}", UNDO_KEY) \
-            .replace("{annotator}", _escape(annotate.tagger_name(annotator))).replace("{scan}", _escape(scan["name"]))
+        body = render_template("annotate.html", nonce=nonce, csrf=csrf, annotator=annotate.tagger_name(annotator),
+                               scan=scan["name"], undo_key=UNDO_KEY, upos_buttons=[(n, KEYS[n]) for n in UPOS_NAMES if n in KEYS],
+                               special_buttons=[(status, title, key) for status, (title, key) in SPECIAL.items()])
         response = make_response(body)
         response.headers["Content-Security-Policy"] = (f"default-src 'none'; script-src 'nonce-{nonce}'; "
                                                        "style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'")
@@ -113,27 +118,18 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
     return app
 
 
-def shown(item: annotate.Item, decode) -> dict:
+def shown(item: annotate.Item, detokenize) -> dict:
     """The item as the page shows it: the text before the target, the target, the text after it,
     and where the continuation starts (the model's words, shown apart from the prefix)."""
     from .label import target_span
 
-    if decode is not None:
-        full, span = target_span(decode, item.prefix_token_ids, item.token_ids)
+    if detokenize is not None:
+        full, span = target_span(detokenize, item.prefix_token_ids, item.token_ids)
         if span is not None:  # the target is the prefix's last token: the continuation starts where it ends
             return {"id": item.id, "prefix": full[:span[0]], "target": full[span[0]:span[1]], "continuation": full[span[1]:]}
     target = item.target_token.strip()  # no tokenizer here: the stored texts, glued with a space
     head = item.prefix_text[: len(item.prefix_text) - len(item.target_token.lstrip())] if target else item.prefix_text
     return {"id": item.id, "prefix": head, "target": target, "continuation": " " + item.text}
-
-
-def buttons() -> str:
-    out = [f'<button data-label="{name}"><kbd>{_escape(KEYS[name])}</kbd> {name}</button>' for name in UPOS_NAMES
-           if name in KEYS]
-    out += [f'<button data-label="{status}" class="special"><kbd>{_escape(key)}</kbd> {title}</button>'
-            for status, (title, key) in SPECIAL.items()]
-    out.append(f'<button id="undo" class="special"><kbd>{UNDO_KEY}</kbd> undo the last answer</button>')
-    return "\n".join(out)
 
 
 def check_token(token: str | None) -> None:
@@ -152,74 +148,57 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
 
 
-def _escape(text: str) -> str:
-    import html
+def run_annotate(engine, annotator: str, scan_name: str | None = None, params_id: int | None = None, sample: int = 300,
+                 overlap: float = 0.0, seed: int = 0, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+                 ready=None) -> None:
+    """Serve the labelling page until Ctrl-C. Every input (the name, the token, the address, the
+    port, the scan) is checked before anything is written; then the queue is built (or grown),
+    the annotator registered, and `ready(url, total, scan)` called once the server listens. On the
+    way out the annotator's leases are released: every answer given is already stored."""
+    from werkzeug.serving import make_server
 
-    return html.escape(text, quote=True)
+    from . import db
+    from .label import detokenizer
+    from .queue import new_worker_id
+    from .scan_store import pick_params, pick_scan
+
+    annotate.tagger_name(annotator)
+    check_token(token)
+    loopback = check_address(host, port, token)
+    with db.read(engine) as conn:
+        scan = pick_scan(conn, scan_name)
+        params = pick_params(conn, scan["id"], params_id)
+    total = annotate.build_queue(engine, scan["id"], params["id"], sample, overlap / 100, seed)
+    tagger_id = annotate.register_annotator(engine, annotator)
+    owner = new_worker_id()
+    detokenize = detokenizer(params["model"])
+    if detokenize is None:
+        log.warning("the tokenizer of %s is not here: completions are shown as stored, without the exact span",
+                    params["model"])
+    app = create_app(engine, scan, params["id"], tagger_id, annotator, owner, detokenize, token,
+                     allowed_hosts(host, loopback))
+    server = make_server(host, port, app, threaded=True)  # listening from here: the URL is good when given
+    if ready is not None:
+        ready(f"http://{host}:{port}/" + (f"?token={token}" if token else ""), total, scan)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        annotate.release(engine, tagger_id, owner)
 
 
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>posresample: label by hand</title>
-<meta name="csrf" content="{csrf}">
-<style>
-body { font: 16px/1.5 system-ui, sans-serif; margin: 2em auto; max-width: 58em; color: #222; }
-#text { font-size: 1.35em; padding: 1em; background: #fafafa; border: 1px solid #ddd; border-radius: 6px; white-space: pre-wrap; }
-#prefix, #target, #continuation { unicode-bidi: isolate; }  /* an unterminated U+202E stays in its span */
-#target { background: #ffe066; padding: 0 2px; border-radius: 3px; }
-#continuation { color: #1f5fbf; }
-#buttons { margin-top: 1em; display: flex; flex-wrap: wrap; gap: 0.4em; }
-button { font: inherit; padding: 0.3em 0.7em; cursor: pointer; }
-button.special { background: #f3f3f3; }
-kbd { font-family: monospace; background: #eee; border: 1px solid #bbb; border-radius: 3px; padding: 0 4px; }
-#progress { color: #555; }
-</style></head><body>
-<h1>Label the highlighted word</h1>
-<p>As <b>{annotator}</b>, scan <b>{scan}</b>. Give the highlighted word's part of speech in this sentence: the
-prefix is the treebank's, <span style="color:#1f5fbf">the continuation</span> the model's. Keys are shown on
-the buttons.</p>
-<p id="progress"></p>
-<div id="text"><span id="prefix"></span><span id="target"></span><span id="continuation"></span></div>
-<p id="done" hidden>Nothing left to label: thank you.</p>
-<div id="buttons">
-{buttons}
-</div>
-<script nonce="{nonce}">
-const CSRF = document.querySelector('meta[name="csrf"]').content;
-let current = null, busy = false;
-function show(state) {
-  current = state.item;
-  const p = state.progress;
-  document.getElementById("progress").textContent =
-    `${p.labelled} of ${p.total} labelled, ${p.active} annotator${p.active === 1 ? "" : "s"} active (${p.mine} by you)`;
-  document.getElementById("done").hidden = current !== null;
-  document.getElementById("text").hidden = current === null;
-  if (current) {
-    document.getElementById("prefix").textContent = current.prefix;
-    document.getElementById("target").textContent = current.target;
-    document.getElementById("continuation").textContent = current.continuation;
-    document.body.dataset.item = current.id;
-  } else { document.body.dataset.item = ""; }
-  document.body.dataset.answered = p.mine;
-}
-async function call(path, body) {
-  if (busy) return; busy = true;
-  try {
-    const r = body === undefined ? await fetch(path) : await fetch(path, {method: "POST",
-      headers: {"Content-Type": "application/json", "X-CSRF-Token": CSRF}, body: JSON.stringify(body)});
-    if (r.ok) show(await r.json());
-  } finally { busy = false; }
-}
-function label(name) { if (current) call("/api/answer", {item_id: current.id, label: name}); }
-document.querySelectorAll("button[data-label]").forEach(b => b.addEventListener("click", () => label(b.dataset.label)));
-document.getElementById("undo").addEventListener("click", () => call("/api/undo", {}));
-const KEYS = {};
-document.querySelectorAll("button[data-label]").forEach(b => { KEYS[b.querySelector("kbd").textContent] = b.dataset.label; });
-document.addEventListener("keydown", e => {
-  if (e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key === "{undo_key}") { call("/api/undo", {}); e.preventDefault(); return; }
-  if (KEYS[e.key]) { label(KEYS[e.key]); e.preventDefault(); }
-});
-call("/api/item");
-</script>
-</body></html>
-"""
+def check_address(host: str, port: int, token: str | None) -> bool:
+    """The page may listen at host:port (beyond the loopback only with a token). -> is it the loopback"""
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        raise ConfigError(f"--host {host!r} is not an address to listen on") from None
+    if not loopback and not token:
+        raise ConfigError(f"listening on {host} exposes the page beyond this machine: pass --token SECRET too")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port") from None
+    return loopback

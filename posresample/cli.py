@@ -13,12 +13,37 @@ import click
 
 from . import __version__
 from .config import (
-    DEFAULT_DB_RETRY_SECONDS, DEFAULT_MIN_LABELLED, DEFAULT_REFITS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_LABEL_BATCH, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LABEL_LEASE,
-    DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_TAGGER_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_TAGGER_STEPS, INT32_MAX, MAX_NEW_TOKENS, MAX_NUM_SAMPLES, SEED_MAX, DEFAULT_EXCLUDE, DEFAULT_LAYER, DEFAULT_LEASE_SECONDS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_MODEL, DEFAULT_NUM_SAMPLES, DEFAULT_SCAN_NAME, DEFAULT_SEED, DEFAULT_SPLIT, DEFAULT_STOP_GRACE,
-    DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, DEFAULT_TOP_P, DB_ENV_VAR, DEFAULT_DB_URL, DEFAULT_ORDER_SEED, GenerationParams,
+    DB_ENV_VAR,
+    DEFAULT_DB_RETRY_SECONDS,
+    DEFAULT_DB_URL,
+    DEFAULT_EXCLUDE,
+    DEFAULT_LABEL_BATCH_JOBS,
+    DEFAULT_LABEL_LEASE_SECONDS,
+    DEFAULT_LAYER,
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MIN_LABELLED,
+    DEFAULT_MODEL,
+    DEFAULT_NUM_SAMPLES,
+    DEFAULT_ORDER_SEED,
+    DEFAULT_REFITS,
+    DEFAULT_SCAN_NAME,
+    DEFAULT_SEED,
+    DEFAULT_SPLIT,
+    DEFAULT_STOP_GRACE,
+    DEFAULT_TAGGER_MAX_EPOCHS,
+    DEFAULT_TAGGER_MAX_STEPS,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_THRESHOLD,
+    DEFAULT_TOP_P,
+    INT32_MAX,
+    MAX_NEW_TOKENS,
+    MAX_NUM_SAMPLES,
+    SEED_MAX,
+    GenerationParams,
 )
-from .errors import ConfigError, DatabaseError, PosresampleError
+from .errors import PosresampleError
 
 log = logging.getLogger("posresample")
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -79,17 +104,10 @@ def db_option(func):
                         help=f"Database URL (sqlite:///FILE or postgresql+psycopg://...); env {DB_ENV_VAR}.")(func)
 
 
-def open_engine(db_url: str, must_exist: bool = False, retry_seconds: float = 0.0, schema: bool = False):
-    """An engine on `db_url`; with `schema`, also check it holds posresample's current schema. Both
-    ride out an outage or a held lock for `retry_seconds` (worker, label)."""
+def open_database(db_url: str, create: bool = False, retry_seconds: float = 0.0):
     from . import db
 
-    if must_exist and not db.file_exists_for(db_url):
-        raise DatabaseError(f"no database at {db_url}: run `cli.py scan` first (or pass --db)")
-    engine = db.make_engine(db_url, retry_seconds=retry_seconds)
-    if schema:
-        db.retrying(lambda: db.ensure_schema(engine, migrate=False), retry_seconds)
-    return engine
+    return db.open_database(db_url, create=create, retry_seconds=retry_seconds)
 
 
 def db_retry_option(func):
@@ -113,12 +131,19 @@ def cli(ctx, verbose):
 
     \b
     The pipeline:
-      scan     dataset + model + probe  ->  candidates and queued jobs
-      worker   claims jobs, samples     ->  completions  (one per GPU, any host)
-      label    completions + tagger     ->  the target word's UPOS in each completion
-      export   candidates + completions ->  JSONL
-    train-probe and train-tagger make the probe and the tagger; status, requeue and
-    `db upgrade` look after the queue; `demo` runs scan -> worker -> export offline.
+      scan      dataset + model + probe   ->  candidates and queued jobs
+      worker    claims jobs, samples      ->  completions  (one per GPU, any host)
+      label     completions + tagger      ->  the target word's UPOS in each completion
+      analyze   labels + tagger confusion ->  per candidate and for the study: genuinely ambiguous?
+      export    candidates + completions  ->  JSONL
+    \b
+    Around it:
+      train-probe, train-tagger   make the probe and the tagger
+      evaluate-tagger             measures a tagger's confusion on a treebank (analyze corrects with it)
+      annotate                    people label completions by hand in a local page
+      distill                     a probe trained on the words' distributions
+      status, requeue, db upgrade look after the queue and the schema
+      demo                        scan -> worker -> export -> label -> analyze offline
     """
     ctx.ensure_object(dict)["verbose"] = verbose
     setup_logging(verbose)
@@ -137,7 +162,7 @@ def generation_options(func):
 
 
 def silence_library_progress() -> None:
-    from .modeling import silence_library_progress as silence
+    from .lm import silence_library_progress as silence
 
     silence()
 
@@ -207,11 +232,7 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
                        order_seed=order_seed)
     if no_progress:
         silence_library_progress()
-    engine = open_engine(db_url)
-    from . import db
-
-    if db.file_exists_for(db_url):  # another app's or a newer schema is refused before the model loads
-        db.check_database(engine)
+    engine = open_database(db_url, create=True)  # another app's or a newer schema is refused before the model loads
     result = run_scan(engine, opts, progress=not no_progress)
     click.echo(f"scan {name!r}: {result.candidates} candidates ({result.added} new), "
                f"{result.scan['sentences_done']}/{result.scan['sentences_total']} sentences; "
@@ -262,94 +283,35 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
         python cli.py worker --device cuda:0 --decode fast --compile cuda-graph
         python cli.py worker --device cpu --model gemma-3-270m-q4_k_m.gguf --max-jobs 300
     """
+    from .worker import SamplerChoice, WorkerOptions, run_worker, worker_device
+
     if compile_mode != "off" and decode != "fast":
         raise click.UsageError(f"--compile {compile_mode} needs --decode fast")
-    for path in gguf_models:  # before any process starts: a bad file is one line, and the conversion runs once
-        _register_gguf(path)
+    register_gguf_models(gguf_models)  # before any process starts: a bad file is one line, converted once
     if devices:
-        from .supervise import parse_devices
+        from .supervise import supervise_workers
 
-        argv = _argv_without(sys.argv[sys.argv.index("worker"):], ("--devices", "--device", "--max-restarts"))
-        if ctx.obj.get("verbose"):
-            argv = ["-v", *argv]
-        raise SystemExit(_supervise(argv, parse_devices(devices), max_restarts, max_jobs))
-    from .modeling import pick_device
-    from .worker import Worker, WorkerOptions
-
-    dev = "cpu" if fake_sampler and device == "auto" else str(pick_device(device))
+        argv = sys.argv[sys.argv.index("worker"):]
+        raise SystemExit(supervise_workers(argv, devices, max_restarts, max_jobs, ctx.obj.get("verbose", False)))
+    dev = worker_device(device, fake_sampler)
     if compile_mode == "cuda-graph" and not dev.startswith("cuda"):
         raise click.UsageError(f"--compile cuda-graph needs a CUDA device, not {dev}")
-    engine = open_engine(db_url, must_exist=True, retry_seconds=db_retry_seconds, schema=True)
+    engine = open_database(db_url, retry_seconds=db_retry_seconds)
     if no_progress:
         silence_library_progress()
-    opts = WorkerOptions(device=dev, batch_jobs=batch_jobs or (32 if dev.startswith("cuda") else 4),
-                         lease_seconds=lease_seconds, max_attempts=max_attempts, stop_grace=stop_grace,
-                         wait=not no_wait, progress=not no_progress, db_retry_seconds=db_retry_seconds,
-                         max_jobs=max_jobs, budget_file=jobs_budget)
-    w = Worker(engine, _sampler_factory(dev, max_rows, attn, decode, compile_mode, fake_sampler, fake_delay, fake_poison_token), opts)
-    w.install_signal_handlers()
-    raise SystemExit(w.run())
+    opts = WorkerOptions(device=dev, batch_jobs=batch_jobs, lease_seconds=lease_seconds, max_attempts=max_attempts,
+                         stop_grace=stop_grace, wait=not no_wait, progress=not no_progress,
+                         db_retry_seconds=db_retry_seconds, max_jobs=max_jobs, budget_file=jobs_budget)
+    sampler = SamplerChoice(device=dev, max_rows=max_rows, attn=attn, decode=decode, compile=compile_mode,
+                            fake=fake_sampler, fake_delay=fake_delay, fake_poison_token=fake_poison_token)
+    raise SystemExit(run_worker(engine, opts, sampler))
 
 
-def _supervise(argv: list[str], devices: list[str], max_restarts: int, max_jobs: int | None) -> int:
-    """One worker per device; under --max-jobs they share one budget file, so N is N in all."""
-    import tempfile
+def register_gguf_models(paths) -> None:
+    from .gguf_cache import register
 
-    from .supervise import Supervisor
-
-    if max_jobs is None:
-        return Supervisor(argv, devices, max_restarts).run()
-    fd, path = tempfile.mkstemp(prefix="posresample-budget-", suffix=".txt")
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(str(max_jobs))
-        return Supervisor([*argv, "--jobs-budget", path], devices, max_restarts).run()
-    finally:
-        os.unlink(path)
-
-
-def _register_gguf(path: str) -> str:
-    """A .gguf given to a command that loads its model from the database: hashed, and converted now."""
-    from . import gguf_cache
-
-    if not gguf_cache.is_gguf_path(path):
-        raise ConfigError(f"--model {path}: expected a .gguf file (other models are named by the scan)")
-    ref = gguf_cache.ref_for(path)
-    gguf_cache.converted_folder(ref)
-    return ref
-
-
-def _argv_without(argv: list[str], names: tuple[str, ...]) -> list[str]:
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in names:
-            skip = True
-            continue
-        if any(arg.startswith(n + "=") for n in names):
-            continue
-        out.append(arg)
-    return out
-
-
-def _sampler_factory(device: str, max_rows, attn, decode: str, compile_mode: str, fake: bool, fake_delay: float, poison):
-    def factory(model_name: str):
-        if fake:
-            from .fake import FakeSampler
-
-            return FakeSampler(delay=fake_delay, poison_token=poison)
-        import torch
-
-        from .modeling import load_model, load_tokenizer
-        from .sampler import Sampler
-
-        log.info("loading %s on %s", model_name, device)
-        model = load_model(model_name, torch.device(device), attn)
-        return Sampler(model, load_tokenizer(model_name), max_rows=max_rows, decode=decode, compile=compile_mode)
-
-    return factory
+    for path in paths:
+        register(path)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -365,12 +327,9 @@ def export(output, scan_name, params_id, no_progress, db_url):
     Example:
         python cli.py export -o uncertain_resamples.jsonl.zst
     """
-    from . import db
-    from .export import export as run_export
+    from .export import run_export
 
-    engine = open_engine(db_url, must_exist=True)
-    db.ensure_schema(engine, migrate=False)
-    meta = run_export(engine, output, scan_name, params_id, progress=not no_progress and output != "-")
+    meta = run_export(open_database(db_url), output, scan_name, params_id, progress=not no_progress and output != "-")
     if output != "-":
         click.echo(f"wrote {meta['counts']['records']} records to {output}")
 
@@ -385,12 +344,9 @@ def status(as_json, db_url):
     Example:
         python cli.py status --json
     """
-    from . import db
     from .queue import status_report
 
-    engine = open_engine(db_url, must_exist=True)
-    db.ensure_schema(engine, migrate=False)
-    report = status_report(engine)
+    report = status_report(open_database(db_url))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -445,24 +401,20 @@ def requeue(failed, stale, job_id, force, db_url):
     Example:
         python cli.py requeue --failed
     """
-    from . import db
     from .queue import requeue as run_requeue
 
     if force and job_id is None:
         raise click.UsageError("--force applies to --job ID only (a live worker's job); --failed and --stale never "
                                "touch live leases")
-
-    engine = open_engine(db_url, must_exist=True)
-    db.ensure_schema(engine, migrate=False)
-    click.echo(f"requeued {run_requeue(engine, failed, stale, job_id, force)} job(s)")
+    click.echo(f"requeued {run_requeue(open_database(db_url), failed, stale, job_id, force)} job(s)")
 
 
-@cli.group(cls=Group, context_settings=CONTEXT)
-def db():
+@cli.group("db", cls=Group, context_settings=CONTEXT)
+def db_group():
     """Manage the database schema (Alembic)."""
 
 
-@db.command(context_settings=CONTEXT)
+@db_group.command(context_settings=CONTEXT)
 @db_option
 def upgrade(db_url):
     """Create or upgrade the schema to the newest revision.
@@ -471,9 +423,9 @@ def upgrade(db_url):
     Example:
         python cli.py db upgrade --db postgresql+psycopg://user@host/posresample
     """
-    from . import db as dbmod
+    from . import db
 
-    before, after = dbmod.upgrade(open_engine(db_url))
+    before, after = db.upgrade(db.make_engine(db_url))
     click.echo(f"schema at {after}" + ("" if before == after else f" (was {before or 'empty'})"))
 
 
@@ -503,12 +455,12 @@ def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences
         python cli.py train-probe --dataset ../shared/data/ud_english_ewt \\
             --split train --layer 12 -o probe.joblib
     """
-    from .train import TrainOptions, train_probe as run_train
+    from .train_probe import TrainOptions, run_train_probe
 
     opts = TrainOptions(dataset=dataset, split=split, eval_split=eval_split, model=model, layer=layer,
                         exclude=parse_exclude(exclude), output=output, max_sentences=max_sentences,
                         cache_dir=cache_dir, device=device, attn=attn, batch_size=batch_size)
-    result = run_train(opts)
+    result = run_train_probe(opts)
     if result.accuracy is not None:
         click.echo(result.report)
         click.echo(f"{result.eval_split} accuracy: {result.accuracy:.4f}")
@@ -519,9 +471,9 @@ def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences
 @click.option("--tagger", "tagger_spec", required=True, help="spacy:PATH (a train-tagger folder) or spacy:PACKAGE (an installed pipeline).")
 @click.option("--tagger-name", default=None, help="Name for the tagger's labels [default: the folder or package name].")
 @click.option("--scan", "scan_name", default=None, help="Label this scan's completions only [default: every scan].")
-@click.option("--batch", "batch_jobs", default=DEFAULT_LABEL_BATCH, show_default=True, type=COUNT, help="Done jobs claimed and tagged together.")
+@click.option("--batch", "batch_jobs", default=DEFAULT_LABEL_BATCH_JOBS, show_default=True, type=COUNT, help="Done jobs claimed and tagged together.")
 @click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 256), help="Label processes on this host.")
-@click.option("--lease-seconds", default=DEFAULT_LABEL_LEASE, show_default=True, type=FiniteFloat(0.5),
+@click.option("--lease-seconds", default=DEFAULT_LABEL_LEASE_SECONDS, show_default=True, type=FiniteFloat(0.5),
               help="A killed process's jobs are taken over after this.")
 @click.option("--model", "gguf_models", multiple=True, type=click.Path(dir_okay=False),
               help="A .gguf file behind the scan's model (gguf:sha256:...) where this host has not converted it; repeatable.")
@@ -543,12 +495,11 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
     """
     from .label import LabelOptions, run_label
 
-    for path in gguf_models:
-        _register_gguf(path)
+    register_gguf_models(gguf_models)
     opts = LabelOptions(tagger=tagger_spec, tagger_name=tagger_name, scan=scan_name, batch_jobs=batch_jobs,
                         processes=processes, lease_seconds=lease_seconds, progress=not no_progress,
                         db_retry_seconds=db_retry_seconds)
-    result = run_label(open_engine(db_url, must_exist=True, retry_seconds=db_retry_seconds), db_url, opts,
+    result = run_label(open_database(db_url, retry_seconds=db_retry_seconds), db_url, opts,
                        verbose=ctx.obj.get("verbose", False))
     summary = result.summary
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items()))
@@ -562,7 +513,7 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
 @cli.command(context_settings=CONTEXT)
 @click.option("-o", "--output", default="report", show_default=True, type=click.Path(file_okay=False), help="Folder for the report.")
 @click.option("--tagger", "tagger_name", default=None, help="Tagger name (needed when several labelled the completions).")
-@click.option("--scan", "scan_name", default=None, help="Scan to analyse (needed when the database holds several).")
+@click.option("--scan", "scan_name", default=None, help="Scan to analyze (needed when the database holds several).")
 @click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
 @click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
 @click.option("--tagger-confusion", "confusion_file", default=None, type=click.Path(dir_okay=False),
@@ -596,28 +547,19 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
         python cli.py analyze --tagger ewt --tagger-confusion confusion.json -o report/
         python cli.py analyze --tagger ewt --confusion-from human:ana -o report/
     """
-    from . import db as dbmod
-    from .analyze import analyze as run_analyze
-    from .confusion import load_confusion_file
-    from .report import check_output, load_distill_sidecar, write_report
+    from .analyze import flow_line
+    from .report import run_report
 
-    # every input is read and checked before any analysis: a bad one is one line, nothing written
-    check_output(output)
-    distill = load_distill_sidecar(distill_sidecar) if distill_sidecar else None
-    confusion = load_confusion_file(confusion_file) if confusion_file else None
-    engine = open_engine(db_url, must_exist=True)
-    dbmod.ensure_schema(engine, migrate=False)
-    result = run_analyze(engine, scan_name, tagger_name, params_id, min_labelled, seed, confusion=confusion,
-                         confusion_from=confusion_from, refits=refits, progress=not no_progress)
-    paths = write_report(result, output, distill)
+    result, paths = run_report(open_database(db_url), output, distill_sidecar=distill_sidecar, confusion_file=confusion_file,
+                               scan_name=scan_name, tagger_name=tagger_name, params_id=params_id,
+                               min_labelled=min_labelled, seed=seed, confusion_from=confusion_from, refits=refits,
+                               progress=not no_progress)
     click.echo(result.summary["headline"])
     counts = result.summary["verdict_counts"]
     click.echo(f"per candidate (each on its own {result.summary['labels_analysed'] // max(len(result.rows), 1)} or so labels): "
                + ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in counts.items())
                + "; the shares above are the population's, estimated with the noise removed")
     click.echo(result.summary["sensitivity_line"])
-    from .analyze import flow_line
-
     click.echo(flow_line(result.summary))
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]
     click.echo(f"mean TV(probe, words) {fixed['estimate']:.3f} [{fixed['ci95'][0]:.3f}, {fixed['ci95'][1]:.3f}] corrected, "
@@ -657,17 +599,14 @@ def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, fol
     Example:
         python cli.py distill --tagger ewt --layers 12,4,8,16 --cache-dir activations -o distilled.joblib
     """
-    from . import db as dbmod
     from .distill import run_distill
 
     try:
         layer_list = [int(x) for x in layers.split(",")] if layers else None
     except ValueError:
         raise click.BadParameter(f"{layers!r} is not a comma-separated list of integers", param_hint="--layers") from None
-    engine = open_engine(db_url, must_exist=True)
-    dbmod.ensure_schema(engine, migrate=False)
-    for path in gguf_models:
-        _register_gguf(path)
+    engine = open_database(db_url)
+    register_gguf_models(gguf_models)
     if no_progress:
         silence_library_progress()
     result = run_distill(engine, output, tagger_name, scan_name, params_id, layer_list, min_labelled, folds, cache_dir,
@@ -683,8 +622,8 @@ def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, fol
 @cli.command("train-tagger", context_settings=CONTEXT)
 @click.option("--dataset", required=True, help="A UD directory (train, dev, test), a .conllu file (a tenth held out) or a HF id.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="New folder for the spaCy pipeline; OUTPUT.json is its sidecar.")
-@click.option("--max-steps", default=DEFAULT_TAGGER_STEPS, show_default=True, type=COUNT, help="Training steps at most (spaCy keeps the best on dev).")
-@click.option("--max-epochs", default=DEFAULT_TAGGER_EPOCHS, show_default=True, type=COUNT, help="Passes over the training data at most.")
+@click.option("--max-steps", default=DEFAULT_TAGGER_MAX_STEPS, show_default=True, type=COUNT, help="Training steps at most (spaCy keeps the best on dev).")
+@click.option("--max-epochs", default=DEFAULT_TAGGER_MAX_EPOCHS, show_default=True, type=COUNT, help="Passes over the training data at most.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Training seed.")
 @click.option("--no-progress", is_flag=True, help="No training log.")
 def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
@@ -698,9 +637,9 @@ def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
     Example:
         python cli.py train-tagger --dataset ../shared/data/ud_english_ewt -o taggers/ewt
     """
-    from .train_tagger import train_tagger as run_train
+    from .train_tagger import run_train_tagger
 
-    result = run_train(dataset, output, max_steps=max_steps, max_epochs=max_epochs, seed=seed, progress=not no_progress)
+    result = run_train_tagger(dataset, output, max_steps=max_steps, max_epochs=max_epochs, seed=seed, progress=not no_progress)
     for name, acc in result.accuracy.items():
         click.echo(f"{name} ({result.sources[name]}): UPOS accuracy {acc['gold_tokens']:.4f} on gold tokens, "
                    f"{acc['raw_text']:.4f} on raw text ({acc['words']} words)")
@@ -733,62 +672,15 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
     Example:
         python cli.py annotate --annotator ana --sample 300 --overlap 10
     """
-    import ipaddress
-    import socket
+    from .annotate_app import run_annotate
 
-    from . import annotate as ann
-    from .annotate_app import allowed_hosts, check_token, create_app
-    from .store import pick_params, pick_scan
+    def ready(url: str, total: int, scan: dict) -> None:
+        click.echo(f"labelling {total} completions of scan {scan['name']!r} as human:{annotator}: open {url} "
+                   "(Ctrl-C to stop)")
+        sys.stdout.flush()
 
-    tagger = ann.tagger_name(annotator)  # every input is checked before anything is written
-    check_token(token)
-    try:
-        loopback = ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        raise click.BadParameter(f"{host!r} is not an address to listen on", param_hint="--host") from None
-    if not loopback and not token:
-        raise ConfigError(f"listening on {host} exposes the page beyond this machine: pass --token SECRET too")
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): pass another --port") from None
-    engine = open_engine(db_url, must_exist=True, schema=True)
-    from . import db as dbmod
-
-    with dbmod.read(engine) as conn:
-        scan = pick_scan(conn, scan_name)
-        params = pick_params(conn, scan["id"], params_id)
-    total = ann.build_queue(engine, scan["id"], params["id"], sample, overlap / 100, seed)
-    tagger_id = ann.register_annotator(engine, annotator)
-    from .queue import new_worker_id
-
-    owner = new_worker_id()
-    decode = _decoder(params["model"])
-    app = create_app(engine, scan, params["id"], tagger_id, annotator, owner, decode, token, allowed_hosts(host, loopback))
-    from werkzeug.serving import make_server
-
-    server = make_server(host, port, app, threaded=True)  # listening from here: the URL is good when printed
-    url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
-    click.echo(f"labelling {total} completions of scan {scan['name']!r} as {tagger}: open {url} (Ctrl-C to stop)")
-    sys.stdout.flush()
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        ann.release(engine, tagger_id, owner)
-        click.echo("stopped; every answer given is stored", err=True)
-
-
-def _decoder(model: str):
-    """decode(ids) with the model's tokenizer, for the exact text and span; None where it is not here."""
-    from .label import decoder
-
-    decode = decoder(model)
-    if decode is None:
-        log.warning("the tokenizer of %s is not here: completions are shown as stored, without the exact span", model)
-    return decode
+    run_annotate(open_database(db_url), annotator, scan_name, params_id, sample, overlap, seed, host, port, token, ready)
+    click.echo("stopped; every answer given is stored", err=True)
 
 
 @cli.command("evaluate-tagger", context_settings=CONTEXT)
@@ -811,24 +703,11 @@ def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, no_progres
         python cli.py evaluate-tagger --tagger spacy:en_core_web_trf \\
             --dataset ../shared/data/ud_english_ewt --split validation
     """
-    from . import label_store
-    from .tagger import load_tagger
-    from .train_tagger import evaluate_tagger as run_evaluate
+    from .train_tagger import run_evaluate_tagger
 
-    if output:
-        from .export import check_output as check_file
-
-        check_file(output)
-    engine = open_engine(db_url, must_exist=True, schema=True)
-    tagger = load_tagger(tagger_spec, tagger_name)
-    accuracy, confusion = run_evaluate(tagger, dataset, split, progress=not no_progress)
-    tagger_id = label_store.register_tagger(engine, tagger.identity())
-    label_store.set_confusion(engine, tagger_id, confusion.to_json(), {split: accuracy})
-    if output:
-        with open(output, "w", encoding="utf-8") as handle:
-            json.dump(confusion.to_json(), handle, indent=1)
-            handle.write("\n")
-    click.echo(f"tagger {tagger.name!r} on {dataset} {split}: UPOS accuracy {accuracy['raw_text']:.4f} on raw text "
+    name, accuracy, confusion = run_evaluate_tagger(open_database(db_url), tagger_spec, tagger_name, dataset, split,
+                                                    output, progress=not no_progress)
+    click.echo(f"tagger {name!r} on {dataset} {split}: UPOS accuracy {accuracy['raw_text']:.4f} on raw text "
                f"({accuracy['words']} words, {accuracy['unlabelled']} not labelled); confusion stored with the tagger"
                + (f" and written to {output}" if output else ""))
     top = ", ".join(f"{t}->{p} {n}" for t, p, n in confusion.top_confusions())
@@ -860,19 +739,10 @@ def demo(workdir, db_url, no_progress, model, max_jobs, num_samples, max_new_tok
     from .demo import run_demo
 
     params = GenerationParams(DEFAULT_MODEL, temperature, top_p, top_k, max_new_tokens, num_samples, seed).validate()
-    url = db_url or f"sqlite:///{os.path.join(workdir, 'posresample.db')}"
     if no_progress:
         silence_library_progress()
-    from . import db as dbmod
-
-    if not url.startswith("sqlite:"):  # another database's URL is told before the model is built
-        dbmod.make_engine(url, check=False).dispose()
-    os.makedirs(workdir, exist_ok=True)
-    if model is not None:
-        from .modeling import model_ref
-
-        model_ref(model)  # a bad .gguf is one line, before anything is built
-    r = run_demo(workdir, lambda: open_engine(url), params, progress=not no_progress, model=model, max_jobs=max_jobs)
+    r = run_demo(workdir, db_url, params, progress=not no_progress, model=model, max_jobs=max_jobs)
+    url = r["db_url"]
     what = "random tiny Gemma 2, tokenizer trained here" if model is None else f"layer {r['layer']}"
     click.echo(f"""demo done in {r['workdir']}/
   model        {r['model']}  ({what})

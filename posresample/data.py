@@ -20,6 +20,7 @@ UPOS_NAMES = (
     "CCONJ", "PROPN", "PRON", "X", "_", "ADV", "INTJ", "VERB", "AUX",
 )
 UPOS_IDS = {name: i for i, name in enumerate(UPOS_NAMES)}
+K = len(UPOS_NAMES)  # the number of UPOS classes: every distribution here is over all K, in HF order
 HF_DATASET_ID = "universal-dependencies/universal_dependencies"
 HF_LEGACY_ID = "universal_dependencies"  # script dataset, loads only with datasets < 4
 SPLIT_FILE_SUFFIX = {"train": "train", "validation": "dev", "dev": "dev", "test": "test"}

@@ -253,7 +253,7 @@ def check_database(engine: Engine) -> str | None:
 
 
 def _all_own_names() -> set[str]:
-    from .models import metadata
+    from .schema import metadata
 
     return set(metadata.tables) | {"empirical_labels"}
 
@@ -302,6 +302,23 @@ def ensure_schema(engine: Engine, migrate: bool) -> None:
 def sqlite_path(url: str) -> str | None:
     parsed = make_url(url)
     return parsed.database if parsed.get_backend_name() == "sqlite" else None
+
+
+def open_database(url: str, create: bool = False, retry_seconds: float = 0.0) -> Engine:
+    """The one way a command opens its database: an engine on `url` whose schema is checked.
+
+    create=False (every command but scan and demo): the database must exist and hold posresample's
+    current schema. create=True: it may be missing, empty or older (the first write upgrades it),
+    but another application's or a newer schema is refused here, before any model loads. Both ride
+    out an outage or a held lock for `retry_seconds`."""
+    if not create and not file_exists_for(url):
+        raise DatabaseError(f"no database at {url}: run `cli.py scan` first (or pass --db)")
+    engine = make_engine(url, retry_seconds=retry_seconds)
+    if not create:
+        retrying(lambda: ensure_schema(engine, migrate=False), retry_seconds)
+    elif file_exists_for(url):
+        retrying(lambda: check_database(engine), retry_seconds)
+    return engine
 
 
 def file_exists_for(url: str) -> bool:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import metrics
-from .analyze import K, load, probe_matrix
-from .data import UPOS_NAMES
+from .stats import metrics
+from .analyze import load, probe_matrix
+from .data import K, UPOS_NAMES
 from .errors import ConfigError, DatabaseError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ def collect(engine, scan_name, tagger_name, params_id, min_labelled: int) -> tup
 @torch.inference_mode()
 def prefix_activations(model, prefixes: list[list[int]], layers: list[int], batch: int = 32) -> dict[int, np.ndarray]:
     """hidden_states[L] at each prefix's last token, for every layer asked (one forward per batch)."""
-    from .modeling import layer_activations, pad_batch
+    from .lm import layer_activations, pad_batch
 
     device = next(model.parameters()).device
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
@@ -214,7 +214,7 @@ def _snapshot(model_id: str) -> str | None:
 def cached_activations(model_name: str, prefixes: list[list[int]], layers: list[int], cache_dir: str | None,
                        device: str | None) -> dict[int, np.ndarray]:
     """Activations from cache_dir when the same model and prefixes were read before, else computed."""
-    from .modeling import check_layer, load_model, model_dtype, pick_device
+    from .lm import check_layer, load_model, model_dtype, pick_device
 
     key = hashlib.sha256(json.dumps([model_fingerprint(model_name), prefixes]).encode()).hexdigest()[:16]
     found, missing = {}, []
@@ -255,7 +255,7 @@ def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: 
     from tqdm import tqdm
 
     from .probe import check_probe_output
-    from .train import save_probe, write_sidecar
+    from .train_probe import save_probe, write_sidecar
 
     check_probe_output(output)
     meta, data, kept = collect(engine, scan_name, tagger_name, params_id, min_labelled)

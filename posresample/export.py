@@ -19,7 +19,7 @@ from importlib import metadata as importlib_metadata
 
 from tqdm import tqdm
 
-from . import __version__, db, store
+from . import __version__, db, scan_store
 from .config import PARAM_FIELDS
 from .data import UPOS_NAMES
 from .errors import ExportError
@@ -170,7 +170,7 @@ def _text_streams(raw, path: str):
             yield text
 
 
-def export(engine, out: str, scan_name: str | None = None, params_id: int | None = None, progress: bool = True) -> dict:
+def run_export(engine, out: str, scan_name: str | None = None, params_id: int | None = None, progress: bool = True) -> dict:
     """Write the header and every done record; returns the header's metadata."""
     check_output(out)
     try:
@@ -197,19 +197,19 @@ def check_output(out: str) -> None:
 
 def _export(engine, out: str, scan_name: str | None, params_id: int | None, progress: bool) -> dict:
     with db.read(engine) as conn:
-        scan = store.pick_scan(conn, scan_name)
-        params = store.pick_params(conn, scan["id"], params_id)
-        counts = store.job_counts(conn, scan["id"], params["id"])
+        scan = scan_store.pick_scan(conn, scan_name)
+        params = scan_store.pick_params(conn, scan["id"], params_id)
+        counts = scan_store.job_counts(conn, scan["id"], params["id"])
         n_candidates = sum(counts.values())
-        taggers = store.taggers_used(conn, scan["id"], params)
-        meta = header(scan, params, counts, n_candidates, store.samplers_used(conn, scan["id"], params), taggers)
+        taggers = scan_store.taggers_used(conn, scan["id"], params)
+        meta = header(scan, params, counts, n_candidates, scan_store.samplers_used(conn, scan["id"], params), taggers)
         gen = _params(params, scan["layer"])
         with open_output(out) as stream:
             stream.write(json.dumps(meta, ensure_ascii=False) + "\n")
             bar = tqdm(total=counts.get("done", 0), desc="export", unit="rec", disable=not progress)
             written = 0
-            label_stream = store.LabelStream(conn, scan["id"], params) if taggers else None
-            for chunk in _chunks(store.iter_done(conn, scan["id"], params), LABEL_CHUNK):
+            label_stream = scan_store.LabelStream(conn, scan["id"], params) if taggers else None
+            for chunk in _chunks(scan_store.iter_done(conn, scan["id"], params), LABEL_CHUNK):
                 labels = (label_stream.upto(chunk[-1][0]["job_id"]), label_stream.per_candidate) if label_stream else None
                 for head, rows in chunk:
                     stream.write(json.dumps(record(head, rows, gen, labels), ensure_ascii=False) + "\n")

@@ -2,10 +2,9 @@
 
 `--model FILE.gguf` becomes the reference `gguf:sha256:HEX` everywhere it is recorded (scans,
 generation params, probe sidecars), so a worker on another host with the same file, under any path
-or name, serves the same jobs. transformers dequantizes a GGUF to float32 on every load (tens of
-seconds for Gemma 3 270M on 2 cores, and its tokenizer alone ~15 s); the first load therefore
-writes a plain safetensors folder under the cache, keyed by that sha256, and later loads read it in
-seconds. Concurrent first loads (several workers) take a file lock: one converts, into a temporary
+or name, serves the same jobs. transformers dequantizes a GGUF to float32 on every load, and
+builds its tokenizer from the file's vocabulary, both slowly; the first load therefore writes a
+plain safetensors folder under the cache, keyed by that sha256, and later loads read that. Concurrent first loads (several workers) take a file lock: one converts, into a temporary
 folder renamed into place when complete, and the others wait and then read it.
 """
 
@@ -150,3 +149,13 @@ def _replace_incomplete(tmp: str, folder: str) -> None:
     os.replace(folder, stale)
     os.replace(tmp, folder)
     shutil.rmtree(stale, ignore_errors=True)
+
+
+def register(path: str) -> str:
+    """A .gguf given to a command that loads its model from the database (worker, label, distill):
+    hashed, and converted now, before any process starts, so a bad file is one line."""
+    if not is_gguf_path(path):
+        raise ModelError(f"--model {path}: expected a .gguf file (other models are named by the scan)")
+    ref = ref_for(path)
+    converted_folder(ref)
+    return ref

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from . import db, label_store
-from .config import DEFAULT_DB_RETRY_SECONDS, DEFAULT_LABEL_BATCH_JOBS as DEFAULT_BATCH_JOBS, DEFAULT_LABEL_LEASE_SECONDS as DEFAULT_LEASE_SECONDS
+from .config import DEFAULT_DB_RETRY_SECONDS, DEFAULT_LABEL_BATCH_JOBS, DEFAULT_LABEL_LEASE_SECONDS
 from .errors import DatabaseError, TaggerError
 from .heartbeat import Heartbeat
 from .queue import new_worker_id
@@ -36,9 +36,9 @@ class LabelOptions:
     tagger: str  # spacy:PATH_OR_PACKAGE
     tagger_name: str | None = None
     scan: str | None = None
-    batch_jobs: int = DEFAULT_BATCH_JOBS
+    batch_jobs: int = DEFAULT_LABEL_BATCH_JOBS
     processes: int = 1
-    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    lease_seconds: float = DEFAULT_LABEL_LEASE_SECONDS
     progress: bool = True
     db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS  # an outage or a held lock is ridden out this long
 
@@ -53,11 +53,11 @@ class LabelResult:
     candidates_added: int
 
 
-def decoder(model: str):
-    """decode(ids) -> text with the model's tokenizer, special tokens skipped (what `target_span`
+def detokenizer(model: str):
+    """detokenize(ids) -> text with the model's tokenizer, special tokens skipped (what `target_span`
     wants); None where the tokenizer is not here (pages then show the stored texts)."""
     from .errors import ModelError
-    from .modeling import load_tokenizer
+    from .lm import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(model)
@@ -66,12 +66,12 @@ def decoder(model: str):
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def target_span(decode, prefix_ids: list[int], completion_ids: list[int],
+def target_span(detokenize, prefix_ids: list[int], completion_ids: list[int],
                 prefix_texts: tuple[str, str] | None = None) -> tuple[str, tuple[int, int] | None]:
     """(prefix + continuation as text, the target token's span in it, or None where decoding the
-    whole does not extend decoding the prefix). `decode` skips special tokens (BOS, EOS)."""
-    before, prefix = prefix_texts or (decode(prefix_ids[:-1]), decode(prefix_ids))
-    full = decode(prefix_ids + completion_ids)
+    whole does not extend decoding the prefix). `detokenize` skips special tokens (BOS, EOS)."""
+    before, prefix = prefix_texts or (detokenize(prefix_ids[:-1]), detokenize(prefix_ids))
+    full = detokenize(prefix_ids + completion_ids)
     if not full.startswith(prefix) or not prefix.startswith(before):
         return full, None
     start, end = len(before), len(prefix)
@@ -107,7 +107,7 @@ class Labeller:
 
     def tokenizer(self, model: str):
         if model not in self._tokenizers:
-            from .modeling import load_tokenizer
+            from .lm import load_tokenizer
 
             self._tokenizers[model] = load_tokenizer(model)
         return self._tokenizers[model]
@@ -141,10 +141,10 @@ class Labeller:
         prefix_texts: dict[int, tuple[str, str]] = {}
         for item in self._db(label_store.label_inputs, job_ids):
             tok = self.tokenizer(item.model)
-            decode = lambda ids, tok=tok: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+            detokenize = lambda ids, tok=tok: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
             if item.job_id not in prefix_texts:  # the prefix is the same for a job's 96 completions
-                prefix_texts[item.job_id] = (decode(item.prefix_token_ids[:-1]), decode(item.prefix_token_ids))
-            text, span = target_span(decode, item.prefix_token_ids, item.token_ids, prefix_texts[item.job_id])
+                prefix_texts[item.job_id] = (detokenize(item.prefix_token_ids[:-1]), detokenize(item.prefix_token_ids))
+            text, span = target_span(detokenize, item.prefix_token_ids, item.token_ids, prefix_texts[item.job_id])
             targets.append(({"completion_id": item.completion_id}, text, span))
         rows = self._tag(targets)
         self.added += self._db(label_store.write_labels, self.tagger_id, self.owner, job_ids, rows)
@@ -173,8 +173,8 @@ def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) ->
     """Check the input, register the tagger, tag the original sentences, then the completions
     (in this process, or in `opts.processes` child processes).
 
-    The tagger is loaded (and its sidecar read) before the database is touched; the database must
-    hold posresample's schema already (label creates none); every statement rides out an outage
+    The tagger is loaded (and its sidecar read) before the database is touched; `engine` comes from
+    db.open_database (label creates no schema); every statement rides out an outage
     or a held lock for `opts.db_retry_seconds`, at start-up too."""
     if (opts.tagger_name or "").startswith(HUMAN_PREFIX):
         raise TaggerError(f"--tagger-name {opts.tagger_name}: names starting with {HUMAN_PREFIX!r} are people's "
@@ -205,10 +205,9 @@ def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) ->
 
 
 def _check_database(engine, scan_name: str | None) -> int | None:
-    """The schema is posresample's and current, the scan exists, something is sampled. -> scan id"""
-    from .store import pick_scan
+    """The scan exists and something is sampled (the schema was checked by db.open_database). -> scan id"""
+    from .scan_store import pick_scan
 
-    db.ensure_schema(engine, migrate=False)
     scan_id = None
     if scan_name is not None:
         with db.read(engine) as conn:

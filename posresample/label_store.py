@@ -19,10 +19,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from .db import db_now, read, write
-from .models import (
+from .schema import (
     LABEL_TODO_SQL, candidate_labels, candidates, completions, generation_params, jobs, label_jobs, labels, scans, taggers,
 )
-from .store import canonical
+from .scan_store import canonical
 
 IDENTITY_FIELDS = ("name", "library", "files_sha256", "package_version")
 

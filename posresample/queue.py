@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from .config import PARAM_FIELDS
 from .db import db_now, read, write
 from .errors import DatabaseError
-from .models import JOB_STATES, UNFINISHED_SQL, candidates, completions, generation_params, jobs, scans, workers
+from .schema import JOB_STATES, UNFINISHED_SQL, candidates, completions, generation_params, jobs, scans, workers
 
 
 class LeaseLost(Exception):

@@ -4,16 +4,16 @@ Everything is rendered in memory first and then moved into the folder, so a fail
 half-written report. The page needs no network: plots are data URIs; the candidate table's rows and
 the example completions are embedded gzip-compressed (base64) and inflated in the browser
 (DecompressionStream), the table a page of rows at a time and a row's examples when it is opened,
-so the page stays a few MB at any size. Every text on it is escaped: sentences and completions are
-untrusted (the completions are model output), and so is a distilled probe's sidecar.
+so the page stays a few MB at any size. The page is templates/report.html, autoescaped by Jinja2: sentences
+and completions are untrusted (the completions are model output), and so is a distilled probe's sidecar.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
+import functools
 import gzip
-import html
 import io
 import json
 import math
@@ -26,8 +26,7 @@ import numpy as np
 from .analyze import AMBIGUOUS_BELOW, EXAMPLES_PER_LABEL, Analysis
 from .data import UPOS_NAMES
 from .errors import PosresampleError
-from .report_page import PAGE
-from .verdict import VERDICTS
+from .stats.verdict import VERDICTS
 
 CSV_SKIP = ("empirical", "probe", "corrected")  # dict columns: in the JSON of the page, not in the CSV
 PLOTS = ("curve", "verdicts", "reliability", "scatter", "tv_hist", "per_label")
@@ -61,7 +60,7 @@ def write_report(a: Analysis, out_dir: str, distill: dict | None = None) -> dict
                                "summary.json": (json.dumps(a.summary, indent=2, allow_nan=False) + "\n").encode()}
     pngs = {name: plot(a, name) for name in PLOTS}
     files.update({f"{name}.png": data for name, data in pngs.items()})
-    files["index.html"] = render_html(a, pngs, distill_section(distill) if distill else "").encode("utf-8")
+    files["index.html"] = render_html(a, pngs, distill).encode("utf-8")
     try:
         os.makedirs(out_dir, exist_ok=True)
         staging = tempfile.mkdtemp(prefix=".report-", dir=out_dir)
@@ -78,6 +77,20 @@ def write_report(a: Analysis, out_dir: str, distill: dict | None = None) -> dict
     paths = {"csv": "candidates.csv", "summary": "summary.json", "html": "index.html"}
     paths.update({name: f"{name}.png" for name in PLOTS})
     return {key: os.path.join(out_dir, name) for key, name in paths.items()} | {"html_bytes": len(files["index.html"])}
+
+
+def run_report(engine, out_dir: str, distill_sidecar: str | None = None, confusion_file: str | None = None,
+               **analysis) -> tuple[Analysis, dict]:
+    """`analyze`: every input read and checked before any analysis (a bad one is one line, nothing
+    written), then run_analyze(engine, **analysis) and the report's files. -> (analysis, paths)"""
+    from .analyze import run_analyze
+    from .stats.confusion import load_confusion_file
+
+    check_output(out_dir)
+    distill = load_distill_sidecar(distill_sidecar) if distill_sidecar else None
+    confusion = load_confusion_file(confusion_file) if confusion_file else None
+    result = run_analyze(engine, confusion=confusion, **analysis)
+    return result, write_report(result, out_dir, distill)
 
 
 def json_for_script(value) -> str:
@@ -153,25 +166,6 @@ def _count(value, zero: bool = False) -> bool:
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def distill_section(meta: dict) -> str:
-    """The distilled probe's held-out scores per layer (and its layer plot, when there is one)."""
-    e = html.escape
-    cv, data = meta["cross_validation"], meta["training_data"]
-    rows = "".join(
-        f"<tr><td>{int(r['layer'])}</td><td>{e(name)}</td>" +
-        "".join(f"<td>{_fmt(sc[m])}</td>" for m in ("kl", "tv", "brier", "accuracy_true_label")) + "</tr>"
-        for r in cv["layers"] for name, sc in r["scores"].items())
-    image = ""
-    if os.path.isfile(meta["_plot"]):
-        with open(meta["_plot"], "rb") as handle:
-            image = f'<figure><img alt="layer curve" src="data:image/png;base64,{base64.b64encode(handle.read()).decode()}"></figure>'
-    return (f"<h2>Distilled probe</h2><p>{e(meta['kind'])}; {int(data['candidates'])} candidates of scan "
-            f"{e(str(data.get('scan')))}, tagger {e(str(data.get('tagger')))}; {int(cv['folds'])}-fold cross-validation "
-            f"split by {e(cv['split_by'])}; held-out scores, 95% bootstrap intervals.</p>"
-            f"<table id=\"distill\"><tr><th>layer</th><th>model</th><th>KL</th><th>TV</th><th>Brier</th>"
-            f"<th>accuracy (true label)</th></tr>{rows}</table>{image}")
 
 
 # --- CSV, plots ----------------------------------------------------------------------------------
@@ -276,7 +270,7 @@ def _per_label(a: Analysis, ax) -> None:
     ax.legend()
 
 
-# --- the page ------------------------------------------------------------------------------------
+# --- the page: report.html, a Jinja2 template; Python gives it plain values and it escapes them ---
 
 def _fmt(value) -> str:
     if isinstance(value, dict) and "ci95" in value:
@@ -285,14 +279,51 @@ def _fmt(value) -> str:
         return f"{centre:.3f} [{lo:.3f}, {hi:.3f}]"
     if isinstance(value, float):
         return f"{value:.3f}"
-    return html.escape(str(value))
+    return str(value)
 
 
-def _table(rows: list[tuple[str, str]], table_id: str) -> str:
-    return f'<table id="{table_id}">' + "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+@functools.lru_cache(maxsize=1)
+def _templates():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=PackageLoader("posresample", "templates"), autoescape=select_autoescape(["html"]),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def corrected_html(s: dict) -> str:
+def render_html(a: Analysis, pngs: dict[str, bytes], distill: dict | None = None) -> str:
+    from markupsafe import Markup
+
+    s = a.summary
+    b = s["raw"]["baselines"]
+    table_rows = [{k: r.get(k) for k in TABLE_FIELDS + ("empirical", "probe", "corrected", "sentence_text", "prefix_text")}
+                  for r in a.rows]
+    return _templates().get_template("report.html").render(
+        title=f"posresample: scan {s['scan']}, tagger {s['tagger']['name']}",
+        headline=s["headline"],
+        meta=(f"model {s['model']}, layer {s['layer']}, split {s['split']}, generation params {s['generation_params_id']}, "
+              f"tagger {s['tagger']['spec']}; {s['candidates_analysed']} of {s['candidates_in_scan']} candidates (at least "
+              f"{s['min_labelled']} labelled completions each); label prior from {s['prior_source']}"),
+        refits=s["corrected"]["population"]["refits"], **corrected_section(s), raw_rows=raw_section(s),
+        baselines={"test_n": b["scored_candidates"], "fit_n": b["fit_candidates"], "fitted": f"{b['fitted_temperature']:.3g}",
+                   "rows": [(name, [_fmt(sc[m]) for m in ("kl", "tv", "js", "brier")]) for name, sc in b["scores"].items()]},
+        breakdowns=[breakdown_section(k, rows) for k, rows in s["breakdowns"].items()],
+        images=[(name, _data_uri(data)) for name, data in pngs.items()],
+        robust=robustness_section(s), human=human_section(s.get("human_labels")), distill=distill_section(distill) if distill else None,
+        examples=EXAMPLES_PER_LABEL, table_fields=TABLE_FIELDS,
+        rows=packed(table_rows), samples=packed(utf16_examples(a.examples, {r["candidate_id"]: r["prefix_text"] for r in a.rows})),
+        upos_json=Markup(json_for_script(list(UPOS_NAMES))))  # safe inside <script>: json_for_script's escapes
+
+
+TABLE_FIELDS = ("candidate_id", "target_token", "true_label", "probe_pred", "probe_top2", "probe_max_prob", "verdict",
+                "corrected_first", "q_value", "empirical_majority", "empirical_majority_share", "n_labelled", "tv",
+                "tv_noise_floor", "out_of_probe_share", "tagger_on_original")
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def corrected_section(s: dict) -> dict:
     c = s["corrected"]
     verdicts = [(VERDICT_TITLES[k], _fmt(s["verdict"][k]) + f" (called for {c['verdict_called'][k]})") for k in VERDICTS]
     verdicts += [("the labels contradict the probe (Benjamini-Hochberg, FDR 5%)", _fmt(s["probe_contradicted_fdr05"])),
@@ -301,18 +332,14 @@ def corrected_html(s: dict) -> str:
     raw = s["raw"]["probe_vs_empirical"]
     names = {"tv": "TV", "js": "Jensen-Shannon (bits)", "kl": "KL(truth || probe), probe's classes (bits)",
              "kl_all": f"KL over all labels, probe smoothed by {s['kl_smoothing']:g} (bits)", "brier": "Brier score of the probe"}
-    divergence_rows = "".join(f"<tr><td>{html.escape(names[k])}</td><td>{_fmt(c['divergences'][k])}</td><td>{_fmt(raw[k])}</td></tr>"
-                              for k in names)
     temp = s["fitted_temperature"]
-    return (_table(verdicts, "verdict") +
-            "<h3>Divergences of the probe from the words' distributions</h3>"
-            "<table id=\"divergences\"><tr><th>divergence</th><th>corrected (bias removed, 95% CI)</th>"
-            f"<th>raw plug-in on the labels (95% CI)</th></tr>{divergence_rows}</table>"
-            f"<p>Fitted temperature: {temp['corrected']:.3g} on the corrected distributions, {temp['raw']:.3g} on the raw "
-            f"labels. Confusion used: {html.escape(c['confusion']['source'])}.</p>")
+    return {"verdict_rows": verdicts,
+            "divergences": [(names[k], _fmt(c["divergences"][k]), _fmt(raw[k])) for k in names],
+            "temperature": {"corrected": f"{temp['corrected']:.3g}", "raw": f"{temp['raw']:.3g}"},
+            "confusion_source": c["confusion"]["source"]}
 
 
-def raw_html(s: dict) -> str:
+def raw_section(s: dict) -> list[tuple[str, str]]:
     r = s["raw"]
     rows = [("TV(labels, probe) / its noise floor", f"{_fmt(r['probe_vs_empirical']['tv'])} / {_fmt(r['noise_floor']['tv'])}"),
             ("KL on the probe's classes / its noise floor", f"{_fmt(r['probe_vs_empirical']['kl'])} / {_fmt(r['noise_floor']['kl'])}"),
@@ -334,101 +361,60 @@ def raw_html(s: dict) -> str:
     rows += [("research scripts: KL(probe || tagger), nats, 1e-8 floor", _fmt(research["kl_probe_tagger_nats"])),
              ("research scripts: Brier vs the treebank label", _fmt(research["brier_vs_treebank"])),
              ("research scripts: hard-argmax Brier", _fmt(research["hard_argmax_brier"]))]
-    return _table(rows, "summary")
+    return rows
 
 
-def robustness_html(s: dict) -> str:
+def robustness_section(s: dict) -> dict:
     """What the shares estimate, which candidates they rest on, and how far they move when the
     tagger's confusion is not the one measured on the treebank."""
-    e = html.escape
-    f = s["flow"]
-    flow = (f"<p id=\"flow\">Candidates: {f['scanned']} scanned &rarr; {f['sampled']} sampled &rarr; "
-            f"{f['labelled_enough']} with at least {s['min_labelled']} labelled completions &rarr; {f['analysed']} analysed. "
-            f"{e(s['sample']['reading'])}.</p>")
     st = s.get("label_statuses") or {"labels": 0, "rates": {}}
-    flow += (f"<p id=\"label-statuses\">The tagger's labels of the sampled completions: {st['labels']:,}, "
-             + (", ".join(f"{e(status)} {rate:.1%}" for status, rate in st["rates"].items()) or "none")
-             + "; only the ok ones enter the counts analysed.</p>")
     t = s["tagger_on_candidates"]
-    tagger = ("" if t["accuracy"] is None else
-              f"<p id=\"tagger-on-candidates\">The tagger gives the treebank's label to the candidates' own words in their "
-              f"original sentences {_fmt({'share': t['accuracy'], 'ci95': t['ci95']})} of the time ({t['words']} words)"
-              + ("" if t["all_words_accuracy"] is None else f", against {t['all_words_accuracy']:.3f} on all dev words")
-              + ".</p>")
-    head = "".join(f"<th>{e(VERDICT_TITLES[k])}</th>" for k in VERDICTS)
-    rows = "".join(f"<tr><td>{e(r['confusion'])}</td><td>{e(r['source'])}</td>"
-                   + "".join(f"<td>{_fmt(r['verdict'][k])}</td>" for k in VERDICTS) + f"<td>{e(r['intervals'])}</td></tr>"
-                   for r in s["sensitivity"])
-    thresholds = "".join(f"<tr><td>{r['threshold']:.2f}</td><td>{_fmt(r)}</td></tr>" for r in s["ambiguous_by_threshold"])
+    tagger = None if t["accuracy"] is None else {
+        "accuracy": _fmt({"share": t["accuracy"], "ci95": t["ci95"]}), "words": t["words"],
+        "all_words": None if t["all_words_accuracy"] is None else f"{t['all_words_accuracy']:.3f}"}
     c = s["corrected"]
-    return ("<h2>What is estimated, and how robust it is</h2>"
-            f"<p id=\"estimand\">The estimand: {e(s['estimand'])}.</p>" + flow + tagger +
-            f"<p>{e(s['sensitivity_line'])}. A share that holds across these rows is the claim; one that moves is not.</p>"
-            f"<table id=\"sensitivity\"><tr><th>confusion</th><th>source</th>{head}<th>intervals</th></tr>{rows}</table>"
-            "<h3>The ambiguous share by the second reading's threshold</h3>"
-            f"<table id=\"thresholds\"><tr><th>second reading at least</th><th>share (95% CI)</th></tr>{thresholds}</table>"
-            f"<p>Mean mass of the second reading: {_fmt(c['second_reading_mass'])}. Share of candidates whose words' "
-            f"distribution lies farther than TV {c['probe_far_from_words']['tv_above']} from the probe: "
-            f"{_fmt(c['probe_far_from_words'])}.</p>")
+    return {"estimand": s["estimand"], "flow": s["flow"], "min_labelled": s["min_labelled"], "reading": s["sample"]["reading"],
+            "labels": f"{st['labels']:,}",
+            "status_rates": ", ".join(f"{status} {rate:.1%}" for status, rate in st["rates"].items()) or "none",
+            "tagger": tagger, "sensitivity_line": s["sensitivity_line"],
+            "verdict_titles": [VERDICT_TITLES[k] for k in VERDICTS],
+            "sensitivity": [[r["confusion"], r["source"], *(_fmt(r["verdict"][k]) for k in VERDICTS), r["intervals"]]
+                            for r in s["sensitivity"]],
+            "thresholds": [(f"{r['threshold']:.2f}", _fmt(r)) for r in s["ambiguous_by_threshold"]],
+            "second_reading_mass": _fmt(c["second_reading_mass"]), "tv_above": c["probe_far_from_words"]["tv_above"],
+            "far": _fmt(c["probe_far_from_words"])}
 
 
-def human_html(h: dict | None) -> str:
+def human_section(h: dict | None) -> dict | None:
     """The tagger against people on the completions themselves, and people against each other."""
     if not h:
-        return ""
-    e = html.escape
+        return None
     treebank = h.get("tagger_treebank_accuracy") or {}
     dev = (treebank.get("dev") or {}).get("raw_text") if isinstance(treebank, dict) else None
     rows = []
     for name, t in h["tagger_on_completions"].items():
-        acc = _fmt(t["accuracy"]) if t["accuracy"] else "-"
         top = sorted(((tr, tg, n) for tr, row in t["confusion"].items() for tg, n in row.items() if tr != tg), key=lambda x: -x[2])[:5]
-        rows.append(f"<tr><td>{e(name)}</td><td>{t['completions']}</td><td>{t['right']}</td><td>{acc}</td>"
-                    f"<td>{'-' if dev is None else f'{dev:.3f}'}</td><td>{e(', '.join(f'{a}->{b} {n}' for a, b, n in top)) or '-'}</td></tr>")
-    kappas = "".join(f"<tr><td>{e(' / '.join(k['annotators']))}</td><td>{k['completions']}</td><td>{k['agree']}</td>"
-                     f"<td>{k['kappa']:.3f}</td></tr>" for k in h["kappa"])
-    return (f"<h2>Human labels</h2><p>Tagger {e(h['tagger'])} against people on the same completions (the person taken "
-            "as the truth; completions both labelled with a UPOS), beside its accuracy on the treebank's raw text.</p>"
-            "<table id=\"human\"><tr><th>annotator</th><th>completions</th><th>tagger right</th><th>accuracy on completions "
-            "(95% CI)</th><th>accuracy on treebank dev</th><th>most frequent confusions</th></tr>" + "".join(rows) + "</table>"
-            + (f"<table id=\"kappa\"><tr><th>annotators</th><th>completions in common</th><th>agree</th><th>Cohen's kappa</th></tr>"
-               f"{kappas}</table>" if kappas else ""))
+        rows.append([name, t["completions"], t["right"], _fmt(t["accuracy"]) if t["accuracy"] else "-",
+                     "-" if dev is None else f"{dev:.3f}", ", ".join(f"{a}->{b} {n}" for a, b, n in top) or "-"])
+    kappas = [[" / ".join(k["annotators"]), k["completions"], k["agree"], f"{k['kappa']:.3f}"] for k in h["kappa"]]
+    return {"tagger": h["tagger"], "rows": rows, "kappas": kappas}
 
 
-def render_html(a: Analysis, pngs: dict[str, bytes], extra: str = "") -> str:
-    s = a.summary
-    e = html.escape
-    b = s["raw"]["baselines"]
-    baseline_rows = "".join(
-        f"<tr><td>{e(name)}</td>" + "".join(f"<td>{_fmt(sc[m])}</td>" for m in ("kl", "tv", "js", "brier")) + "</tr>"
-        for name, sc in b["scores"].items())
-    images = "".join(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
-                     for name, data in pngs.items())
-    table_rows = [{k: r.get(k) for k in TABLE_FIELDS + ("empirical", "probe", "corrected", "sentence_text", "prefix_text")}
-                  for r in a.rows]
-    return PAGE.format(
-        title=e(f"posresample: scan {s['scan']}, tagger {s['tagger']['name']}"),
-        headline=e(s["headline"]),
-        meta=e(f"model {s['model']}, layer {s['layer']}, split {s['split']}, generation params {s['generation_params_id']}, "
-               f"tagger {s['tagger']['spec']}; {s['candidates_analysed']} of {s['candidates_in_scan']} candidates (at least "
-               f"{s['min_labelled']} labelled completions each); label prior from {s['prior_source']}"),
-        corrected=corrected_html(s), raw=raw_html(s), refits=s["corrected"]["population"]["refits"],
-        fitted=f"{b['fitted_temperature']:.3g}", fit_n=b["fit_candidates"], test_n=b["scored_candidates"],
-        baselines=baseline_rows, breakdowns="".join(_breakdown_table(k, rows) for k, rows in s["breakdowns"].items()),
-        images=images, examples=EXAMPLES_PER_LABEL, extra=robustness_html(s) + human_html(s.get("human_labels")) + extra,
-        header="".join(f'<th data-key="{k}">{e(k)}</th>' for k in TABLE_FIELDS),
-        rows=packed(table_rows), samples=packed(utf16_examples(a.examples, {r["candidate_id"]: r["prefix_text"] for r in a.rows})),
-        upos=json_for_script(list(UPOS_NAMES)))
+def distill_section(meta: dict) -> dict:
+    """The distilled probe's held-out scores per layer (and its layer plot, when there is one)."""
+    cv, data = meta["cross_validation"], meta["training_data"]
+    image = None
+    if os.path.isfile(meta["_plot"]):
+        with open(meta["_plot"], "rb") as handle:
+            image = _data_uri(handle.read())
+    return {"kind": meta["kind"], "candidates": int(data["candidates"]), "scan": str(data.get("scan")),
+            "tagger": str(data.get("tagger")), "folds": int(cv["folds"]), "split_by": cv["split_by"], "image": image,
+            "rows": [[int(r["layer"]), name, *(_fmt(sc[m]) for m in ("kl", "tv", "brier", "accuracy_true_label"))]
+                     for r in cv["layers"] for name, sc in r["scores"].items()]}
 
 
-TABLE_FIELDS = ("candidate_id", "target_token", "true_label", "probe_pred", "probe_top2", "probe_max_prob", "verdict",
-                "corrected_first", "q_value", "empirical_majority", "empirical_majority_share", "n_labelled", "tv",
-                "tv_noise_floor", "out_of_probe_share", "tagger_on_original")
-
-
-def _breakdown_table(key: str, rows: list[dict]) -> str:
+def breakdown_section(key: str, rows: list[dict]) -> dict:
     cols = [key, "n", *VERDICTS, "raw_ambiguous_share", "mean_tv", "majority_is_true_label", "probe_is_true_label",
             "research_brier", "research_kl_nats"]
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
-    head = "".join(f"<th>{html.escape(c.replace('_', ' '))}</th>" for c in cols)
-    return f"<h3>By {html.escape(key.replace('_', ' '))} (shares of verdicts called)</h3><table><tr>{head}</tr>{body}</table>"
+    return {"key": key.replace("_", " "), "head": [c.replace("_", " ") for c in cols],
+            "rows": [[_fmt(r[c]) for c in cols] for r in rows]}

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm import tqdm
 
-from . import db, store
+from . import db, scan_store
 from .config import DEFAULT_LEASE_SECONDS, DEFAULT_ORDER_SEED, GenerationParams
 from .heartbeat import Heartbeat
 from .data import UPOS_NAMES, Sentence, TokenizedSentence, load_sentences, tokenize_with_labels
-from .modeling import (
+from .lm import (
     check_layer, layer_activations, load_model, load_tokenizer, model_dtype, model_ref, pad_batch, pick_device,
 )
 from .queue import new_worker_id
@@ -47,7 +47,7 @@ class ScanOptions:
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # a second process of this scan is refused while the lease is live
     trust_probe: bool = False  # unpickle the probe as it is (runs any code it names), not only linear classifiers
     stop_after_seconds: float | None = None  # stop (resumably) after the batch that crosses this much time
-    order: str | None = None  # random or dataset (store.JOB_ORDERS); None: random when new, as stored when resuming
+    order: str | None = None  # random or dataset (scan_store.JOB_ORDERS); None: random when new, as stored when resuming
     order_seed: int = DEFAULT_ORDER_SEED  # the random order's seed
 
 
@@ -80,16 +80,16 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | N
     )
     extra = dict(probe_path=os.path.abspath(opts.probe), probe_classes=list(probe.class_ids), sentences_total=len(sentences))
     owner = new_worker_id()
-    scan, pid = store.open_scan(engine, opts.name, identity, extra, opts.params, owner, opts.lease_seconds,
+    scan, pid = scan_store.open_scan(engine, opts.name, identity, extra, opts.params, owner, opts.lease_seconds,
                                 opts.order, opts.order_seed)
     try:
-        with Heartbeat(lambda: store.renew_scan_lease(engine, scan["id"], owner, opts.lease_seconds),
+        with Heartbeat(lambda: scan_store.renew_scan_lease(engine, scan["id"], owner, opts.lease_seconds),
                        opts.lease_seconds / 3, name="scan lease"):
             added, total = _scan_sentences(engine, scan, pid, owner, sentences, _Scorer(model, tokenizer, probe, opts, device),
                                            opts, progress)
-            scan = store.finish_scan(engine, scan["id"])
+            scan = scan_store.finish_scan(engine, scan["id"])
     finally:
-        store.release_scan_lease(engine, scan["id"], owner)
+        scan_store.release_scan_lease(engine, scan["id"], owner)
     _log_summary(scan, total, added)
     return ScanResult(scan=scan, candidates=total, added=added, params_id=pid)
 
@@ -102,7 +102,7 @@ def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Se
     rows, so the limit counts only new ones; each pass either moves past a sentence or stores a new
     candidate, so the loop always ends.
     """
-    total = store.count_candidates(engine, scan["id"])
+    total = scan_store.count_candidates(engine, scan["id"])
     added, pos, limit = 0, scan["sentences_done"], opts.max_prefixes
     if pos:
         log.info("resuming scan %r at sentence %d of %d (%d candidates so far)", opts.name, pos, len(sentences), total)
@@ -110,9 +110,9 @@ def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Se
     deadline = None if opts.stop_after_seconds is None else time.monotonic() + opts.stop_after_seconds
     while pos < len(sentences) and (limit is None or total < limit):
         batch = sentences[pos:pos + opts.batch_size]
-        stored = store.candidate_positions(engine, scan["id"], batch[0].idx, batch[-1].idx)
+        stored = scan_store.candidate_positions(engine, scan["id"], batch[0].idx, batch[-1].idx)
         rows, seen, skipped, next_pos = scorer.score(batch, None if limit is None else limit - total, stored)
-        new = store.save_scan_batch(engine, scan["id"], pid, rows, next_pos, seen, skipped, owner=owner)
+        new = scan_store.save_scan_batch(engine, scan["id"], pid, rows, next_pos, seen, skipped, owner=owner)
         if next_pos == pos and new == 0:
             raise RuntimeError(f"scan made no progress at sentence {pos}")  # a bug, never a user error
         total, added, pos = total + new, added + new, next_pos

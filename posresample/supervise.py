@@ -169,3 +169,36 @@ def _describe(code: int) -> str:
     if code < 0:
         return f"signal {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+def supervise_workers(argv: list[str], devices: str, max_restarts: int, max_jobs: int | None, verbose: bool) -> int:
+    """`worker --devices`: the same worker command (`argv` from `worker` on) once per device. Under
+    --max-jobs they share one budget file, so N is N in all."""
+    import tempfile
+
+    argv = _argv_without(argv, ("--devices", "--device", "--max-restarts"))
+    argv = ["-v", *argv] if verbose else argv
+    if max_jobs is None:
+        return Supervisor(argv, parse_devices(devices), max_restarts).run()
+    fd, path = tempfile.mkstemp(prefix="posresample-budget-", suffix=".txt")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(str(max_jobs))
+        return Supervisor([*argv, "--jobs-budget", path], parse_devices(devices), max_restarts).run()
+    finally:
+        os.unlink(path)
+
+
+def _argv_without(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in names:
+            skip = True
+            continue
+        if any(arg.startswith(n + "=") for n in names):
+            continue
+        out.append(arg)
+    return out

@@ -18,10 +18,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DEFAULT_TAGGER_MAX_EPOCHS as DEFAULT_MAX_EPOCHS, DEFAULT_TAGGER_MAX_STEPS as DEFAULT_MAX_STEPS
+from .config import DEFAULT_TAGGER_MAX_EPOCHS, DEFAULT_TAGGER_MAX_STEPS
 from .data import UPOS_NAMES, Sentence, load_sentences, word_spans
 from .errors import DatasetError
-from .confusion import Confusion
+from .stats.confusion import Confusion
 from .tagger import SpacyTagger, sidecar_path
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def to_docs(vocab, sentences: list[Sentence]):
                 pos=[UPOS_NAMES[u] for _, u in s.words]) for s, spans in aligned(sentences)]
 
 
-def train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_MAX_STEPS, max_epochs: int = DEFAULT_MAX_EPOCHS,
+def run_train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_TAGGER_MAX_STEPS, max_epochs: int = DEFAULT_TAGGER_MAX_EPOCHS,
                  seed: int = 0, progress: bool = True) -> TaggerTrainResult:
     import spacy
     from spacy.tokens import DocBin
@@ -190,3 +190,26 @@ def evaluate_tagger(tagger, dataset: str, split: str, progress: bool = False) ->
     source = f"{dataset} {split}, raw text, tagger {tagger.spec}"
     return ({"raw_text": round(right / total, 4), "words": total, "unlabelled": sum(r.status != "ok" for r in results),
              "split": split, "dataset": dataset}, confusion_of(true, results, source))
+
+
+def run_evaluate_tagger(engine, tagger_spec: str, tagger_name: str | None, dataset: str, split: str,
+                        output: str | None = None, progress: bool = True):
+    """Measure a tagger's confusion on a treebank's raw text, store it with the tagger (registered
+    if new) and, with `output`, write it as JSON. -> (tagger name, accuracy, Confusion)"""
+    import json
+
+    from . import label_store
+    from .export import check_output
+    from .tagger import load_tagger
+
+    if output:
+        check_output(output)
+    tagger = load_tagger(tagger_spec, tagger_name)
+    accuracy, confusion = evaluate_tagger(tagger, dataset, split, progress=progress)
+    tagger_id = label_store.register_tagger(engine, tagger.identity())
+    label_store.set_confusion(engine, tagger_id, confusion.to_json(), {split: accuracy})
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            json.dump(confusion.to_json(), handle, indent=1)
+            handle.write("\n")
+    return tagger.name, accuracy, confusion

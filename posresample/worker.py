@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 
 from tqdm import tqdm
@@ -23,7 +23,7 @@ from .config import DEFAULT_DB_RETRY_SECONDS, DEFAULT_LEASE_SECONDS, DEFAULT_MAX
 from .db import retrying
 from .heartbeat import Heartbeat
 from .queue import ClaimedJob, LeaseLost
-from .sampler import Aborted, SampleRequest, SamplingParams
+from .sampling.sampler import Aborted, SampleRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often an idle worker looks for work while others hold leases
@@ -32,7 +32,7 @@ POLL_SECONDS = 1.0  # how often an idle worker looks for work while others hold 
 @dataclass
 class WorkerOptions:
     device: str = "cpu"
-    batch_jobs: int = 8  # jobs claimed per transaction (prefixes sampled together)
+    batch_jobs: int | None = None  # jobs claimed per transaction [default: default_batch_jobs(device)]
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     stop_grace: float = DEFAULT_STOP_GRACE
@@ -234,3 +234,53 @@ class Worker:
         log.info("worker %s: %d job(s) done, %d lost lease, %d failed; %d completions, "
                  "average length %.2f tokens, EOS share %.1f%%", self.id, self.jobs_done, self.lost, self.failed,
                  self.samples, avg, 100 * eos)
+
+
+def default_batch_jobs(device: str) -> int:
+    """Jobs claimed and sampled together: 32 on a GPU, 4 on a CPU (a CPU step is slow; a small batch
+    keeps its leases short and its share of the queue fair)."""
+    return 32 if device.startswith("cuda") else 4
+
+
+@dataclass
+class SamplerChoice:
+    """Which sampler a worker builds for each model the queue names."""
+
+    device: str = "cpu"
+    max_rows: int | None = None  # rows per decode batch (None: from free GPU memory)
+    attn: str = "auto"
+    decode: str = "hf"  # hf: the model's forward on copied KV; fast: the shared-prefix Gemma 2 step
+    compile: str = "off"  # with decode fast: off, inductor or cuda-graph
+    fake: bool = False  # the model-free FakeSampler (queue tests and benchmarks)
+    fake_delay: float = 0.0
+    fake_poison_token: int | None = None
+
+    def build(self, model_name: str):
+        if self.fake:
+            from .sampling.fake_sampler import FakeSampler
+
+            return FakeSampler(delay=self.fake_delay, poison_token=self.fake_poison_token)
+        import torch
+
+        from .lm import load_model, load_tokenizer
+        from .sampling.sampler import Sampler
+
+        log.info("loading %s on %s", model_name, self.device)
+        model = load_model(model_name, torch.device(self.device), self.attn)
+        return Sampler(model, load_tokenizer(model_name), max_rows=self.max_rows, decode=self.decode, compile=self.compile)
+
+
+def worker_device(device: str, fake: bool = False) -> str:
+    """cpu, cuda:N ...: `auto` resolved (the fake sampler needs no GPU: cpu)."""
+    from .lm import pick_device
+
+    return "cpu" if fake and device == "auto" else str(pick_device(device))
+
+
+def run_worker(engine, opts: WorkerOptions, sampler: SamplerChoice) -> int:
+    """Sample until the queue is empty (or --max-jobs, or a signal): the exit status."""
+    if opts.batch_jobs is None:
+        opts = replace(opts, batch_jobs=default_batch_jobs(opts.device))
+    worker = Worker(engine, sampler.build, opts)
+    worker.install_signal_handlers()
+    return worker.run()

@@ -21,23 +21,23 @@ SHARED_EWT = REPO.parent / "shared" / "data" / "ud_english_ewt"
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> str:
-    from posresample import tiny
+    from posresample import standins
 
-    return tiny.build_assets(str(tmp_path_factory.mktemp("tiny") / "tiny-gemma2"))
+    return standins.build_assets(str(tmp_path_factory.mktemp("tiny") / "tiny-gemma2"))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir):
     import torch
 
-    from posresample.modeling import load_model
+    from posresample.lm import load_model
 
     return load_model(tiny_dir, torch.device("cpu"))
 
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_dir):
-    from posresample.modeling import load_tokenizer
+    from posresample.lm import load_tokenizer
 
     return load_tokenizer(tiny_dir)
 
@@ -51,7 +51,7 @@ def tiny_probe(tiny_dir, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def sample_conllu() -> str:
-    from posresample.tiny import sample_conllu_path
+    from posresample.standins import sample_conllu_path
 
     return sample_conllu_path()
 
@@ -137,9 +137,9 @@ def shared_ewt() -> Path:
 @pytest.fixture(scope="session")
 def tiny_tagger(tmp_path_factory) -> str:
     """A spaCy UPOS tagger trained in the session on the bundled sample (a few seconds): its folder."""
-    from posresample.tiny import sample_conllu_path
-    from posresample.train_tagger import train_tagger
+    from posresample.standins import sample_conllu_path
+    from posresample.train_tagger import run_train_tagger
 
     out = str(tmp_path_factory.mktemp("tagger") / "sample-tagger")
-    train_tagger(sample_conllu_path(), out, max_steps=40, max_epochs=50, progress=False)
+    run_train_tagger(sample_conllu_path(), out, max_steps=40, max_epochs=50, progress=False)
     return out

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from sqlalchemy import func, select
 
-from posresample import db, store
+from posresample import db, scan_store
 from posresample.config import GenerationParams
-from posresample.models import candidates, completions, jobs, labels
+from posresample.schema import candidates, completions, jobs, labels, workers
 
 REPO = Path(__file__).resolve().parent.parent
 POISON_TOKEN = 999_999
+TIMEOUT = 900  # a safety net for a hung process, not a speed requirement: a loaded machine is slow
+LAYER = 2  # the tiny model's layer the pipeline tests scan
+NUM_SAMPLES = 8  # continuations per prefix in the pipeline tests
 
 
 def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, poison: tuple[int, ...] = (),
@@ -25,8 +30,8 @@ def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, p
     identity = dict(dataset="fake", split="validation", model="fake", layer=1, probe_sha256="0" * 64,
                     threshold=0.95, excluded_labels=[], dtype="float32", attn="eager")
     extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=n)
-    scan, pid = store.open_scan(engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60, order=order)
-    store.release_scan_lease(engine, scan["id"], "seed_jobs")
+    scan, pid = scan_store.open_scan(engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60, order=order)
+    scan_store.release_scan_lease(engine, scan["id"], "seed_jobs")
     rows = [
         dict(dataset_idx=i, sent_id=str(i), sentence_text=f"sentence {i}", target_position=1, target_token_id=7,
              target_token="x", prefix_text="x", prefix_token_ids=[2, POISON_TOKEN if i in poison else 7],
@@ -35,7 +40,7 @@ def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, p
         for i in range(n)
     ]
     for start in range(0, n, 1000):
-        store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0)
+        scan_store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0)
     with db.read(engine) as conn:
         return list(conn.execute(select(jobs.c.id).order_by(jobs.c.priority, jobs.c.id)).scalars())
 
@@ -96,7 +101,7 @@ def seed_labelled(engine, true_dists, probe_dists, classes, num_samples: int = 9
     from sqlalchemy import insert, update
 
     from posresample.data import UPOS_NAMES
-    from posresample.models import candidate_labels, scans, taggers
+    from posresample.schema import candidate_labels, scans, taggers
 
     rng = np.random.default_rng(seed)
     n = len(true_dists)
@@ -142,3 +147,85 @@ def lock_timeout_engine(url: str, seconds: int = 2):
         dbapi_conn.commit()
 
     return strict
+
+
+def wait_for(predicate, timeout=TIMEOUT, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)  # polling interval while waiting on a database condition
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running_job_of(engine, pid):
+    """The id of a job currently leased by the worker process `pid`, or None."""
+    with db.read(engine) as conn:
+        return conn.execute(select(jobs.c.id).join(workers, workers.c.id == jobs.c.lease_owner)
+                            .where(workers.c.pid == pid, jobs.c.state == "running").limit(1)).scalar()
+
+
+def outage(engine, db_url):
+    """Make the database unreachable for the worker: a held exclusive lock (SQLite), or connections
+    refused and the open ones terminated (PostgreSQL). Returns the function that ends it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    if engine.dialect.name == "sqlite":
+        import sqlite3
+
+        holder = sqlite3.connect(make_url(db_url).database, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        return lambda: (holder.execute("COMMIT"), holder.close())
+    name = make_url(db_url).database
+    admin = create_engine(make_url(db_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+
+    def end():
+        with admin.connect() as conn:
+            conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        admin.dispose()
+    return end
+
+
+def count(engine, table):
+    with db.read(engine) as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def scan_options(tiny_dir, probe, dataset, **kw):
+    from posresample.data import parse_label_list
+    from posresample.scan import ScanOptions
+
+    params = GenerationParams(model=tiny_dir, num_samples=NUM_SAMPLES, max_new_tokens=6)
+    base = dict(probe=probe, dataset=dataset, split="validation", model=tiny_dir, layer=LAYER, threshold=0.95,
+                exclude=parse_label_list("_,SYM,INTJ"), params=params, name="t", device="cpu", batch_size=5)
+    base.update(kw)
+    return ScanOptions(**base)
+
+
+def run_tiny_worker(engine, tiny_model, tokenizer):
+    from posresample.sampling.sampler import Sampler
+    from posresample.worker import Worker, WorkerOptions
+
+    w = Worker(engine, lambda _name: Sampler(tiny_model, tokenizer), WorkerOptions(device="cpu", batch_jobs=6, progress=False))
+    w.run()
+    return w
+
+
+def invoke(*args):
+    from click.testing import CliRunner
+
+    from posresample.cli import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, pattern):
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1 and re.search(pattern, lines[0]), result.stderr
+    assert "Traceback" not in result.output

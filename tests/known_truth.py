@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from posresample.data import UPOS_IDS, UPOS_NAMES
+from posresample.data import K, UPOS_IDS, UPOS_NAMES
 
-K = len(UPOS_NAMES)
 PROBE_CLASSES = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17]
 ROW_WORDS = dict(NOUN=4100, PUNCT=3000, VERB=2600, PRON=2200, ADP=2000, DET=1900, PROPN=1900, ADJ=1800, AUX=1500,
                  ADV=1200, CCONJ=800, PART=600, NUM=400, SCONJ=400, X=150, SYM=100, INTJ=120)
@@ -155,9 +154,9 @@ def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: st
     confusion and every completion labelled (label_store). Completions are ~70-character texts.
     `sampled`: only the first this many jobs of the queue's (random) order are sampled, as a
     worker under --max-jobs leaves a study."""
-    from posresample import label_store, queue, store
+    from posresample import label_store, queue, scan_store
     from posresample.config import GenerationParams
-    from posresample.confusion import Confusion
+    from posresample.stats.confusion import Confusion
 
     n, num_samples = study.labels.shape
     params = GenerationParams(model="/nonexistent/synthetic-model", num_samples=num_samples, max_new_tokens=16)
@@ -165,7 +164,7 @@ def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: st
                     threshold=0.95, excluded_labels=[UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]],
                     dtype="float32", attn="eager")
     extra = dict(probe_path="probe.joblib", probe_classes=PROBE_CLASSES, sentences_total=n)
-    scan, pid = store.open_scan(engine, name, identity, extra, params, owner="known-truth", lease_seconds=600)
+    scan, pid = scan_store.open_scan(engine, name, identity, extra, params, owner="known-truth", lease_seconds=600)
     rows = []
     for i, (pi, q) in enumerate(zip(study.truth, study.probe)):
         pred = int(q.argmax())
@@ -175,9 +174,9 @@ def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: st
                          probe_probs=[float(x) for x in q[PROBE_CLASSES]], probe_pred=pred, probe_pred_name=UPOS_NAMES[pred],
                          probe_max_prob=float(q.max())))
     for start in range(0, n, 1000):
-        store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0, owner="known-truth")
-    store.finish_scan(engine, scan["id"])
-    store.release_scan_lease(engine, scan["id"], "known-truth")
+        scan_store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0, owner="known-truth")
+    scan_store.finish_scan(engine, scan["id"])
+    scan_store.release_scan_lease(engine, scan["id"], "known-truth")
     queue.register_worker(engine, "known:1:truth", "cpu", 600)
     text = "{i} the model goes on with the sentence and then it stops somewhere near here" if texts else "c{i}"
     left = n if sampled is None else sampled
@@ -208,7 +207,7 @@ def _is_done(engine, job_id: int) -> bool:
     from sqlalchemy import select
 
     from posresample import db
-    from posresample.models import jobs
+    from posresample.schema import jobs
 
     with db.read(engine) as conn:
         return conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar_one() == "done"
@@ -218,7 +217,7 @@ def _jobs_by_candidate(engine, scan_id: int) -> dict[int, int]:
     from sqlalchemy import select
 
     from posresample import db
-    from posresample.models import candidates, jobs
+    from posresample.schema import candidates, jobs
 
     with db.read(engine) as conn:
         return dict(conn.execute(select(candidates.c.id, jobs.c.id).join(jobs, jobs.c.candidate_id == candidates.c.id)
@@ -230,7 +229,7 @@ def _completions(engine, job_ids: list[int], job_of: dict[int, int]):
     from sqlalchemy import select
 
     from posresample import db
-    from posresample.models import candidates, completions, jobs
+    from posresample.schema import candidates, completions, jobs
 
     with db.read(engine) as conn:
         rows = conn.execute(select(completions.c.id, candidates.c.dataset_idx, completions.c.sample_index)

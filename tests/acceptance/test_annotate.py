@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from posresample import db
-from posresample.models import annotation_items, completions, labels, taggers
+from posresample.schema import annotation_items, completions, labels, taggers
 from tests.helpers import REPO, cli_cmd
 from tests.known_truth import draw_study, write_study
 
@@ -206,7 +206,7 @@ def test_bad_input_is_one_line_and_writes_nothing(engine, db_url, sampled):
             run = subprocess.run(cli_cmd("annotate", "--db", db_url, *args), capture_output=True, text=True, timeout=300)
             errors = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
             assert run.returncode in (1, 2) and len(errors) == 1 and message in errors[0], run.stderr
-    from posresample.models import jobs
+    from posresample.schema import jobs
 
     with db.write(sampled) as conn:  # a scan with no completions (nothing done yet)
         conn.execute(update(jobs).values(state="todo"))

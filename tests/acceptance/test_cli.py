@@ -10,18 +10,7 @@ from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
 from posresample.cli import cli
-from tests.helpers import REPO
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def assert_one_line_error(result, pattern):
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), result.stderr
-    assert "Traceback" not in result.output
+from tests.helpers import REPO, assert_one_line_error, invoke
 
 
 @pytest.fixture
@@ -231,7 +220,7 @@ def test_no_progress_silences_the_model_loader_too(scan_args):
 
 def test_worker_bar_has_a_total_and_an_eta(tmp_path, capsys):
     from posresample import db as dbmod
-    from posresample.fake import FakeSampler
+    from posresample.sampling.fake_sampler import FakeSampler
     from posresample.worker import Worker, WorkerOptions
     from tests.helpers import seed_jobs
 

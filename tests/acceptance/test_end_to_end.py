@@ -10,8 +10,7 @@ import subprocess
 
 import pytest
 
-from tests.acceptance.test_workers import running_job_of, wait_for
-from tests.helpers import assert_samples_agree, cli_cmd, job_states, start_worker
+from tests.helpers import assert_samples_agree, cli_cmd, job_states, running_job_of, start_worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +72,7 @@ def test_two_scans_of_one_name_at_once_are_safe(pg_url, tiny_dir, tiny_probe, sa
     from sqlalchemy import func, select
 
     from posresample import db as dbmod
-    from posresample.models import candidates, scans
+    from posresample.schema import candidates, scans
 
     args = ("scan", "--probe", tiny_probe, "--dataset", sample_conllu, "--model", tiny_dir, "--layer", "2", "--device",
             "cpu", "--num-samples", "2", "--max-new-tokens", "2", "--max-prefixes", "15", "--no-progress")

@@ -98,7 +98,7 @@ def test_worker_model_must_be_a_gguf_file(tmp_path, env):
 
 def test_a_reference_this_host_has_not_converted_asks_for_the_file(tmp_path, monkeypatch):
     from posresample.errors import ModelError
-    from posresample.modeling import load_tokenizer
+    from posresample.lm import load_tokenizer
 
     monkeypatch.setenv("POSRESAMPLE_CACHE", str(tmp_path))
     with pytest.raises(ModelError, match="not converted on this host .* pass --model with the same .gguf file"):

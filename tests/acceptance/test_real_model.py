@@ -64,7 +64,7 @@ def test_the_gguf_and_its_converted_folder_give_the_same_logits(real_gguf):
     from transformers import AutoModelForCausalLM
 
     from posresample import gguf_cache
-    from posresample.modeling import load_model, load_tokenizer, model_ref
+    from posresample.lm import load_model, load_tokenizer, model_ref
 
     ref = model_ref(real_gguf)
     assert ref == "gguf:sha256:a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -89,9 +89,9 @@ def test_a_probe_on_the_real_model_reads_pos_far_above_chance(real_gguf, real_pr
     import torch
 
     from posresample.data import load_sentences
-    from posresample.modeling import load_model, load_tokenizer
+    from posresample.lm import load_model, load_tokenizer
     from posresample.probe import load_probe
-    from posresample.train import collect_activations
+    from posresample.train_probe import collect_activations
 
     with open(real_probe.replace(".joblib", ".json"), encoding="utf-8") as handle:
         assert json.load(handle)["model"].startswith("gguf:sha256:a5fd3b62")

@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 
 from posresample import db
-from tests.acceptance.test_cli import assert_one_line_error, invoke
+from tests.helpers import assert_one_line_error, invoke
 
 
 def probe_args(tiny_dir, dataset, out, *extra):
@@ -83,7 +83,7 @@ def test_inputs_accepted_without_a_word_are_refused(scan_args, tmp_path):
 
 def test_a_scan_without_candidates_says_so_on_export(tmp_path):
     """A scan whose probe is sure of every token queues nothing: export says why, not which params."""
-    from posresample import store
+    from posresample import scan_store
     from posresample.config import GenerationParams
 
     url = f"sqlite:///{tmp_path / 'empty.db'}"
@@ -91,9 +91,9 @@ def test_a_scan_without_candidates_says_so_on_export(tmp_path):
     db.upgrade(engine)
     identity = dict(dataset="d", split="validation", model="m", layer=1, probe_sha256="0" * 64, threshold=0.95,
                     excluded_labels=[], dtype="float32", attn="eager")
-    scan, _ = store.open_scan(engine, "sure", identity, dict(probe_path="p", probe_classes=[0, 1], sentences_total=1),
+    scan, _ = scan_store.open_scan(engine, "sure", identity, dict(probe_path="p", probe_classes=[0, 1], sentences_total=1),
                               GenerationParams(model="m"), "o", 60)
-    store.release_scan_lease(engine, scan["id"], "o")
+    scan_store.release_scan_lease(engine, scan["id"], "o")
     for params in ([], ["--params", "1"]):
         assert_one_line_error(invoke("export", "-o", str(tmp_path / "x.jsonl"), "--db", url, *params),
                               r"this scan has no candidates \(no token under its threshold\)")

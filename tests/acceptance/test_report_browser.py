@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import update
 
 from posresample import db
-from posresample.analyze import analyze
-from posresample.models import candidates
+from posresample.analyze import run_analyze
+from posresample.schema import candidates
 from posresample.report import ReportError, load_distill_sidecar, write_report
 from tests.known_truth import draw_study, write_study
 
@@ -55,7 +55,7 @@ def hostile_report(sqlite_url, tmp_path):
     write_study(engine, study, study.measured)
     with db.write(engine) as conn:  # one candidate's sentence is hostile markup
         conn.execute(update(candidates).where(candidates.c.dataset_idx == 3).values(sentence_text=HOSTILE))
-    a = analyze(engine, min_labelled=20)
+    a = run_analyze(engine, min_labelled=20)
     paths = write_report(a, str(tmp_path / "report"), load_distill_sidecar(sidecar(tmp_path)))
     return a, paths
 

@@ -15,21 +15,21 @@ import pytest
 from sqlalchemy import func, select
 
 from posresample import db
-from posresample.models import completions, jobs, workers
-from tests.helpers import POISON_TOKEN, completion_stats, job_states, samples_per_done_job, seed_jobs, start_worker
+from posresample.schema import completions, jobs, workers
+from tests.helpers import (
+    POISON_TOKEN,
+    TIMEOUT,
+    completion_stats,
+    job_states,
+    outage,
+    running_job_of,
+    samples_per_done_job,
+    seed_jobs,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
-TIMEOUT = 900  # a safety net for a hung process, not a speed requirement: a loaded machine is slow
-
-
-def wait_for(predicate, timeout=TIMEOUT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # polling interval while waiting on a database condition
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def finish(procs, timeout=TIMEOUT):
@@ -39,13 +39,6 @@ def finish(procs, timeout=TIMEOUT):
 def scalar(engine, stmt):
     with db.read(engine) as conn:
         return conn.execute(stmt).scalar()
-
-
-def running_job_of(engine, pid):
-    """The id of a job currently leased by the worker process `pid`, or None."""
-    with db.read(engine) as conn:
-        return conn.execute(select(jobs.c.id).join(workers, workers.c.id == jobs.c.lease_owner)
-                            .where(workers.c.pid == pid, jobs.c.state == "running").limit(1)).scalar()
 
 
 def sampling_job_of(engine, pid):
@@ -215,31 +208,6 @@ def test_a_model_that_will_not_load_costs_no_attempt(engine, db_url, tmp_path):
     assert scalar(engine, select(func.max(jobs.c.attempt))) == 0
     errors = [line for line in (tmp_path / "w.log").read_text().splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "cannot load" in errors[0] and "moved-away" in errors[0]
-
-
-def outage(engine, db_url):
-    """Make the database unreachable for the worker: a held exclusive lock (SQLite), or connections
-    refused and the open ones terminated (PostgreSQL). Returns the function that ends it."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    if engine.dialect.name == "sqlite":
-        import sqlite3
-
-        holder = sqlite3.connect(make_url(db_url).database, isolation_level=None)
-        holder.execute("BEGIN EXCLUSIVE")
-        return lambda: (holder.execute("COMMIT"), holder.close())
-    name = make_url(db_url).database
-    admin = create_engine(make_url(db_url).set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
-
-    def end():
-        with admin.connect() as conn:
-            conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        admin.dispose()
-    return end
 
 
 def test_a_worker_rides_out_a_database_outage(engine, db_url, tmp_path):

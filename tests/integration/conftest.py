@@ -7,8 +7,8 @@ import pytest
 def sampled(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer):
     """6 candidates x 8 completions of the tiny model, sampled."""
     from posresample.scan import run_scan
-    from tests.integration.test_pipeline import options, run_worker
+    from tests.helpers import run_tiny_worker, scan_options
 
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=6), progress=False)
-    run_worker(engine, tiny_model, tokenizer)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=6), progress=False)
+    run_tiny_worker(engine, tiny_model, tokenizer)
     return engine

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from posresample import db, metrics
-from posresample.analyze import analyze
-from posresample.confusion import Confusion
+from posresample import db
+from posresample.stats import metrics
+from posresample.analyze import run_analyze
+from posresample.stats.confusion import Confusion
 from posresample.report import write_report
 from tests.known_truth import K, draw_study, write_study
 
@@ -34,7 +35,7 @@ def test_a_probe_equal_to_the_truth_scores_about_zero_once_the_noise_is_removed(
     truth, rng = known()
     study = draw_study(len(truth), rng, truth=truth, probe=truth, confusion=perfect_tagger())
     write_study(engine, study, None)
-    a = analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
+    a = run_analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
     assert len(a.rows) == 40 and all(r["n_labelled"] == 96 for r in a.rows)
     assert (np.abs(a.empirical - truth) <= 4 * np.sqrt(truth * (1 - truth) / 96) + 1e-9).all()
     raw = a.summary["raw"]["probe_vs_empirical"]["tv"]["mean"]
@@ -49,7 +50,7 @@ def test_a_miscalibrated_probe_is_found_and_recalibrated(engine, tmp_path):
     probe = metrics.temper(truth, 0.4)  # an overconfident probe
     study = draw_study(len(truth), rng, truth=truth, probe=probe, confusion=perfect_tagger())
     write_study(engine, study, None)
-    a = analyze(engine, min_labelled=20, confusion=Confusion.identity())
+    a = run_analyze(engine, min_labelled=20, confusion=Confusion.identity())
     fixed, raw = a.summary["corrected"]["divergences"]["tv"], a.summary["raw"]["noise_floor"]["tv"]["mean"]
     assert fixed["ci95"][0] > 1.5 * raw  # a real gap, not noise
     for fitted in a.summary["fitted_temperature"].values():
@@ -76,7 +77,7 @@ def test_out_of_probe_labels_are_their_own_line_and_the_smoothing_is_stated(engi
     probe /= probe.sum(1, keepdims=True)
     study = draw_study(len(truth), rng, truth=truth, probe=probe, confusion=perfect_tagger())
     write_study(engine, study, None)
-    a = analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
+    a = run_analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
     o = a.summary["out_of_probe"]
     assert "INTJ" in o["labels"] and o["candidates_with_any"] >= 19
     assert o["share_of_labels"]["mean"] == pytest.approx(0.1, abs=0.03)
@@ -93,7 +94,7 @@ def test_a_random_part_of_the_scan_sampled_estimates_the_whole_scan(engine):
     rng = np.random.default_rng(11)
     study = draw_study(500, rng)
     write_study(engine, study, study.measured, sampled=200)
-    a = analyze(engine, min_labelled=20, with_examples=False, refits=4)
+    a = run_analyze(engine, min_labelled=20, with_examples=False, refits=4)
     s = a.summary
     assert s["flow"] == {"scanned": 500, "sampled": 200, "labelled_enough": 200, "analysed": 200}
     assert s["sample"]["random_sample"] and "simple random sample" in s["sample"]["reading"]
@@ -113,7 +114,7 @@ def test_a_confusion_without_rows_for_the_tagger_s_labels_is_filled_and_said_so(
     study = draw_study(40, rng, confusion=perfect_tagger())
     write_study(engine, study, None)
     partial = Confusion(np.where(np.arange(K)[:, None] == 0, np.eye(K) * 5, 0.0), "one row")
-    a = analyze(engine, min_labelled=20, confusion=partial, with_examples=False, refits=2)
+    a = run_analyze(engine, min_labelled=20, confusion=partial, with_examples=False, refits=2)
     s = a.summary
     assert s["headline"].startswith("Warning: the tagger's confusion (one row) has no row for ")
     assert "NOUN" not in s["confusion_filled"] and len(s["confusion_filled"]) >= 5
@@ -125,7 +126,7 @@ def test_a_confusion_without_rows_for_the_tagger_s_labels_is_filled_and_said_so(
 
 
 def test_confusion_counts_past_any_treebank_are_one_line_errors():
-    from posresample.confusion import parse_confusion
+    from posresample.stats.confusion import parse_confusion
     from posresample.errors import ConfigError
 
     for n in (9.3e18, 1e308, 10 ** 400, float("nan"), -1):
@@ -138,7 +139,7 @@ def test_values_edited_by_hand_are_one_line_naming_the_row(engine):
 
     from posresample import db
     from posresample.errors import DatabaseError
-    from posresample.models import candidates, labels
+    from posresample.schema import candidates, labels
 
     rng = np.random.default_rng(6)
     study = draw_study(30, rng)
@@ -147,13 +148,13 @@ def test_values_edited_by_hand_are_one_line_naming_the_row(engine):
         cid = conn.execute(candidates.select().limit(1)).first().id
         conn.execute(update(candidates).where(candidates.c.id == cid).values(probe_probs=[0.5, 0.5]))
     with pytest.raises(DatabaseError, match=f"candidate {cid}: probe_probs is not 15 probabilities"):
-        analyze(engine, min_labelled=20, with_examples=False, refits=0)
+        run_analyze(engine, min_labelled=20, with_examples=False, refits=0)
     with db.write(engine) as conn:
         conn.execute(update(candidates).where(candidates.c.id == cid).values(probe_probs=[1 / 15] * 15))
         first = conn.execute(labels.select().limit(1)).first().id
         conn.execute(update(labels).where(labels.c.id == first).values(upos=99))
     with pytest.raises(DatabaseError, match="has labels with upos 99"):
-        analyze(engine, min_labelled=20, with_examples=False, refits=0)
+        run_analyze(engine, min_labelled=20, with_examples=False, refits=0)
 
 
 def test_the_sensitivity_table_flags_a_tagger_worse_on_these_words_than_measured(engine):
@@ -167,7 +168,7 @@ def test_the_sensitivity_table_flags_a_tagger_worse_on_these_words_than_measured
     worse = Confusion(C * 10_000, "the tagger on these words").scaled_errors(3.0).matrix()
     study = draw_study(400, rng, confusion=worse)
     write_study(engine, study, treebank_counts(C, rng))
-    s = analyze(engine, min_labelled=20, with_examples=False, refits=2).summary
+    s = run_analyze(engine, min_labelled=20, with_examples=False, refits=2).summary
     rows = {r["confusion"]: r["verdict"]["genuinely_ambiguous"]["share"] for r in s["sensitivity"]}
     truth = float((np.sort(study.truth, axis=1)[:, -2] >= 0.10).mean())
     assert list(rows) == ["stored", "errors x1.5", "errors x2", "hard words"]
@@ -187,7 +188,7 @@ def test_the_estimand_curve_recovers_the_planted_shares(engine):
     rng = np.random.default_rng(22)
     study = draw_study(600, rng)
     write_study(engine, study, study.measured)
-    s = analyze(engine, min_labelled=20, with_examples=False, refits=4).summary
+    s = run_analyze(engine, min_labelled=20, with_examples=False, refits=4).summary
     second = np.sort(study.truth, axis=1)[:, -2]
     for row in s["ambiguous_by_threshold"]:
         lo, hi = row["ci95"]
@@ -200,7 +201,7 @@ def test_a_perfect_tagger_s_sensitivity_rows_agree(engine):
     rng = np.random.default_rng(23)
     study = draw_study(120, rng, confusion=perfect_tagger())
     write_study(engine, study, np.eye(K) * 1000)
-    s = analyze(engine, min_labelled=20, with_examples=False, refits=0).summary
+    s = run_analyze(engine, min_labelled=20, with_examples=False, refits=0).summary
     shares = [r["verdict"]["genuinely_ambiguous"]["share"] for r in s["sensitivity"][:3]]
     assert max(shares) - min(shares) < 0.01, shares
 
@@ -209,7 +210,7 @@ def test_the_accounting_shows_the_labels_that_are_not_ok(engine):
     """Labels without a clean span are left out of every count analysed: the summary, the text line
     and the page say how many there were, by status, beside the flow of candidates."""
     from posresample.analyze import flow_line
-    from posresample.models import labels
+    from posresample.schema import labels
 
     study = draw_study(40, np.random.default_rng(3), num_samples=24)
     write_study(engine, study, study.measured)
@@ -217,7 +218,7 @@ def test_the_accounting_shows_the_labels_that_are_not_ok(engine):
         conn.execute(labels.update().where(labels.c.completion_id.in_([1, 2, 3, 4, 5, 25, 26, 27, 28, 29]))
                      .values(status="no_span", upos=None, upos_name=None))
         conn.execute(labels.update().where(labels.c.completion_id == 30).values(status="empty", upos=None, upos_name=None))
-    result = analyze(engine, min_labelled=20, refits=0, with_examples=False)
+    result = run_analyze(engine, min_labelled=20, refits=0, with_examples=False)
     st = result.summary["label_statuses"]
     assert st["labels"] == 40 * 24 and st["counts"] == {"empty": 1, "no_span": 10, "ok": 40 * 24 - 11}
     assert abs(sum(st["rates"].values()) - 1) < 1e-12 and st["rates"]["no_span"] == 10 / 960

@@ -11,7 +11,7 @@ from posresample.errors import DatabaseError
 from posresample.label import LabelOptions, run_label
 from posresample.probe import check_sidecar, load_probe, validate_probe
 from posresample.scan import run_scan
-from tests.integration.test_pipeline import NUM_SAMPLES, options, run_worker
+from tests.helpers import NUM_SAMPLES, run_tiny_worker, scan_options
 
 
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 @pytest.fixture
 def labelled(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger):
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=24), progress=False)
-    run_worker(engine, tiny_model, tokenizer)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=24), progress=False)
+    run_tiny_worker(engine, tiny_model, tokenizer)
     run_label(engine, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", progress=False))
     return engine
 
@@ -56,7 +56,7 @@ def test_folds_are_sentence_texts_and_too_many_folds_are_refused(labelled, tmp_p
 
     from posresample import db
     from posresample.errors import ConfigError
-    from posresample.models import candidates
+    from posresample.schema import candidates
 
     with db.read(labelled) as conn:
         texts = conn.execute(select(func.count(func.distinct(candidates.c.sentence_text)))).scalar_one()
@@ -70,7 +70,7 @@ def test_the_activation_cache_follows_the_weights_not_the_path(labelled, tiny_di
     import os
     import shutil
 
-    from posresample import distill, tiny
+    from posresample import distill, standins
 
     model_dir = str(tmp_path / "model")
     shutil.copytree(tiny_dir, model_dir)
@@ -81,7 +81,7 @@ def test_the_activation_cache_follows_the_weights_not_the_path(labelled, tiny_di
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(model_dir).vocab_size
-    tiny.build_model(tiny.tiny_gemma2_config(vocab), seed=1, out_dir=model_dir)  # other weights, same folder
+    standins.build_model(standins.tiny_gemma2_config(vocab), seed=1, out_dir=model_dir)  # other weights, same folder
     again = distill.cached_activations(model_dir, prefixes, [2], cache, "cpu")[2]
     assert np.abs(again - first).max() > 1e-3 and len(os.listdir(cache)) == 2
 

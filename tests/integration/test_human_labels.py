@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from posresample import annotate, db
-from posresample.analyze import analyze
+from posresample.analyze import run_analyze
 from posresample.data import UPOS_IDS
-from posresample.export import export
-from posresample.models import annotation_items, completions, labels, taggers
+from posresample.export import run_export
+from posresample.schema import annotation_items, completions, labels, taggers
 from tests.known_truth import K, draw_study, write_study
 
 
@@ -53,7 +53,7 @@ def test_confusion_accuracy_and_kappa_on_completions_by_hand(labelled, tmp_path)
     bob = ["NOUN", "NOUN", "NOUN", "VERB", "NOUN", "NOUN", "VERB", "ADJ", "ADJ", "NOUN"]
     give(engine, "ana", items, ana)
     give(engine, "bob", items, bob)
-    h = analyze(engine, min_labelled=1, tagger_name="known", with_examples=False).summary["human_labels"]
+    h = run_analyze(engine, min_labelled=1, tagger_name="known", with_examples=False).summary["human_labels"]
     on = h["tagger_on_completions"]["human:ana"]
     assert on["completions"] == 9 and on["right"] == 6 and on["human_unsure"] == 1  # 6 NOUN of 9 with a UPOS
     assert on["confusion"] == {"NOUN": {"NOUN": 6}, "VERB": {"NOUN": 2}, "ADJ": {"NOUN": 1}}
@@ -72,15 +72,15 @@ def test_correcting_with_the_confusion_on_completions_and_analysing_the_people(l
     engine = labelled
     items = completion_ids(engine, 8)
     give(engine, "ana", items, ["NOUN"] * 6 + ["VERB"] * 2)
-    a = analyze(engine, min_labelled=1, tagger_name="known", confusion_from="human:ana", with_examples=False)
+    a = run_analyze(engine, min_labelled=1, tagger_name="known", confusion_from="human:ana", with_examples=False)
     source = a.summary["corrected"]["confusion"]["source"]
     assert source.startswith("known against human:ana on 8 completions")
-    people = analyze(engine, min_labelled=1, tagger_name="human:ana", with_examples=False)
+    people = run_analyze(engine, min_labelled=1, tagger_name="human:ana", with_examples=False)
     assert people.summary["labels_analysed"] == 8 and people.summary["corrected"]["confusion"]["exact"]
     from posresample.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no annotator 'human:nobody'"):
-        analyze(engine, min_labelled=1, tagger_name="known", confusion_from="human:nobody")
+        run_analyze(engine, min_labelled=1, tagger_name="known", confusion_from="human:nobody")
 
 
 def test_export_carries_human_labels_like_a_taggers(labelled, tmp_path):
@@ -88,7 +88,7 @@ def test_export_carries_human_labels_like_a_taggers(labelled, tmp_path):
     items = completion_ids(engine, 3)
     give(engine, "ana", items, ["VERB", "unsure", "NOUN"])
     out = tmp_path / "x.jsonl"
-    export(engine, str(out), progress=False)
+    run_export(engine, str(out), progress=False)
     lines = out.read_text().splitlines()
     meta, records = json.loads(lines[0])["metadata"], [json.loads(line) for line in lines[1:]]
     assert [t["name"] for t in meta["taggers"]] == ["known", "human:ana"]
@@ -118,7 +118,7 @@ def test_the_queue_shows_disagreements_first_spreads_strata_and_jobs_and_grows_i
     probe[20:, [UPOS_IDS["ADJ"], UPOS_IDS["ADV"]]] = [0.7, 0.3]
     write_study(engine, draw_study(30, rng, num_samples=8, truth=truth, probe=probe, confusion=np.eye(K)), None)
     with db.read(engine) as conn:
-        from posresample.models import candidates, jobs
+        from posresample.schema import candidates, jobs
         rows = conn.execute(select(completions.c.id, jobs.c.id, candidates.c.probe_pred, labels.c.upos)
                             .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
                             .join(labels, labels.c.completion_id == completions.c.id)).all()

@@ -10,10 +10,8 @@ from sqlalchemy import create_engine, func, inspect, select, text
 from posresample import db, label_store
 from posresample.errors import DatabaseError, TaggerError
 from posresample.label import LabelOptions, run_label
-from posresample.models import labels, taggers
-from tests.acceptance.test_workers import outage
-from tests.helpers import cli_cmd
-from tests.integration.test_label import count
+from posresample.schema import labels, taggers
+from tests.helpers import cli_cmd, count, outage
 
 
 def tables(url):
@@ -136,12 +134,12 @@ def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_p
 
     from posresample.scan import run_scan
     from posresample.tagger import load_tagger
-    from tests.integration.test_pipeline import options, run_worker
+    from tests.helpers import run_tiny_worker, scan_options
 
     engine = db.make_engine(pg_url)
     db.upgrade(engine)
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=6), progress=False)
-    run_worker(engine, tiny_model, tokenizer)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=6), progress=False)
+    run_tiny_worker(engine, tiny_model, tokenizer)
     tagger_id = label_store.register_tagger(engine, load_tagger(f"spacy:{tiny_tagger}").identity())
     [stale] = label_store.claim_label_jobs(engine, tagger_id, "dead:1:x", 1, lease_seconds=0.01)
     frozen = engine.connect()
@@ -172,7 +170,7 @@ def test_label_rides_out_an_outage_at_start_up(sampled, db_url, tiny_tagger, tmp
             proc = subprocess.Popen(cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--no-progress",
                                             "--db-retry-seconds", "120"), stdout=handle, stderr=subprocess.STDOUT,
                                     env={**__import__("os").environ, "POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"})
-            from tests.acceptance.test_workers import wait_for
+            from tests.helpers import wait_for
 
             wait_for(lambda: "database unavailable" in log.read_text(), what="label to meet the outage")
             assert proc.poll() is None  # alive, retrying
@@ -228,8 +226,7 @@ def test_a_worker_rides_out_an_outage_at_start_up(engine, db_url, tmp_path):
     """A held SQLite lock (or PostgreSQL refusing connections) when the worker starts."""
     import os
 
-    from tests.acceptance.test_workers import wait_for
-    from tests.helpers import job_states, seed_jobs, start_worker
+    from tests.helpers import job_states, seed_jobs, start_worker, wait_for
 
     seed_jobs(engine, 6, num_samples=2, max_new_tokens=2)
     engine.dispose()

@@ -6,9 +6,9 @@ import pytest
 from scipy.stats import spearmanr
 from sqlalchemy import func, select, update
 
-from posresample import db, queue, store
+from posresample import db, queue, scan_store
 from posresample.errors import ConfigError
-from posresample.models import candidates, jobs, scans
+from posresample.schema import candidates, jobs, scans
 from posresample.worker import JobBudget, Worker, WorkerOptions
 from tests.helpers import job_states, seed_jobs
 
@@ -41,13 +41,13 @@ def test_random_order_is_uncorrelated_with_the_dataset_and_claims_each_job_once(
 
 
 def test_same_seed_same_order_other_seed_other_order():
-    first = [store.job_priority("random", 7, i, 3) for i in range(300)]
-    again = [store.job_priority("random", 7, i, 3) for i in range(300)]
-    other = [store.job_priority("random", 8, i, 3) for i in range(300)]
+    first = [scan_store.job_priority("random", 7, i, 3) for i in range(300)]
+    again = [scan_store.job_priority("random", 7, i, 3) for i in range(300)]
+    other = [scan_store.job_priority("random", 8, i, 3) for i in range(300)]
     assert first == again and first != other
     assert all(0 <= p < 2**31 for p in first + other)  # fits jobs.priority, a signed 32-bit column
     assert abs(spearmanr(first, other).statistic) < 0.25
-    assert store.job_priority("dataset", 7, 5, 3) == 0 and store.job_priority(None, None, 5, 3) == 0
+    assert scan_store.job_priority("dataset", 7, 5, 3) == 0 and scan_store.job_priority(None, None, 5, 3) == 0
 
 
 def test_dataset_order_drains_in_id_order(engine):
@@ -64,10 +64,10 @@ def test_another_order_on_an_existing_scan_is_refused_and_none_resumes(engine):
 
     params = GenerationParams(model="fake")
     with pytest.raises(ConfigError, match="drains in random order .seed 123., not dataset order"):
-        store.open_scan(engine, "fake", identity, extra, params, "x", 60, order="dataset")
+        scan_store.open_scan(engine, "fake", identity, extra, params, "x", 60, order="dataset")
     with pytest.raises(ConfigError, match="not random order .seed 9."):
-        store.open_scan(engine, "fake", identity, extra, params, "x", 60, order="random", order_seed=9)
-    scan, _ = store.open_scan(engine, "fake", identity, extra, params, "x", 60)  # no order given: resumes
+        scan_store.open_scan(engine, "fake", identity, extra, params, "x", 60, order="random", order_seed=9)
+    scan, _ = scan_store.open_scan(engine, "fake", identity, extra, params, "x", 60)  # no order given: resumes
     assert scan["job_order"] == "random" and scan["order_seed"] == 123
 
 
@@ -78,8 +78,8 @@ def test_a_second_generation_params_row_queues_the_same_candidates_in_the_same_o
     seed_jobs(engine, 50)
     with db.write(engine) as conn:
         scan_id = conn.execute(select(scans.c.id)).scalar_one()
-        pid = store.params_id(conn, GenerationParams(model="fake", temperature=1.0, top_p=1.0))
-        store.enqueue_missing_jobs(conn, scan_id, pid)
+        pid = scan_store.params_id(conn, GenerationParams(model="fake", temperature=1.0, top_p=1.0))
+        scan_store.enqueue_missing_jobs(conn, scan_id, pid)
     with db.read(engine) as conn:
         rows = conn.execute(select(jobs.c.params_id, jobs.c.candidate_id, jobs.c.priority)).all()
     by_params: dict[int, dict[int, int]] = {}
@@ -97,7 +97,7 @@ def test_a_scan_made_before_the_order_existed_keeps_dataset_order(engine):
         scan_id = conn.execute(select(scans.c.id)).scalar_one()
         pid = conn.execute(select(jobs.c.params_id)).scalars().first()
         conn.execute(jobs.delete())
-        assert store.enqueue_missing_jobs(conn, scan_id, pid) == 10
+        assert scan_store.enqueue_missing_jobs(conn, scan_id, pid) == 10
     with db.read(engine) as conn:
         assert set(conn.execute(select(jobs.c.priority)).scalars()) == {0}
         assert conn.execute(select(func.count()).select_from(candidates)).scalar_one() == 10
@@ -122,7 +122,7 @@ class _CountingSampler:
     """Enough of a sampler for the worker loop: one token per sample."""
 
     def sample(self, requests, params, should_abort=lambda: False):
-        from posresample.sampler import Sample
+        from posresample.sampling.sampler import Sample
 
         return [[Sample([5], "length") for _ in r.sample_indices] for r in requests]
 

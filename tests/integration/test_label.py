@@ -8,15 +8,10 @@ from sqlalchemy import func, select
 
 from posresample import db, label_store
 from posresample.errors import DatabaseError
-from posresample.export import export
+from posresample.export import run_export
 from posresample.label import LabelOptions, run_label
-from posresample.models import candidate_labels, candidates, completions, label_jobs, labels
-from tests.helpers import cli_cmd
-
-
-def count(engine, table):
-    with db.read(engine) as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+from posresample.schema import candidate_labels, candidates, completions, label_jobs, labels
+from tests.helpers import cli_cmd, count
 
 
 def leases(engine):
@@ -75,7 +70,7 @@ def test_two_label_processes_split_the_work(sampled, db_url, tiny_tagger):
 
 def test_export_carries_labels_and_counts(sampled, tiny_tagger, tmp_path):
     run_label(sampled, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", progress=False))
-    export(sampled, str(tmp_path / "x.jsonl"), progress=False)
+    run_export(sampled, str(tmp_path / "x.jsonl"), progress=False)
     lines = (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()
     meta, records = json.loads(lines[0])["metadata"], [json.loads(line) for line in lines[1:]]
     assert [t["name"] for t in meta["taggers"]] == ["sample-tagger"]
@@ -88,7 +83,7 @@ def test_export_carries_labels_and_counts(sampled, tiny_tagger, tmp_path):
 
 
 def test_labelling_an_empty_database_is_refused_and_writes_nothing(engine, tiny_tagger):
-    from posresample.models import taggers
+    from posresample.schema import taggers
 
     with pytest.raises(DatabaseError, match="no sampled completions to label"):
         run_label(engine, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", progress=False))
@@ -113,7 +108,7 @@ def test_jobs_leased_by_a_killed_process_are_taken_over(sampled, tiny_tagger):
 def test_labelling_while_workers_sample_picks_up_jobs_done_later(sampled, tiny_tagger):
     from sqlalchemy import update
 
-    from posresample.models import jobs
+    from posresample.schema import jobs
 
     with db.write(sampled) as conn:  # two jobs still being sampled
         conn.execute(update(jobs).where(jobs.c.id.in_([2, 5])).values(state="running"))

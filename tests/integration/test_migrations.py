@@ -62,7 +62,7 @@ def test_a_0001_database_upgrades_in_place_and_downgrades(db_url):
     from sqlalchemy import inspect, insert, select
 
     from posresample.errors import DatabaseError
-    from posresample.models import workers
+    from posresample.schema import workers
 
     engine = db.make_engine(db_url)
     with engine.connect() as conn:

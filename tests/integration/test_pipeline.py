@@ -7,27 +7,14 @@ import torch
 import transformers
 from sqlalchemy import func, select
 
-from posresample import db, store
+from posresample import db, scan_store
 from posresample.config import GenerationParams
-from posresample.data import UPOS_NAMES, parse_label_list
+from posresample.data import UPOS_NAMES
 from posresample.errors import ConfigError
-from posresample.export import export
-from posresample.models import candidates, completions, jobs, scans, workers
-from posresample.scan import ScanOptions, run_scan
-from posresample.sampler import Sampler
-from posresample.worker import Worker, WorkerOptions
-
-LAYER = 2
-NUM_SAMPLES = 8
-
-
-def options(tiny_dir, probe, dataset, **kw):
-    params = GenerationParams(model=tiny_dir, num_samples=NUM_SAMPLES, max_new_tokens=6)
-    base = dict(probe=probe, dataset=dataset, split="validation", model=tiny_dir, layer=LAYER, threshold=0.95,
-                exclude=parse_label_list("_,SYM,INTJ"), params=params, name="t", device="cpu", batch_size=5)
-    base.update(kw)
-    return ScanOptions(**base)
-
+from posresample.export import run_export
+from posresample.schema import candidates, completions, jobs, scans, workers
+from posresample.scan import run_scan
+from tests.helpers import LAYER, NUM_SAMPLES, run_tiny_worker, scan_options
 
 def table(engine, tbl, *cols, order=None):
     with db.read(engine) as conn:
@@ -35,7 +22,7 @@ def table(engine, tbl, *cols, order=None):
 
 
 def test_scan_stores_candidates_with_metadata(engine, tiny_dir, tiny_probe, sample_conllu, tokenizer):
-    result = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+    result = run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu), progress=False)
     assert result.candidates > 0 and result.added == result.candidates
     with db.read(engine) as conn:
         row = conn.execute(select(candidates).order_by(candidates.c.id)).mappings().first()
@@ -55,12 +42,12 @@ def test_scan_stores_candidates_with_metadata(engine, tiny_dir, tiny_probe, samp
 
 
 def test_rescan_adds_nothing_and_resumes_after_interruption(engine, tiny_dir, tiny_probe, sample_conllu, monkeypatch):
-    opts = options(tiny_dir, tiny_probe, sample_conllu)
+    opts = scan_options(tiny_dir, tiny_probe, sample_conllu)
     full = run_scan(engine, opts, progress=False).candidates
     assert run_scan(engine, opts, progress=False).added == 0
 
-    other = options(tiny_dir, tiny_probe, sample_conllu, name="interrupted")
-    real, calls = store.save_scan_batch, []
+    other = scan_options(tiny_dir, tiny_probe, sample_conllu, name="interrupted")
+    real, calls = scan_store.save_scan_batch, []
 
     def crash_on_third(*args, **kw):
         calls.append(1)
@@ -68,10 +55,10 @@ def test_rescan_adds_nothing_and_resumes_after_interruption(engine, tiny_dir, ti
             raise KeyboardInterrupt
         return real(*args, **kw)
 
-    monkeypatch.setattr(store, "save_scan_batch", crash_on_third)
+    monkeypatch.setattr(scan_store, "save_scan_batch", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         run_scan(engine, other, progress=False)
-    monkeypatch.setattr(store, "save_scan_batch", real)
+    monkeypatch.setattr(scan_store, "save_scan_batch", real)
     with db.read(engine) as conn:
         assert conn.execute(select(scans.c.sentences_done).where(scans.c.name == "interrupted")).scalar() == 10
     resumed = run_scan(engine, other, progress=False)
@@ -82,48 +69,42 @@ def test_rescan_adds_nothing_and_resumes_after_interruption(engine, tiny_dir, ti
 
 
 def test_max_prefixes_stops_and_a_larger_limit_continues(engine, tiny_dir, tiny_probe, sample_conllu):
-    first = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=7), progress=False)
+    first = run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=7), progress=False)
     assert first.candidates == 7
-    more = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=20), progress=False)
+    more = run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=20), progress=False)
     assert more.candidates == 20
-    full = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
-    fresh = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, name="fresh"), progress=False)
+    full = run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+    fresh = run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, name="fresh"), progress=False)
     assert full.candidates == fresh.candidates
 
 
 def test_same_name_other_config_is_refused_and_writes_nothing(engine, tiny_dir, tiny_probe, sample_conllu):
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu), progress=False)
     before = table(engine, candidates, "id")
     with pytest.raises(ConfigError, match="threshold: 0.95 -> 0.5"):
-        run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, threshold=0.5), progress=False)
+        run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, threshold=0.5), progress=False)
     assert table(engine, candidates, "id") == before
 
 
 def test_new_generation_params_queue_the_same_candidates_again(engine, tiny_dir, tiny_probe, sample_conllu):
-    opts = options(tiny_dir, tiny_probe, sample_conllu)
+    opts = scan_options(tiny_dir, tiny_probe, sample_conllu)
     n = run_scan(engine, opts, progress=False).candidates
     hot = GenerationParams(model=tiny_dir, temperature=1.0, num_samples=NUM_SAMPLES, max_new_tokens=6)
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, params=hot), progress=False)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, params=hot), progress=False)
     with db.read(engine) as conn:
         assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == 2 * n
 
 
-def run_worker(engine, tiny_model, tokenizer):
-    w = Worker(engine, lambda _name: Sampler(tiny_model, tokenizer), WorkerOptions(device="cpu", batch_jobs=6, progress=False))
-    w.run()
-    return w
-
-
 def test_worker_and_export_end_to_end(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=15), progress=False)
-    w = run_worker(engine, tiny_model, tokenizer)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=15), progress=False)
+    w = run_tiny_worker(engine, tiny_model, tokenizer)
     assert w.jobs_done == 15
     with db.read(engine) as conn:
         assert conn.execute(select(func.count()).select_from(completions)).scalar_one() == 15 * NUM_SAMPLES
         assert {s for (s,) in conn.execute(select(jobs.c.state).distinct())} == {"done"}
 
     out = tmp_path / "out.jsonl"
-    meta = export(engine, str(out), progress=False)
+    meta = run_export(engine, str(out), progress=False)
     lines = out.read_text(encoding="utf-8").splitlines()
     header, records = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
     assert set(header) == {"metadata"} and meta["counts"]["records"] == len(records) == 15
@@ -169,8 +150,8 @@ def check_records(engine, records, meta):
 def test_completions_are_queryable_with_sql_json(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer):
     from sqlalchemy import text
 
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=3), progress=False)
-    run_worker(engine, tiny_model, tokenizer)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=3), progress=False)
+    run_tiny_worker(engine, tiny_model, tokenizer)
     each = "json_each(c.token_ids)" if engine.dialect.name == "sqlite" else "jsonb_array_elements(c.token_ids)"
     sql = f"select count(*) from completions c, {each}"
     with db.read(engine) as conn:
@@ -185,11 +166,11 @@ def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_c
     from collections import Counter
 
     from posresample.label import LabelOptions, run_label
-    from posresample.models import labels
+    from posresample.schema import labels
     from tests.helpers import REPO
 
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=3), progress=False)
-    run_worker(engine, tiny_model, tokenizer)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=3), progress=False)
+    run_tiny_worker(engine, tiny_model, tokenizer)
     run_label(engine, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", progress=False))
     from posresample import annotate, train_tagger
     from posresample.tagger import load_tagger
@@ -234,10 +215,10 @@ def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_c
 def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):
     import zstandard
 
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=4), progress=False)
-    run_worker(engine, tiny_model, tokenizer)
-    export(engine, str(tmp_path / "a.jsonl"), progress=False)
-    export(engine, str(tmp_path / "a.jsonl.zst"), progress=False)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=4), progress=False)
+    run_tiny_worker(engine, tiny_model, tokenizer)
+    run_export(engine, str(tmp_path / "a.jsonl"), progress=False)
+    run_export(engine, str(tmp_path / "a.jsonl.zst"), progress=False)
     plain = (tmp_path / "a.jsonl").read_text(encoding="utf-8").splitlines()[1:]
     packed = zstandard.ZstdDecompressor().decompress((tmp_path / "a.jsonl.zst").read_bytes(), max_output_size=1 << 26)
     assert packed.decode().splitlines()[1:] == plain
@@ -246,49 +227,49 @@ def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, s
 
 def test_a_limit_inside_already_stored_sentences_never_spins(engine, tiny_dir, tiny_probe, sample_conllu, monkeypatch):
     """A reset progress counter and a larger --max-prefixes used to rescore one sentence forever."""
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=20), progress=False)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=20), progress=False)
     with db.write(engine) as conn:
         conn.execute(scans.update().values(sentences_done=0))
-    real, calls = store.save_scan_batch, []
+    real, calls = scan_store.save_scan_batch, []
 
     def bounded(*args, **kw):
         calls.append(1)
         assert len(calls) < 50, "the scan is not making progress"
         return real(*args, **kw)
 
-    monkeypatch.setattr(store, "save_scan_batch", bounded)
-    assert run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=25), progress=False).candidates == 25
+    monkeypatch.setattr(scan_store, "save_scan_batch", bounded)
+    assert run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=25), progress=False).candidates == 25
 
 
 def test_progress_counts_candidates_against_the_limit(engine, tiny_dir, tiny_probe, sample_conllu, capsys):
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=9), progress=True)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=9), progress=True)
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "9/9" in last and "cand" in last and "sentences" in last, last
 
 
 def test_a_scan_resumed_in_another_dtype_is_refused(engine, tiny_dir, tiny_probe, sample_conllu, monkeypatch, caplog):
-    from posresample import modeling
+    from posresample import lm
 
-    run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=5), progress=False)
+    run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=5), progress=False)
     with db.read(engine) as conn:
         assert conn.execute(select(scans.c.dtype, scans.c.attn)).one() == ("float32", "eager")
-    monkeypatch.setattr(modeling, "default_dtype", lambda device: torch.bfloat16)  # as a GPU would load it
+    monkeypatch.setattr(lm, "default_dtype", lambda device: torch.bfloat16)  # as a GPU would load it
     with pytest.raises(ConfigError, match="dtype: 'float32' -> 'bfloat16'"):
-        run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu), progress=False)
+        run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu), progress=False)
     assert "probe was fit on float32 activations" in caplog.text  # the sidecar's dtype, warned about
-    assert run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, name="bf16", max_prefixes=3), progress=False).candidates == 3
+    assert run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, name="bf16", max_prefixes=3), progress=False).candidates == 3
 
 
 def test_a_scan_another_process_is_running_is_refused(engine, tiny_dir, tiny_probe, sample_conllu):
-    first = run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=4), progress=False)
+    first = run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=4), progress=False)
     with db.write(engine) as conn:  # another process holds the lease, renewed moments ago
         conn.execute(scans.update().values(lease_owner="otherhost:1:abc", lease_expires_at=db.db_now() + 60))
     with pytest.raises(ConfigError, match="is being run by otherhost:1:abc"):
-        run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False)
-    assert store.count_candidates(engine, first.scan["id"]) == 4
+        run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False)
+    assert scan_store.count_candidates(engine, first.scan["id"]) == 4
     with db.write(engine) as conn:  # its lease expired: it died; the scan may be taken over
         conn.execute(scans.update().values(lease_expires_at=db.db_now() - 1))
-    assert run_scan(engine, options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False).candidates == 8
+    assert run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False).candidates == 8
     with db.read(engine) as conn:
         assert conn.execute(select(scans.c.lease_owner)).scalar() is None  # released at the end
 

@@ -6,7 +6,7 @@ from sqlalchemy import select, update
 from posresample import db, queue
 from posresample.errors import DatabaseError
 from posresample.queue import LeaseLost
-from posresample.models import completions, jobs
+from posresample.schema import completions, jobs
 from tests.helpers import job_states, seed_jobs
 
 MAX = 3

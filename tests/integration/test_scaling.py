@@ -102,7 +102,7 @@ def test_export_reads_the_labels_in_one_pass_whatever_the_number_of_records(engi
     of every label); now one streamed query serves the whole export."""
     import numpy as np
 
-    from posresample.export import export
+    from posresample.export import run_export
     from tests.helpers import seed_labelled
 
     rng = np.random.default_rng(0)
@@ -110,7 +110,7 @@ def test_export_reads_the_labels_in_one_pass_whatever_the_number_of_records(engi
     truth[:, [0, 16]] = rng.dirichlet([1, 1], size=700)
     seed_labelled(engine, truth, truth[:, [0, 16]], [0, 16], num_samples=4)
     out = tmp_path / "x.jsonl"
-    label_queries = [s for s, _ in captured_selects(engine, lambda: export(engine, str(out), progress=False))
+    label_queries = [s for s, _ in captured_selects(engine, lambda: run_export(engine, str(out), progress=False))
                      if "FROM labels" in s or "JOIN labels" in s]
     assert len(label_queries) == 2, label_queries  # taggers_used, and the one stream
     records = [json.loads(line) for line in out.read_text().splitlines()[1:]]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from posresample.data import UPOS_IDS, parse_label_list, read_conllu, read_parquet
-from posresample.train import TrainOptions, research_probe, train_probe
+from posresample.train_probe import TrainOptions, research_probe, run_train_probe
 
 EXCLUDED = {UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]}
 
@@ -30,7 +30,7 @@ def test_fixture_probe_excludes_labels_writes_sidecar_and_drives_a_scan(tiny_dir
 
     sentences = read_conllu(sample_conllu)
     assert {UPOS_IDS["SYM"], UPOS_IDS["INTJ"]} <= {label for s in sentences for _, label in s.words}  # really excluded
-    result = train_probe(options(tiny_dir, sample_conllu, tmp_path / "p.joblib"), progress=False)
+    result = run_train_probe(options(tiny_dir, sample_conllu, tmp_path / "p.joblib"), progress=False)
     probe = joblib.load(result.probe_path)
     assert probe.classes_.dtype.kind == "i" and not EXCLUDED & set(probe.classes_.tolist())
     assert list(probe.classes_) == sorted(probe.classes_)
@@ -49,27 +49,27 @@ def test_fixture_probe_excludes_labels_writes_sidecar_and_drives_a_scan(tiny_dir
 
 def test_cached_activations_give_the_same_probe(tiny_dir, sample_conllu, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    direct = train_probe(options(tiny_dir, sample_conllu, tmp_path / "a.joblib"), progress=False)
-    first = train_probe(options(tiny_dir, sample_conllu, tmp_path / "b.joblib", cache_dir=str(cache)), progress=False)
+    direct = run_train_probe(options(tiny_dir, sample_conllu, tmp_path / "a.joblib"), progress=False)
+    first = run_train_probe(options(tiny_dir, sample_conllu, tmp_path / "b.joblib", cache_dir=str(cache)), progress=False)
     assert sorted(p.name for p in cache.iterdir()) == ["validation-L2.npz"]
 
-    import posresample.train as train_mod
+    import posresample.train_probe as train_mod
 
     def no_model(*_a, **_k):
         raise AssertionError("the model ran although the cache matched")
 
     monkeypatch.setattr(train_mod, "collect_activations", no_model)
-    cached = train_probe(options(tiny_dir, sample_conllu, tmp_path / "c.joblib", cache_dir=str(cache)), progress=False)
+    cached = run_train_probe(options(tiny_dir, sample_conllu, tmp_path / "c.joblib", cache_dir=str(cache)), progress=False)
     coefs = [joblib.load(r.probe_path).coef_ for r in (direct, first, cached)]
     assert np.allclose(coefs[0], coefs[1]) and np.array_equal(coefs[1], coefs[2])
     with pytest.raises(AssertionError, match="the model ran"):  # another layer does not reuse the cache
-        train_probe(options(tiny_dir, sample_conllu, tmp_path / "d.joblib", cache_dir=str(cache), layer=1), progress=False)
+        run_train_probe(options(tiny_dir, sample_conllu, tmp_path / "d.joblib", cache_dir=str(cache), layer=1), progress=False)
 
 
 @pytest.mark.shared_data
 def test_train_on_a_slice_of_ewt(tiny_dir, shared_ewt, tmp_path):
     """Uses ../shared/data/ud_english_ewt (UD English-EWT, CC BY-SA 4.0)."""
-    result = train_probe(options(tiny_dir, str(shared_ewt), tmp_path / "p.joblib", split="train", eval_split="test",
+    result = run_train_probe(options(tiny_dir, str(shared_ewt), tmp_path / "p.joblib", split="train", eval_split="test",
                                  max_sentences=60), progress=False)
     probe = joblib.load(result.probe_path)
     assert not EXCLUDED & set(probe.classes_.tolist()) and len(probe.classes_) >= 10

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from posresample import metrics, verdict
-from posresample.analyze import analyze
-from posresample.confusion import Confusion
+from posresample.stats import metrics, verdict
+from posresample.analyze import run_analyze
+from posresample.stats.confusion import Confusion
 from posresample.data import UPOS_IDS
 from posresample.report import write_report
 from tests.known_truth import K, PROBE_CLASSES, draw_study, label_counts, planted_verdicts, write_study
@@ -20,11 +20,11 @@ def test_the_correction_is_closer_to_the_truth_and_is_the_raw_shares_under_the_i
     rng = np.random.default_rng(1)
     study = draw_study(150, rng)
     write_study(engine, study, study.measured)
-    a = analyze(engine, min_labelled=20)
+    a = run_analyze(engine, min_labelled=20)
     raw_error = metrics.total_variation(a.empirical, study.truth).mean()
     corrected_error = metrics.total_variation(a.corrected, study.truth).mean()
     assert corrected_error < 0.8 * raw_error, (corrected_error, raw_error)  # the tagger's 6% is taken out
-    plain = analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
+    plain = run_analyze(engine, min_labelled=20, confusion=Confusion.identity(), with_examples=False)
     assert np.allclose(plain.corrected, plain.empirical, atol=1e-9)
 
 
@@ -72,7 +72,7 @@ def test_each_planted_verdict_class_is_recovered(engine):
     truth, probe = planted(rng)
     study = draw_study(len(truth), rng, truth=truth, probe=probe)
     write_study(engine, study, study.measured)
-    a = analyze(engine, min_labelled=20, with_examples=False)
+    a = run_analyze(engine, min_labelled=20, with_examples=False)
     called = [r["verdict"] for r in a.rows]
     for kind in ("probe_underconfident", "probe_wrong", "genuinely_ambiguous"):
         mine = [c for c, p in zip(called, planted_verdicts(truth, probe)) if p == kind]
@@ -87,7 +87,7 @@ def test_the_files_scripts_read_carry_the_stable_names(engine, tmp_path):
     rng = np.random.default_rng(4)
     study = draw_study(60, rng)
     write_study(engine, study, study.measured)
-    paths = write_report(analyze(engine, min_labelled=20), str(tmp_path / "report"))
+    paths = write_report(run_analyze(engine, min_labelled=20), str(tmp_path / "report"))
     summary = json.loads(open(paths["summary"]).read())
     assert set(summary["verdict"]) == set(verdict.VERDICTS)
     for entry in [*summary["verdict"].values(), summary["probe_contradicted_fdr05"]]:

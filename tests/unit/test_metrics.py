@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from posresample import metrics
+from posresample.stats import metrics
 
 P = np.array([[0.5, 0.5, 0.0]])
 Q = np.array([[0.25, 0.25, 0.5]])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from posresample.sampling import (
+from posresample.sampling.draw import (
     SALT_BUCKET, SALT_TOKEN, exponential, mix32, mix32_int32, processed_probs, row_hash, sample_tokens, to_int32,
 )
 
@@ -47,7 +47,7 @@ def tiered_logits():
 
 
 def test_three_tiers_each_taken_and_equal_to_hf(monkeypatch):
-    import posresample.sampling as sampling
+    import posresample.sampling.draw as sampling
 
     logits = tiered_logits()
     kept = (hf_probs(logits, 0.7, 0.95) > 0).sum(-1)
@@ -58,7 +58,7 @@ def test_three_tiers_each_taken_and_equal_to_hf(monkeypatch):
 
 
 def test_the_tier_a_row_ends_in_does_not_change_its_token(monkeypatch):
-    import posresample.sampling as sampling
+    import posresample.sampling.draw as sampling
 
     logits = tiered_logits()
     monkeypatch.setattr(sampling, "FALLBACK_ELEMENTS", 5 * 1000)
@@ -189,7 +189,7 @@ def test_the_int32_hash_is_bit_for_bit_the_reference_one():
 def test_a_flat_row_is_cut_bottom_up_exactly_as_top_down(monkeypatch):
     """Flat rows skip the prefilters and are cut from the bottom: the kept set and the draws equal the
     full sort's, ties at the boundary included."""
-    import posresample.sampling as sampling
+    import posresample.sampling.draw as sampling
 
     logits = torch.cat([bf16_softcapped(8, 3000, seed=6) * 0.05, torch.zeros(2, 3000)])  # flat, and wholly tied
     sorted_only = dict(prefilter=3000, wide_prefilter=3000)
@@ -214,7 +214,7 @@ def real_vocabulary_logits(rows: int = 12, seed: int = 5) -> torch.Tensor:
 
 
 def test_bucketed_top_candidates_are_the_top_values():
-    from posresample.sampling import top_candidates
+    from posresample.sampling.draw import top_candidates
 
     logits = real_vocabulary_logits()
     for size in (16, 256, 4096):
@@ -225,7 +225,7 @@ def test_bucketed_top_candidates_are_the_top_values():
 
 
 def test_the_fused_normaliser_equals_torch_logsumexp():
-    from posresample.sampling import log_normaliser
+    from posresample.sampling.draw import log_normaliser
 
     logits = real_vocabulary_logits()
     for temperature in (0.7, 1.0, 1.7):

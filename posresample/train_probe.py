@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from .data import UPOS_NAMES, Sentence, tokenize_with_labels
-from .modeling import layer_activations, model_ref, pad_batch
+from .lm import layer_activations, model_ref, pad_batch
 
 log = logging.getLogger(__name__)
 ACTIVATION_BATCH = 32  # sentences per forward pass
@@ -137,7 +137,7 @@ class TrainResult:
 
 
 def _cache_key(opts: TrainOptions, split: str) -> str:
-    from .store import canonical
+    from .scan_store import canonical
 
     return canonical({"model": opts.model, "layer": opts.layer, "dtype": _dtype(opts), "dataset": os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
                       "split": split, "exclude": list(opts.exclude), "max_sentences": opts.max_sentences})
@@ -145,7 +145,7 @@ def _cache_key(opts: TrainOptions, split: str) -> str:
 
 def _dtype(opts: TrainOptions) -> str:
     """The dtype the activations are computed in (the model loads in it on this device)."""
-    from .modeling import default_dtype, dtype_name, pick_device
+    from .lm import default_dtype, dtype_name, pick_device
 
     return dtype_name(default_dtype(pick_device(opts.device)))
 
@@ -198,12 +198,12 @@ def eval_source_for(dataset: str, eval_split: str | None) -> tuple[str, str | No
     return dataset, None
 
 
-def train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
+def run_train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
     """Activations (or the cache) -> research-recipe probe -> joblib + sidecar JSON."""
     from .data import load_sentences
     from .errors import DatasetError
     from .export import package_versions
-    from .modeling import check_layer, load_model, load_tokenizer, pick_device
+    from .lm import check_layer, load_model, load_tokenizer, pick_device
 
     from .probe import check_probe_output
 

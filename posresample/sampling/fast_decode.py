@@ -6,7 +6,7 @@ copies. Here a chunk is G prefixes x S samples each; every decode step attends
   - to each row's own generated keys, kept in a preallocated cache written in place,
 and takes one softmax over both score blocks (the soft-cap is applied per score, so this is exact),
 with grouped-query attention done by reshaping queries to [.., kv_heads, group, D] instead of
-repeating keys. Checked against the HF forward on the tiny model (tests/unit/test_gemma_decode.py).
+repeating keys. Checked against the HF forward on the tiny model (tests/unit/test_fast_decode.py).
 
 Every step has the same shapes: the step number is a device tensor, the new keys go into their
 slot with index_copy_, and the generated block is read whole with the slots after the step masked.

@@ -13,7 +13,7 @@ import time
 import torch
 
 from .sampler import Sample, SampleRequest, SamplingParams
-from .sampling import row_hash
+from .draw import row_hash
 
 FAKE_VOCAB = 1000
 FAKE_EOS = 1

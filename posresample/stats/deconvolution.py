@@ -25,9 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import metrics
-from .data import UPOS_NAMES
+from ..data import K
 
-K = len(UPOS_NAMES)
 GRID = 50  # two-label atoms at the midpoints of 50 bins: 0.01, 0.03, .. 0.99
 # No atom lies on a verdict threshold (second label 0.10, first 0.90): an atom there would stand for
 # the truths on both sides of it and count them all on one (which side, rounding decides).
@@ -161,7 +160,7 @@ def _loglik(counts, C, support, order, shared, probe, dtype=np.float32) -> np.nd
     each candidate's observed labels only (a handful of the 18). In float32, half the time of float64
     (the logs of [n, M, L] mixtures are most of it): a log-likelihood of -1,000 is then off by
     ~1e-4, a relative likelihood by 1e-4 of itself, where the candidates' sampling moves it by
-    factors (tests/unit/test_corrected.py holds it to that against float64)."""
+    factors (tests/unit/test_corrected_view.py holds it to that against float64)."""
     f32 = dtype
     seen = counts > 0
     width = max(1, int(seen.sum(axis=1).max()))

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .confusion import Confusion
-from .data import UPOS_NAMES
+from ..data import K
 
-K = len(UPOS_NAMES)
 AMBIGUOUS_SECOND = 0.10  # genuinely ambiguous: the second label's lower 95% bound is at least this
 DOMINANT_FIRST = 0.90  # one label dominates: its lower 95% bound is at least this
 VERDICTS = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined")
@@ -115,7 +114,7 @@ def intervals(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.nd
 def posterior_intervals(counts: np.ndarray, confusion: Confusion, rng: np.random.Generator,
                         block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """`intervals` of `posterior_draws`, a block of candidates at a time (each candidate's chain is its
-    own), so the draws held at once do not grow with the study: 0.4 GB less at 16k candidates."""
+    own), so the draws held at once do not grow with the study."""
     parts = [intervals(posterior_draws(counts[i:i + block], confusion, rng)) for i in range(0, len(counts), block)]
     return np.concatenate([lo for lo, _ in parts]), np.concatenate([hi for _, hi in parts])
 

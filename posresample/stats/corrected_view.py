@@ -35,12 +35,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import metrics, population, verdict
-from .config import DEFAULT_REFITS
+from . import metrics, deconvolution, verdict
+from ..config import DEFAULT_REFITS
 from .confusion import Confusion
-from .data import UPOS_NAMES
+from ..data import K, UPOS_NAMES
 
-K = len(UPOS_NAMES)
 BOOTSTRAP = 1000  # two-stage replicates
 REFITS = DEFAULT_REFITS  # parametric-bootstrap refits (replicate studies, each a whole deconvolution)
 MAX_THREADS = 4  # refits at once, at most
@@ -64,10 +63,10 @@ class Corrected:
     replicates: np.ndarray  # [N] Monte Carlo replicates behind each p-value
     posterior_mean: np.ndarray  # [N, K] E[pi | labels] under the estimated population
     summary: dict
-    meanwhile: Any = None  # what analyse's `meanwhile` gave back
+    meanwhile: Any = None  # what estimate's `meanwhile` gave back
 
 
-def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int,
+def estimate(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int,
             refits: int | None = None, meanwhile: Callable[[], Any] | None = None, progress: bool = False) -> Corrected:
     """counts [N, K] the ok labels per candidate; q [N, K] the probe on all UPOS ids. refits: the
     parametric bootstrap's replicate studies [default: REFITS], run on threads while the
@@ -76,17 +75,16 @@ def analyse(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusi
     from threadpoolctl import threadpool_limits
 
     # one BLAS thread: the products here are many and small, and BLAS's own threads beside the
-    # refits' slowed them down (two cores, 4,000 candidates: 4 refits 18.9 s against 12.6 s on one
-    # BLAS thread; no refits 9.7 s against 8.4 s)
+    # refits' slow them down (docs/design.md)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _analyse(counts, q, probe_classes, confusion, seed, REFITS if refits is None else refits, meanwhile, progress)
+        return _estimate(counts, q, probe_classes, confusion, seed, REFITS if refits is None else refits, meanwhile, progress)
 
 
-def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwhile, progress: bool) -> Corrected:
+def _estimate(counts, q, probe_classes, confusion, seed: int, refits: int, meanwhile, progress: bool) -> Corrected:
     rng = np.random.default_rng(seed)
     C, support = confusion.matrix(), confusion.support
     point = verdict.mle(counts, C, support)
-    g = population.deconvolve(counts, q, C, support, point, rng)
+    g = deconvolution.deconvolve(counts, q, C, support, point, rng)
     trim_memory()
     boot = TwoStage(g.posterior, rng)
     values = atom_values(g, q, probe_classes)
@@ -129,7 +127,7 @@ def _analyse(counts, q, probe_classes, confusion, seed: int, refits: int, meanwh
     return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary, side)
 
 
-def atom_values(g: population.Deconvolution, q: np.ndarray, probe_classes: list[int], posterior: bool = False,
+def atom_values(g: deconvolution.Deconvolution, q: np.ndarray, probe_classes: list[int], posterior: bool = False,
                 names: tuple[str, ...] | None = None, block: int = 1024) -> dict[str, np.ndarray]:
     """Each statistic's value at each candidate's posterior atoms: {name: [N, KEEP]}; `posterior`:
     each candidate's posterior mean of it instead: {name: [N]}. A block of candidates at a time,
@@ -186,7 +184,7 @@ SUMMARIES = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "unde
 
 
 def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion,
-                    g: population.Deconvolution, boot: "TwoStage", rng: np.random.Generator,
+                    g: deconvolution.Deconvolution, boot: "TwoStage", rng: np.random.Generator,
                     refits: int | None = None) -> dict[str, np.ndarray]:
     """The parametric bootstrap: {statistic: [R] estimates}, "curve": [R, bins] (NaN where a bin is
     empty). Replicate r takes the two-stage bootstrap's r-th draw (candidates resampled, each one's
@@ -342,7 +340,7 @@ def population_shares(counts: np.ndarray, q: np.ndarray, probe_classes: list[int
     rng = np.random.default_rng(seed)
     with threadpool_limits(limits=1, user_api="blas"), DECONVOLUTIONS.hold(len(counts)):
         C, support = confusion.matrix(), confusion.support
-        g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
+        g = deconvolution.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
         values = atom_values(g, q, probe_classes, names=verdict.VERDICTS)
         trim_memory()
         boot = TwoStage(g.posterior, rng, replicates=replicates)
@@ -351,9 +349,9 @@ def population_shares(counts: np.ndarray, q: np.ndarray, probe_classes: list[int
 
 def posterior_means(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], C: np.ndarray, support: np.ndarray,
                     rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The deconvolution from scratch, as `analyse` runs it: {statistic: [N] each candidate's
+    """The deconvolution from scratch, as `estimate` runs it: {statistic: [N] each candidate's
     posterior mean under the fitted G}; a population estimate is their mean."""
-    g = population.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
+    g = deconvolution.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
     means = atom_values(g, q, probe_classes, posterior=True)
     return {name: means[name] for name in SUMMARIES}
 

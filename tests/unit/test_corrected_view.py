@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import t
 
-from posresample import corrected
-from posresample.confusion import Confusion
+from posresample.stats import corrected_view
+from posresample.stats.confusion import Confusion
 from tests.known_truth import PROBE_CLASSES, draw_study, label_counts
 
 
@@ -27,10 +27,10 @@ def test_a_redrawn_measurement_keeps_each_rows_words_and_averages_to_the_matrix(
 def test_the_refits_widen_an_interval_to_t_times_their_spread_and_never_narrow_it():
     refits = np.array([0.40, 0.42, 0.44, 0.41, 0.43, 0.45, 0.39, 0.42, 0.44, 0.40])
     half = t.ppf(0.975, len(refits) - 1) * refits.std(ddof=1)
-    assert np.allclose(corrected.widen(0.42, [0.415, 0.425], refits), [0.42 - half, 0.42 + half])
-    assert corrected.widen(0.42, [0.30, 0.55], refits) == [0.30, 0.55]  # already wider: kept
-    assert corrected.widen(0.42, [0.415, 0.425], None) == [0.415, 0.425]
-    assert corrected.widen(0.42, [0.415, 0.425], np.array([0.5])) == [0.415, 0.425]  # one refit has no spread
+    assert np.allclose(corrected_view.widen(0.42, [0.415, 0.425], refits), [0.42 - half, 0.42 + half])
+    assert corrected_view.widen(0.42, [0.30, 0.55], refits) == [0.30, 0.55]  # already wider: kept
+    assert corrected_view.widen(0.42, [0.415, 0.425], None) == [0.415, 0.425]
+    assert corrected_view.widen(0.42, [0.415, 0.425], np.array([0.5])) == [0.415, 0.425]  # one refit has no spread
 
 
 def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are_counted():
@@ -38,8 +38,8 @@ def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are
     study = draw_study(150, rng)
     counts = label_counts(study)
     confusion = Confusion(study.measured, "a treebank sample")
-    alone = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3, refits=0).summary
-    widened = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, seed=3, refits=6).summary
+    alone = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, confusion, seed=3, refits=0).summary
+    widened = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, confusion, seed=3, refits=6).summary
     assert alone["population"]["refits"] == 0 and widened["population"]["refits"] == 6
     pairs = [(alone["verdict"][v], widened["verdict"][v]) for v in alone["verdict"]]
     pairs += [(alone["majority_is_probe_argmax"], widened["majority_is_probe_argmax"])]
@@ -54,14 +54,14 @@ def test_every_population_interval_contains_the_two_stage_one_and_the_refits_are
 
 
 def fitted(study, rng: np.random.Generator, replicates: int = 50):
-    """What corrected.analyse fits before its refits: the counts, the measured confusion, the
+    """What corrected_view.estimate fits before its refits: the counts, the measured confusion, the
     deconvolution and the two-stage replicates."""
     counts = label_counts(study)
     confusion = Confusion(study.measured, "a treebank sample")
     C = confusion.matrix()
-    g = corrected.population.deconvolve(counts, study.probe, C, confusion.support,
-                                        corrected.verdict.mle(counts, C, confusion.support), rng)
-    return counts, confusion, g, corrected.TwoStage(g.posterior, rng, replicates=replicates)
+    g = corrected_view.deconvolution.deconvolve(counts, study.probe, C, confusion.support,
+                                        corrected_view.verdict.mle(counts, C, confusion.support), rng)
+    return counts, confusion, g, corrected_view.TwoStage(g.posterior, rng, replicates=replicates)
 
 
 def test_the_refits_come_out_the_same_on_one_thread_or_four(monkeypatch):
@@ -72,10 +72,10 @@ def test_the_refits_come_out_the_same_on_one_thread_or_four(monkeypatch):
     counts, confusion, g, boot = fitted(study, rng)
     runs = []
     for threads in (1, 4):
-        monkeypatch.setattr(corrected, "MAX_THREADS", threads)
-        runs.append(corrected.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot,
+        monkeypatch.setattr(corrected_view, "MAX_THREADS", threads)
+        runs.append(corrected_view.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot,
                                               np.random.default_rng(21), refits=5))
-    for name in corrected.SUMMARIES:
+    for name in corrected_view.SUMMARIES:
         assert np.isfinite(runs[0][name]).all() and np.ptp(runs[0][name]) > 0  # five different studies
         assert np.allclose(runs[0][name], runs[1][name], rtol=1e-12, atol=1e-15)
     assert np.allclose(runs[0]["curve"], runs[1]["curve"], rtol=1e-12, equal_nan=True)
@@ -85,20 +85,20 @@ def test_refits_held_back_by_memory_run_after_the_rest_and_change_nothing(monkey
     """Where memory limits the refits to fewer threads than the cores (16,000 candidates), they run
     after the rest of the analysis instead of beside it, one at a time: the result is the same, and
     the caller's work (analyze's raw view and examples) runs once, after them."""
-    from posresample.population import deconvolve
-    from posresample.verdict import mle
+    from posresample.stats.deconvolution import deconvolve
+    from posresample.stats.verdict import mle
 
     rng = np.random.default_rng(9)
     study = draw_study(100, rng)
     counts, confusion = label_counts(study), Confusion(study.measured, "a treebank sample")
     order = []
-    beside = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
+    beside = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
                                meanwhile=lambda: order.append("meanwhile"))
-    monkeypatch.setattr(corrected, "REFIT_MEMORY", 1)  # too little for two at once: one, deferred
-    assert corrected.refit_threads(4, 100) == 1
-    real = corrected._refit
-    monkeypatch.setattr(corrected, "_refit", lambda *a: order.append("refit") or real(*a))
-    after = corrected.analyse(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
+    monkeypatch.setattr(corrected_view, "REFIT_MEMORY", 1)  # too little for two at once: one, deferred
+    assert corrected_view.refit_threads(4, 100) == 1
+    real = corrected_view._refit
+    monkeypatch.setattr(corrected_view, "_refit", lambda *a: order.append("refit") or real(*a))
+    after = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
                               meanwhile=lambda: order.append("meanwhile"))
     assert order == ["meanwhile"] + ["refit"] * 4 + ["meanwhile"]
     assert after.summary == beside.summary
@@ -126,10 +126,10 @@ def test_the_refits_spread_is_the_spread_between_independent_studies():
         for _ in range(24):
             study = draw_study(600, studies)
             counts, confusion, g, boot = fitted(study, rng)
-            values = corrected.atom_values(g, study.probe, PROBE_CLASSES)
-            estimates.append({k: (g.posterior * values[k]).sum(axis=1).mean() for k in corrected.SUMMARIES})
-            refits = corrected.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot, rng, refits=10)
-            spreads.append({k: refits[k].std(ddof=1) for k in corrected.SUMMARIES})
+            values = corrected_view.atom_values(g, study.probe, PROBE_CLASSES)
+            estimates.append({k: (g.posterior * values[k]).sum(axis=1).mean() for k in corrected_view.SUMMARIES})
+            refits = corrected_view.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot, rng, refits=10)
+            spreads.append({k: refits[k].std(ddof=1) for k in corrected_view.SUMMARIES})
     for name in ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "majority_is_probe_argmax"):
         between = np.std([e[name] for e in estimates], ddof=1)
         said = np.sqrt(np.mean([s[name] ** 2 for s in spreads]))
@@ -141,23 +141,23 @@ def test_the_refits_spread_is_the_spread_between_independent_studies():
 def test_the_float32_likelihood_is_within_1e_4_of_float64():
     """The deconvolution's logs are taken in float32 for speed: relative likelihoods (each
     candidate's atoms against its best) stay within 1e-4 of float64's, on a 96-label study."""
-    from posresample import metrics, population
-    from posresample.confusion import Confusion
+    from posresample.stats import metrics, deconvolution
+    from posresample.stats.confusion import Confusion
 
     rng = np.random.default_rng(3)
     study = draw_study(300, rng)
     counts, q = label_counts(study), study.probe
     confusion = Confusion(study.measured, "known truth")
     C, support = confusion.matrix(), confusion.support
-    order = population.rank_order(q)
-    from posresample import verdict
+    order = deconvolution.rank_order(q)
+    from posresample.stats import verdict
 
     mle = verdict.mle(counts, C, support)
-    shared = population.shared_atoms(np.take_along_axis(mle, order, axis=1), rng)
-    probe = np.stack([metrics.temper(q, t) for t in population.PROBE_TEMPERATURES], axis=1)
+    shared = deconvolution.shared_atoms(np.take_along_axis(mle, order, axis=1), rng)
+    probe = np.stack([metrics.temper(q, t) for t in deconvolution.PROBE_TEMPERATURES], axis=1)
     relative = []
     for dtype in (np.float32, np.float64):
-        ll = population._loglik(counts, C, support, order, shared, probe, dtype=dtype)
+        ll = deconvolution._loglik(counts, C, support, order, shared, probe, dtype=dtype)
         relative.append(np.exp(ll - ll.max(axis=1, keepdims=True)))
     assert np.abs(relative[0] - relative[1]).max() < 1e-4
 
@@ -167,8 +167,8 @@ def test_deconvolutions_on_threads_share_one_memory_budget(monkeypatch):
     a third waits until one of two is done, and one alone runs whatever its size."""
     import threading
 
-    monkeypatch.setattr(corrected, "REFIT_MEMORY", 2 * 100 * corrected.REFIT_BYTES_PER_CANDIDATE)
-    budget = corrected.MemoryBudget()
+    monkeypatch.setattr(corrected_view, "REFIT_MEMORY", 2 * 100 * corrected_view.REFIT_BYTES_PER_CANDIDATE)
+    budget = corrected_view.MemoryBudget()
     entered = {name: threading.Event() for name in "abc"}
     leave = {name: threading.Event() for name in "abc"}
 

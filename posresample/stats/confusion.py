@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import UPOS_IDS, UPOS_NAMES
-from .errors import ConfigError
+from ..data import K, UPOS_IDS, UPOS_NAMES
+from ..errors import ConfigError
 
-K = len(UPOS_NAMES)
 PSEUDO_COUNT = 1.0 / K  # per cell: one pseudo-word per row
 
 
@@ -177,6 +176,6 @@ def _short(value) -> str:
 
 
 def load_confusion_file(path: str) -> Confusion:
-    from .jsonfile import read_json
+    from ..jsonfile import read_json
 
     return parse_confusion(read_json(path, "confusion file", ConfigError), path)

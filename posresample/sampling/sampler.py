@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch.profiler import record_function  # labels for bench/profile_decode.py; near free unprofiled
 
-from .modeling import cache_kwarg, pad_batch
-from .sampling import DEFAULT_PREFILTER, row_hash, sample_tokens
+from ..lm import cache_kwarg, pad_batch
+from .draw import DEFAULT_PREFILTER, row_hash, sample_tokens
 
 log = logging.getLogger(__name__)
 CPU_MAX_ROWS = 512  # rows per decode batch on the CPU
-# "hf": the model's own forward on a KV cache copied per sample; "fast": gemma_decode's shared-prefix
+# "hf": the model's own forward on a KV cache copied per sample; "fast": fast_decode's shared-prefix
 # step (Gemma 2, equal-sized groups), falling back to "hf" for a chunk it cannot take.
 DECODE_PATHS = ("hf", "fast")
 GPU_MEMORY_FRACTION = 0.6  # share of free GPU memory the KV cache and logits may use
@@ -63,7 +63,7 @@ class Sampler:
 
     def __init__(self, model, tokenizer=None, max_rows: int | None = None, prefilter: int = DEFAULT_PREFILTER,
                  decode: str = "hf", compile: str = "off"):
-        from .gemma_decode import check_compile_mode
+        from .fast_decode import check_compile_mode
 
         if decode not in DECODE_PATHS:
             raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
@@ -78,7 +78,7 @@ class Sampler:
         check_compile_mode(compile, self.device)
         if compile != "off" and decode != "fast":
             raise ValueError(f"compile {compile!r} applies to decode 'fast' only")
-        self.compile = compile  # how gemma_decode runs its step: off, inductor or cuda-graph
+        self.compile = compile  # how fast_decode runs its step: off, inductor or cuda-graph
         self.prefilter = prefilter
         self.max_rows = max_rows
         self.pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
@@ -210,14 +210,14 @@ class Sampler:
         return self._split_rows(tokens.cpu(), chunk)
 
     def _shared_prefix_decoder(self, chunk, cache, attention, positions, params):
-        """gemma_decode's step for this chunk, or None where the HF path must run."""
-        from . import gemma_decode
+        """fast_decode's step for this chunk, or None where the HF path must run."""
+        from . import fast_decode
 
         sizes = {len(u.sample_indices) for u in chunk}
-        if self.decode_path != "fast" or len(sizes) != 1 or not gemma_decode.supports(
+        if self.decode_path != "fast" or len(sizes) != 1 or not fast_decode.supports(
                 self.model, attention.shape[1], params.max_new_tokens):
             return None
-        return gemma_decode.SharedPrefixDecoder(self.model, cache, attention, positions, sizes.pop(),
+        return fast_decode.SharedPrefixDecoder(self.model, cache, attention, positions, sizes.pop(),
                                                 params.max_new_tokens - 1, compile=self.compile)
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:

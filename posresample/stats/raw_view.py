@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import metrics
-from .data import UPOS_NAMES
+from ..data import K, UPOS_NAMES
 
-K = len(UPOS_NAMES)
 FIXED_TEMPERATURES = (0.5, 2.0)  # the probe sharpened and softened, as baselines
 RAW_AMBIGUOUS_BELOW = 0.9  # raw view: majority share below this
 RESEARCH_FLOOR = 1e-8  # the research scripts floor both distributions at this before KL (nats)

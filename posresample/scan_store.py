@@ -1,4 +1,4 @@
-"""Scans, candidates and generation params: the statements scan and export run."""
+"""Scans, candidates and generation params: the statements scan runs, and export's reads (done jobs, samplers, the labels streamed by completion id)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 from .config import DEFAULT_ORDER_SEED, GenerationParams
 from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
-from .models import candidates, completions, generation_params, jobs, scans, workers
+from .schema import candidates, completions, generation_params, jobs, scans, workers
 
 SCAN_IDENTITY = ("dataset", "split", "model", "layer", "probe_sha256", "threshold", "excluded_labels", "dtype", "attn")
 ADOPTED_IF_MISSING = ("dtype", "attn")  # added in revision 0003: a scan made before takes the first values it resumes with
@@ -261,7 +261,7 @@ def iter_done(conn: Connection, scan_id: int, params: dict, batch: int = 500) ->
 
 def taggers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
     """The taggers that labelled this scan's completions under these params, with their identity."""
-    from .models import labels, taggers
+    from .schema import labels, taggers
 
     used = (select(labels.c.tagger_id).join(completions, completions.c.id == labels.c.completion_id)
             .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
@@ -278,7 +278,7 @@ class LabelStream:
     server CPU grew with the square of the candidates)."""
 
     def __init__(self, conn: Connection, scan_id: int, params: dict, batch: int = 20_000):
-        from .models import candidate_labels, labels, taggers
+        from .schema import candidate_labels, labels, taggers
 
         self.names = dict(conn.execute(select(taggers.c.id, taggers.c.name)).all())
         done = and_(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"], jobs.c.state == "done")

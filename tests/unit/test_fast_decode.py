@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from posresample.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
 from tests.helpers import assert_samples_agree
 
 
@@ -11,7 +11,7 @@ def decode_logits(model, tokenizer):
     """(decoder logits, HF forward logits) per step for 3 prefixes x 2 samples fed the same tokens."""
     from transformers import DynamicCache
 
-    from posresample.gemma_decode import SharedPrefixDecoder
+    from posresample.sampling.fast_decode import SharedPrefixDecoder
 
     prefixes = [tokenizer(t)["input_ids"] for t in ["The back door was", "I like", "They light the fire at"]]
     sampler = Sampler(model)
@@ -33,11 +33,11 @@ def decode_logits(model, tokenizer):
 
 
 def test_shared_prefix_step_equals_hf_forward_where_both_soft_caps_bite(tiny_dir, tokenizer):
-    from posresample import tiny
+    from posresample import standins
 
-    base = tiny.tiny_gemma2_config(len(tokenizer))
-    capped = tiny.build_model(tiny.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=0.02, final_logit_softcapping=0.05))
-    uncapped = tiny.build_model(tiny.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=None, final_logit_softcapping=None))
+    base = standins.tiny_gemma2_config(len(tokenizer))
+    capped = standins.build_model(standins.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=0.02, final_logit_softcapping=0.05))
+    uncapped = standins.build_model(standins.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=None, final_logit_softcapping=None))
     assert base.attn_logit_softcapping == 50.0
     capped_steps, free_steps = decode_logits(capped, tokenizer), decode_logits(uncapped, tokenizer)
     for (ours, theirs), (free, _) in zip(capped_steps, free_steps):
@@ -49,10 +49,10 @@ def test_shared_prefix_step_equals_hf_forward_where_both_soft_caps_bite(tiny_dir
 def test_decoder_refuses_a_sliding_window_it_would_cross(tokenizer):
     from transformers import DynamicCache
 
-    from posresample import tiny
-    from posresample.gemma_decode import SharedPrefixDecoder
+    from posresample import standins
+    from posresample.sampling.fast_decode import SharedPrefixDecoder
 
-    model = tiny.build_model(tiny.tiny_gemma2_config(len(tokenizer), sliding_window=6))
+    model = standins.build_model(standins.tiny_gemma2_config(len(tokenizer), sliding_window=6))
     sampler = Sampler(model)
     ids, mask = sampler._left_pad([tokenizer("They light the fire at")["input_ids"]])
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -84,7 +84,7 @@ def test_fast_path_draws_the_same_samples_as_the_hf_path(tiny_model, tokenizer):
 def test_decoder_refuses_more_steps_than_its_cache_holds(tiny_model, tokenizer):
     from transformers import DynamicCache
 
-    from posresample.gemma_decode import SharedPrefixDecoder
+    from posresample.sampling.fast_decode import SharedPrefixDecoder
 
     sampler = Sampler(tiny_model)
     ids, mask = sampler._left_pad([tokenizer("I like")["input_ids"]])

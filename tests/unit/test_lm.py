@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from posresample.errors import ModelError
-from posresample.modeling import attention_implementation, check_layer, layer_activations, pick_device
+from posresample.lm import attention_implementation, check_layer, layer_activations, pick_device
 
 
 @pytest.mark.parametrize("layer", [0, 1, 2, 3, 4])

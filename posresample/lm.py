@@ -163,15 +163,15 @@ def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> t
     return ids, mask
 
 
-def _decoder(model):
-    """The decoder stack (Gemma2Model inside Gemma2ForCausalLM)."""
+def _layer_stack(model):
+    """The stack of transformer layers (Gemma2Model inside Gemma2ForCausalLM)."""
     return model.get_decoder() if hasattr(model, "get_decoder") else model.model
 
 
 @contextlib.contextmanager
 def _first_layers(model, layer: int):
     """Temporarily keep only the first `layer` decoder layers, capturing the last one's output."""
-    base = _decoder(model)
+    base = _layer_stack(model)
     layers = base.layers
     captured: dict[str, torch.Tensor] = {}
 
@@ -192,7 +192,7 @@ def layer_activations(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """hidden_states[layer] for a right-padded batch: [B, T, D]. Runs only the first `layer` layers."""
     if 0 < layer < num_layers(model):
         with _first_layers(model, layer) as captured:
-            _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            _layer_stack(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return captured["h"]
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, use_cache=False)
     return out.hidden_states[layer]
