@@ -21,11 +21,10 @@ import argparse
 import time
 
 import torch
-
 from common import Budget, add_arguments, emit, machine, set_threads
 from sampler_speed import add_model_arguments, make_model
 
-from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 
 
 def varied_prefixes(n: int, vocab: int, shortest: int = 6, longest: int = 40) -> list[list[int]]:

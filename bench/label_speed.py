@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from posresample import db, label_store  # noqa: E402
-from posresample.label import LabelOptions, Labeller, run_label, target_span  # noqa: E402
+from posresample.label import Labeller, LabelOptions, run_label, target_span  # noqa: E402
 from posresample.tagger import load_tagger, token_at  # noqa: E402
 
 

@@ -14,10 +14,9 @@ import argparse
 import time
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from common import add_arguments, emit, machine, set_threads
 from sampler_speed import add_model_arguments, make_model, random_prefixes, run_sampler, sync
+from torch.profiler import ProfilerActivity, profile
 
 from posresample.sampling.sampler import Sampler, SamplingParams
 

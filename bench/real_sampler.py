@@ -25,11 +25,10 @@ import argparse
 import time
 
 import torch
-
 from common import Budget, DrawTimer, add_arguments, emit, machine, set_threads, sync
 
 from posresample.lm import load_model, load_tokenizer, model_ref, pick_device
-from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 
 PARAMS = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=16, seed=123)
 NUM_SAMPLES = 96

@@ -23,11 +23,10 @@ import resource
 import time
 
 import torch
-
 from common import Budget, DrawTimer, add_arguments, emit, machine, set_threads
 
 from posresample import standins
-from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 
 TARGET_PER_SECOND = 50  # prefixes/s on one H100/H200 at gemma-2-2b's shapes
 TARGET_RATIO = 40  # x the per-prefix generate loop in the same run

@@ -17,10 +17,15 @@ import argparse
 import time
 
 import torch
-
 from common import Budget, add_arguments, emit, machine, set_threads
 
-from posresample.sampling.draw import DEFAULT_PREFILTER, WIDE_PREFILTER, apply_temperature_top_k, row_hash, sample_tokens
+from posresample.sampling.draw import (
+    DEFAULT_PREFILTER,
+    WIDE_PREFILTER,
+    apply_temperature_top_k,
+    row_hash,
+    sample_tokens,
+)
 
 
 def nucleus_sizes(logits: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,6 @@ import time
 import uuid
 
 from common import emit, machine
-
 from sqlalchemy import and_, create_engine, or_, select, text
 from sqlalchemy.engine import make_url
 

@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import torch
-
 from common import REPO, Budget, add_arguments, emit, machine, set_threads
 
 from posresample import db, lm, scan, standins

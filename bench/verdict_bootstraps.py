@@ -24,14 +24,12 @@ import argparse
 import time
 
 import numpy as np
-
 from common import emit, machine
 from verdict_coverage import STATISTICS
 
 from posresample.stats import corrected_view, deconvolution, verdict
 from posresample.stats.confusion import Confusion
 from tests.known_truth import PROBE_CLASSES, draw_study, label_counts
-
 
 
 def fit(counts: np.ndarray, q: np.ndarray, confusion: Confusion, rng: np.random.Generator) -> dict[str, float]:

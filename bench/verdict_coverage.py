@@ -27,12 +27,11 @@ import tempfile
 import time
 
 import numpy as np
-
 from common import emit, machine
 
-from posresample.stats import corrected_view, metrics, deconvolution
 from posresample import db
 from posresample.analyze import run_analyze
+from posresample.stats import corrected_view, deconvolution, metrics
 from posresample.stats.confusion import Confusion
 from tests.known_truth import PROBE_CLASSES, draw_study, label_counts, population_truth, write_study
 

@@ -17,10 +17,10 @@ import numpy as np
 from sqlalchemy import select
 
 from . import db
-from .stats.confusion import Confusion, parse_confusion
 from .data import UPOS_NAMES
 from .errors import ConfigError
 from .schema import candidates, completions, jobs, labels, taggers
+from .stats.confusion import Confusion, parse_confusion
 
 
 def answers(engine, scan_id: int, params_id: int, tagger_id: int) -> dict[int, tuple[str, int | None]]:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy import func, select, text
 
-from .stats import raw_view, corrected_view, metrics, verdict
 from . import db
 from .config import DEFAULT_MIN_LABELLED
-from .stats.confusion import Confusion, parse_confusion
-from .data import K, UPOS_NAMES
+from .data import UPOS_NAMES, K
 from .errors import ConfigError, DatabaseError
 from .schema import candidate_labels, candidates, completions, jobs, labels, taggers
+from .stats import corrected_view, metrics, raw_view, verdict
+from .stats.confusion import Confusion, parse_confusion
 
 log = logging.getLogger(__name__)
 EXAMPLES_PER_LABEL = 5  # completions per (candidate, label) embedded in the HTML report

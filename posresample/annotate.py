@@ -20,7 +20,13 @@ from sqlalchemy import and_, case, delete, exists, func, insert, or_, select
 from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
 from .schema import (
-    annotation_items, annotation_leases, candidates, completions, jobs, labels, taggers,
+    annotation_items,
+    annotation_leases,
+    candidates,
+    completions,
+    jobs,
+    labels,
+    taggers,
 )
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")  # an annotator's name: lowercase letters, digits, _ . -

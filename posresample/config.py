@@ -55,7 +55,7 @@ class GenerationParams:
     num_samples: int = DEFAULT_NUM_SAMPLES
     seed: int = DEFAULT_SEED
 
-    def validate(self) -> "GenerationParams":
+    def validate(self) -> GenerationParams:
         from .errors import ConfigError
 
         if not (math.isfinite(self.temperature) and self.temperature > 0):

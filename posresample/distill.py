@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .stats import metrics
 from .analyze import load, probe_matrix
-from .data import K, UPOS_NAMES
+from .data import UPOS_NAMES, K
 from .errors import ConfigError, DatabaseError
+from .stats import metrics
 
 log = logging.getLogger(__name__)
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # L2 strengths tried by cross-validation

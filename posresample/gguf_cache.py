@@ -4,8 +4,9 @@
 generation params, probe sidecars), so a worker on another host with the same file, under any path
 or name, serves the same jobs. transformers dequantizes a GGUF to float32 on every load, and
 builds its tokenizer from the file's vocabulary, both slowly; the first load therefore writes a
-plain safetensors folder under the cache, keyed by that sha256, and later loads read that. Concurrent first loads (several workers) take a file lock: one converts, into a temporary
-folder renamed into place when complete, and the others wait and then read it.
+plain safetensors folder under the cache, keyed by that sha256, and later loads read that.
+Concurrent first loads (several workers) take a file lock: one converts, into a temporary folder
+renamed into place when complete, and the others wait and then read it.
 """
 
 from __future__ import annotations

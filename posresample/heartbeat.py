@@ -27,7 +27,7 @@ class Heartbeat:
             except Exception:  # a database hiccup must not kill the heartbeat
                 log.warning("%s failed", self._thread.name, exc_info=log.isEnabledFor(logging.DEBUG))
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 

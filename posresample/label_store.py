@@ -19,10 +19,19 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from .db import db_now, read, write
-from .schema import (
-    LABEL_TODO_SQL, candidate_labels, candidates, completions, generation_params, jobs, label_jobs, labels, scans, taggers,
-)
 from .scan_store import canonical
+from .schema import (
+    LABEL_TODO_SQL,
+    candidate_labels,
+    candidates,
+    completions,
+    generation_params,
+    jobs,
+    label_jobs,
+    labels,
+    scans,
+    taggers,
+)
 
 IDENTITY_FIELDS = ("name", "library", "files_sha256", "package_version")
 

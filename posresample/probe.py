@@ -32,7 +32,7 @@ class Probe:
     def class_names(self) -> list[str]:
         return [UPOS_NAMES[i] for i in self.class_ids]
 
-    def to_torch(self, device) -> "TorchProbe":
+    def to_torch(self, device) -> TorchProbe:
         return TorchProbe(self, device)
 
 

@@ -16,13 +16,20 @@ from tqdm import tqdm
 
 from . import db, scan_store
 from .config import DEFAULT_LEASE_SECONDS, DEFAULT_ORDER_SEED, GenerationParams
-from .heartbeat import Heartbeat
 from .data import UPOS_NAMES, Sentence, TokenizedSentence, load_sentences, tokenize_with_labels
+from .heartbeat import Heartbeat
 from .lm import (
-    check_layer, layer_activations, load_model, load_tokenizer, model_dtype, model_ref, pad_batch, pick_device,
+    check_layer,
+    layer_activations,
+    load_model,
+    load_tokenizer,
+    model_dtype,
+    model_ref,
+    pad_batch,
+    pick_device,
 )
-from .queue import new_worker_id
 from .probe import check_readout, check_sidecar, load_probe, validate_probe
+from .queue import new_worker_id
 
 log = logging.getLogger(__name__)
 SENTENCE_BATCH = 32  # sentences per forward pass
@@ -94,7 +101,7 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | N
     return ScanResult(scan=scan, candidates=total, added=added, params_id=pid)
 
 
-def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Sentence], scorer: "_Scorer",
+def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Sentence], scorer: _Scorer,
                     opts: ScanOptions, progress: bool) -> tuple[int, int]:
     """Score batches from where the scan stopped until the end or --max-prefixes. -> (added, total).
 
@@ -116,7 +123,7 @@ def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Se
         if next_pos == pos and new == 0:
             raise RuntimeError(f"scan made no progress at sentence {pos}")  # a bug, never a user error
         total, added, pos = total + new, added + new, next_pos
-        bar.update((new if limit else pos - bar.n))
+        bar.update(new if limit else pos - bar.n)
         bar.set_postfix_str(f"sentences {pos}/{len(sentences)}" if limit else f"candidates {total}")
         if deadline is not None and time.monotonic() >= deadline:  # after the batch that crossed it: resumable
             break

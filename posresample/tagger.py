@@ -37,7 +37,7 @@ class Tagger(Protocol):
     def tag(self, texts: list[str], spans: list[tuple[int, int]], progress: bool = False) -> list[TagResult]: ...
 
 
-def load_tagger(spec: str, name: str | None = None) -> "Tagger":
+def load_tagger(spec: str, name: str | None = None) -> Tagger:
     """`spacy:PATH_OR_PACKAGE` -> a tagger; anything else is refused in one line."""
     backend, sep, target = spec.partition(":")
     if not sep or not target:

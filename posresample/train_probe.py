@@ -204,7 +204,6 @@ def run_train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
     from .errors import DatasetError
     from .export import package_versions
     from .lm import check_layer, load_model, load_tokenizer, pick_device
-
     from .probe import check_probe_output
 
     check_probe_output(opts.output)  # before the model and the fit: a bad output is told at once

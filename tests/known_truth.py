@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from posresample.data import K, UPOS_IDS, UPOS_NAMES
+from posresample.data import UPOS_IDS, UPOS_NAMES, K
 
 PROBE_CLASSES = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17]
 ROW_WORDS = dict(NOUN=4100, PUNCT=3000, VERB=2600, PRON=2200, ADP=2000, DET=1900, PROPN=1900, ADJ=1800, AUX=1500,

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from .sampler import Sample, SampleRequest, SamplingParams
 from .draw import row_hash
+from .sampler import Sample, SampleRequest, SamplingParams
 
 FAKE_VOCAB = 1000
 FAKE_EOS = 1

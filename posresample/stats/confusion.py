@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data import K, UPOS_IDS, UPOS_NAMES
+from ..data import UPOS_IDS, UPOS_NAMES, K
 from ..errors import ConfigError
 
 PSEUDO_COUNT = 1.0 / K  # per cell: one pseudo-word per row
@@ -68,7 +68,7 @@ class Confusion:
         out[:, identity] = np.eye(K)[identity]
         return out
 
-    def covering(self, labels: np.ndarray) -> "Confusion":
+    def covering(self, labels: np.ndarray) -> Confusion:
         """This confusion with a row for every label the tagger gave (`labels` [K] bool): rows it
         lacks are filled with the identity (their words taken as tagged right), listed in `filled`."""
         wanted = labels.copy()
@@ -78,7 +78,7 @@ class Confusion:
             return self
         return Confusion(self.counts, self.source, filled=tuple(sorted(set(self.filled) | set(missing))))
 
-    def redrawn(self, rng: np.random.Generator) -> "Confusion":
+    def redrawn(self, rng: np.random.Generator) -> Confusion:
         """The same measurement made again: each measured row's words drawn again from its row of
         `matrix()` (a parametric bootstrap of the treebank measurement); the identity stays."""
         if self.exact:
@@ -90,7 +90,7 @@ class Confusion:
         counts[measured] = rng.multinomial(totals[measured], C[measured])
         return Confusion(counts, self.source, filled=self.filled)
 
-    def scaled_errors(self, factor: float) -> "Confusion":
+    def scaled_errors(self, factor: float) -> Confusion:
         """Each measured row's errors (off-diagonal counts) times `factor`, its words kept: a tagger
         that errs `factor` times as often on these words as on the treebank's (sensitivity)."""
         if self.exact:
@@ -106,7 +106,7 @@ class Confusion:
         counts = scaled + np.diag(totals - scaled.sum(axis=1))
         return Confusion(counts, f"{self.source}, errors x{factor:g}", filled=self.filled)
 
-    def shrunk_toward(self, prior: "Confusion", strength: float) -> "Confusion":
+    def shrunk_toward(self, prior: Confusion, strength: float) -> Confusion:
         """These counts (few words: say the candidates' own) plus `strength` pseudo-words per row in
         the proportions of `prior`'s row (many words: the treebank's): a rare row follows the prior,
         a row measured on many words its own counts."""
@@ -123,7 +123,7 @@ class Confusion:
 
     def to_json(self) -> dict:
         return {"source": self.source, "counts": {
-            UPOS_NAMES[t]: {UPOS_NAMES[l]: int(n) for l, n in enumerate(row) if n}
+            UPOS_NAMES[t]: {UPOS_NAMES[p]: int(n) for p, n in enumerate(row) if n}
             for t, row in enumerate(self.counts) if row.sum() > 0}}
 
     def top_confusions(self, n: int = 8) -> list[tuple[str, str, int]]:
@@ -134,11 +134,11 @@ class Confusion:
         return [(UPOS_NAMES[i // K], UPOS_NAMES[i % K], int(off.flat[i])) for i in order if off.flat[i] > 0]
 
     @classmethod
-    def identity(cls) -> "Confusion":
+    def identity(cls) -> Confusion:
         return cls(np.eye(K), "none: the tagger's labels taken as the truth", exact=True)
 
     @classmethod
-    def from_pairs(cls, true: list[int], tagged: list[int], source: str) -> "Confusion":
+    def from_pairs(cls, true: list[int], tagged: list[int], source: str) -> Confusion:
         counts = np.zeros((K, K))
         np.add.at(counts, (np.asarray(true, dtype=int), np.asarray(tagged, dtype=int)), 1)
         return cls(counts, source)

@@ -28,17 +28,18 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from . import metrics, deconvolution, verdict
 from ..config import DEFAULT_REFITS
+from ..data import UPOS_NAMES, K
+from . import deconvolution, metrics, verdict
 from .confusion import Confusion
-from ..data import K, UPOS_NAMES
 
 BOOTSTRAP = 1000  # two-stage replicates
 REFITS = DEFAULT_REFITS  # parametric-bootstrap refits (replicate studies, each a whole deconvolution)
@@ -184,7 +185,7 @@ SUMMARIES = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "unde
 
 
 def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion,
-                    g: deconvolution.Deconvolution, boot: "TwoStage", rng: np.random.Generator,
+                    g: deconvolution.Deconvolution, boot: TwoStage, rng: np.random.Generator,
                     refits: int | None = None) -> dict[str, np.ndarray]:
     """The parametric bootstrap: {statistic: [R] estimates}, "curve": [R, bins] (NaN where a bin is
     empty). Replicate r takes the two-stage bootstrap's r-th draw (candidates resampled, each one's
@@ -211,7 +212,7 @@ class Refits:
         self.refits, self.progress = refits, progress
         self.seeds = rng.integers(0, 2 ** 63, size=refits)  # one generator a replicate, drawn up front
 
-    def __enter__(self) -> "Refits":
+    def __enter__(self) -> Refits:
         from tqdm import tqdm
 
         self.bar = tqdm(total=self.refits, desc="analyze: replicate studies", unit="study",

@@ -20,12 +20,13 @@ corrected.py's two-stage bootstrap over these posteriors.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics
 from ..data import K
+from . import metrics
 
 GRID = 50  # two-label atoms at the midpoints of 50 bins: 0.01, 0.03, .. 0.99
 # No atom lies on a verdict threshold (second label 0.10, first 0.90): an atom there would stand for
@@ -59,9 +60,9 @@ def shared_atoms(mle_rank: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         blocks.append(block)
     steps = np.arange(1, TRIPLE_GRID)  # three-label atoms over the top ranks, on a coarser grid
     shares = np.array([(i, j, TRIPLE_GRID - i - j) for i in steps for j in steps if TRIPLE_GRID - i - j >= 1]) / TRIPLE_GRID
-    for a, b, c in [(a, b, c) for a in range(TRIPLE_RANKS) for b in range(a + 1, TRIPLE_RANKS) for c in range(b + 1, TRIPLE_RANKS)]:
+    for ranks in itertools.combinations(range(TRIPLE_RANKS), 3):
         block = np.zeros((len(shares), K))
-        block[:, [a, b, c]] = shares
+        block[:, list(ranks)] = shares
         blocks.append(block)
     pick = rng.choice(len(mle_rank), size=min(EXEMPLARS, len(mle_rank)), replace=False)
     sparse = np.where(mle_rank[pick] >= EXEMPLAR_FLOOR, mle_rank[pick], 0.0)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data import UPOS_NAMES, K
 from . import metrics
-from ..data import K, UPOS_NAMES
 
 FIXED_TEMPERATURES = (0.5, 2.0)  # the probe sharpened and softened, as baselines
 RAW_AMBIGUOUS_BELOW = 0.9  # raw view: majority share below this

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .confusion import Confusion
 from ..data import K
+from .confusion import Confusion
 
 AMBIGUOUS_SECOND = 0.10  # genuinely ambiguous: the second label's lower 95% bound is at least this
 DOMINANT_FIRST = 0.90  # one label dominates: its lower 95% bound is at least this

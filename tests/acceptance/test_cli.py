@@ -196,7 +196,8 @@ def test_status_names_the_scan_and_how_far_it_got(scan_args):
 
 
 def test_requeue_of_a_held_job_needs_force(scan_args):
-    from posresample import db as dbmod, queue
+    from posresample import db as dbmod
+    from posresample import queue
 
     assert invoke(*scan_args(**{"--max-prefixes": "1"})).exit_code == 0
     url = f"sqlite:///{scan_args.db}"

@@ -55,7 +55,10 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
     # The uninterrupted run took the shared-prefix decode path: both paths must give the same samples.
     clean = clean_records
     assert len(resumed) == 24 and all(len(r["completions"]) == 24 for r in resumed)
-    key = lambda r: (r["dataset_idx"], r["prefix"]["target_position"])
+
+    def key(r):
+        return r["dataset_idx"], r["prefix"]["target_position"]
+
     resumed, clean = sorted(resumed, key=key), sorted(clean, key=key)
     assert [(r["dataset_idx"], r["prefix"]) for r in resumed] == [(r["dataset_idx"], r["prefix"]) for r in clean]
     assert_samples_agree([[c["token_ids"] for c in r["completions"]] for r in resumed],

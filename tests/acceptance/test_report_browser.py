@@ -15,8 +15,8 @@ from sqlalchemy import update
 
 from posresample import db
 from posresample.analyze import run_analyze
-from posresample.schema import candidates
 from posresample.report import ReportError, load_distill_sidecar, write_report
+from posresample.schema import candidates
 from tests.known_truth import draw_study, write_study
 
 HOSTILE = '<!--<script>document.body.dataset.pwned="comment"</script> "><img src=x onerror="document.body.dataset.pwned=1">'

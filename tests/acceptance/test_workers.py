@@ -243,7 +243,7 @@ def test_children_stop_when_their_supervisor_is_killed(engine, db_url, tmp_path)
     wait_for(lambda: scalar(engine, select(func.count()).select_from(workers).where(workers.c.stopped_at.is_(None))) == 0,
              what="the children to stop")
     for pid in pids:
-        wait_for(lambda: not _alive(pid), what=f"child {pid} to exit")
+        wait_for(lambda pid=pid: not _alive(pid), what=f"child {pid} to exit")
     assert job_states(engine).get("running", 0) == 0  # they finished or released their jobs
 
 

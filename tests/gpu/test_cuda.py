@@ -22,7 +22,7 @@ def test_probe_on_gpu_equals_predict_proba():
 
 def test_bf16_sampler_is_deterministic_for_a_fixed_batch(tiny_dir):
     from posresample.lm import load_model, load_tokenizer
-    from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+    from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 
     model = load_model(tiny_dir, torch.device("cuda"))
     tok = load_tokenizer(tiny_dir)
@@ -35,7 +35,7 @@ def test_bf16_sampler_is_deterministic_for_a_fixed_batch(tiny_dir):
 
 def test_shared_prefix_decode_runs_in_bf16(tiny_dir):
     from posresample.lm import load_model, load_tokenizer
-    from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+    from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 
     model = load_model(tiny_dir, torch.device("cuda"))
     tok = load_tokenizer(tiny_dir)
@@ -49,7 +49,7 @@ def test_cuda_graph_replay_draws_what_the_eager_step_draws(tiny_dir, dtype):
     from transformers import AutoModelForCausalLM
 
     from posresample.lm import load_tokenizer
-    from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+    from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=dtype, attn_implementation="eager").to("cuda").eval()
     tok = load_tokenizer(tiny_dir)

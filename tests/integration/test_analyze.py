@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from posresample import db
-from posresample.stats import metrics
 from posresample.analyze import run_analyze
-from posresample.stats.confusion import Confusion
 from posresample.report import write_report
+from posresample.stats import metrics
+from posresample.stats.confusion import Confusion
 from tests.known_truth import K, draw_study, write_study
 
 CLASSES = [0, 16, 6, 14]  # NOUN, VERB, ADJ, ADV
@@ -126,8 +126,8 @@ def test_a_confusion_without_rows_for_the_tagger_s_labels_is_filled_and_said_so(
 
 
 def test_confusion_counts_past_any_treebank_are_one_line_errors():
-    from posresample.stats.confusion import parse_confusion
     from posresample.errors import ConfigError
+    from posresample.stats.confusion import parse_confusion
 
     for n in (9.3e18, 1e308, 10 ** 400, float("nan"), -1):
         with pytest.raises(ConfigError, match="not a count in"):

@@ -13,7 +13,6 @@ from posresample.probe import check_sidecar, load_probe, validate_probe
 from posresample.scan import run_scan
 from tests.helpers import NUM_SAMPLES, run_tiny_worker, scan_options
 
-
 pytestmark = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 

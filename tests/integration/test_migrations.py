@@ -59,7 +59,7 @@ def test_sqlite_on_a_network_filesystem_warns(tmp_path, caplog):
 def test_a_0001_database_upgrades_in_place_and_downgrades(db_url):
     import pytest
     from alembic import command
-    from sqlalchemy import inspect, insert, select
+    from sqlalchemy import insert, inspect, select
 
     from posresample.errors import DatabaseError
     from posresample.schema import workers

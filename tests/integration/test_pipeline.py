@@ -12,9 +12,10 @@ from posresample.config import GenerationParams
 from posresample.data import UPOS_NAMES
 from posresample.errors import ConfigError
 from posresample.export import run_export
-from posresample.schema import candidates, completions, jobs, scans, workers
 from posresample.scan import run_scan
+from posresample.schema import candidates, completions, jobs, scans, workers
 from tests.helpers import LAYER, NUM_SAMPLES, run_tiny_worker, scan_options
+
 
 def table(engine, tbl, *cols, order=None):
     with db.read(engine) as conn:

@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from posresample.stats import metrics, verdict
 from posresample.analyze import run_analyze
-from posresample.stats.confusion import Confusion
 from posresample.data import UPOS_IDS
 from posresample.report import write_report
-from tests.known_truth import K, PROBE_CLASSES, draw_study, label_counts, planted_verdicts, write_study
+from posresample.stats import metrics, verdict
+from posresample.stats.confusion import Confusion
+from tests.known_truth import PROBE_CLASSES, K, draw_study, label_counts, planted_verdicts, write_study
 
 
 def test_the_correction_is_closer_to_the_truth_and_is_the_raw_shares_under_the_identity(engine):

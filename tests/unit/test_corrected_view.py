@@ -1,6 +1,7 @@
 """The corrected view's population intervals: the parametric bootstrap's pieces (the treebank
 measurement drawn again, the widening by the refits' spread), that the refits only ever widen
-what the two-stage bootstrap gives, and that running them on threads changes nothing. (Coverage over many studies: bench/verdict_coverage.py.)"""
+what the two-stage bootstrap gives, and that running them on threads changes nothing. (Coverage
+over many studies: bench/verdict_coverage.py.)"""
 
 import numpy as np
 import pytest
@@ -141,7 +142,7 @@ def test_the_refits_spread_is_the_spread_between_independent_studies():
 def test_the_float32_likelihood_is_within_1e_4_of_float64():
     """The deconvolution's logs are taken in float32 for speed: relative likelihoods (each
     candidate's atoms against its best) stay within 1e-4 of float64's, on a 96-label study."""
-    from posresample.stats import metrics, deconvolution
+    from posresample.stats import deconvolution, metrics
     from posresample.stats.confusion import Confusion
 
     rng = np.random.default_rng(3)
@@ -186,8 +187,8 @@ def test_deconvolutions_on_threads_share_one_memory_budget(monkeypatch):
     leave["a"].set()
     assert entered["c"].wait(30)  # and runs once one is done
     leave["b"].set(), leave["c"].set()
-    for t in threads.values():
-        t.join(30)
+    for thread in threads.values():
+        thread.join(30)
     big = threading.Thread(target=run, args=("a", 10 ** 6))  # over the whole budget, alone: runs
     entered["a"].clear()
     big.start()

@@ -3,7 +3,14 @@
 import pytest
 
 from posresample.data import (
-    UPOS_IDS, UPOS_NAMES, Sentence, char_labels, load_sentences, parse_label_list, read_conllu, read_parquet,
+    UPOS_IDS,
+    UPOS_NAMES,
+    Sentence,
+    char_labels,
+    load_sentences,
+    parse_label_list,
+    read_conllu,
+    read_parquet,
     tokenize_with_labels,
 )
 from posresample.errors import DatasetError
@@ -144,7 +151,7 @@ def test_parse_label_list_accepts_names_and_ids():
 
 def test_text_is_rebuilt_from_forms_when_a_file_has_no_text_line(tmp_path):
     path = tmp_path / "notext.conllu"
-    lines = [l for l in CONLLU.split("\n\n")[0].splitlines() if not l.startswith("# text")]
+    lines = [line for line in CONLLU.split("\n\n")[0].splitlines() if not line.startswith("# text")]
     path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")
     [sentence] = read_conllu(str(path))
     assert sentence.text == "I don't know."  # the multiword surface form, SpaceAfter=No honoured

@@ -5,7 +5,15 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from posresample.sampling.draw import (
-    SALT_BUCKET, SALT_TOKEN, exponential, mix32, mix32_int32, processed_probs, row_hash, sample_tokens, to_int32,
+    SALT_BUCKET,
+    SALT_TOKEN,
+    exponential,
+    mix32,
+    mix32_int32,
+    processed_probs,
+    row_hash,
+    sample_tokens,
+    to_int32,
 )
 
 
@@ -150,7 +158,7 @@ def test_bf16_ties_give_the_same_kept_set_and_draws_in_every_tier():
     for row in logits:
         kept = reference_kept(row, 0.7, 0.95)
         cut = (row / 0.7)[list(kept)].min()
-        straddles += int(((row / 0.7) == cut).sum()) > sum(float((row[i] / 0.7)) == float(cut) for i in kept)
+        straddles += int(((row / 0.7) == cut).sum()) > sum(float(row[i] / 0.7) == float(cut) for i in kept)
     assert straddles >= 5  # the case the tie order exists for is really exercised
     tiers = {p: processed_probs(logits, 0.7, 0.95, None, prefilter=p, wide_prefilter=max(p, 512)) for p in (16, 256, 20000)}
     for row_index, row in enumerate(logits):

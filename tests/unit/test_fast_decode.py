@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 from tests.helpers import assert_samples_agree
 
 

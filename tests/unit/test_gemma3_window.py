@@ -6,7 +6,7 @@ decode steps must give each row the logits a plain forward pass over that row al
 import pytest
 import torch
 
-from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 
 WINDOW = 6
 

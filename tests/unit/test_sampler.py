@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from posresample.lm import cache_kwarg
-from posresample.sampling.sampler import SampleRequest, Sampler, SamplingParams
+from posresample.sampling.sampler import Sampler, SampleRequest, SamplingParams
 from tests.helpers import assert_samples_agree
 
 PARAMS = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=8, seed=123)
