@@ -52,8 +52,13 @@ def measure(path: str, out: str) -> dict:
     t1 = time.perf_counter()
     paths = write_report(result, out)
     reported = time.perf_counter() - t1
-    return {"analyse": analysed, "report": reported, "cpu": time.process_time() - cpu0,
-            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "html_mb": paths["html_bytes"] / 1e6}
+    return {
+        "analyse": analysed,
+        "report": reported,
+        "cpu": time.process_time() - cpu0,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "html_mb": paths["html_bytes"] / 1e6,
+    }
 
 
 def main() -> None:
@@ -64,19 +69,30 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
-    emit(f"# {machine('cpu')}, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}; known-truth SQLite, "
-         "96 completions of ~70 characters per candidate, each labelled")
-    emit("| candidates x labelled completions | build the database | analyze | report | analyze + report | CPU | peak RSS | index.html |")
+    emit(
+        f"# {machine('cpu')}, Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}; known-truth SQLite, "
+        "96 completions of ~70 characters per candidate, each labelled"
+    )
+    emit(
+        "| candidates x labelled completions | build the database | analyze | report | analyze + report | CPU | peak RSS | index.html |"
+    )
     emit("|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.candidates.split(",")):
         with tempfile.TemporaryDirectory() as work:
             path = os.path.join(work, "bench.db")
             built = build(path, n)
-            run = subprocess.run([sys.executable, __file__, "--measure", path, os.path.join(work, "report")],
-                                 capture_output=True, text=True, cwd=REPO, check=True)
+            run = subprocess.run(
+                [sys.executable, __file__, "--measure", path, os.path.join(work, "report")],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                check=True,
+            )
             m = json.loads(run.stdout.strip().splitlines()[-1])
-        emit(f"| {n:,} x 96 | {built:.0f} s | {m['analyse']:.1f} s | {m['report']:.1f} s | {m['analyse'] + m['report']:.1f} s | "
-             f"{m['cpu']:.1f} s | {m['rss_mib']:.0f} MiB | {m['html_mb']:.1f} MB |")
+        emit(
+            f"| {n:,} x 96 | {built:.0f} s | {m['analyse']:.1f} s | {m['report']:.1f} s | {m['analyse'] + m['report']:.1f} s | "
+            f"{m['cpu']:.1f} s | {m['rss_mib']:.0f} MiB | {m['html_mb']:.1f} MB |"
+        )
 
 
 if __name__ == "__main__":

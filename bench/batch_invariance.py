@@ -59,7 +59,9 @@ def prefill_logit_delta(model, prefixes: list[list[int]]) -> float:
     delta = 0.0
     for row, prefix in enumerate(prefixes):
         one, one_mask = sampler._left_pad([prefix])
-        alone = sampler._forward(one, one_mask, (one_mask.cumsum(-1) - 1).clamp(min=0), DynamicCache(config=model.config))
+        alone = sampler._forward(
+            one, one_mask, (one_mask.cumsum(-1) - 1).clamp(min=0), DynamicCache(config=model.config)
+        )
         delta = max(delta, float((alone[0].float() - batched[row]).abs().max()))
     return delta
 
@@ -68,13 +70,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(parser)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="[default: bfloat16 on a GPU, float32 on the CPU, as the worker loads]")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="[default: bfloat16 on a GPU, float32 on the CPU, as the worker loads]",
+    )
     parser.add_argument("--prefixes", type=int, default=32)
     parser.add_argument("--num-samples", type=int, default=96)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--peaked", action="store_true", help="peaked next-token distributions, as a trained model has")
-    parser.add_argument("--decode", default="hf,fast", help="sampler variants: hf, fast, fast:inductor, fast:cuda-graph")
+    parser.add_argument(
+        "--decode", default="hf,fast", help="sampler variants: hf, fast, fast:inductor, fast:cuda-graph"
+    )
     add_arguments(parser)
     args = parser.parse_args()
 
@@ -87,12 +95,16 @@ def main() -> None:
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = varied_prefixes(args.prefixes, model.config.vocab_size)
     requests = [SampleRequest(p, key=i, sample_indices=tuple(range(args.num_samples))) for i, p in enumerate(prefixes)]
-    emit(f"# {args.config}, {next(model.parameters()).dtype}, {machine(device)}, torch {torch.__version__}, "
-         f"{time.strftime('%Y-%m-%d')}, {threads} CPU threads, {'peaked' if args.peaked else 'flat (random)'} distributions, "
-         f"{len(prefixes)} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens x "
-         f"{args.num_samples} samples x {args.max_new_tokens} tokens")
+    emit(
+        f"# {args.config}, {next(model.parameters()).dtype}, {machine(device)}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}, {threads} CPU threads, {'peaked' if args.peaked else 'flat (random)'} distributions, "
+        f"{len(prefixes)} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens x "
+        f"{args.num_samples} samples x {args.max_new_tokens} tokens"
+    )
     emit(f"max |logit alone - logit batched| at prefill: {prefill_logit_delta(model, prefixes):.3g}")
-    emit("| variant | batching vs alone | prefixes | samples that differ | first token differs | mean first differing step |")
+    emit(
+        "| variant | batching vs alone | prefixes | samples that differ | first token differs | mean first differing step |"
+    )
     emit("|---|---|---|---|---|---|")
     together = {}
     variants = args.decode.split(",")
@@ -111,20 +123,23 @@ def main() -> None:
                 break
         used = requests[: len(alone)]
         together[variant] = tokens(make(), used, params)
-        runs = {"all prefixes in one call": together[variant],
-                "max_rows 48 (each job split)": tokens(make(48), used, params)}
+        runs = {
+            "all prefixes in one call": together[variant],
+            "max_rows 48 (each job split)": tokens(make(48), used, params),
+        }
         for name, run in runs.items():
             row(variant, name, len(used), compare(alone, run))
     done = list(together)
     for other in done[1:]:  # the size of a change of kernels, for scale: another decode path, same batch
         n = min(len(together[done[0]]), len(together[other]))
-        row(f"{other} vs {done[0]}", "all prefixes in one call", n,
-            compare(together[done[0]][:n], together[other][:n]))
+        row(f"{other} vs {done[0]}", "all prefixes in one call", n, compare(together[done[0]][:n], together[other][:n]))
 
 
 def row(variant: str, batching: str, prefixes: int, result: tuple[float, float, float]) -> None:
     differ, first, step = result
-    emit(f"| {variant} | {batching} | {prefixes} | {differ:.2%} | {first:.2%} | {'-' if step != step else f'{step:.1f}'} |")
+    emit(
+        f"| {variant} | {batching} | {prefixes} | {differ:.2%} | {first:.2%} | {'-' if step != step else f'{step:.1f}'} |"
+    )
 
 
 if __name__ == "__main__":

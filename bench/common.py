@@ -22,10 +22,15 @@ if REPO not in sys.path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads [default: 1 on the CPU, torch's own with CUDA]")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="time budget: each part measures what fits in its share and reports it [default: none]")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads [default: 1 on the CPU, torch's own with CUDA]"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="time budget: each part measures what fits in its share and reports it [default: none]",
+    )
 
 
 def set_threads(args, device_type: str) -> int:

@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--db", required=True, help="a sampled SQLite database file (copied, never changed)")
     parser.add_argument("--loop-limit", type=int, default=3000, help="completions for the plain loop")
     args = parser.parse_args()
-    print(f"# {platform.node()}, {os.cpu_count()} cpus, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+    print(
+        f"# {platform.node()}, {os.cpu_count()} cpus, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    )
     print("| variant | completions | seconds | completions/s | database writes |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as work:
@@ -81,7 +83,9 @@ def main() -> None:
             shutil.copy(args.db, copy)
             seconds, n, writing = timed_label(f"sqlite:///{copy}", args.tagger, processes)
             share = f"{writing / seconds:.1%}" if processes == 1 else "(in the children)"
-            print(f"| label, {processes} process{'es' if processes > 1 else ''} | {n} | {seconds:.1f} | {n / seconds:.0f} | {share} |")
+            print(
+                f"| label, {processes} process{'es' if processes > 1 else ''} | {n} | {seconds:.1f} | {n / seconds:.0f} | {share} |"
+            )
         seconds, n = plain_loop(f"sqlite:///{args.db}", args.tagger, args.loop_limit)
         print(f"| plain loop, nlp(text) per completion | {n} | {seconds:.1f} | {n / seconds:.0f} | - |")
 

@@ -50,9 +50,11 @@ def main() -> None:
         sync(device)
     wall = time.perf_counter() - t0
     on_device = "cuda" if device.type == "cuda" else "cpu"
-    emit(f"# {args.config}, decode={args.decode}, {args.prefixes} prefixes x 96 samples x 16 tokens on {machine(device)}, "
-         f"{threads} CPU threads, torch {torch.__version__}: {wall * 1000:.0f} ms under the profiler "
-         f"({wall * 1000 / args.prefixes:.1f} ms / prefix)")
+    emit(
+        f"# {args.config}, decode={args.decode}, {args.prefixes} prefixes x 96 samples x 16 tokens on {machine(device)}, "
+        f"{threads} CPU threads, torch {torch.__version__}: {wall * 1000:.0f} ms under the profiler "
+        f"({wall * 1000 / args.prefixes:.1f} ms / prefix)"
+    )
     events = prof.key_averages()
     total = sum(_self(e, on_device) for e in events) or 1.0
     emit("| phase | calls | ms (device, with children) | share of the call |")

@@ -23,8 +23,16 @@ from posresample import db, queue  # noqa: E402
 from posresample.schema import metadata  # noqa: E402
 from tests.helpers import seed_jobs  # noqa: E402
 
-ROWS = [dict(sample_index=i, text=" ".join(f"tok{t}" for t in range(16)), token_ids=list(range(1000, 1016)),
-             num_tokens=16, finish_reason="length") for i in range(96)]
+ROWS = [
+    dict(
+        sample_index=i,
+        text=" ".join(f"tok{t}" for t in range(16)),
+        token_ids=list(range(1000, 1016)),
+        num_tokens=16,
+        finish_reason="length",
+    )
+    for i in range(96)
+]
 
 
 def reset(url: str, jobs: int) -> None:
@@ -77,15 +85,20 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4,8")
     parser.add_argument("--batch", default="1,8", help="jobs claimed per transaction")
     args = parser.parse_args()
-    print(f"# {platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus, "
-          f"{time.strftime('%Y-%m-%d')}, {db.safe_url(args.db)}")
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus, "
+        f"{time.strftime('%Y-%m-%d')}, {db.safe_url(args.db)}"
+    )
     print("| workers | claim batch | jobs | seconds | jobs/s | ms/job (wall) | ms/job per worker |")
     print("|---|---|---|---|---|---|---|")
     for batch in map(int, args.batch.split(",")):
         for n in map(int, args.workers.split(",")):
             seconds = run(args.db, args.jobs, n, batch)
-            print(f"| {n} | {batch} | {args.jobs} | {seconds:.2f} | {args.jobs / seconds:.0f} | "
-                  f"{1000 * seconds / args.jobs:.2f} | {1000 * seconds * n / args.jobs:.2f} |", flush=True)
+            print(
+                f"| {n} | {batch} | {args.jobs} | {seconds:.2f} | {args.jobs / seconds:.0f} | "
+                f"{1000 * seconds / args.jobs:.2f} | {1000 * seconds * n / args.jobs:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

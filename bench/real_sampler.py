@@ -42,8 +42,12 @@ def scan_prefixes(db_url: str, n: int) -> list[list[int]]:
     from posresample.schema import candidates, jobs
 
     with db.read(db.make_engine(db_url)) as conn:
-        rows = conn.execute(select(candidates.c.prefix_token_ids).join(jobs, jobs.c.candidate_id == candidates.c.id)
-                            .order_by(jobs.c.priority, jobs.c.id).limit(n)).scalars()
+        rows = conn.execute(
+            select(candidates.c.prefix_token_ids)
+            .join(jobs, jobs.c.candidate_id == candidates.c.id)
+            .order_by(jobs.c.priority, jobs.c.id)
+            .limit(n)
+        ).scalars()
         return [list(r) for r in rows]
 
 
@@ -66,8 +70,15 @@ def seed_loop(model, prefixes, deadline: float) -> tuple[int, float]:
     done, start = 0, time.perf_counter()
     for prefix in prefixes:
         ids = torch.tensor([prefix], device=model.device).repeat(NUM_SAMPLES, 1)
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=PARAMS.temperature,
-                       top_p=PARAMS.top_p, max_new_tokens=PARAMS.max_new_tokens, pad_token_id=0)
+        model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=PARAMS.temperature,
+            top_p=PARAMS.top_p,
+            max_new_tokens=PARAMS.max_new_tokens,
+            pad_token_id=0,
+        )
         done += 1
         if time.monotonic() >= deadline:
             break
@@ -79,7 +90,7 @@ def run_sampler(sampler: Sampler, prefixes, per_call: int, deadline: float, devi
     done, start = 0, time.perf_counter()
     with DrawTimer(device) as draws:
         for i in range(0, len(prefixes), per_call):
-            chunk = prefixes[i:i + per_call]
+            chunk = prefixes[i : i + per_call]
             sampler.sample([SampleRequest(p, i + j, tuple(range(NUM_SAMPLES))) for j, p in enumerate(chunk)], PARAMS)
             done += len(chunk)
             if time.monotonic() >= deadline:
@@ -111,7 +122,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--prefixes", type=int, default=8)
     parser.add_argument("--baseline-prefixes", type=int, default=2)
-    parser.add_argument("--per-call", type=int, default=4, help="prefixes per Sampler call (the worker's CPU --batch-jobs)")
+    parser.add_argument(
+        "--per-call", type=int, default=4, help="prefixes per Sampler call (the worker's CPU --batch-jobs)"
+    )
     add_arguments(parser)
     args = parser.parse_args()
     device = pick_device(args.device)
@@ -120,28 +133,45 @@ def main() -> None:
     ref = model_ref(args.model)
     model, tokenizer = load_model(ref, device), load_tokenizer(ref)
     prefixes = scan_prefixes(args.db, args.prefixes + 1) if args.db else ewt_prefixes(tokenizer, args.prefixes + 1)
-    emit(f"# real-model sampler: {model.config.model_type}, vocab {model.config.vocab_size}, {machine(device)}, "
-         f"{threads} thread(s), {time.strftime('%Y-%m-%d')}")
-    emit(f"# {len(prefixes) - 1} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens, "
-         f"{NUM_SAMPLES} x {PARAMS.max_new_tokens}, T {PARAMS.temperature}, top-p {PARAMS.top_p}")
+    emit(
+        f"# real-model sampler: {model.config.model_type}, vocab {model.config.vocab_size}, {machine(device)}, "
+        f"{threads} thread(s), {time.strftime('%Y-%m-%d')}"
+    )
+    emit(
+        f"# {len(prefixes) - 1} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens, "
+        f"{NUM_SAMPLES} x {PARAMS.max_new_tokens}, T {PARAMS.temperature}, top-p {PARAMS.top_p}"
+    )
     sampler = Sampler(model, tokenizer)
     start = time.perf_counter()
     run_sampler(sampler, prefixes[:1], 1, float("inf"), device)  # warm-up: compiles the normaliser
     emit(f"# warm-up (one prefix, compiling included): {time.perf_counter() - start:.1f} s")
-    done, seconds, draws = run_sampler(sampler, prefixes[1:], args.per_call, time.monotonic() + budget.left() / 2, device)
+    done, seconds, draws = run_sampler(
+        sampler, prefixes[1:], args.per_call, time.monotonic() + budget.left() / 2, device
+    )
     floor, gflops = matmul_floor(model, device)
-    base_done, base_seconds = seed_loop(model, prefixes[1:1 + args.baseline_prefixes], time.monotonic() + budget.left())
+    base_done, base_seconds = seed_loop(
+        model, prefixes[1 : 1 + args.baseline_prefixes], time.monotonic() + budget.left()
+    )
     per, base_per = seconds / done, base_seconds / base_done
     emit("| what | prefixes | s / prefix | prefixes / s |")
     emit("|---|---|---|---|")
-    emit(f"| the seed's loop (`generate` per prefix on 96 copies) | {base_done} | {base_per:.2f} | {1 / base_per:.3f} |")
+    emit(
+        f"| the seed's loop (`generate` per prefix on 96 copies) | {base_done} | {base_per:.2f} | {1 / base_per:.3f} |"
+    )
     emit(f"| Sampler (hf), {args.per_call} prefixes per call | {done} | {per:.2f} | {1 / per:.3f} |")
-    emit(f"| floor: matrix FLOPs at {gflops:.0f} GFLOP/s (float32 mm, the head's shape) | - | {floor:.2f} | {1 / floor:.3f} |")
+    emit(
+        f"| floor: matrix FLOPs at {gflops:.0f} GFLOP/s (float32 mm, the head's shape) | - | {floor:.2f} | {1 / floor:.3f} |"
+    )
     share, ratio, to_floor = draws / seconds, base_per / per, per / floor
-    emit(f"sample phase {share:.1%} of the Sampler's time (target <= {TARGET_SHARE:.0%}); {ratio:.1f}x the loop "
-         f"(target >= {TARGET_RATIO:g}x); {to_floor:.2f}x the floor (target <= {TARGET_FLOOR:g}x): "
-         + ("all targets met" if share <= TARGET_SHARE and ratio >= TARGET_RATIO and to_floor <= TARGET_FLOOR
-            else "a target missed"))
+    emit(
+        f"sample phase {share:.1%} of the Sampler's time (target <= {TARGET_SHARE:.0%}); {ratio:.1f}x the loop "
+        f"(target >= {TARGET_RATIO:g}x); {to_floor:.2f}x the floor (target <= {TARGET_FLOOR:g}x): "
+        + (
+            "all targets met"
+            if share <= TARGET_SHARE and ratio >= TARGET_RATIO and to_floor <= TARGET_FLOOR
+            else "a target missed"
+        )
+    )
 
 
 if __name__ == "__main__":

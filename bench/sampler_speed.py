@@ -48,8 +48,12 @@ CONFIGS = ("tiny", "gemma-2-2b")
 
 def add_model_arguments(parser) -> None:
     parser.add_argument("--config", choices=CONFIGS, default="tiny", help="random weights at these shapes")
-    parser.add_argument("--model", default=None, help="a real model instead of --config's random one: a .gguf file "
-                        "(converted once into the cache), a model folder or a Hub id")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a real model instead of --config's random one: a .gguf file "
+        "(converted once into the cache), a model folder or a Hub id",
+    )
 
 
 def make_model(name: str, device: torch.device, attn: str, peaked: bool, dtype: torch.dtype | None = None):
@@ -86,18 +90,31 @@ def run_generate(model, prefixes, params: SamplingParams, num_samples: int, dead
     for prefix in prefixes:
         with torch.inference_mode():
             ids = torch.tensor([prefix], device=model.device).repeat(num_samples, 1)
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                 temperature=params.temperature, top_p=params.top_p, max_new_tokens=params.max_new_tokens,
-                                 pad_token_id=0)
-            tokens += (out[:, ids.shape[1]:] != 0).sum().item()
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_new_tokens=params.max_new_tokens,
+                pad_token_id=0,
+            )
+            tokens += (out[:, ids.shape[1] :] != 0).sum().item()
         done += 1
         if time.monotonic() >= deadline:
             break
     return done, tokens
 
 
-def run_sampler(sampler: Sampler, prefixes, params: SamplingParams, num_samples: int, per_call: int,
-                deadline: float = float("inf"), seconds_per_prefix: float = 0.0) -> tuple[int, int]:
+def run_sampler(
+    sampler: Sampler,
+    prefixes,
+    params: SamplingParams,
+    num_samples: int,
+    per_call: int,
+    deadline: float = float("inf"),
+    seconds_per_prefix: float = 0.0,
+) -> tuple[int, int]:
     """Sampler.sample on `per_call` prefixes at a time until `deadline`. -> (prefixes done, tokens).
 
     With an estimate of the seconds per prefix, a call is made no larger than what fits the time
@@ -106,8 +123,10 @@ def run_sampler(sampler: Sampler, prefixes, params: SamplingParams, num_samples:
     if seconds_per_prefix > 0 and deadline != float("inf"):
         per_call = max(1, min(per_call, int((deadline - time.monotonic()) / seconds_per_prefix)))
     for start in range(0, len(prefixes), per_call):
-        requests = [SampleRequest(p, key=start + i, sample_indices=tuple(range(num_samples)))
-                    for i, p in enumerate(prefixes[start:start + per_call])]
+        requests = [
+            SampleRequest(p, key=start + i, sample_indices=tuple(range(num_samples)))
+            for i, p in enumerate(prefixes[start : start + per_call])
+        ]
         for samples in sampler.sample(requests, params):
             tokens += sum(len(s.token_ids) for s in samples)
         done += len(requests)
@@ -141,15 +160,20 @@ def main() -> None:
     parser.add_argument("--attn", default="eager")
     parser.add_argument("--prefixes", type=int, default=16, help="prefixes for the sampler (at most)")
     parser.add_argument("--baseline-prefixes", type=int, default=4, help="prefixes for the generate loop (at most)")
-    parser.add_argument("--per-call", type=int, default=64, help="prefixes per sampler.sample call (the worker's --batch-jobs)")
+    parser.add_argument(
+        "--per-call", type=int, default=64, help="prefixes per sampler.sample call (the worker's --batch-jobs)"
+    )
     parser.add_argument("--prefix-len", type=int, default=24)
     parser.add_argument("--num-samples", type=int, default=96)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--max-rows", type=int, default=None)
     parser.add_argument("--peaked", action="store_true", help="peaked next-token distributions, as a trained model has")
-    parser.add_argument("--decode", default="hf,fast",
-                        help="sampler variants to time, comma-separated: hf, fast, or fast:MODE with MODE one of "
-                             "fast_decode's compile modes (fast:inductor, fast:cuda-graph)")
+    parser.add_argument(
+        "--decode",
+        default="hf,fast",
+        help="sampler variants to time, comma-separated: hf, fast, or fast:MODE with MODE one of "
+        "fast_decode's compile modes (fast:inductor, fast:cuda-graph)",
+    )
     add_arguments(parser)
     args = parser.parse_args()
 
@@ -161,47 +185,78 @@ def main() -> None:
     params = SamplingParams(temperature=0.7, top_p=0.95, top_k=None, max_new_tokens=args.max_new_tokens, seed=123)
     prefixes = random_prefixes(max(args.prefixes, args.baseline_prefixes), args.prefix_len, model.config.vocab_size)
     variants = args.decode.split(",")
-    samplers = {v: Sampler(model, max_rows=args.max_rows, decode=v.split(":")[0], compile=(v.split(":") + ["off"])[1])
-                for v in variants}
+    samplers = {
+        v: Sampler(model, max_rows=args.max_rows, decode=v.split(":")[0], compile=(v.split(":") + ["off"])[1])
+        for v in variants
+    }
 
-    emit(f"# {args.config} on {machine(device)}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
-         f"{threads} CPU threads, attn={args.attn}, prefix {args.prefix_len} tokens, {args.num_samples} x "
-         f"{args.max_new_tokens} new tokens, {'peaked' if args.peaked else 'flat (random)'} distributions, "
-         f"{nucleus_share(model, prefixes[:4]):.0%} of first steps fit the top-256 prefilter; model built in {built_s:.1f} s"
-         + (f"; budget {args.seconds:.0f} s" if args.seconds else ""))
+    emit(
+        f"# {args.config} on {machine(device)}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
+        f"{threads} CPU threads, attn={args.attn}, prefix {args.prefix_len} tokens, {args.num_samples} x "
+        f"{args.max_new_tokens} new tokens, {'peaked' if args.peaked else 'flat (random)'} distributions, "
+        f"{nucleus_share(model, prefixes[:4]):.0%} of first steps fit the top-256 prefilter; model built in {built_s:.1f} s"
+        + (f"; budget {args.seconds:.0f} s" if args.seconds else "")
+    )
     warm_s, _ = timed(device, lambda: run_generate(model, prefixes[:1], params, args.num_samples, 0.0))
     warm = {}
     emit(f"# warm-up of the generate loop: {warm_s:.1f} s")
     per_prefix = {}
     for variant, sampler in samplers.items():  # two batch shapes: inductor then compiles for any shape
-        warm[variant], _ = timed(device, lambda: run_sampler(sampler, prefixes[:1], params, args.num_samples, args.per_call))
+        warm[variant], _ = timed(
+            device, lambda: run_sampler(sampler, prefixes[:1], params, args.num_samples, args.per_call)
+        )
         two_s, _ = timed(device, lambda: run_sampler(sampler, prefixes[:2], params, args.num_samples, args.per_call))
         warm[variant] += two_s
         per_prefix[variant] = two_s / 2  # compiled by now: a fair estimate of a call's cost per prefix
-        emit(f"# warm-up of {variant} (compiling included): {warm[variant]:.1f} s; {budget.left():.0f} s of the budget left")
-    emit("| variant | prefixes | seconds | ms / prefix | prefixes/s | tokens/s | peak MiB | token draws | vs generate |")
+        emit(
+            f"# warm-up of {variant} (compiling included): {warm[variant]:.1f} s; {budget.left():.0f} s of the budget left"
+        )
+    emit(
+        "| variant | prefixes | seconds | ms / prefix | prefixes/s | tokens/s | peak MiB | token draws | vs generate |"
+    )
     emit("|---|---|---|---|---|---|---|---|---|")
     reset_peak(device)
-    base_s, (base_n, base_tok) = timed(device, lambda: run_generate(
-        model, prefixes[: args.baseline_prefixes], params, args.num_samples, budget.share(len(variants) + 1)))
+    base_s, (base_n, base_tok) = timed(
+        device,
+        lambda: run_generate(
+            model, prefixes[: args.baseline_prefixes], params, args.num_samples, budget.share(len(variants) + 1)
+        ),
+    )
     base_rate = base_n / base_s
-    emit(f"| per-prefix generate (96 copies) | {base_n} | {base_s:.2f} | {1000 / base_rate:.1f} | "
-         f"{base_rate:.2f} | {base_tok / base_s:.0f} | {peak_memory_mb(device):.0f} | - | 1.0x |")
+    emit(
+        f"| per-prefix generate (96 copies) | {base_n} | {base_s:.2f} | {1000 / base_rate:.1f} | "
+        f"{base_rate:.2f} | {base_tok / base_s:.0f} | {peak_memory_mb(device):.0f} | - | 1.0x |"
+    )
     best = (0.0, None)
     for i, (variant, sampler) in enumerate(samplers.items()):
         reset_peak(device)
-        with DrawTimer(device) as draws:  # the token draws' share of the time: does the draw or the matmul bound a step?
-            secs, (n, toks) = timed(device, lambda: run_sampler(sampler, prefixes[: args.prefixes], params, args.num_samples,
-                                                                args.per_call, budget.share(len(variants) - i),
-                                                                per_prefix[variant]))
+        with DrawTimer(
+            device
+        ) as draws:  # the token draws' share of the time: does the draw or the matmul bound a step?
+            secs, (n, toks) = timed(
+                device,
+                lambda: run_sampler(
+                    sampler,
+                    prefixes[: args.prefixes],
+                    params,
+                    args.num_samples,
+                    args.per_call,
+                    budget.share(len(variants) - i),
+                    per_prefix[variant],
+                ),
+            )
         rate = n / secs
         best = max(best, (rate, variant), key=lambda b: b[0])
-        emit(f"| Sampler decode={variant} (max_rows {sampler.max_rows}) | {n} | {secs:.2f} | {1000 / rate:.1f} | "
-             f"{rate:.2f} | {toks / secs:.0f} | {peak_memory_mb(device):.0f} | {draws.seconds / secs:.0%} | "
-             f"{rate / base_rate:.1f}x |")
+        emit(
+            f"| Sampler decode={variant} (max_rows {sampler.max_rows}) | {n} | {secs:.2f} | {1000 / rate:.1f} | "
+            f"{rate:.2f} | {toks / secs:.0f} | {peak_memory_mb(device):.0f} | {draws.seconds / secs:.0%} | "
+            f"{rate / base_rate:.1f}x |"
+        )
     met = best[0] >= TARGET_PER_SECOND and best[0] / base_rate >= TARGET_RATIO
-    emit(f"# target (>= {TARGET_PER_SECOND} prefixes/s and >= {TARGET_RATIO}x generate): best {best[1]} "
-         f"{best[0]:.1f} prefixes/s, {best[0] / base_rate:.1f}x: {'met' if met else 'missed'}")
+    emit(
+        f"# target (>= {TARGET_PER_SECOND} prefixes/s and >= {TARGET_RATIO}x generate): best {best[1]} "
+        f"{best[0]:.1f} prefixes/s, {best[0] / base_rate:.1f}x: {'met' if met else 'missed'}"
+    )
 
 
 def reset_peak(device: torch.device) -> None:

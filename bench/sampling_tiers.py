@@ -58,10 +58,14 @@ def main() -> None:
     threads = set_threads(args, device.type)
     gen = torch.Generator().manual_seed(0)
     rows = row_hash(123, torch.arange(args.rows), torch.zeros(args.rows, dtype=torch.long), 0).to(device)
-    emit(f"# {args.rows} rows x {args.vocab} tokens on {machine(device)}, {threads} CPU threads, torch {torch.__version__}, "
-         f"{time.strftime('%Y-%m-%d')}")
-    emit("| logit scale | nucleus min / median / max | rows in 256 / 4096 / all | ms per 1k rows, 256 -> 4096 -> all "
-         "| ms per 1k rows, 256 -> all | speed-up | same tokens |")
+    emit(
+        f"# {args.rows} rows x {args.vocab} tokens on {machine(device)}, {threads} CPU threads, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+    emit(
+        "| logit scale | nucleus min / median / max | rows in 256 / 4096 / all | ms per 1k rows, 256 -> 4096 -> all "
+        "| ms per 1k rows, 256 -> all | speed-up | same tokens |"
+    )
     emit("|---|---|---|---|---|---|---|")
     for scale in (4.0, 3.0, 2.5, 0.3):
         if budget.spent():
@@ -69,14 +73,20 @@ def main() -> None:
             break
         logits = (torch.randn(args.rows, args.vocab, generator=gen) * scale).to(device)
         sizes = nucleus_sizes(logits).cpu()
-        tiers = [int((sizes <= DEFAULT_PREFILTER).sum()), int(((sizes > DEFAULT_PREFILTER) & (sizes <= WIDE_PREFILTER)).sum()),
-                 int((sizes > WIDE_PREFILTER).sum())]
+        tiers = [
+            int((sizes <= DEFAULT_PREFILTER).sum()),
+            int(((sizes > DEFAULT_PREFILTER) & (sizes <= WIDE_PREFILTER)).sum()),
+            int((sizes > WIDE_PREFILTER).sum()),
+        ]
         tiered_s, tiered = timed(device, lambda: sample_tokens(logits, rows, 0.7, 0.95), args.repeat)
-        plain_s, plain = timed(device, lambda: sample_tokens(logits, rows, 0.7, 0.95, wide_prefilter=DEFAULT_PREFILTER),
-                               args.repeat)
+        plain_s, plain = timed(
+            device, lambda: sample_tokens(logits, rows, 0.7, 0.95, wide_prefilter=DEFAULT_PREFILTER), args.repeat
+        )
         per_k = 1000 / args.rows * 1000
-        emit(f"| {scale} | {int(sizes.min())} / {int(sizes.median())} / {int(sizes.max())} | {' / '.join(map(str, tiers))} "
-              f"| {tiered_s * per_k:.1f} | {plain_s * per_k:.1f} | {plain_s / tiered_s:.1f}x | {torch.equal(tiered, plain)} |")
+        emit(
+            f"| {scale} | {int(sizes.min())} / {int(sizes.median())} / {int(sizes.max())} | {' / '.join(map(str, tiers))} "
+            f"| {tiered_s * per_k:.1f} | {plain_s * per_k:.1f} | {plain_s / tiered_s:.1f}x | {torch.equal(tiered, plain)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def fresh(url: str):
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
+
     return parsed.set(database=name).render_as_string(hide_password=False), drop
 
 
@@ -64,20 +65,29 @@ def series(conn, n: int) -> str:
 
 
 def seed_scan(conn, candidates: int, params: int) -> None:
-    conn.execute(text(
-        "INSERT INTO scans (name, config_key, dataset, split, model, layer, probe_path, probe_sha256, probe_classes, "
-        "threshold, excluded_labels, sentences_total, sentences_done, tokens_seen, tokens_skipped_unknown_label, "
-        f"created_at, updated_at) VALUES ('bench', '{{}}', 'bench', 'validation', 'fake', 12, 'p', '{'0' * 64}', "
-        f"'[0, 1]', 0.95, '[]', {candidates}, {candidates}, 0, 0, 0, 0)"))
-    conn.execute(text(
-        "INSERT INTO candidates (scan_id, dataset_idx, sent_id, sentence_text, target_position, target_token_id, "
-        "target_token, prefix_text, prefix_token_ids, true_label, true_label_name, probe_probs, probe_pred, "
-        "probe_pred_name, probe_max_prob) "
-        f"SELECT 1, g, 'id' || g, 'sentence ' || g, 1, 7, 'x', 'x', '[2, 7]', 0, 'NOUN', '[0.5, 0.5]', 0, 'NOUN', 0.5 "
-        f"FROM {series(conn, candidates)}"))
-    conn.execute(text(
-        "INSERT INTO generation_params (key, model, temperature, top_p, top_k, max_new_tokens, num_samples, seed) "
-        f"SELECT 'k' || g, 'fake', 0.7, 0.95, NULL, 16, 96, g FROM {series(conn, params)}"))
+    conn.execute(
+        text(
+            "INSERT INTO scans (name, config_key, dataset, split, model, layer, probe_path, probe_sha256, probe_classes, "
+            "threshold, excluded_labels, sentences_total, sentences_done, tokens_seen, tokens_skipped_unknown_label, "
+            f"created_at, updated_at) VALUES ('bench', '{{}}', 'bench', 'validation', 'fake', 12, 'p', '{'0' * 64}', "
+            f"'[0, 1]', 0.95, '[]', {candidates}, {candidates}, 0, 0, 0, 0)"
+        )
+    )
+    conn.execute(
+        text(
+            "INSERT INTO candidates (scan_id, dataset_idx, sent_id, sentence_text, target_position, target_token_id, "
+            "target_token, prefix_text, prefix_token_ids, true_label, true_label_name, probe_probs, probe_pred, "
+            "probe_pred_name, probe_max_prob) "
+            f"SELECT 1, g, 'id' || g, 'sentence ' || g, 1, 7, 'x', 'x', '[2, 7]', 0, 'NOUN', '[0.5, 0.5]', 0, 'NOUN', 0.5 "
+            f"FROM {series(conn, candidates)}"
+        )
+    )
+    conn.execute(
+        text(
+            "INSERT INTO generation_params (key, model, temperature, top_p, top_k, max_new_tokens, num_samples, seed) "
+            f"SELECT 'k' || g, 'fake', 0.7, 0.95, NULL, 16, 96, g FROM {series(conn, params)}"
+        )
+    )
 
 
 def seed_queue(url: str, total: int, todo: int) -> None:
@@ -87,9 +97,12 @@ def seed_queue(url: str, total: int, todo: int) -> None:
     per = total // 100
     with db.write(engine) as conn:
         seed_scan(conn, per, 100)
-        conn.execute(text(
-            "INSERT INTO jobs (candidate_id, params_id, state, priority, attempt, created_at) "
-            "SELECT c.id, p.id, 'done', 0, 1, 0 FROM candidates c CROSS JOIN generation_params p"))
+        conn.execute(
+            text(
+                "INSERT INTO jobs (candidate_id, params_id, state, priority, attempt, created_at) "
+                "SELECT c.id, p.id, 'done', 0, 1, 0 FROM candidates c CROSS JOIN generation_params p"
+            )
+        )
         conn.execute(text(f"UPDATE jobs SET state = 'todo', attempt = 0 WHERE id > {total - todo}"))
     with engine.connect() as conn:
         conn.execute(text("ANALYZE"))
@@ -128,8 +141,11 @@ def bench_queue(url: str) -> None:
 
             def give_back(claimed):  # untimed: the backlog is the same for every claim
                 with db.write(engine) as conn:
-                    conn.execute(jobs.update().where(jobs.c.id.in_([j.id for j in claimed]))
-                                 .values(state="todo", attempt=0, lease_owner=None, lease_expires_at=None))
+                    conn.execute(
+                        jobs.update()
+                        .where(jobs.c.id.in_([j.id for j in claimed]))
+                        .values(state="todo", attempt=0, lease_owner=None, lease_expires_at=None)
+                    )
 
             claim = median_ms(lambda: queue.claim_jobs(engine, "bench:1:x", 32, 60, 3), after=give_back)
             with db.read(engine) as conn:
@@ -146,17 +162,32 @@ def seed_export(url: str, candidates: int) -> None:
     db.upgrade(engine)
     with db.write(engine) as conn:
         seed_scan(conn, candidates, 1)
-        conn.execute(text("INSERT INTO jobs (candidate_id, params_id, state, priority, attempt, created_at, done_at) "
-                          "SELECT id, 1, 'done', 0, 1, 0, 0 FROM candidates"))
+        conn.execute(
+            text(
+                "INSERT INTO jobs (candidate_id, params_id, state, priority, attempt, created_at, done_at) "
+                "SELECT id, 1, 'done', 0, 1, 0, 0 FROM candidates"
+            )
+        )
         words = "'the quick brown fox ' || g || ' jumps over the lazy dog and keeps on running far away'"
-        conn.execute(text(
-            "INSERT INTO completions (job_id, sample_index, text, token_ids, num_tokens, finish_reason, attempt) "
-            f"SELECT j.id, g, {words}, '[5, 9, 13, 2, 77, 31, 8, 4, 6, 1000, 12, 3, 99, 41, 7, 1]', 16, 'length', 1 "
-            f"FROM jobs j CROSS JOIN {series(conn, 96)}"))
-        conn.execute(text("INSERT INTO taggers (name, spec, identity_key, library, library_version, created_at) "
-                          "VALUES ('bench', 'spacy:bench', 'bench', 'spacy', '3', 0)"))
-        conn.execute(text("INSERT INTO labels (completion_id, tagger_id, upos, upos_name, word, status) "
-                          "SELECT id, 1, 0, 'NOUN', 'fox', 'ok' FROM completions"))
+        conn.execute(
+            text(
+                "INSERT INTO completions (job_id, sample_index, text, token_ids, num_tokens, finish_reason, attempt) "
+                f"SELECT j.id, g, {words}, '[5, 9, 13, 2, 77, 31, 8, 4, 6, 1000, 12, 3, 99, 41, 7, 1]', 16, 'length', 1 "
+                f"FROM jobs j CROSS JOIN {series(conn, 96)}"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO taggers (name, spec, identity_key, library, library_version, created_at) "
+                "VALUES ('bench', 'spacy:bench', 'bench', 'spacy', '3', 0)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO labels (completion_id, tagger_id, upos, upos_name, word, status) "
+                "SELECT id, 1, 0, 'NOUN', 'fox', 'ok' FROM completions"
+            )
+        )
     with engine.connect() as conn:
         conn.execute(text("ANALYZE"))
         conn.commit()
@@ -173,8 +204,12 @@ def seed_labelled(url: str, candidates: int) -> None:
     engine = db.make_engine(url, check=False)
     with db.write(engine) as conn:
         conn.execute(text("UPDATE candidates SET probe_probs = '[0.5, 0.3, 0.2]'"))
-        conn.execute(text(f"DELETE FROM labels WHERE completion_id IN (SELECT c.id FROM completions c "
-                          f"WHERE c.job_id > {candidates // 2})"))
+        conn.execute(
+            text(
+                f"DELETE FROM labels WHERE completion_id IN (SELECT c.id FROM completions c "
+                f"WHERE c.job_id > {candidates // 2})"
+            )
+        )
         conn.execute(text("UPDATE labels SET upos = 1, upos_name = 'PUNCT' WHERE completion_id % 2 = 0"))
     with engine.connect() as conn:
         conn.execute(text("ANALYZE"))
@@ -185,8 +220,10 @@ def seed_labelled(url: str, candidates: int) -> None:
 def bench_label(url: str) -> None:
     from posresample import annotate, label_store
 
-    emit("| candidates | completions | label: first claim (s) | label: claim 16 (ms) | label: backlog (ms) | "
-         "annotate: queue of 300 (s) | annotate: grown to 600 (s) |")
+    emit(
+        "| candidates | completions | label: first claim (s) | label: claim 16 (ms) | label: backlog (ms) | "
+        "annotate: queue of 300 (s) | annotate: grown to 600 (s) |"
+    )
     emit("|---|---|---|---|---|---|---|")
     for n in LABEL_SIZES:
         scratch, drop = fresh(url)
@@ -198,8 +235,10 @@ def bench_label(url: str) -> None:
             first_s = time.perf_counter() - t0
             label_store.release_label_leases(engine, 1, "bench:1:x")
             assert first and min(first) > n // 2, first  # the labelled half is passed over
-            claim = median_ms(lambda: label_store.claim_label_jobs(engine, 1, "bench:1:x", 16, 600),
-                              after=lambda _: label_store.release_label_leases(engine, 1, "bench:1:x"))
+            claim = median_ms(
+                lambda: label_store.claim_label_jobs(engine, 1, "bench:1:x", 16, 600),
+                after=lambda _: label_store.release_label_leases(engine, 1, "bench:1:x"),
+            )
             backlog = median_ms(lambda: label_store.label_backlog(engine, 1, None))
             t0 = time.perf_counter()
             annotate.build_queue(engine, 1, 1, sample=300, overlap=0.1)
@@ -238,12 +277,14 @@ def bench_export(url: str) -> None:
             engine = db.make_engine(scratch)
             pids: set[int] = set()
             if engine.dialect.name == "postgresql":
+
                 @event.listens_for(engine, "connect")
                 def _pid(dbapi_conn, _record):
                     with dbapi_conn.cursor() as cur:
                         cur.execute("SELECT pg_backend_pid()")
                         pids.add(cur.fetchone()[0])
                     dbapi_conn.commit()
+
                 engine.dispose()  # the check's connection predates the listener
             out = os.path.join(tempfile.mkdtemp(prefix="scaling-"), "export.jsonl")
             start_cpu = backend_cpu_seconds(pids) or 0.0
@@ -263,8 +304,11 @@ def bench_export(url: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db", required=True, help="a SQLite URL (its folder is used) or a PostgreSQL server URL")
-    parser.add_argument("--what", default="claim,pending,export,label",
-                        help="claim,pending (one table), export, and/or label (label's claim and annotate's queue)")
+    parser.add_argument(
+        "--what",
+        default="claim,pending,export,label",
+        help="claim,pending (one table), export, and/or label (label's claim and annotate's queue)",
+    )
     args = parser.parse_args()
     import sqlalchemy
 

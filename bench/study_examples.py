@@ -27,10 +27,12 @@ def continuations(engine, candidate_id: int, tagger: str, limit: int) -> list[tu
     with db.read(engine) as conn:
         rows = conn.execute(
             select(labels.c.upos_name, completions.c.text)
-            .join(completions, completions.c.id == labels.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
+            .join(completions, completions.c.id == labels.c.completion_id)
+            .join(jobs, jobs.c.id == completions.c.job_id)
             .join(taggers, taggers.c.id == labels.c.tagger_id)
             .where(jobs.c.candidate_id == candidate_id, taggers.c.name == tagger, labels.c.status == "ok")
-            .order_by(completions.c.sample_index)).all()
+            .order_by(completions.c.sample_index)
+        ).all()
         prefix = conn.execute(select(candidates.c.prefix_text).where(candidates.c.id == candidate_id)).scalar_one()
     by_label: dict[str, str] = {}
     for upos, text in rows:
@@ -56,14 +58,19 @@ def main() -> None:
         emit(f"\n**{verdict.replace('_', ' ')}** ({len(members)} called)\n")
         for r in rng.sample(members, min(args.per_verdict, len(members))):
             prefix, shown = continuations(engine, int(r["candidate_id"]), args.tagger, args.continuations)
-            corrected = {k.removeprefix("corrected_"): float(v) for k, v in r.items()
-                         if k.startswith("corrected_") and not k.endswith(("_lo", "_hi", "first")) and v and float(v) >= 0.02}
+            corrected = {
+                k.removeprefix("corrected_"): float(v)
+                for k, v in r.items()
+                if k.startswith("corrected_") and not k.endswith(("_lo", "_hi", "first")) and v and float(v) >= 0.02
+            }
             dist = ", ".join(f"{k} {v:.2f}" for k, v in sorted(corrected.items(), key=lambda kv: -kv[1]))
-            emit(f"- *{json.dumps(prefix, ensure_ascii=False)[1:-1]}* -> target **{r['target_token'].strip()}** "
-                 f"(treebank {r['true_label']}, probe {r['probe_pred']} at {float(r['probe_max_prob']):.2f}; "
-                 f"corrected: {dist})")
+            emit(
+                f"- *{json.dumps(prefix, ensure_ascii=False)[1:-1]}* -> target **{r['target_token'].strip()}** "
+                f"(treebank {r['true_label']}, probe {r['probe_pred']} at {float(r['probe_max_prob']):.2f}; "
+                f"corrected: {dist})"
+            )
             for upos, text in shown:
-                emit(f"  - {upos}: \"…{json.dumps(text, ensure_ascii=False)[1:-1]}\"")
+                emit(f'  - {upos}: "…{json.dumps(text, ensure_ascii=False)[1:-1]}"')
 
 
 if __name__ == "__main__":

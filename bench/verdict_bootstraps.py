@@ -68,11 +68,15 @@ def run(args) -> None:
         nonparametric.append(fit(counts[rows], q[rows], confusion, rng))
     seconds = {"nonparametric": time.perf_counter() - start}
     start = time.perf_counter()
-    parametric = corrected_view.refit_estimates(counts, q, PROBE_CLASSES, confusion, g, boot, rng, refits=args.replicates)
+    parametric = corrected_view.refit_estimates(
+        counts, q, PROBE_CLASSES, confusion, g, boot, rng, refits=args.replicates
+    )
     seconds["parametric"] = time.perf_counter() - start
-    emit(f"# one known-truth study of {n} candidates x 96 labels (--seed {args.seed}), {args.replicates} replicates each, "
-         f"{machine('cpu')}, {time.strftime('%Y-%m-%d')}; a refit replicate took "
-         f"{seconds['nonparametric'] / args.replicates:.1f} s (nonparametric), {seconds['parametric'] / args.replicates:.1f} s (parametric)")
+    emit(
+        f"# one known-truth study of {n} candidates x 96 labels (--seed {args.seed}), {args.replicates} replicates each, "
+        f"{machine('cpu')}, {time.strftime('%Y-%m-%d')}; a refit replicate took "
+        f"{seconds['nonparametric'] / args.replicates:.1f} s (nonparametric), {seconds['parametric'] / args.replicates:.1f} s (parametric)"
+    )
     emit("| statistic | estimate | two-stage sd | nonparametric refit sd | parametric refit sd |")
     emit("|---|---|---|---|---|")
     for name in STATISTICS:

@@ -35,13 +35,22 @@ from posresample.stats import corrected_view, deconvolution, metrics
 from posresample.stats.confusion import Confusion
 from tests.known_truth import PROBE_CLASSES, draw_study, label_counts, population_truth, write_study
 
-STATISTICS = ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined", "majority_is_probe_argmax")
+STATISTICS = (
+    "tv",
+    "genuinely_ambiguous",
+    "probe_underconfident",
+    "probe_wrong",
+    "undetermined",
+    "majority_is_probe_argmax",
+)
 
 
 def estimates(summary: dict) -> dict:
     c = summary["corrected"]
-    out = {"tv": (c["divergences"]["tv"]["estimate"], c["divergences"]["tv"]["ci95"]),
-           "majority_is_probe_argmax": (c["majority_is_probe_argmax"]["share"], c["majority_is_probe_argmax"]["ci95"])}
+    out = {
+        "tv": (c["divergences"]["tv"]["estimate"], c["divergences"]["tv"]["ci95"]),
+        "majority_is_probe_argmax": (c["majority_is_probe_argmax"]["share"], c["majority_is_probe_argmax"]["ci95"]),
+    }
     for name in STATISTICS[1:5]:
         out[name] = (summary["verdict"][name]["share"], summary["verdict"][name]["ci95"])
     return out
@@ -52,8 +61,11 @@ def plug_ins(summary: dict) -> dict:
     raw = summary["raw"]
     called = summary["corrected"]["verdict_called"]
     n = summary["candidates_analysed"]
-    return {"tv": raw["probe_vs_empirical"]["tv"]["mean"], "majority_is_probe_argmax": raw["majority_is_probe_argmax"]["mean"],
-            **{name: called[name] / n for name in STATISTICS[1:5]}}
+    return {
+        "tv": raw["probe_vs_empirical"]["tv"]["mean"],
+        "majority_is_probe_argmax": raw["majority_is_probe_argmax"]["mean"],
+        **{name: called[name] / n for name in STATISTICS[1:5]},
+    }
 
 
 def direct(study, tagger_counts: np.ndarray, seed: int) -> dict:
@@ -61,9 +73,15 @@ def direct(study, tagger_counts: np.ndarray, seed: int) -> dict:
     counts = label_counts(study)
     fixed = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, Confusion(tagger_counts, "known truth"), seed)
     p = counts / counts.sum(axis=1, keepdims=True)
-    return {"corrected": fixed.summary, "verdict": fixed.summary["verdict"], "candidates_analysed": len(counts),
-            "raw": {"probe_vs_empirical": {"tv": {"mean": float(metrics.total_variation(p, study.probe).mean())}},
-                    "majority_is_probe_argmax": {"mean": float((p.argmax(1) == study.probe.argmax(1)).mean())}}}
+    return {
+        "corrected": fixed.summary,
+        "verdict": fixed.summary["verdict"],
+        "candidates_analysed": len(counts),
+        "raw": {
+            "probe_vs_empirical": {"tv": {"mean": float(metrics.total_variation(p, study.probe).mean())}},
+            "majority_is_probe_argmax": {"mean": float((p.argmax(1) == study.probe.argmax(1)).mean())},
+        },
+    }
 
 
 def main() -> None:
@@ -71,15 +89,29 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=240)
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--true-confusion", action="store_true",
-                        help="store the tagger's true confusion (as counts of 10^7 words a row) instead of a "
-                        "treebank-sized measurement of it: is the measurement's error what the intervals miss?")
-    parser.add_argument("--exemplars", type=int, default=deconvolution.EXEMPLARS,
-                        help="candidates' own estimates used as atoms, at most [default: %(default)s; 0: none]")
-    parser.add_argument("--refits", type=int, default=corrected_view.REFITS,
-                        help="the parametric bootstrap's refits per study [default: %(default)s; 0: the two-stage bootstrap alone]")
-    parser.add_argument("--direct", action="store_true",
-                        help="no database: corrected_view.estimate on the study's arrays (the corrected view only, ~4x faster)")
+    parser.add_argument(
+        "--true-confusion",
+        action="store_true",
+        help="store the tagger's true confusion (as counts of 10^7 words a row) instead of a "
+        "treebank-sized measurement of it: is the measurement's error what the intervals miss?",
+    )
+    parser.add_argument(
+        "--exemplars",
+        type=int,
+        default=deconvolution.EXEMPLARS,
+        help="candidates' own estimates used as atoms, at most [default: %(default)s; 0: none]",
+    )
+    parser.add_argument(
+        "--refits",
+        type=int,
+        default=corrected_view.REFITS,
+        help="the parametric bootstrap's refits per study [default: %(default)s; 0: the two-stage bootstrap alone]",
+    )
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="no database: corrected_view.estimate on the study's arrays (the corrected view only, ~4x faster)",
+    )
     args = parser.parse_args()
     default_exemplars, deconvolution.EXEMPLARS = deconvolution.EXEMPLARS, args.exemplars
     default_refits, corrected_view.REFITS = corrected_view.REFITS, args.refits
@@ -109,18 +141,26 @@ def main() -> None:
         for name, value in plug_ins(summary).items():
             raw_errors[name].append(value - truth[name])
     seconds = time.perf_counter() - start
-    variant = ("; the true confusion" if args.true_confusion else "") + \
-        (f"; {args.exemplars} exemplar atoms" if args.exemplars != default_exemplars else "") + \
-        (f"; {args.refits} refits" if args.refits != default_refits else "") + \
-        ("; --direct (no database)" if args.direct else "; SQLite")
-    emit(f"# {args.studies} known-truth studies of {args.candidates} candidates x 96 labels, {machine('cpu')}, "
-         f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s ({seconds / args.studies:.1f} s a study){variant}")
-    emit("| statistic | population value | 95% CI contains it | mean error | spread (sd) | mean CI width | plug-in's mean error |")
+    variant = (
+        ("; the true confusion" if args.true_confusion else "")
+        + (f"; {args.exemplars} exemplar atoms" if args.exemplars != default_exemplars else "")
+        + (f"; {args.refits} refits" if args.refits != default_refits else "")
+        + ("; --direct (no database)" if args.direct else "; SQLite")
+    )
+    emit(
+        f"# {args.studies} known-truth studies of {args.candidates} candidates x 96 labels, {machine('cpu')}, "
+        f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s ({seconds / args.studies:.1f} s a study){variant}"
+    )
+    emit(
+        "| statistic | population value | 95% CI contains it | mean error | spread (sd) | mean CI width | plug-in's mean error |"
+    )
     emit("|---|---|---|---|---|---|---|")
     for name in STATISTICS:
-        emit(f"| {name} | {truth[name]:.4f} | {hits[name] / args.studies:.0%} ({hits[name]}/{args.studies}) | "
-             f"{np.mean(errors[name]):+.4f} | {np.std(errors[name]):.4f} | {np.mean(widths[name]):.4f} | "
-             f"{np.mean(raw_errors[name]):+.4f} |")
+        emit(
+            f"| {name} | {truth[name]:.4f} | {hits[name] / args.studies:.0%} ({hits[name]}/{args.studies}) | "
+            f"{np.mean(errors[name]):+.4f} | {np.std(errors[name]):.4f} | {np.mean(widths[name]):.4f} | "
+            f"{np.mean(raw_errors[name]):+.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ def run_migrations(connection) -> None:
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies the table
         compare_type=True,
         transactional_ddl=True,  # SQLite supports it: a migration is all or nothing, and serialised
-
     )
     with context.begin_transaction():
         # On SQLite the transaction is BEGIN IMMEDIATE already; on PostgreSQL take a lock so two

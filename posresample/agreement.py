@@ -26,17 +26,24 @@ from .stats.confusion import Confusion, parse_confusion
 def answers(engine, scan_id: int, params_id: int, tagger_id: int) -> dict[int, tuple[str, int | None]]:
     """{completion id: (status, upos)} of one tagger (or annotator) over a scan's completions."""
     with db.read(engine) as conn:
-        rows = conn.execute(select(labels.c.completion_id, labels.c.status, labels.c.upos)
-                            .join(completions, completions.c.id == labels.c.completion_id)
-                            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-                            .where(labels.c.tagger_id == tagger_id, candidates.c.scan_id == scan_id,
-                                   jobs.c.params_id == params_id)).all()
+        rows = conn.execute(
+            select(labels.c.completion_id, labels.c.status, labels.c.upos)
+            .join(completions, completions.c.id == labels.c.completion_id)
+            .join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(labels.c.tagger_id == tagger_id, candidates.c.scan_id == scan_id, jobs.c.params_id == params_id)
+        ).all()
     return {cid: (status, upos) for cid, status, upos in rows}
 
 
 def human_taggers(engine) -> list[dict]:
     with db.read(engine) as conn:
-        return [dict(r) for r in conn.execute(select(taggers).where(taggers.c.name.like("human:%")).order_by(taggers.c.id)).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(taggers).where(taggers.c.name.like("human:%")).order_by(taggers.c.id)
+            ).mappings()
+        ]
 
 
 def tagger_vs_human(human: dict, machine: dict) -> tuple[dict, Confusion]:
@@ -47,12 +54,15 @@ def tagger_vs_human(human: dict, machine: dict) -> tuple[dict, Confusion]:
     both = [c for c, h in human.items() if h[0] == "ok" and c in machine and machine[c][0] == "ok"]
     confusion = Confusion.from_pairs([human[c][1] for c in both], [machine[c][1] for c in both], "")
     right = float(np.trace(confusion.counts))
-    return {"completions": len(both), "right": int(right),
-            "accuracy": jeffreys_interval(right, len(both)) if both else None,
-            "machine_unlabelled": sum(1 for h in human.values() if h[0] == "ok") - len(both),
-            "human_unsure": sum(1 for h in human.values() if h[0] == "unsure"),
-            "human_no_span": sum(1 for h in human.values() if h[0] == "no_span"),
-            "confusion": confusion.to_json()["counts"]}, confusion
+    return {
+        "completions": len(both),
+        "right": int(right),
+        "accuracy": jeffreys_interval(right, len(both)) if both else None,
+        "machine_unlabelled": sum(1 for h in human.values() if h[0] == "ok") - len(both),
+        "human_unsure": sum(1 for h in human.values() if h[0] == "unsure"),
+        "human_no_span": sum(1 for h in human.values() if h[0] == "no_span"),
+        "confusion": confusion.to_json()["counts"],
+    }, confusion
 
 
 def kappa(a: dict, b: dict) -> dict | None:
@@ -76,13 +86,18 @@ def summary(engine, scan_id: int, params_id: int, tagger: dict) -> dict | None:
         return None
     machine = answers(engine, scan_id, params_id, tagger["id"]) if not tagger["name"].startswith("human:") else {}
     given = {h["name"]: answers(engine, scan_id, params_id, h["id"]) for h in humans}
-    out = {"annotators": {name: {"answers": len(a), "ok": sum(s == "ok" for s, _ in a.values())} for name, a in given.items()},
-           "tagger": tagger["name"], "tagger_treebank_accuracy": tagger.get("accuracy"),
-           "tagger_on_completions": {name: tagger_vs_human(a, machine)[0] for name, a in given.items()} if machine else {},
-           "kappa": []}
+    out = {
+        "annotators": {
+            name: {"answers": len(a), "ok": sum(s == "ok" for s, _ in a.values())} for name, a in given.items()
+        },
+        "tagger": tagger["name"],
+        "tagger_treebank_accuracy": tagger.get("accuracy"),
+        "tagger_on_completions": {name: tagger_vs_human(a, machine)[0] for name, a in given.items()} if machine else {},
+        "kappa": [],
+    }
     names = list(given)
     for i, x in enumerate(names):
-        for y in names[i + 1:]:
+        for y in names[i + 1 :]:
             k = kappa(given[x], given[y])
             if k is not None:
                 out["kappa"].append({"annotators": [x, y], **k})
@@ -96,9 +111,12 @@ def confusion_from(engine, scan_id: int, params_id: int, tagger: dict, human_nam
     if human is None:
         raise ConfigError(f"no annotator {human_name!r} in the database (annotate --annotator NAME makes human:NAME)")
     if tagger["name"] == human_name:
-        raise ConfigError(f"--confusion-from {human_name} is the tagger analysed itself: pick a machine tagger with --tagger")
-    measured, confusion = tagger_vs_human(answers(engine, scan_id, params_id, human["id"]),
-                                          answers(engine, scan_id, params_id, tagger["id"]))
+        raise ConfigError(
+            f"--confusion-from {human_name} is the tagger analysed itself: pick a machine tagger with --tagger"
+        )
+    measured, confusion = tagger_vs_human(
+        answers(engine, scan_id, params_id, human["id"]), answers(engine, scan_id, params_id, tagger["id"])
+    )
     if measured["completions"] == 0:
         raise ConfigError(f"{human_name} and tagger {tagger['name']!r} labelled no completion in common with a UPOS")
     counts = confusion.counts.copy()

@@ -52,27 +52,53 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
         scan = pick_scan(conn, scan_name)
         params = pick_params(conn, scan["id"], params_id)
         tagger = pick_tagger(conn, tagger_name)
-        cands = conn.execute(select(candidates).where(candidates.c.scan_id == scan["id"]).order_by(candidates.c.id)).mappings().all()
-        counts = conn.execute(text(
-            "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = e.candidate_id "
-            "WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"),
-            {"scan": scan["id"], "params": params["id"], "tagger": tagger["id"]}).all()
-        original = dict(conn.execute(select(candidate_labels.c.candidate_id, candidate_labels.c.upos).where(
-            candidate_labels.c.tagger_id == tagger["id"])).all())
-        scan["sampled"] = conn.execute(select(func.count()).select_from(jobs).join(
-            candidates, candidates.c.id == jobs.c.candidate_id).where(
-            candidates.c.scan_id == scan["id"], jobs.c.params_id == params["id"], jobs.c.state == "done")).scalar_one()
+        cands = (
+            conn.execute(select(candidates).where(candidates.c.scan_id == scan["id"]).order_by(candidates.c.id))
+            .mappings()
+            .all()
+        )
+        counts = conn.execute(
+            text(
+                "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = e.candidate_id "
+                "WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"
+            ),
+            {"scan": scan["id"], "params": params["id"], "tagger": tagger["id"]},
+        ).all()
+        original = dict(
+            conn.execute(
+                select(candidate_labels.c.candidate_id, candidate_labels.c.upos).where(
+                    candidate_labels.c.tagger_id == tagger["id"]
+                )
+            ).all()
+        )
+        scan["sampled"] = conn.execute(
+            select(func.count())
+            .select_from(jobs)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(candidates.c.scan_id == scan["id"], jobs.c.params_id == params["id"], jobs.c.state == "done")
+        ).scalar_one()
         # every label of these completions by status: those not ok are missing from the counts above
-        scan["label_statuses"] = dict(conn.execute(
-            select(labels.c.status, func.count()).join(completions, completions.c.id == labels.c.completion_id)
-            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-            .where(candidates.c.scan_id == scan["id"], jobs.c.params_id == params["id"], labels.c.tagger_id == tagger["id"])
-            .group_by(labels.c.status)).all())
+        scan["label_statuses"] = dict(
+            conn.execute(
+                select(labels.c.status, func.count())
+                .join(completions, completions.c.id == labels.c.completion_id)
+                .join(jobs, jobs.c.id == completions.c.job_id)
+                .join(candidates, candidates.c.id == jobs.c.candidate_id)
+                .where(
+                    candidates.c.scan_id == scan["id"],
+                    jobs.c.params_id == params["id"],
+                    labels.c.tagger_id == tagger["id"],
+                )
+                .group_by(labels.c.status)
+            ).all()
+        )
     per_candidate: dict[int, np.ndarray] = {}
     for cid, upos, n in counts:
         if not (isinstance(upos, int) and 0 <= upos < K):
-            raise DatabaseError(f"candidate {cid} has labels with upos {upos!r}, not a UPOS id 0-{K - 1}: "
-                                "the labels table was edited by hand; run `cli.py label` into a fresh database")
+            raise DatabaseError(
+                f"candidate {cid} has labels with upos {upos!r}, not a UPOS id 0-{K - 1}: "
+                "the labels table was edited by hand; run `cli.py label` into a fresh database"
+            )
         per_candidate.setdefault(cid, np.zeros(K))[upos] = n
     return scan, params, tagger, [dict(c) for c in cands], per_candidate, original
 
@@ -84,13 +110,21 @@ def sample_description(scan: dict, scanned: int) -> dict:
     if sampled >= scanned:
         reading = f"every candidate of the scan was sampled: the shares are for its {scanned} candidates"
     elif order == "random":
-        reading = (f"{sampled} of the scan's {scanned} candidates, drawn in the scan's random order: a simple random "
-                   f"sample, so the shares and means estimate all {scanned}")
+        reading = (
+            f"{sampled} of the scan's {scanned} candidates, drawn in the scan's random order: a simple random "
+            f"sample, so the shares and means estimate all {scanned}"
+        )
     else:
-        reading = (f"the first {sampled} of {scanned} candidates in dataset order: not a random sample, so the "
-                   "shares describe these candidates only")
-    return {"order": order, "order_seed": scan.get("order_seed"), "random_sample": order == "random" or sampled >= scanned,
-            "reading": reading}
+        reading = (
+            f"the first {sampled} of {scanned} candidates in dataset order: not a random sample, so the "
+            "shares describe these candidates only"
+        )
+    return {
+        "order": order,
+        "order_seed": scan.get("order_seed"),
+        "random_sample": order == "random" or sampled >= scanned,
+        "reading": reading,
+    }
 
 
 def pick_tagger(conn, name: str | None) -> dict:
@@ -114,10 +148,15 @@ def probe_matrix(cands: list[dict], classes: list[int]) -> np.ndarray:
     q = np.zeros((len(cands), K))
     for c in cands:
         probs = c["probe_probs"]
-        if not isinstance(probs, list) or len(probs) != len(classes) or not all(
-                isinstance(x, (int, float)) and math.isfinite(x) and 0 <= x <= 1 for x in probs):
-            raise DatabaseError(f"candidate {c['id']}: probe_probs is not {len(classes)} probabilities (the scan's probe "
-                                "classes): the candidates table was edited by hand")
+        if (
+            not isinstance(probs, list)
+            or len(probs) != len(classes)
+            or not all(isinstance(x, (int, float)) and math.isfinite(x) and 0 <= x <= 1 for x in probs)
+        ):
+            raise DatabaseError(
+                f"candidate {c['id']}: probe_probs is not {len(classes)} probabilities (the scan's probe "
+                "classes): the candidates table was edited by hand"
+            )
     q[:, classes] = np.array([c["probe_probs"] for c in cands], dtype=np.float64)
     return q
 
@@ -149,15 +188,27 @@ def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
         return parse_confusion(tagger["confusion"], f"the confusion stored with tagger {tagger['name']}")
     if tagger["name"].startswith("human:"):
         return Confusion.identity()
-    log.warning("tagger %r has no confusion matrix (train-tagger or evaluate-tagger measures one; "
-                "--tagger-confusion gives one): its labels are taken as the truth", tagger["name"])
+    log.warning(
+        "tagger %r has no confusion matrix (train-tagger or evaluate-tagger measures one; "
+        "--tagger-confusion gives one): its labels are taken as the truth",
+        tagger["name"],
+    )
     return Confusion.identity()
 
 
-def run_analyze(engine, scan_name: str | None = None, tagger_name: str | None = None, params_id: int | None = None,
-            min_labelled: int = DEFAULT_MIN_LABELLED, seed: int = 0, with_examples: bool = True,
-            confusion: Confusion | None = None, confusion_from: str | None = None, refits: int | None = None,
-            progress: bool = False) -> Analysis:
+def run_analyze(
+    engine,
+    scan_name: str | None = None,
+    tagger_name: str | None = None,
+    params_id: int | None = None,
+    min_labelled: int = DEFAULT_MIN_LABELLED,
+    seed: int = 0,
+    with_examples: bool = True,
+    confusion: Confusion | None = None,
+    confusion_from: str | None = None,
+    refits: int | None = None,
+    progress: bool = False,
+) -> Analysis:
     """`confusion`: the tagger's confusion as given (a file); `confusion_from`: measure it against
     that annotator's labels on these completions (human:NAME) instead of the treebank's; `refits`:
     the parametric bootstrap's replicate studies [default: corrected_view.REFITS]; `progress`: a bar of them."""
@@ -170,8 +221,10 @@ def run_analyze(engine, scan_name: str | None = None, tagger_name: str | None = 
         confusion = agreement.confusion_from(engine, scan["id"], params["id"], tagger, confusion_from)
     kept = [c for c in cands if per_candidate.get(c["id"], np.zeros(K)).sum() >= min_labelled]
     if not kept:
-        raise DatabaseError(f"no candidate of scan {scan['name']!r} has {min_labelled} or more labelled completions "
-                            f"by tagger {tagger['name']!r}: run `cli.py label`, or lower --min-labelled")
+        raise DatabaseError(
+            f"no candidate of scan {scan['name']!r} has {min_labelled} or more labelled completions "
+            f"by tagger {tagger['name']!r}: run `cli.py label`, or lower --min-labelled"
+        )
     classes = list(scan["probe_classes"])
     counts = np.stack([per_candidate[c["id"]] for c in kept])  # [N, K]
     n = counts.sum(axis=1)
@@ -186,23 +239,39 @@ def run_analyze(engine, scan_name: str | None = None, tagger_name: str | None = 
 
     def meanwhile() -> tuple:  # the raw view, the sensitivity rows and the examples: beside the refits, or after them
         floor = raw_view.floors(q, n, classes, seed)
-        raw_parts = (floor, raw_view.raw_summary(p, q, n, true, orig, classes, prior, floor, seed),
-                     raw_view.out_of_probe(p, q, classes, seed), raw_view.research_block(p, q, true, classes, seed))
+        raw_parts = (
+            floor,
+            raw_view.raw_summary(p, q, n, true, orig, classes, prior, floor, seed),
+            raw_view.out_of_probe(p, q, classes, seed),
+            raw_view.research_block(p, q, true, classes, seed),
+        )
         varied = sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed)
         corrected_view.trim_memory()  # the examples are loaded last: at 16,000 candidates they are 200 MB of rows
-        return (*raw_parts, varied,
-                load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {})
+        return (
+            *raw_parts,
+            varied,
+            load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {},
+        )
 
-    fixed = corrected_view.estimate(counts, q, classes, conf, seed, refits=refits, meanwhile=meanwhile, progress=progress)
+    fixed = corrected_view.estimate(
+        counts, q, classes, conf, seed, refits=refits, meanwhile=meanwhile, progress=progress
+    )
     floor, raw, out_of_probe, research, varied, examples = fixed.meanwhile
     corrected_summary = fixed.summary
     corrected_view.trim_memory()
-    sensitivity = [{"confusion": "stored", "source": conf.source, "verdict": corrected_summary["verdict"],
-                    "intervals": "two-stage and refits"}] + varied
+    sensitivity = [
+        {
+            "confusion": "stored",
+            "source": conf.source,
+            "verdict": corrected_summary["verdict"],
+            "intervals": "two-stage and refits",
+        }
+    ] + varied
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
     on_candidates = tagger_on_candidates(true, orig, tagger)
     summary = {
-        "headline": (filled_warning(conf) + " " if conf.filled else "") + headline(len(kept), corrected_summary, len(cands), scan),
+        "headline": (filled_warning(conf) + " " if conf.filled else "")
+        + headline(len(kept), corrected_summary, len(cands), scan),
         "confusion_filled": [UPOS_NAMES[k] for k in conf.filled],
         "tagger_on_candidates": on_candidates,
         "sensitivity": sensitivity,
@@ -210,7 +279,12 @@ def run_analyze(engine, scan_name: str | None = None, tagger_name: str | None = 
         "ambiguous_by_threshold": corrected_summary["ambiguous_by_threshold"],
         "estimand": ESTIMAND.format(**{k: params[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")}),
         "verdict_counts": {v: int(sum(r["verdict"] == v for r in rows)) for v in verdict.VERDICTS},
-        "flow": {"scanned": len(cands), "sampled": scan["sampled"], "labelled_enough": len(kept), "analysed": len(kept)},
+        "flow": {
+            "scanned": len(cands),
+            "sampled": scan["sampled"],
+            "labelled_enough": len(kept),
+            "analysed": len(kept),
+        },
         "label_statuses": label_statuses(scan["label_statuses"]),
         "sample": sample_description(scan, len(cands)),
         "verdict": corrected_summary["verdict"],
@@ -219,22 +293,34 @@ def run_analyze(engine, scan_name: str | None = None, tagger_name: str | None = 
         "raw": raw,
         "out_of_probe": out_of_probe,
         "research_scripts": research,
-        "fitted_temperature": {"corrected": corrected_summary["fitted_temperature"],
-                               "raw": raw["baselines"]["fitted_temperature"]},
-        "scan": scan["name"], "split": scan["split"], "model": scan["model"], "layer": scan["layer"],
-        "generation_params_id": params["id"], "tagger": {k: tagger[k] for k in ("name", "spec", "accuracy")},
-        "candidates_in_scan": len(cands), "candidates_analysed": len(kept), "min_labelled": min_labelled,
-        "labels_analysed": int(n.sum()), "kl_smoothing": metrics.KL_EPSILON, "prior_source": prior_source,
+        "fitted_temperature": {
+            "corrected": corrected_summary["fitted_temperature"],
+            "raw": raw["baselines"]["fitted_temperature"],
+        },
+        "scan": scan["name"],
+        "split": scan["split"],
+        "model": scan["model"],
+        "layer": scan["layer"],
+        "generation_params_id": params["id"],
+        "tagger": {k: tagger[k] for k in ("name", "spec", "accuracy")},
+        "candidates_in_scan": len(cands),
+        "candidates_analysed": len(kept),
+        "min_labelled": min_labelled,
+        "labels_analysed": int(n.sum()),
+        "kl_smoothing": metrics.KL_EPSILON,
+        "prior_source": prior_source,
         "breakdowns": {key: breakdown(rows, key, p, q, true, classes) for key in ("true_label", "probe_top2")},
         "human_labels": agreement.summary(engine, scan["id"], params["id"], tagger),
     }
     return Analysis(scan, params["id"], tagger, min_labelled, rows, summary, q, p, fixed.point, examples)
 
 
-ESTIMAND = ("each candidate's distribution of the target word's UPOS over the model's continuations as sampled "
-            "(temperature {temperature}, top-p {top_p}, top-k {top_k}, {max_new_tokens} new tokens): a tempered, "
-            "truncated distribution, not the model's own; 'genuinely ambiguous' is a second reading of at least 0.10 "
-            "of it (ambiguous_by_threshold varies 0.10)")
+ESTIMAND = (
+    "each candidate's distribution of the target word's UPOS over the model's continuations as sampled "
+    "(temperature {temperature}, top-p {top_p}, top-k {top_k}, {max_new_tokens} new tokens): a tempered, "
+    "truncated distribution, not the model's own; 'genuinely ambiguous' is a second reading of at least 0.10 "
+    "of it (ambiguous_by_threshold varies 0.10)"
+)
 HARD_WORD_PRIOR = 20.0  # pseudo-words per row drawn from the treebank confusion when the candidates' own rows are short
 
 
@@ -245,24 +331,33 @@ def tagger_on_candidates(true: np.ndarray, orig: np.ndarray, tagger: dict) -> di
     right = float((orig[tagged] == true[tagged]).sum())
     interval = metrics.jeffreys_interval(right, int(tagged.sum())) if tagged.any() else {"share": None, "ci95": None}
     dev = (tagger.get("accuracy") or {}).get("dev") or {}
-    return {"accuracy": interval["share"], "ci95": interval["ci95"], "words": int(tagged.sum()),
-            "all_words_accuracy": dev.get("raw_text") if isinstance(dev, dict) else None}
+    return {
+        "accuracy": interval["share"],
+        "ci95": interval["ci95"],
+        "words": int(tagged.sum()),
+        "all_words_accuracy": dev.get("raw_text") if isinstance(dev, dict) else None,
+    }
 
 
 def label_statuses(counts: dict[str, int]) -> dict:
     """The tagger's labels of the sampled completions by status, and each status's share: the ones not
     ok (no span for the target, an empty or non-UPOS tag) are missing from every count analysed."""
     total = sum(counts.values())
-    return {"labels": total, "counts": dict(sorted(counts.items())),
-            "rates": {status: n / total for status, n in sorted(counts.items())} if total else {}}
+    return {
+        "labels": total,
+        "counts": dict(sorted(counts.items())),
+        "rates": {status: n / total for status, n in sorted(counts.items())} if total else {},
+    }
 
 
 def flow_line(summary: dict) -> str:
     """The accounting in one line: candidates scanned -> sampled -> analysed, and the labels by status."""
     f, st = summary["flow"], summary["label_statuses"]
     rates = ", ".join(f"{status} {rate:.1%}" for status, rate in st["rates"].items())
-    return (f"candidates: {f['scanned']:,} scanned -> {f['sampled']:,} sampled -> {f['labelled_enough']:,} with "
-            f"{summary['min_labelled']} or more ok labels, analysed; labels: {st['labels']:,} ({rates or 'none'})")
+    return (
+        f"candidates: {f['scanned']:,} scanned -> {f['sampled']:,} sampled -> {f['labelled_enough']:,} with "
+        f"{summary['min_labelled']} or more ok labels, analysed; labels: {st['labels']:,} ({rates or 'none'})"
+    )
 
 
 def sensitivity_variants(counts, q, classes, conf: Confusion, true, orig, scan: dict, seed: int) -> list[dict]:
@@ -282,8 +377,10 @@ def sensitivity_variants(counts, q, classes, conf: Confusion, true, orig, scan: 
     # side by side on the cores (the sparse products and logs let go of the GIL), as far as memory allows
     with ThreadPoolExecutor(max_workers=corrected_view.refit_threads(len(variants), len(counts))) as pool:
         shares = list(pool.map(lambda v: corrected_view.population_shares(counts, q, classes, v[1], seed), variants))
-    return [{"confusion": name, "source": variant.source, "verdict": share, "intervals": "two-stage"}
-            for (name, variant), share in zip(variants, shares)]
+    return [
+        {"confusion": name, "source": variant.source, "verdict": share, "intervals": "two-stage"}
+        for (name, variant), share in zip(variants, shares)
+    ]
 
 
 def sensitivity_line(rows: list[dict]) -> str:
@@ -291,14 +388,18 @@ def sensitivity_line(rows: list[dict]) -> str:
     others = ", ".join(f"{r['confusion']} {r['verdict']['genuinely_ambiguous']['share']:.0%}" for r in rows[1:])
     if not others:
         return "sensitivity: no confusion to vary (the labels are taken as the truth)"
-    return (f"sensitivity: genuinely ambiguous {ambiguous[0]:.0%} with the stored confusion; {others} "
-            f"(moves by up to {max(abs(a - ambiguous[0]) for a in ambiguous):.0%})")
+    return (
+        f"sensitivity: genuinely ambiguous {ambiguous[0]:.0%} with the stored confusion; {others} "
+        f"(moves by up to {max(abs(a - ambiguous[0]) for a in ambiguous):.0%})"
+    )
 
 
 def filled_warning(conf: Confusion) -> str:
     names = ", ".join(UPOS_NAMES[k] for k in conf.filled)
-    return (f"Warning: the tagger's confusion ({conf.source}) has no row for {names}, labels the tagger gave: "
-            "those rows are taken as the identity (the tagger right on such words), so the correction is partial.")
+    return (
+        f"Warning: the tagger's confusion ({conf.source}) has no row for {names}, labels the tagger gave: "
+        "those rows are taken as the identity (the tagger right on such words), so the correction is partial."
+    )
 
 
 def headline(n: int, s: dict, scanned: int | None = None, scan: dict | None = None) -> str:
@@ -311,16 +412,26 @@ def headline(n: int, s: dict, scanned: int | None = None, scan: dict | None = No
     whole = ""
     if scanned is not None and scan is not None and scan["sampled"] < scanned:
         random = (scan.get("job_order") or "dataset") == "random"
-        whole = (f" (a random sample of the scan's {scanned}: the shares estimate all {scanned})" if random
-                 else f" (the first sampled of the scan's {scanned}, in dataset order: not a random sample)")
-    return (f"Of {n} uncertain tokens{whole}, {pct(v['genuinely_ambiguous'])} are genuinely ambiguous, "
-            f"{pct(v['probe_underconfident'])} have one reading the probe was merely unsure of, "
-            f"{pct(v['probe_wrong'])} have one reading the probe got wrong, and {pct(v['undetermined'])} are neither; "
-            f"the labels contradict the probe for {pct(s['probe_contradicted_fdr05'])} (FDR 5%).")
+        whole = (
+            f" (a random sample of the scan's {scanned}: the shares estimate all {scanned})"
+            if random
+            else f" (the first sampled of the scan's {scanned}, in dataset order: not a random sample)"
+        )
+    return (
+        f"Of {n} uncertain tokens{whole}, {pct(v['genuinely_ambiguous'])} are genuinely ambiguous, "
+        f"{pct(v['probe_underconfident'])} have one reading the probe was merely unsure of, "
+        f"{pct(v['probe_wrong'])} have one reading the probe got wrong, and {pct(v['undetermined'])} are neither; "
+        f"the labels contradict the probe for {pct(s['probe_contradicted_fdr05'])} (FDR 5%)."
+    )
 
 
 def per_candidate_rows(cands, p, q, n, true, orig, floor: dict, fixed, classes) -> list[dict]:
-    tv, jsd, kld, bri = metrics.total_variation(p, q), metrics.js(p, q), metrics.kl_on(p, q, classes), metrics.brier(q, p)
+    tv, jsd, kld, bri = (
+        metrics.total_variation(p, q),
+        metrics.js(p, q),
+        metrics.kl_on(p, q, classes),
+        metrics.brier(q, p),
+    )
     hp, hq = metrics.entropy(p), metrics.entropy(q)
     majority, pred = p.argmax(axis=1), q.argmax(axis=1)
     top2 = np.argsort(-q, axis=1, kind="stable")[:, :2]  # ties: the lower id first, as probe_pred
@@ -329,21 +440,37 @@ def per_candidate_rows(cands, p, q, n, true, orig, floor: dict, fixed, classes) 
     rows = []
     for i, c in enumerate(cands):
         row = {
-            "candidate_id": c["id"], "dataset_idx": c["dataset_idx"], "sent_id": c["sent_id"],
-            "target_position": c["target_position"], "target_token": c["target_token"], "prefix_text": c["prefix_text"],
-            "sentence_text": c["sentence_text"], "n_labelled": int(n[i]),
-            "true_label": UPOS_NAMES[true[i]], "probe_pred": UPOS_NAMES[pred[i]], "probe_max_prob": float(q[i].max()),
+            "candidate_id": c["id"],
+            "dataset_idx": c["dataset_idx"],
+            "sent_id": c["sent_id"],
+            "target_position": c["target_position"],
+            "target_token": c["target_token"],
+            "prefix_text": c["prefix_text"],
+            "sentence_text": c["sentence_text"],
+            "n_labelled": int(n[i]),
+            "true_label": UPOS_NAMES[true[i]],
+            "probe_pred": UPOS_NAMES[pred[i]],
+            "probe_max_prob": float(q[i].max()),
             "probe_top2": f"{UPOS_NAMES[top2[i, 0]]}/{UPOS_NAMES[top2[i, 1]]}",
-            "verdict": verdict.VERDICTS[fixed.verdict[i]], "p_value": float(fixed.p_value[i]), "q_value": float(fixed.q_value[i]),
+            "verdict": verdict.VERDICTS[fixed.verdict[i]],
+            "p_value": float(fixed.p_value[i]),
+            "q_value": float(fixed.q_value[i]),
             "corrected_first": UPOS_NAMES[int(fixed.point[i].argmax())],
-            "empirical_majority": UPOS_NAMES[majority[i]], "empirical_majority_share": float(p[i].max()),
+            "empirical_majority": UPOS_NAMES[majority[i]],
+            "empirical_majority_share": float(p[i].max()),
             "out_of_probe_share": float(p[i, outside].sum()),
             "tagger_on_original": UPOS_NAMES[orig[i]] if orig[i] >= 0 else None,
-            "tv": float(tv[i]), "tv_noise_floor": float(floor["tv"][i]), "js": float(jsd[i]), "kl": float(kld[i]),
-            "kl_noise_floor": float(floor["kl"][i]), "brier": float(bri[i]),
-            "entropy_empirical": float(hp[i]), "entropy_probe": float(hq[i]),
+            "tv": float(tv[i]),
+            "tv_noise_floor": float(floor["tv"][i]),
+            "js": float(jsd[i]),
+            "kl": float(kld[i]),
+            "kl_noise_floor": float(floor["kl"][i]),
+            "brier": float(bri[i]),
+            "entropy_empirical": float(hp[i]),
+            "entropy_probe": float(hq[i]),
             "probe_agrees_with_majority": bool(pred[i] == majority[i]),
-            "majority_is_true_label": bool(majority[i] == true[i]), "probe_is_true_label": bool(pred[i] == true[i]),
+            "majority_is_true_label": bool(majority[i] == true[i]),
+            "probe_is_true_label": bool(pred[i] == true[i]),
         }
         for k in with_mass:
             name = UPOS_NAMES[k]
@@ -351,10 +478,18 @@ def per_candidate_rows(cands, p, q, n, true, orig, floor: dict, fixed, classes) 
             row[f"corrected_{name}_lo"] = round(float(fixed.lo[i, k]), 4)
             row[f"corrected_{name}_hi"] = round(float(fixed.hi[i, k]), 4)
         row["empirical"] = {UPOS_NAMES[k]: round(float(p[i, k]), 4) for k in np.flatnonzero(p[i])}
-        row["probe"] = {UPOS_NAMES[k]: round(float(q[i, k]), 4) for k in np.argsort(-q[i], kind="stable")[:6] if q[i, k] > 0.005}
-        row["corrected"] = {UPOS_NAMES[k]: [round(float(fixed.point[i, k]), 4), round(float(fixed.lo[i, k]), 4),
-                                            round(float(fixed.hi[i, k]), 4)]
-                            for k in np.argsort(-fixed.point[i], kind="stable")[:6] if fixed.hi[i, k] > 0.01}
+        row["probe"] = {
+            UPOS_NAMES[k]: round(float(q[i, k]), 4) for k in np.argsort(-q[i], kind="stable")[:6] if q[i, k] > 0.005
+        }
+        row["corrected"] = {
+            UPOS_NAMES[k]: [
+                round(float(fixed.point[i, k]), 4),
+                round(float(fixed.lo[i, k]), 4),
+                round(float(fixed.hi[i, k]), 4),
+            ]
+            for k in np.argsort(-fixed.point[i], kind="stable")[:6]
+            if fixed.hi[i, k] > 0.01
+        }
         rows.append(row)
     return rows
 
@@ -369,13 +504,19 @@ def breakdown(rows: list[dict], key: str, p, q, true, classes, top: int = 12) ->
     out = []
     for name, members in groups.items():
         g = [rows[i] for i in members]
-        out.append({key: name, "n": len(g), "mean_tv": float(np.mean([r["tv"] for r in g])),
-                    **{v: float(np.mean([r["verdict"] == v for r in g])) for v in verdict.VERDICTS},
-                    "raw_ambiguous_share": float(np.mean([r["empirical_majority_share"] < AMBIGUOUS_BELOW for r in g])),
-                    "majority_is_true_label": float(np.mean([r["majority_is_true_label"] for r in g])),
-                    "probe_is_true_label": float(np.mean([r["probe_is_true_label"] for r in g])),
-                    "research_brier": float(research["brier"][members].mean()),
-                    "research_kl_nats": float(research["kl"][members].mean())})
+        out.append(
+            {
+                key: name,
+                "n": len(g),
+                "mean_tv": float(np.mean([r["tv"] for r in g])),
+                **{v: float(np.mean([r["verdict"] == v for r in g])) for v in verdict.VERDICTS},
+                "raw_ambiguous_share": float(np.mean([r["empirical_majority_share"] < AMBIGUOUS_BELOW for r in g])),
+                "majority_is_true_label": float(np.mean([r["majority_is_true_label"] for r in g])),
+                "probe_is_true_label": float(np.mean([r["probe_is_true_label"] for r in g])),
+                "research_brier": float(research["brier"][members].mean()),
+                "research_kl_nats": float(research["kl"][members].mean()),
+            }
+        )
     return sorted(out, key=lambda r: -r["n"])[:top]
 
 
@@ -388,23 +529,43 @@ def load_examples(engine, cands: list[dict], tagger_id: int, params_id: int, mod
 
     detokenize = detokenizer(model)
     by_id = {c["id"]: c for c in cands}
-    rank = func.row_number().over(partition_by=(jobs.c.candidate_id, labels.c.status, labels.c.upos_name),
-                                  order_by=completions.c.sample_index).label("rank")
-    ranked = (select(jobs.c.candidate_id, labels.c.upos_name, labels.c.status, labels.c.word, completions.c.text,
-                     completions.c.token_ids, rank)
-              .join(completions, completions.c.id == labels.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
-              .join(candidates, candidates.c.id == jobs.c.candidate_id)
-              .where(labels.c.tagger_id == tagger_id, jobs.c.params_id == params_id,
-                     candidates.c.scan_id == cands[0]["scan_id"]).subquery())
+    rank = (
+        func.row_number()
+        .over(
+            partition_by=(jobs.c.candidate_id, labels.c.status, labels.c.upos_name), order_by=completions.c.sample_index
+        )
+        .label("rank")
+    )
+    ranked = (
+        select(
+            jobs.c.candidate_id,
+            labels.c.upos_name,
+            labels.c.status,
+            labels.c.word,
+            completions.c.text,
+            completions.c.token_ids,
+            rank,
+        )
+        .join(completions, completions.c.id == labels.c.completion_id)
+        .join(jobs, jobs.c.id == completions.c.job_id)
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(
+            labels.c.tagger_id == tagger_id, jobs.c.params_id == params_id, candidates.c.scan_id == cands[0]["scan_id"]
+        )
+        .subquery()
+    )
     out: dict[int, dict[str, list]] = {}
     with db.read(engine) as conn:
-        rows = conn.execute(select(ranked).where(ranked.c.rank <= EXAMPLES_PER_LABEL)
-                            .order_by(ranked.c.candidate_id, ranked.c.rank))
+        rows = conn.execute(
+            select(ranked).where(ranked.c.rank <= EXAMPLES_PER_LABEL).order_by(ranked.c.candidate_id, ranked.c.rank)
+        )
         for cid, upos, status, word, continuation, token_ids, _rank in rows:
             if cid not in by_id:
                 continue
             key = upos if status == "ok" else f"({status})"
-            out.setdefault(cid, {}).setdefault(key, []).append(_example(detokenize, by_id[cid], word, continuation, token_ids))
+            out.setdefault(cid, {}).setdefault(key, []).append(
+                _example(detokenize, by_id[cid], word, continuation, token_ids)
+            )
     return out
 
 
@@ -418,6 +579,6 @@ def _example(detokenize, cand: dict, word, continuation: str, token_ids) -> list
     if not full.startswith(prefix):
         return [continuation, -1, -1]
     if span is None:
-        return [full[len(prefix):], -1, -1]
-    end = span[0] + len(word) if word and full[span[0]:span[0] + len(word)] == word else span[1]
-    return [full[len(prefix):], span[0], end]
+        return [full[len(prefix) :], -1, -1]
+    end = span[0] + len(word) if word and full[span[0] : span[0] + len(word)] == word else span[1]
+    return [full[len(prefix) :], span[0], end]

@@ -37,16 +37,20 @@ STATUSES = ("ok", "unsure", "no_span")  # a UPOS; "can't tell"; "not a word here
 
 def tagger_name(annotator: str) -> str:
     if not NAME.match(annotator):
-        raise ConfigError(f"annotator name {annotator!r} is not 1-41 lowercase letters, digits, '_', '.' or '-' "
-                          "(it becomes the tagger human:NAME)")
+        raise ConfigError(
+            f"annotator name {annotator!r} is not 1-41 lowercase letters, digits, '_', '.' or '-' "
+            "(it becomes the tagger human:NAME)"
+        )
     return f"human:{annotator}"
 
 
 def register_annotator(engine, annotator: str) -> int:
     from .label_store import register_tagger
 
-    return register_tagger(engine, {"name": tagger_name(annotator), "spec": f"human:{annotator}", "library": "human",
-                                    "library_version": "1"})
+    return register_tagger(
+        engine,
+        {"name": tagger_name(annotator), "spec": f"human:{annotator}", "library": "human", "library_version": "1"},
+    )
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,11 @@ def build_queue(engine, scan_id: int, params_id: int, sample: int, overlap: floa
     Python reads a row per job and its candidate's probe pair, picks (job, round) pairs, and reads
     the completions of the picked jobs only: never every completion of the study."""
     with write(engine) as conn:
-        have = conn.execute(select(func.count()).select_from(annotation_items).where(
-            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalar_one()
+        have = conn.execute(
+            select(func.count())
+            .select_from(annotation_items)
+            .where(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
+        ).scalar_one()
         if have >= sample:
             return have
         counts, strata = _pool_counts(conn, scan_id, params_id)
@@ -79,11 +86,23 @@ def build_queue(engine, scan_id: int, params_id: int, sample: int, overlap: floa
         picked = _stratified(conn, scan_id, params_id, counts, strata, sample - have, seed)
         rng = np.random.default_rng(seed + 1)
         now = conn.execute(select(db_now())).scalar_one()
-        top = conn.execute(select(func.coalesce(func.max(annotation_items.c.rank), 0)).where(
-            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)).scalar_one()
-        rows = [dict(scan_id=scan_id, params_id=params_id, completion_id=completion_id, rank=top + 1 + i,
-                     overlap=bool(rng.random() < overlap), reason=reason, created_at=now)
-                for i, (completion_id, reason) in enumerate(picked)]
+        top = conn.execute(
+            select(func.coalesce(func.max(annotation_items.c.rank), 0)).where(
+                annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id
+            )
+        ).scalar_one()
+        rows = [
+            dict(
+                scan_id=scan_id,
+                params_id=params_id,
+                completion_id=completion_id,
+                rank=top + 1 + i,
+                overlap=bool(rng.random() < overlap),
+                reason=reason,
+                created_at=now,
+            )
+            for i, (completion_id, reason) in enumerate(picked)
+        ]
         if rows:
             conn.execute(insert(annotation_items), rows)
         return have + len(rows)
@@ -104,25 +123,39 @@ def _reason(conn):
 
 def _unqueued(query, scan_id: int, params_id: int):
     """Done completions of the scan and params that are not in the queue yet."""
-    queued = exists().where(annotation_items.c.completion_id == completions.c.id,
-                            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
-    return (query.join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-            .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done", ~queued))
+    queued = exists().where(
+        annotation_items.c.completion_id == completions.c.id,
+        annotation_items.c.scan_id == scan_id,
+        annotation_items.c.params_id == params_id,
+    )
+    return (
+        query.join(jobs, jobs.c.id == completions.c.job_id)
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done", ~queued)
+    )
 
 
 def _pool_counts(conn, scan_id: int, params_id: int) -> tuple[dict, dict]:
     """({(job, reason): completions not in the queue yet}, {job: its candidate's probe top-2 stratum})."""
     reason = _reason(conn)
-    rows = conn.execute(_unqueued(select(jobs.c.id, reason, func.count()).select_from(completions), scan_id, params_id)
-                        .group_by(jobs.c.id, reason)).all()
+    rows = conn.execute(
+        _unqueued(select(jobs.c.id, reason, func.count()).select_from(completions), scan_id, params_id).group_by(
+            jobs.c.id, reason
+        )
+    ).all()
     counts = {(job, why): n for job, why, n in rows}
-    probs = conn.execute(select(jobs.c.id, candidates.c.probe_probs).join(candidates, candidates.c.id == jobs.c.candidate_id)
-                         .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done"))
+    probs = conn.execute(
+        select(jobs.c.id, candidates.c.probe_probs)
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done")
+    )
     strata = {job: tuple(np.argsort(-np.asarray(p), kind="stable")[:2].tolist()) for job, p in probs}
     return counts, strata
 
 
-def _stratified(conn, scan_id: int, params_id: int, counts: dict, strata: dict, n: int, seed: int) -> list[tuple[int, str]]:
+def _stratified(
+    conn, scan_id: int, params_id: int, counts: dict, strata: dict, n: int, seed: int
+) -> list[tuple[int, str]]:
     """n (completion id, reason): the flagged ones (odd span, disagreeing) first, then the rest;
     within each, a round robin over the probe's top-2 strata in random order, and within a stratum
     one completion of each job (in random order) before a second of any."""
@@ -138,7 +171,9 @@ def _stratified(conn, scan_id: int, params_id: int, counts: dict, strata: dict, 
         by_stratum: dict[tuple, list[int]] = {}
         for job in sorted(sizes):
             by_stratum.setdefault(strata[job], []).append(job)
-        queues = [_rounds([jobs_[i] for i in rng.permutation(len(jobs_))], sizes) for _, jobs_ in sorted(by_stratum.items())]
+        queues = [
+            _rounds([jobs_[i] for i in rng.permutation(len(jobs_))], sizes) for _, jobs_ in sorted(by_stratum.items())
+        ]
         turns = [(job, r) for job, r in _interleave([queues[i] for i in rng.permutation(len(queues))], n - len(picked))]
         picked += _completions_for(conn, scan_id, params_id, turns, reasons, rng)
     return picked[:n]
@@ -175,8 +210,11 @@ def _completions_for(conn, scan_id: int, params_id: int, turns: list, reasons: t
     wanted = sorted({job for job, _ in turns})
     reason = _reason(conn)
     for start in range(0, len(wanted), 500):
-        rows = conn.execute(_unqueued(select(completions.c.id, completions.c.job_id, reason), scan_id, params_id)
-                            .where(completions.c.job_id.in_(wanted[start:start + 500])).order_by(completions.c.id)).all()
+        rows = conn.execute(
+            _unqueued(select(completions.c.id, completions.c.job_id, reason), scan_id, params_id)
+            .where(completions.c.job_id.in_(wanted[start : start + 500]))
+            .order_by(completions.c.id)
+        ).all()
         for completion_id, job, why in rows:
             if why in reasons:
                 members.setdefault(job, []).append((completion_id, why))
@@ -192,37 +230,63 @@ def _answered(tagger_id: int):
 
 def _held_by_others(tagger_id: int):
     """Another annotator has the item on screen now (a live lease)."""
-    return exists().where(annotation_leases.c.item_id == annotation_items.c.id,
-                          annotation_leases.c.tagger_id != tagger_id, annotation_leases.c.expires_at >= db_now())
+    return exists().where(
+        annotation_leases.c.item_id == annotation_items.c.id,
+        annotation_leases.c.tagger_id != tagger_id,
+        annotation_leases.c.expires_at >= db_now(),
+    )
 
 
 def _answers_by_others(tagger_id: int):
     """How many other annotators answered the item."""
-    return select(func.count()).select_from(labels).where(
-        labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id != tagger_id,
-        labels.c.tagger_id.in_(select(taggers.c.id).where(taggers.c.name.like("human:%")))).scalar_subquery()
+    return (
+        select(func.count())
+        .select_from(labels)
+        .where(
+            labels.c.completion_id == annotation_items.c.completion_id,
+            labels.c.tagger_id != tagger_id,
+            labels.c.tagger_id.in_(select(taggers.c.id).where(taggers.c.name.like("human:%"))),
+        )
+        .scalar_subquery()
+    )
 
 
 def next_item(engine, scan_id: int, params_id: int, tagger_id: int, owner: str) -> Item | None:
     """The item this annotator holds, or the first one free for them (leased to them in the same
     transaction; PostgreSQL skips rows another transaction has locked). None: nothing left."""
     mine = and_(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id, ~_answered(tagger_id))
-    held = exists().where(annotation_leases.c.item_id == annotation_items.c.id, annotation_leases.c.tagger_id == tagger_id,
-                          annotation_leases.c.expires_at >= db_now())
+    held = exists().where(
+        annotation_leases.c.item_id == annotation_items.c.id,
+        annotation_leases.c.tagger_id == tagger_id,
+        annotation_leases.c.expires_at >= db_now(),
+    )
     # never on two screens at once; answered by nobody else, or by one other when it is an overlap item
     others = _answers_by_others(tagger_id)
     free = and_(~_held_by_others(tagger_id), or_(others == 0, and_(annotation_items.c.overlap, others == 1)))
     with write(engine) as conn:
-        item_id = conn.execute(select(annotation_items.c.id).where(mine, held).order_by(annotation_items.c.rank).limit(1)).scalar()
+        item_id = conn.execute(
+            select(annotation_items.c.id).where(mine, held).order_by(annotation_items.c.rank).limit(1)
+        ).scalar()
         if item_id is None:
-            item_id = conn.execute(select(annotation_items.c.id).where(mine, free).order_by(annotation_items.c.rank).limit(1)
-                                   .with_for_update(skip_locked=True, of=annotation_items)).scalar()
+            item_id = conn.execute(
+                select(annotation_items.c.id)
+                .where(mine, free)
+                .order_by(annotation_items.c.rank)
+                .limit(1)
+                .with_for_update(skip_locked=True, of=annotation_items)
+            ).scalar()
         if item_id is None:
             return None
-        conn.execute(delete(annotation_leases).where(annotation_leases.c.item_id == item_id,
-                                                     annotation_leases.c.tagger_id == tagger_id))
-        conn.execute(insert(annotation_leases).values(item_id=item_id, tagger_id=tagger_id, owner=owner,
-                                                      expires_at=db_now() + LEASE_SECONDS))
+        conn.execute(
+            delete(annotation_leases).where(
+                annotation_leases.c.item_id == item_id, annotation_leases.c.tagger_id == tagger_id
+            )
+        )
+        conn.execute(
+            insert(annotation_leases).values(
+                item_id=item_id, tagger_id=tagger_id, owner=owner, expires_at=db_now() + LEASE_SECONDS
+            )
+        )
         return _item(conn, item_id)
 
 
@@ -230,12 +294,23 @@ def _item(conn, item_id: int) -> Item:
     from .schema import generation_params
 
     row = conn.execute(
-        select(annotation_items.c.id, completions.c.id, candidates.c.id, candidates.c.prefix_token_ids, completions.c.token_ids,
-               candidates.c.prefix_text, completions.c.text, candidates.c.target_token, generation_params.c.model)
-        .join(completions, completions.c.id == annotation_items.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
+        select(
+            annotation_items.c.id,
+            completions.c.id,
+            candidates.c.id,
+            candidates.c.prefix_token_ids,
+            completions.c.token_ids,
+            candidates.c.prefix_text,
+            completions.c.text,
+            candidates.c.target_token,
+            generation_params.c.model,
+        )
+        .join(completions, completions.c.id == annotation_items.c.completion_id)
+        .join(jobs, jobs.c.id == completions.c.job_id)
         .join(candidates, candidates.c.id == jobs.c.candidate_id)
         .join(generation_params, generation_params.c.id == annotation_items.c.params_id)
-        .where(annotation_items.c.id == item_id)).one()
+        .where(annotation_items.c.id == item_id)
+    ).one()
     return Item(row[0], row[1], row[2], list(row[3]), list(row[4]), row[5], row[6], row[7], row[8])
 
 
@@ -253,30 +328,62 @@ def answer(engine, item_id: int, tagger_id: int, upos: int | None, status: str, 
     if status not in STATUSES or (status == "ok") != (upos is not None):
         raise ConfigError(f"an answer is a UPOS (status ok), unsure or no_span, not {status!r} / {upos!r}")
     with write(engine) as conn:
-        completion = conn.execute(select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)).scalar()
+        completion = conn.execute(
+            select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)
+        ).scalar()
         if completion is None:
             raise ConfigError(f"no annotation item {item_id}")
-        if owner is not None and conn.execute(select(annotation_leases.c.item_id).where(
-                annotation_leases.c.item_id == item_id, annotation_leases.c.tagger_id == tagger_id,
-                annotation_leases.c.owner == owner)).first() is None:
+        if (
+            owner is not None
+            and conn.execute(
+                select(annotation_leases.c.item_id).where(
+                    annotation_leases.c.item_id == item_id,
+                    annotation_leases.c.tagger_id == tagger_id,
+                    annotation_leases.c.owner == owner,
+                )
+            ).first()
+            is None
+        ):
             raise NotHeld(f"annotation item {item_id} is not held by this annotator")
-        added = insert_ignoring_duplicates(conn, labels, [dict(
-            completion_id=completion, tagger_id=tagger_id, upos=upos, upos_name=UPOS_NAMES[upos] if upos is not None else None,
-            tag=None, word=None, status=status)])
-        conn.execute(delete(annotation_leases).where(annotation_leases.c.item_id == item_id,
-                                                     annotation_leases.c.tagger_id == tagger_id))
+        added = insert_ignoring_duplicates(
+            conn,
+            labels,
+            [
+                dict(
+                    completion_id=completion,
+                    tagger_id=tagger_id,
+                    upos=upos,
+                    upos_name=UPOS_NAMES[upos] if upos is not None else None,
+                    tag=None,
+                    word=None,
+                    status=status,
+                )
+            ],
+        )
+        conn.execute(
+            delete(annotation_leases).where(
+                annotation_leases.c.item_id == item_id, annotation_leases.c.tagger_id == tagger_id
+            )
+        )
         return added == 1
 
 
 def undo(engine, item_id: int, tagger_id: int, owner: str) -> bool:
     """Take back this annotator's answer to the item and hold the item again. False: there was none."""
     with write(engine) as conn:
-        completion = conn.execute(select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)).scalar()
-        removed = conn.execute(delete(labels).where(labels.c.completion_id == completion, labels.c.tagger_id == tagger_id)).rowcount
+        completion = conn.execute(
+            select(annotation_items.c.completion_id).where(annotation_items.c.id == item_id)
+        ).scalar()
+        removed = conn.execute(
+            delete(labels).where(labels.c.completion_id == completion, labels.c.tagger_id == tagger_id)
+        ).rowcount
         if removed:  # the undone item is shown next: the one on screen goes back
             conn.execute(delete(annotation_leases).where(annotation_leases.c.tagger_id == tagger_id))
-            conn.execute(insert(annotation_leases).values(item_id=item_id, tagger_id=tagger_id, owner=owner,
-                                                          expires_at=db_now() + LEASE_SECONDS))
+            conn.execute(
+                insert(annotation_leases).values(
+                    item_id=item_id, tagger_id=tagger_id, owner=owner, expires_at=db_now() + LEASE_SECONDS
+                )
+            )
         return bool(removed)
 
 
@@ -285,30 +392,47 @@ def undo_last(engine, scan_id: int, params_id: int, tagger_id: int, owner: str) 
     with the highest id). False: they have none."""
     with read(engine) as conn:
         item_id = conn.execute(
-            select(annotation_items.c.id).join(labels, labels.c.completion_id == annotation_items.c.completion_id)
-            .where(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id,
-                   labels.c.tagger_id == tagger_id).order_by(labels.c.id.desc()).limit(1)).scalar()
+            select(annotation_items.c.id)
+            .join(labels, labels.c.completion_id == annotation_items.c.completion_id)
+            .where(
+                annotation_items.c.scan_id == scan_id,
+                annotation_items.c.params_id == params_id,
+                labels.c.tagger_id == tagger_id,
+            )
+            .order_by(labels.c.id.desc())
+            .limit(1)
+        ).scalar()
     return item_id is not None and undo(engine, item_id, tagger_id, owner)
 
 
 def release(engine, tagger_id: int, owner: str) -> None:
     with write(engine) as conn:
-        conn.execute(delete(annotation_leases).where(annotation_leases.c.tagger_id == tagger_id,
-                                                     annotation_leases.c.owner == owner))
+        conn.execute(
+            delete(annotation_leases).where(
+                annotation_leases.c.tagger_id == tagger_id, annotation_leases.c.owner == owner
+            )
+        )
 
 
 def progress(engine, scan_id: int, params_id: int, tagger_id: int) -> dict:
     """{total, labelled (by anyone), mine, active annotators}."""
     humans = select(taggers.c.id).where(taggers.c.name.like("human:%"))
     in_queue = and_(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
-    answered_by = select(labels.c.tagger_id).where(labels.c.completion_id == annotation_items.c.completion_id,
-                                                   labels.c.tagger_id.in_(humans))
+    answered_by = select(labels.c.tagger_id).where(
+        labels.c.completion_id == annotation_items.c.completion_id, labels.c.tagger_id.in_(humans)
+    )
     with read(engine) as conn:
         total = conn.execute(select(func.count()).select_from(annotation_items).where(in_queue)).scalar_one()
-        labelled = conn.execute(select(func.count()).select_from(annotation_items).where(
-            in_queue, exists(answered_by))).scalar_one()
-        mine = conn.execute(select(func.count()).select_from(annotation_items).where(in_queue, _answered(tagger_id))).scalar_one()
+        labelled = conn.execute(
+            select(func.count()).select_from(annotation_items).where(in_queue, exists(answered_by))
+        ).scalar_one()
+        mine = conn.execute(
+            select(func.count()).select_from(annotation_items).where(in_queue, _answered(tagger_id))
+        ).scalar_one()
         # an annotator at work always holds the item on screen (an answer takes the next one at once)
-        active = conn.execute(select(func.count(func.distinct(annotation_leases.c.tagger_id))).where(
-            annotation_leases.c.expires_at >= db_now())).scalar_one()
+        active = conn.execute(
+            select(func.count(func.distinct(annotation_leases.c.tagger_id))).where(
+                annotation_leases.c.expires_at >= db_now()
+            )
+        ).scalar_one()
     return {"total": total, "labelled": labelled, "mine": mine, "active": max(active, 1)}

@@ -25,8 +25,25 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-KEYS = {"NOUN": "n", "PROPN": "m", "VERB": "v", "AUX": "u", "ADJ": "a", "ADV": "r", "PRON": "p", "DET": "d", "ADP": "i",
-        "CCONJ": "c", "SCONJ": "s", "PART": "t", "NUM": "q", "INTJ": "j", "PUNCT": ".", "SYM": "y", "X": "x"}
+KEYS = {
+    "NOUN": "n",
+    "PROPN": "m",
+    "VERB": "v",
+    "AUX": "u",
+    "ADJ": "a",
+    "ADV": "r",
+    "PRON": "p",
+    "DET": "d",
+    "ADP": "i",
+    "CCONJ": "c",
+    "SCONJ": "s",
+    "PART": "t",
+    "NUM": "q",
+    "INTJ": "j",
+    "PUNCT": ".",
+    "SYM": "y",
+    "X": "x",
+}
 SPECIAL = {"unsure": ("can't tell", "?"), "no_span": ("not a word here", "-")}
 UNDO_KEY = "z"
 
@@ -36,8 +53,17 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")  # the Host names a page served on the 
 ITEM_ID_MAX = 2**31 - 1  # annotation item ids are 32-bit
 
 
-def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: str, owner: str,
-               detokenize=None, token: str | None = None, hosts: tuple[str, ...] | None = LOCAL_HOSTS) -> Flask:
+def create_app(
+    engine,
+    scan: dict,
+    params_id: int,
+    tagger_id: int,
+    annotator: str,
+    owner: str,
+    detokenize=None,
+    token: str | None = None,
+    hosts: tuple[str, ...] | None = LOCAL_HOSTS,
+) -> Flask:
     """`hosts`: the Host names requests may carry (DNS rebinding: a page on another name that
     resolves here gets a 400, never the page or its CSRF token); None: any (a page beyond the
     loopback, which the token guards)."""
@@ -50,14 +76,17 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
 
     def current():
         item = annotate.next_item(engine, scan["id"], params_id, tagger_id, owner)
-        return {"item": None if item is None else shown(item, detokenize),
-                "progress": annotate.progress(engine, scan["id"], params_id, tagger_id)}
+        return {
+            "item": None if item is None else shown(item, detokenize),
+            "progress": annotate.progress(engine, scan["id"], params_id, tagger_id),
+        }
 
     @app.before_request
     def guard():
         request.host  # noqa: B018 (checked against TRUSTED_HOSTS: a 400 for any other name)
-        if token is not None and not (_same(request.cookies.get("annotate_token", ""), token)
-                                      or _same(request.args.get("token", ""), token)):
+        if token is not None and not (
+            _same(request.cookies.get("annotate_token", ""), token) or _same(request.args.get("token", ""), token)
+        ):
             abort(403)
         if request.method == "POST":
             origin = request.headers.get("Origin")
@@ -76,12 +105,21 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
     @app.get("/")
     def page():
         nonce = secrets.token_urlsafe(16)
-        body = render_template("annotate.html", nonce=nonce, csrf=csrf, annotator=annotate.tagger_name(annotator),
-                               scan=scan["name"], undo_key=UNDO_KEY, upos_buttons=[(n, KEYS[n]) for n in UPOS_NAMES if n in KEYS],
-                               special_buttons=[(status, title, key) for status, (title, key) in SPECIAL.items()])
+        body = render_template(
+            "annotate.html",
+            nonce=nonce,
+            csrf=csrf,
+            annotator=annotate.tagger_name(annotator),
+            scan=scan["name"],
+            undo_key=UNDO_KEY,
+            upos_buttons=[(n, KEYS[n]) for n in UPOS_NAMES if n in KEYS],
+            special_buttons=[(status, title, key) for status, (title, key) in SPECIAL.items()],
+        )
         response = make_response(body)
-        response.headers["Content-Security-Policy"] = (f"default-src 'none'; script-src 'nonce-{nonce}'; "
-                                                       "style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'")
+        response.headers["Content-Security-Policy"] = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; "
+            "style-src 'unsafe-inline'; connect-src 'self'; form-action 'none'"
+        )
         if token is not None:
             response.set_cookie("annotate_token", token, httponly=True, samesite="Strict")
         return response
@@ -98,12 +136,22 @@ def create_app(engine, scan: dict, params_id: int, tagger_id: int, annotator: st
             abort(400)
         label = str(data.get("label", "")) if isinstance(data, dict) else ""
         item_id = data.get("item_id") if isinstance(data, dict) else None
-        if not isinstance(item_id, int) or isinstance(item_id, bool) or not 1 <= item_id <= ITEM_ID_MAX \
-                or not (label in SPECIAL or label in KEYS):
+        if (
+            not isinstance(item_id, int)
+            or isinstance(item_id, bool)
+            or not 1 <= item_id <= ITEM_ID_MAX
+            or not (label in SPECIAL or label in KEYS)
+        ):
             abort(400)  # a malformed request is the client's error, never a 500
         try:
-            annotate.answer(engine, item_id, tagger_id, UPOS_IDS.get(label) if label in KEYS else None,
-                            "ok" if label in KEYS else label, owner=owner)
+            annotate.answer(
+                engine,
+                item_id,
+                tagger_id,
+                UPOS_IDS.get(label) if label in KEYS else None,
+                "ok" if label in KEYS else label,
+                owner=owner,
+            )
         except annotate.NotHeld:  # another annotator's item, or one this page never showed
             abort(409)
         except ConfigError:  # no such item
@@ -126,7 +174,12 @@ def shown(item: annotate.Item, detokenize) -> dict:
     if detokenize is not None:
         full, span = target_span(detokenize, item.prefix_token_ids, item.token_ids)
         if span is not None:  # the target is the prefix's last token: the continuation starts where it ends
-            return {"id": item.id, "prefix": full[:span[0]], "target": full[span[0]:span[1]], "continuation": full[span[1]:]}
+            return {
+                "id": item.id,
+                "prefix": full[: span[0]],
+                "target": full[span[0] : span[1]],
+                "continuation": full[span[1] :],
+            }
     target = item.target_token.strip()  # no tokenizer here: the stored texts, glued with a space
     head = item.prefix_text[: len(item.prefix_text) - len(item.target_token.lstrip())] if target else item.prefix_text
     return {"id": item.id, "prefix": head, "target": target, "continuation": " " + item.text}
@@ -148,9 +201,19 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
 
 
-def run_annotate(engine, annotator: str, scan_name: str | None = None, params_id: int | None = None, sample: int = 300,
-                 overlap: float = 0.0, seed: int = 0, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-                 ready=None) -> None:
+def run_annotate(
+    engine,
+    annotator: str,
+    scan_name: str | None = None,
+    params_id: int | None = None,
+    sample: int = 300,
+    overlap: float = 0.0,
+    seed: int = 0,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: str | None = None,
+    ready=None,
+) -> None:
     """Serve the labelling page until Ctrl-C. Every input (the name, the token, the address, the
     port, the scan) is checked before anything is written; then the queue is built (or grown),
     the annotator registered, and `ready(url, total, scan)` called once the server listens. On the
@@ -173,10 +236,12 @@ def run_annotate(engine, annotator: str, scan_name: str | None = None, params_id
     owner = new_worker_id()
     detokenize = detokenizer(params["model"])
     if detokenize is None:
-        log.warning("the tokenizer of %s is not here: completions are shown as stored, without the exact span",
-                    params["model"])
-    app = create_app(engine, scan, params["id"], tagger_id, annotator, owner, detokenize, token,
-                     allowed_hosts(host, loopback))
+        log.warning(
+            "the tokenizer of %s is not here: completions are shown as stored, without the exact span", params["model"]
+        )
+    app = create_app(
+        engine, scan, params["id"], tagger_id, annotator, owner, detokenize, token, allowed_hosts(host, loopback)
+    )
     server = make_server(host, port, app, threaded=True)  # listening from here: the URL is good when given
     if ready is not None:
         ready(f"http://{host}:{port}/" + (f"?token={token}" if token else ""), total, scan)

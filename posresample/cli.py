@@ -100,8 +100,14 @@ MODEL_HELP = "HF model id, local folder, or a .gguf file (converted once to a ca
 
 
 def db_option(func):
-    return click.option("--db", "db_url", envvar=DB_ENV_VAR, default=DEFAULT_DB_URL, show_default=True,
-                        help=f"Database URL (sqlite:///FILE or postgresql+psycopg://...); env {DB_ENV_VAR}.")(func)
+    return click.option(
+        "--db",
+        "db_url",
+        envvar=DB_ENV_VAR,
+        default=DEFAULT_DB_URL,
+        show_default=True,
+        help=f"Database URL (sqlite:///FILE or postgresql+psycopg://...); env {DB_ENV_VAR}.",
+    )(func)
 
 
 def open_database(db_url: str, create: bool = False, retry_seconds: float = 0.0):
@@ -111,13 +117,22 @@ def open_database(db_url: str, create: bool = False, retry_seconds: float = 0.0)
 
 
 def db_retry_option(func):
-    return click.option("--db-retry-seconds", default=DEFAULT_DB_RETRY_SECONDS, show_default=True, type=FiniteFloat(0),
-                        help="Ride out a database outage (restart, held lock) this long, retrying with back-off.")(func)
+    return click.option(
+        "--db-retry-seconds",
+        default=DEFAULT_DB_RETRY_SECONDS,
+        show_default=True,
+        type=FiniteFloat(0),
+        help="Ride out a database outage (restart, held lock) this long, retrying with back-off.",
+    )(func)
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     for noisy in ("alembic", "httpx", "urllib3", "filelock", "spacy", "matplotlib", "PIL", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -151,12 +166,38 @@ def cli(ctx, verbose):
 
 def generation_options(func):
     options = [
-        click.option("--num-samples", default=DEFAULT_NUM_SAMPLES, show_default=True, type=click.IntRange(1, MAX_NUM_SAMPLES), help="Continuations per prefix."),
-        click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True, type=click.IntRange(1, MAX_NEW_TOKENS), help="Tokens per continuation."),
-        click.option("--temperature", default=DEFAULT_TEMPERATURE, show_default=True, type=FiniteFloat(0, min_open=True), help="Sampling temperature."),
-        click.option("--top-p", default=DEFAULT_TOP_P, show_default=True, type=FiniteFloat(0, 1, min_open=True), help="Nucleus mass kept (1.0: no top-p step)."),
+        click.option(
+            "--num-samples",
+            default=DEFAULT_NUM_SAMPLES,
+            show_default=True,
+            type=click.IntRange(1, MAX_NUM_SAMPLES),
+            help="Continuations per prefix.",
+        ),
+        click.option(
+            "--max-new-tokens",
+            default=DEFAULT_MAX_NEW_TOKENS,
+            show_default=True,
+            type=click.IntRange(1, MAX_NEW_TOKENS),
+            help="Tokens per continuation.",
+        ),
+        click.option(
+            "--temperature",
+            default=DEFAULT_TEMPERATURE,
+            show_default=True,
+            type=FiniteFloat(0, min_open=True),
+            help="Sampling temperature.",
+        ),
+        click.option(
+            "--top-p",
+            default=DEFAULT_TOP_P,
+            show_default=True,
+            type=FiniteFloat(0, 1, min_open=True),
+            help="Nucleus mass kept (1.0: no top-p step).",
+        ),
         click.option("--top-k", default=None, type=COUNT, help="Top-k before top-p (off unless given)."),
-        click.option("--seed", default=DEFAULT_SEED, show_default=True, type=click.IntRange(0, SEED_MAX), help="Sampling seed."),
+        click.option(
+            "--seed", default=DEFAULT_SEED, show_default=True, type=click.IntRange(0, SEED_MAX), help="Sampling seed."
+        ),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
 
@@ -172,8 +213,9 @@ SCAN_NAME_MAX = 200  # the scans.name column
 
 def check_scan_name(name: str) -> str:
     if not name or len(name) > SCAN_NAME_MAX or not name.isprintable() or name != name.strip():
-        raise click.BadParameter(f"a scan name is 1-{SCAN_NAME_MAX} printable characters without spaces at its ends",
-                                 param_hint="--name")
+        raise click.BadParameter(
+            f"a scan name is 1-{SCAN_NAME_MAX} printable characters without spaces at its ends", param_hint="--name"
+        )
     return name
 
 
@@ -185,31 +227,90 @@ def parse_exclude(spec: str) -> tuple[int, ...]:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--probe", required=True, type=click.Path(dir_okay=False), help="The probe (.joblib, scikit-learn).")
-@click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
+@click.option(
+    "--dataset",
+    required=True,
+    help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.",
+)
 @click.option("--split", default=DEFAULT_SPLIT, show_default=True, help="train, validation or test.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
-@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=click.IntRange(0, 10_000), help="hidden_states index the probe reads.")
-@click.option("--threshold", default=DEFAULT_THRESHOLD, show_default=True, type=FiniteFloat(0, 1), help="Keep tokens whose max probe probability is below this.")
-@click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="True labels to skip (names or ids).")
+@click.option(
+    "--layer",
+    default=DEFAULT_LAYER,
+    show_default=True,
+    type=click.IntRange(0, 10_000),
+    help="hidden_states index the probe reads.",
+)
+@click.option(
+    "--threshold",
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    type=FiniteFloat(0, 1),
+    help="Keep tokens whose max probe probability is below this.",
+)
+@click.option(
+    "--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="True labels to skip (names or ids)."
+)
 @click.option("--max-prefixes", default=None, type=COUNT, help="Stop after this many candidates.")
-@click.option("--name", default=DEFAULT_SCAN_NAME, show_default=True, callback=lambda _c, _p, v: check_scan_name(v),
-              help="Scan name; re-running it resumes.")
-@click.option("--order", type=click.Choice(["random", "dataset"]), default=None,
-              help="Order the jobs drain in: random (a seeded permutation, so the jobs done at any moment are a "
-              "random sample of the candidates) or dataset [default: random for a new scan, as stored when resuming].")
-@click.option("--order-seed", default=DEFAULT_ORDER_SEED, show_default=True, type=click.IntRange(0, SEED_MAX),
-              help="Seed of the random order.")
+@click.option(
+    "--name",
+    default=DEFAULT_SCAN_NAME,
+    show_default=True,
+    callback=lambda _c, _p, v: check_scan_name(v),
+    help="Scan name; re-running it resumes.",
+)
+@click.option(
+    "--order",
+    type=click.Choice(["random", "dataset"]),
+    default=None,
+    help="Order the jobs drain in: random (a seeded permutation, so the jobs done at any moment are a "
+    "random sample of the candidates) or dataset [default: random for a new scan, as stored when resuming].",
+)
+@click.option(
+    "--order-seed",
+    default=DEFAULT_ORDER_SEED,
+    show_default=True,
+    type=click.IntRange(0, SEED_MAX),
+    help="Seed of the random order.",
+)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
 @click.option("--batch-size", default=32, show_default=True, type=COUNT, help="Sentences per forward pass.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (the model loader's neither).")
-@click.option("--trust-probe", is_flag=True,
-              help="Unpickle the probe as it is, running any code it names (default: linear classifiers only).")
+@click.option(
+    "--trust-probe",
+    is_flag=True,
+    help="Unpickle the probe as it is, running any code it names (default: linear classifiers only).",
+)
 @generation_options
 @db_option
 @click.pass_context
-def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefixes, name, order, order_seed, device, attn,
-         batch_size, no_progress, trust_probe, num_samples, max_new_tokens, temperature, top_p, top_k, seed, db_url):
+def scan(
+    ctx,
+    probe,
+    dataset,
+    split,
+    model,
+    layer,
+    threshold,
+    exclude,
+    max_prefixes,
+    name,
+    order,
+    order_seed,
+    device,
+    attn,
+    batch_size,
+    no_progress,
+    trust_probe,
+    num_samples,
+    max_new_tokens,
+    temperature,
+    top_p,
+    top_k,
+    seed,
+    db_url,
+):
     """Find the tokens where the probe is unsure and queue them for sampling.
 
     \b
@@ -226,49 +327,130 @@ def scan(ctx, probe, dataset, split, model, layer, threshold, exclude, max_prefi
     from .scan import ScanOptions, run_scan
 
     params = GenerationParams(model, temperature, top_p, top_k, max_new_tokens, num_samples, seed).validate()
-    opts = ScanOptions(probe=probe, dataset=dataset, split=split, model=model, layer=layer, threshold=threshold,
-                       exclude=parse_exclude(exclude), params=params, name=name, max_prefixes=max_prefixes,
-                       device=device, attn=attn, batch_size=batch_size, trust_probe=trust_probe, order=order,
-                       order_seed=order_seed)
+    opts = ScanOptions(
+        probe=probe,
+        dataset=dataset,
+        split=split,
+        model=model,
+        layer=layer,
+        threshold=threshold,
+        exclude=parse_exclude(exclude),
+        params=params,
+        name=name,
+        max_prefixes=max_prefixes,
+        device=device,
+        attn=attn,
+        batch_size=batch_size,
+        trust_probe=trust_probe,
+        order=order,
+        order_seed=order_seed,
+    )
     if no_progress:
         silence_library_progress()
     engine = open_database(db_url, create=True)  # another app's or a newer schema is refused before the model loads
     result = run_scan(engine, opts, progress=not no_progress)
-    click.echo(f"scan {name!r}: {result.candidates} candidates ({result.added} new), "
-               f"{result.scan['sentences_done']}/{result.scan['sentences_total']} sentences; "
-               f"jobs queued with generation params {result.params_id}")
+    click.echo(
+        f"scan {name!r}: {result.candidates} candidates ({result.added} new), "
+        f"{result.scan['sentences_done']}/{result.scan['sentences_total']} sentences; "
+        f"jobs queued with generation params {result.params_id}"
+    )
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--devices", default=None, help="Start one worker per device and supervise them: 0,1,2,3 or all.")
-@click.option("--batch-jobs", default=None, type=COUNT, help="Jobs claimed and sampled together [default: 32 on GPU, 4 on CPU].")
+@click.option(
+    "--batch-jobs", default=None, type=COUNT, help="Jobs claimed and sampled together [default: 32 on GPU, 4 on CPU]."
+)
 @click.option("--max-rows", default=None, type=COUNT, help="Rows per decode batch [default: from free GPU memory].")
-@click.option("--lease-seconds", default=DEFAULT_LEASE_SECONDS, show_default=True, type=FiniteFloat(0.5), help="Lease per claimed job, renewed by heartbeats.")
-@click.option("--max-attempts", default=DEFAULT_MAX_ATTEMPTS, show_default=True, type=COUNT, help="Claims before a job ends failed.")
-@click.option("--stop-grace", default=DEFAULT_STOP_GRACE, show_default=True, type=FiniteFloat(0), help="Seconds to finish the batch after SIGINT/SIGTERM.")
+@click.option(
+    "--lease-seconds",
+    default=DEFAULT_LEASE_SECONDS,
+    show_default=True,
+    type=FiniteFloat(0.5),
+    help="Lease per claimed job, renewed by heartbeats.",
+)
+@click.option(
+    "--max-attempts",
+    default=DEFAULT_MAX_ATTEMPTS,
+    show_default=True,
+    type=COUNT,
+    help="Claims before a job ends failed.",
+)
+@click.option(
+    "--stop-grace",
+    default=DEFAULT_STOP_GRACE,
+    show_default=True,
+    type=FiniteFloat(0),
+    help="Seconds to finish the batch after SIGINT/SIGTERM.",
+)
 @db_retry_option
 @click.option("--no-wait", is_flag=True, help="Exit when nothing is claimable, even if other workers hold leases.")
-@click.option("--max-restarts", default=3, show_default=True, type=click.IntRange(0, INT32_MAX), help="With --devices: restarts per device (after a back-off of 1, 2, 4 ... 60 s).")
+@click.option(
+    "--max-restarts",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, INT32_MAX),
+    help="With --devices: restarts per device (after a back-off of 1, 2, 4 ... 60 s).",
+)
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
-@click.option("--decode", type=click.Choice(["hf", "fast"]), default="hf", show_default=True,
-              help="Decode path: the model's forward on copied KV (hf) or the shared-prefix Gemma 2 step (fast).")
-@click.option("--compile", "compile_mode", type=click.Choice(["off", "inductor", "cuda-graph"]), default="off",
-              show_default=True, help="With --decode fast: run its step through torch.compile (inductor) or "
-              "capture it once per batch as a CUDA graph and replay it (cuda-graph, CUDA only).")
+@click.option(
+    "--decode",
+    type=click.Choice(["hf", "fast"]),
+    default="hf",
+    show_default=True,
+    help="Decode path: the model's forward on copied KV (hf) or the shared-prefix Gemma 2 step (fast).",
+)
+@click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(["off", "inductor", "cuda-graph"]),
+    default="off",
+    show_default=True,
+    help="With --decode fast: run its step through torch.compile (inductor) or "
+    "capture it once per batch as a CUDA graph and replay it (cuda-graph, CUDA only).",
+)
 @click.option("--max-jobs", default=None, type=COUNT, help="Stop after this many jobs (with --devices: in all).")
-@click.option("--model", "gguf_models", multiple=True, type=click.Path(dir_okay=False),
-              help="A .gguf file behind the queued jobs' model (gguf:sha256:...), converted here once; repeatable.")
+@click.option(
+    "--model",
+    "gguf_models",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A .gguf file behind the queued jobs' model (gguf:sha256:...), converted here once; repeatable.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-@click.option("--jobs-budget", default=None, hidden=True, help="The --max-jobs budget file shared by a supervisor's workers.")
+@click.option(
+    "--jobs-budget", default=None, hidden=True, help="The --max-jobs budget file shared by a supervisor's workers."
+)
 @click.option("--fake-sampler", is_flag=True, hidden=True, help="Model-free sampler for queue tests and benchmarks.")
 @click.option("--fake-delay", default=0.0, type=float, hidden=True)
 @click.option("--fake-poison-token", default=None, type=int, hidden=True)
 @db_option
 @click.pass_context
-def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attempts, stop_grace, db_retry_seconds, no_wait,
-           max_restarts, attn, decode, compile_mode, max_jobs, gguf_models, no_progress, jobs_budget, fake_sampler,
-           fake_delay, fake_poison_token, db_url):
+def worker(
+    ctx,
+    device,
+    devices,
+    batch_jobs,
+    max_rows,
+    lease_seconds,
+    max_attempts,
+    stop_grace,
+    db_retry_seconds,
+    no_wait,
+    max_restarts,
+    attn,
+    decode,
+    compile_mode,
+    max_jobs,
+    gguf_models,
+    no_progress,
+    jobs_budget,
+    fake_sampler,
+    fake_delay,
+    fake_poison_token,
+    db_url,
+):
     """Claim queued prefixes, sample continuations, write them back.
 
     Exits when no job is left; waits while another worker's lease is pending. Loads the model of
@@ -291,7 +473,7 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
     if devices:
         from .supervise import supervise_workers
 
-        argv = sys.argv[sys.argv.index("worker"):]
+        argv = sys.argv[sys.argv.index("worker") :]
         raise SystemExit(supervise_workers(argv, devices, max_restarts, max_jobs, ctx.obj.get("verbose", False)))
     dev = worker_device(device, fake_sampler)
     if compile_mode == "cuda-graph" and not dev.startswith("cuda"):
@@ -299,11 +481,28 @@ def worker(ctx, device, devices, batch_jobs, max_rows, lease_seconds, max_attemp
     engine = open_database(db_url, retry_seconds=db_retry_seconds)
     if no_progress:
         silence_library_progress()
-    opts = WorkerOptions(device=dev, batch_jobs=batch_jobs, lease_seconds=lease_seconds, max_attempts=max_attempts,
-                         stop_grace=stop_grace, wait=not no_wait, progress=not no_progress,
-                         db_retry_seconds=db_retry_seconds, max_jobs=max_jobs, budget_file=jobs_budget)
-    sampler = SamplerChoice(device=dev, max_rows=max_rows, attn=attn, decode=decode, compile=compile_mode,
-                            fake=fake_sampler, fake_delay=fake_delay, fake_poison_token=fake_poison_token)
+    opts = WorkerOptions(
+        device=dev,
+        batch_jobs=batch_jobs,
+        lease_seconds=lease_seconds,
+        max_attempts=max_attempts,
+        stop_grace=stop_grace,
+        wait=not no_wait,
+        progress=not no_progress,
+        db_retry_seconds=db_retry_seconds,
+        max_jobs=max_jobs,
+        budget_file=jobs_budget,
+    )
+    sampler = SamplerChoice(
+        device=dev,
+        max_rows=max_rows,
+        attn=attn,
+        decode=decode,
+        compile=compile_mode,
+        fake=fake_sampler,
+        fake_delay=fake_delay,
+        fake_poison_token=fake_poison_token,
+    )
     raise SystemExit(run_worker(engine, opts, sampler))
 
 
@@ -317,7 +516,13 @@ def register_gguf_models(paths) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("-o", "--output", required=True, help="Output path: .jsonl, .jsonl.zst, or - for stdout.")
 @click.option("--scan", "scan_name", default=None, help="Scan to export (needed when the database holds several).")
-@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
+@click.option(
+    "--params",
+    "params_id",
+    default=None,
+    type=COUNT,
+    help="Generation params id (when a scan was sampled with several).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_option
 def export(output, scan_name, params_id, no_progress, db_url):
@@ -364,35 +569,47 @@ def format_status(r: dict) -> str:
         f"stale leases {r['stale_leases']}",
         f"oldest todo  {_age(r['oldest_pending_seconds'])}",
         f"throughput   {r['throughput_jobs_per_minute']} jobs/min (last 10 min)",
-        f"eta          {_age(r['eta_seconds'])}" + ("" if r["workers"] or not (jobs["todo"] or jobs["running"]) else "  (no live worker)"),
+        f"eta          {_age(r['eta_seconds'])}"
+        + ("" if r["workers"] or not (jobs["todo"] or jobs["running"]) else "  (no live worker)"),
         f"workers      {totals['live']} live, {totals['lost']} lost (no heartbeat), {totals['stopped']} stopped",
     ]
     for w in r["workers"]:
-        lines.append(f"  {w['id']}  {w['device']}  jobs {w['jobs_done']}  heartbeat {w['last_heartbeat_seconds_ago']}s ago")
+        lines.append(
+            f"  {w['id']}  {w['device']}  jobs {w['jobs_done']}  heartbeat {w['last_heartbeat_seconds_ago']}s ago"
+        )
     return "\n".join(lines)
 
 
 def _scan_line(scan: dict) -> str:
     sampled = f"{scan['sampled']}/{scan['candidates']} candidates sampled"
     if 0 < scan["sampled"] < scan["candidates"]:
-        sampled += (", a random sample (random order, seed {})".format(scan["order_seed"]) if scan["order"] == "random"
-                    else ", the first in dataset order (not a random sample)")
-    return (f"{scan['name']}  {scan['split']}  {scan['sentences_done']}/{scan['sentences_total']} sentences, "
-            f"{scan['state']}  ({scan['candidates']} candidates; {sampled})")
+        sampled += (
+            ", a random sample (random order, seed {})".format(scan["order_seed"])
+            if scan["order"] == "random"
+            else ", the first in dataset order (not a random sample)"
+        )
+    return (
+        f"{scan['name']}  {scan['split']}  {scan['sentences_done']}/{scan['sentences_total']} sentences, "
+        f"{scan['state']}  ({scan['candidates']} candidates; {sampled})"
+    )
 
 
 def _age(seconds) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--failed", is_flag=True, help="Requeue failed jobs.")
 @click.option("--stale", is_flag=True, help="Requeue running jobs whose lease expired.")
 @click.option("--job", "job_id", type=COUNT, default=None, help="Requeue one job by id.")
-@click.option("--force", is_flag=True, help="With --job: even when a live worker holds it (its work is then discarded).")
+@click.option(
+    "--force", is_flag=True, help="With --job: even when a live worker holds it (its work is then discarded)."
+)
 @db_option
 def requeue(failed, stale, job_id, force, db_url):
     """Put failed or stale jobs back in the queue, attempts reset.
@@ -404,8 +621,9 @@ def requeue(failed, stale, job_id, force, db_url):
     from .queue import requeue as run_requeue
 
     if force and job_id is None:
-        raise click.UsageError("--force applies to --job ID only (a live worker's job); --failed and --stale never "
-                               "touch live leases")
+        raise click.UsageError(
+            "--force applies to --job ID only (a live worker's job); --failed and --stale never touch live leases"
+        )
     click.echo(f"requeued {run_requeue(open_database(db_url), failed, stale, job_id, force)} job(s)")
 
 
@@ -430,21 +648,51 @@ def upgrade(db_url):
 
 
 @cli.command("train-probe", context_settings=CONTEXT)
-@click.option("--dataset", required=True, help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.")
+@click.option(
+    "--dataset",
+    required=True,
+    help="A .conllu file, a UD directory, a parquet dir or universal-dependencies/universal_dependencies:en_ewt.",
+)
 @click.option("--split", default="train", show_default=True, help="Split to fit on.")
-@click.option("--eval-split", default=None,
-              help="Split to report accuracy on ('' for none) [default: validation; given one .conllu file, the "
-              "dev file beside it in the UD layout, else none].")
+@click.option(
+    "--eval-split",
+    default=None,
+    help="Split to report accuracy on ('' for none) [default: validation; given one .conllu file, the "
+    "dev file beside it in the UD layout, else none].",
+)
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help=MODEL_HELP)
-@click.option("--layer", default=DEFAULT_LAYER, show_default=True, type=click.IntRange(0, 10_000), help="hidden_states index to read.")
-@click.option("--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="Labels left out of the fit (names or ids).")
+@click.option(
+    "--layer",
+    default=DEFAULT_LAYER,
+    show_default=True,
+    type=click.IntRange(0, 10_000),
+    help="hidden_states index to read.",
+)
+@click.option(
+    "--exclude", default=",".join(DEFAULT_EXCLUDE), show_default=True, help="Labels left out of the fit (names or ids)."
+)
 @click.option("--max-sentences", default=None, type=COUNT, help="Fit on the first N sentences only.")
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep activations as .npz here; a second fit skips the model.")
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Keep activations as .npz here; a second fit skips the model.",
+)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Sentences per forward pass.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to save the probe (.joblib); a .json sidecar goes beside it.")
-def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences, cache_dir, device, attn, batch_size, output):
+@click.option(
+    "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Sentences per forward pass."
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to save the probe (.joblib); a .json sidecar goes beside it.",
+)
+def train_probe(
+    dataset, split, eval_split, model, layer, exclude, max_sentences, cache_dir, device, attn, batch_size, output
+):
     """Fit the research probe: LogisticRegression on one layer's activations.
 
     The recipe: C=1.0, max_iter=500, class_weight=balanced, lbfgs, multinomial; integer classes in
@@ -457,32 +705,80 @@ def train_probe(dataset, split, eval_split, model, layer, exclude, max_sentences
     """
     from .train_probe import TrainOptions, run_train_probe
 
-    opts = TrainOptions(dataset=dataset, split=split, eval_split=eval_split, model=model, layer=layer,
-                        exclude=parse_exclude(exclude), output=output, max_sentences=max_sentences,
-                        cache_dir=cache_dir, device=device, attn=attn, batch_size=batch_size)
+    opts = TrainOptions(
+        dataset=dataset,
+        split=split,
+        eval_split=eval_split,
+        model=model,
+        layer=layer,
+        exclude=parse_exclude(exclude),
+        output=output,
+        max_sentences=max_sentences,
+        cache_dir=cache_dir,
+        device=device,
+        attn=attn,
+        batch_size=batch_size,
+    )
     result = run_train_probe(opts)
     if result.accuracy is not None:
         click.echo(result.report)
         click.echo(f"{result.eval_split} accuracy: {result.accuracy:.4f}")
-    click.echo(f"wrote {result.probe_path} ({len(result.classes)} classes, {result.n_train} training tokens) and {result.sidecar_path}")
+    click.echo(
+        f"wrote {result.probe_path} ({len(result.classes)} classes, {result.n_train} training tokens) and {result.sidecar_path}"
+    )
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--tagger", "tagger_spec", required=True, help="spacy:PATH (a train-tagger folder) or spacy:PACKAGE (an installed pipeline).")
+@click.option(
+    "--tagger",
+    "tagger_spec",
+    required=True,
+    help="spacy:PATH (a train-tagger folder) or spacy:PACKAGE (an installed pipeline).",
+)
 @click.option("--tagger-name", default=None, help="Name for the tagger's labels [default: the folder or package name].")
 @click.option("--scan", "scan_name", default=None, help="Label this scan's completions only [default: every scan].")
-@click.option("--batch", "batch_jobs", default=DEFAULT_LABEL_BATCH_JOBS, show_default=True, type=COUNT, help="Done jobs claimed and tagged together.")
-@click.option("--processes", default=1, show_default=True, type=click.IntRange(1, 256), help="Label processes on this host.")
-@click.option("--lease-seconds", default=DEFAULT_LABEL_LEASE_SECONDS, show_default=True, type=FiniteFloat(0.5),
-              help="A killed process's jobs are taken over after this.")
-@click.option("--model", "gguf_models", multiple=True, type=click.Path(dir_okay=False),
-              help="A .gguf file behind the scan's model (gguf:sha256:...) where this host has not converted it; repeatable.")
+@click.option(
+    "--batch",
+    "batch_jobs",
+    default=DEFAULT_LABEL_BATCH_JOBS,
+    show_default=True,
+    type=COUNT,
+    help="Done jobs claimed and tagged together.",
+)
+@click.option(
+    "--processes", default=1, show_default=True, type=click.IntRange(1, 256), help="Label processes on this host."
+)
+@click.option(
+    "--lease-seconds",
+    default=DEFAULT_LABEL_LEASE_SECONDS,
+    show_default=True,
+    type=FiniteFloat(0.5),
+    help="A killed process's jobs are taken over after this.",
+)
+@click.option(
+    "--model",
+    "gguf_models",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A .gguf file behind the scan's model (gguf:sha256:...) where this host has not converted it; repeatable.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_retry_option
 @db_option
 @click.pass_context
-def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease_seconds, gguf_models, no_progress,
-          db_retry_seconds, db_url):
+def label(
+    ctx,
+    tagger_spec,
+    tagger_name,
+    scan_name,
+    batch_jobs,
+    processes,
+    lease_seconds,
+    gguf_models,
+    no_progress,
+    db_retry_seconds,
+    db_url,
+):
     """Tag the target word of every sampled completion with a POS tagger.
 
     Resumable (a re-run labels only what is missing) and parallel (several processes or hosts split
@@ -496,41 +792,109 @@ def label(ctx, tagger_spec, tagger_name, scan_name, batch_jobs, processes, lease
     from .label import LabelOptions, run_label
 
     register_gguf_models(gguf_models)
-    opts = LabelOptions(tagger=tagger_spec, tagger_name=tagger_name, scan=scan_name, batch_jobs=batch_jobs,
-                        processes=processes, lease_seconds=lease_seconds, progress=not no_progress,
-                        db_retry_seconds=db_retry_seconds)
-    result = run_label(open_database(db_url, retry_seconds=db_retry_seconds), db_url, opts,
-                       verbose=ctx.obj.get("verbose", False))
+    opts = LabelOptions(
+        tagger=tagger_spec,
+        tagger_name=tagger_name,
+        scan=scan_name,
+        batch_jobs=batch_jobs,
+        processes=processes,
+        lease_seconds=lease_seconds,
+        progress=not no_progress,
+        db_retry_seconds=db_retry_seconds,
+    )
+    result = run_label(
+        open_database(db_url, retry_seconds=db_retry_seconds), db_url, opts, verbose=ctx.obj.get("verbose", False)
+    )
     summary = result.summary
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(summary["statuses"].items()))
     upos = " ".join(f"{k} {v}" for k, v in summary["upos"].items())
     rate = result.added / result.seconds if result.seconds > 0 else 0.0
-    click.echo(f"tagger {result.tagger!r}: {result.added} completions labelled now ({rate:.0f}/s), "
-               f"{summary['labels']} in all ({statuses}); {result.candidates_added} original sentences tagged")
+    click.echo(
+        f"tagger {result.tagger!r}: {result.added} completions labelled now ({rate:.0f}/s), "
+        f"{summary['labels']} in all ({statuses}); {result.candidates_added} original sentences tagged"
+    )
     click.echo(f"upos: {upos}")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("-o", "--output", default="report", show_default=True, type=click.Path(file_okay=False), help="Folder for the report.")
-@click.option("--tagger", "tagger_name", default=None, help="Tagger name (needed when several labelled the completions).")
+@click.option(
+    "-o",
+    "--output",
+    default="report",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the report.",
+)
+@click.option(
+    "--tagger", "tagger_name", default=None, help="Tagger name (needed when several labelled the completions)."
+)
 @click.option("--scan", "scan_name", default=None, help="Scan to analyze (needed when the database holds several).")
-@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
-@click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
-@click.option("--tagger-confusion", "confusion_file", default=None, type=click.Path(dir_okay=False),
-              help="The tagger's confusion as JSON counts, true UPOS -> tagger's UPOS [default: the one stored with the tagger].")
-@click.option("--confusion-from", "confusion_from", default=None,
-              help="Correct with the tagger's confusion against an annotator's labels on these completions (human:NAME).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the bootstraps, tests and draws.")
-@click.option("--refits", default=DEFAULT_REFITS, show_default=True, type=click.IntRange(0, 1000),
-              help="Replicate studies of the parametric bootstrap, each a whole deconvolution on a thread "
-              "(0: the two-stage bootstrap alone, faster, but its intervals miss the truth more "
-              "often than 5% at thousands of candidates: docs/benchmarks.md).")
-@click.option("--distill", "distill_sidecar", default=None, type=click.Path(dir_okay=False),
-              help="A distilled probe's sidecar JSON: its cross-validation joins the report.")
+@click.option(
+    "--params",
+    "params_id",
+    default=None,
+    type=COUNT,
+    help="Generation params id (when a scan was sampled with several).",
+)
+@click.option(
+    "--min-labelled",
+    default=DEFAULT_MIN_LABELLED,
+    show_default=True,
+    type=COUNT,
+    help="Leave out candidates with fewer labelled completions.",
+)
+@click.option(
+    "--tagger-confusion",
+    "confusion_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The tagger's confusion as JSON counts, true UPOS -> tagger's UPOS [default: the one stored with the tagger].",
+)
+@click.option(
+    "--confusion-from",
+    "confusion_from",
+    default=None,
+    help="Correct with the tagger's confusion against an annotator's labels on these completions (human:NAME).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, INT32_MAX),
+    help="Seed of the bootstraps, tests and draws.",
+)
+@click.option(
+    "--refits",
+    default=DEFAULT_REFITS,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Replicate studies of the parametric bootstrap, each a whole deconvolution on a thread "
+    "(0: the two-stage bootstrap alone, faster, but its intervals miss the truth more "
+    "often than 5% at thousands of candidates: docs/benchmarks.md).",
+)
+@click.option(
+    "--distill",
+    "distill_sidecar",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="A distilled probe's sidecar JSON: its cross-validation joins the report.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_option
-def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_file, confusion_from, seed, refits,
-            distill_sidecar, no_progress, db_url):
+def analyze(
+    output,
+    tagger_name,
+    scan_name,
+    params_id,
+    min_labelled,
+    confusion_file,
+    confusion_from,
+    seed,
+    refits,
+    distill_sidecar,
+    no_progress,
+    db_url,
+):
     """Say, per uncertain token and for the study, whether the word is genuinely ambiguous.
 
     Corrects the labels for the tagger's confusion and the sampling noise: per candidate a
@@ -550,43 +914,115 @@ def analyze(output, tagger_name, scan_name, params_id, min_labelled, confusion_f
     from .analyze import flow_line
     from .report import run_report
 
-    result, paths = run_report(open_database(db_url), output, distill_sidecar=distill_sidecar, confusion_file=confusion_file,
-                               scan_name=scan_name, tagger_name=tagger_name, params_id=params_id,
-                               min_labelled=min_labelled, seed=seed, confusion_from=confusion_from, refits=refits,
-                               progress=not no_progress)
+    result, paths = run_report(
+        open_database(db_url),
+        output,
+        distill_sidecar=distill_sidecar,
+        confusion_file=confusion_file,
+        scan_name=scan_name,
+        tagger_name=tagger_name,
+        params_id=params_id,
+        min_labelled=min_labelled,
+        seed=seed,
+        confusion_from=confusion_from,
+        refits=refits,
+        progress=not no_progress,
+    )
     click.echo(result.summary["headline"])
     counts = result.summary["verdict_counts"]
-    click.echo(f"per candidate (each on its own {result.summary['labels_analysed'] // max(len(result.rows), 1)} or so labels): "
-               + ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in counts.items())
-               + "; the shares above are the population's, estimated with the noise removed")
+    click.echo(
+        f"per candidate (each on its own {result.summary['labels_analysed'] // max(len(result.rows), 1)} or so labels): "
+        + ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in counts.items())
+        + "; the shares above are the population's, estimated with the noise removed"
+    )
     click.echo(result.summary["sensitivity_line"])
     click.echo(flow_line(result.summary))
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]
-    click.echo(f"mean TV(probe, words) {fixed['estimate']:.3f} [{fixed['ci95'][0]:.3f}, {fixed['ci95'][1]:.3f}] corrected, "
-               f"{raw['mean']:.3f} raw; fitted temperature {result.summary['fitted_temperature']['corrected']:.3g} corrected, "
-               f"{result.summary['fitted_temperature']['raw']:.3g} raw")
-    click.echo(f"wrote {paths['html']} ({paths['html_bytes'] / 1e6:.1f} MB; and candidates.csv, summary.json, "
-               f"{len(paths) - 4} plots)")
+    click.echo(
+        f"mean TV(probe, words) {fixed['estimate']:.3f} [{fixed['ci95'][0]:.3f}, {fixed['ci95'][1]:.3f}] corrected, "
+        f"{raw['mean']:.3f} raw; fitted temperature {result.summary['fitted_temperature']['corrected']:.3g} corrected, "
+        f"{result.summary['fitted_temperature']['raw']:.3g} raw"
+    )
+    click.echo(
+        f"wrote {paths['html']} ({paths['html_bytes'] / 1e6:.1f} MB; and candidates.csv, summary.json, "
+        f"{len(paths) - 4} plots)"
+    )
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("-o", "--output", default="distilled.joblib", show_default=True, type=click.Path(dir_okay=False),
-              help="Where to save the distilled probe (.joblib); a .json sidecar goes beside it.")
-@click.option("--tagger", "tagger_name", default=None, help="Tagger whose labels make the targets (needed when several).")
+@click.option(
+    "-o",
+    "--output",
+    default="distilled.joblib",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to save the distilled probe (.joblib); a .json sidecar goes beside it.",
+)
+@click.option(
+    "--tagger", "tagger_name", default=None, help="Tagger whose labels make the targets (needed when several)."
+)
 @click.option("--scan", "scan_name", default=None, help="Scan to distil from (needed when the database holds several).")
-@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
-@click.option("--layers", default=None, help="hidden_states indexes, comma-separated; the first is saved [default: the scan's layer].")
-@click.option("--min-labelled", default=DEFAULT_MIN_LABELLED, show_default=True, type=COUNT, help="Leave out candidates with fewer labelled completions.")
-@click.option("--folds", default=5, show_default=True, type=click.IntRange(2, 100), help="Cross-validation folds (split by sentence).")
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the prefix activations as .npz here.")
+@click.option(
+    "--params",
+    "params_id",
+    default=None,
+    type=COUNT,
+    help="Generation params id (when a scan was sampled with several).",
+)
+@click.option(
+    "--layers",
+    default=None,
+    help="hidden_states indexes, comma-separated; the first is saved [default: the scan's layer].",
+)
+@click.option(
+    "--min-labelled",
+    default=DEFAULT_MIN_LABELLED,
+    show_default=True,
+    type=COUNT,
+    help="Leave out candidates with fewer labelled completions.",
+)
+@click.option(
+    "--folds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(2, 100),
+    help="Cross-validation folds (split by sentence).",
+)
+@click.option(
+    "--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the prefix activations as .npz here."
+)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the folds and the bootstrap.")
-@click.option("--model", "gguf_models", multiple=True, type=click.Path(dir_okay=False),
-              help="A .gguf file behind the scan's model (gguf:sha256:...) where this host has not converted it; repeatable.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, INT32_MAX),
+    help="Seed of the folds and the bootstrap.",
+)
+@click.option(
+    "--model",
+    "gguf_models",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A .gguf file behind the scan's model (gguf:sha256:...) where this host has not converted it; repeatable.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @db_option
-def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, folds, cache_dir, device, seed, gguf_models,
-            no_progress, db_url):
+def distill(
+    output,
+    tagger_name,
+    scan_name,
+    params_id,
+    layers,
+    min_labelled,
+    folds,
+    cache_dir,
+    device,
+    seed,
+    gguf_models,
+    no_progress,
+    db_url,
+):
     """Train a probe on the empirical UPOS distributions and score it against the original.
 
     Soft-label multinomial logistic regression (torch L-BFGS, L2 by cross-validation) on each
@@ -604,26 +1040,67 @@ def distill(output, tagger_name, scan_name, params_id, layers, min_labelled, fol
     try:
         layer_list = [int(x) for x in layers.split(",")] if layers else None
     except ValueError:
-        raise click.BadParameter(f"{layers!r} is not a comma-separated list of integers", param_hint="--layers") from None
+        raise click.BadParameter(
+            f"{layers!r} is not a comma-separated list of integers", param_hint="--layers"
+        ) from None
     engine = open_database(db_url)
     register_gguf_models(gguf_models)
     if no_progress:
         silence_library_progress()
-    result = run_distill(engine, output, tagger_name, scan_name, params_id, layer_list, min_labelled, folds, cache_dir,
-                         device, seed, progress=not no_progress)
-    click.echo(f"{result.n_candidates} candidates, {len(result.layer_results)} layer(s), held-out mean KL(empirical || .):")
+    result = run_distill(
+        engine,
+        output,
+        tagger_name,
+        scan_name,
+        params_id,
+        layer_list,
+        min_labelled,
+        folds,
+        cache_dir,
+        device,
+        seed,
+        progress=not no_progress,
+    )
+    click.echo(
+        f"{result.n_candidates} candidates, {len(result.layer_results)} layer(s), held-out mean KL(empirical || .):"
+    )
     for r in result.layer_results:
-        parts = [f"{name} {sc['kl']['mean']:.3f} [{sc['kl']['ci95'][0]:.3f}, {sc['kl']['ci95'][1]:.3f}]"
-                 for name, sc in r["scores"].items()]
+        parts = [
+            f"{name} {sc['kl']['mean']:.3f} [{sc['kl']['ci95'][0]:.3f}, {sc['kl']['ci95'][1]:.3f}]"
+            for name, sc in r["scores"].items()
+        ]
         click.echo(f"  layer {r['layer']}: " + "; ".join(parts))
-    click.echo(f"wrote {result.probe_path} and {result.sidecar_path}" + (f" and {result.plot_path}" if result.plot_path else ""))
+    click.echo(
+        f"wrote {result.probe_path} and {result.sidecar_path}"
+        + (f" and {result.plot_path}" if result.plot_path else "")
+    )
 
 
 @cli.command("train-tagger", context_settings=CONTEXT)
-@click.option("--dataset", required=True, help="A UD directory (train, dev, test), a .conllu file (a tenth held out) or a HF id.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="New folder for the spaCy pipeline; OUTPUT.json is its sidecar.")
-@click.option("--max-steps", default=DEFAULT_TAGGER_MAX_STEPS, show_default=True, type=COUNT, help="Training steps at most (spaCy keeps the best on dev).")
-@click.option("--max-epochs", default=DEFAULT_TAGGER_MAX_EPOCHS, show_default=True, type=COUNT, help="Passes over the training data at most.")
+@click.option(
+    "--dataset", required=True, help="A UD directory (train, dev, test), a .conllu file (a tenth held out) or a HF id."
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="New folder for the spaCy pipeline; OUTPUT.json is its sidecar.",
+)
+@click.option(
+    "--max-steps",
+    default=DEFAULT_TAGGER_MAX_STEPS,
+    show_default=True,
+    type=COUNT,
+    help="Training steps at most (spaCy keeps the best on dev).",
+)
+@click.option(
+    "--max-epochs",
+    default=DEFAULT_TAGGER_MAX_EPOCHS,
+    show_default=True,
+    type=COUNT,
+    help="Passes over the training data at most.",
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Training seed.")
 @click.option("--no-progress", is_flag=True, help="No training log.")
 def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
@@ -639,23 +1116,46 @@ def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
     """
     from .train_tagger import run_train_tagger
 
-    result = run_train_tagger(dataset, output, max_steps=max_steps, max_epochs=max_epochs, seed=seed, progress=not no_progress)
+    result = run_train_tagger(
+        dataset, output, max_steps=max_steps, max_epochs=max_epochs, seed=seed, progress=not no_progress
+    )
     for name, acc in result.accuracy.items():
-        click.echo(f"{name} ({result.sources[name]}): UPOS accuracy {acc['gold_tokens']:.4f} on gold tokens, "
-                   f"{acc['raw_text']:.4f} on raw text ({acc['words']} words)")
+        click.echo(
+            f"{name} ({result.sources[name]}): UPOS accuracy {acc['gold_tokens']:.4f} on gold tokens, "
+            f"{acc['raw_text']:.4f} on raw text ({acc['words']} words)"
+        )
     click.echo(f"wrote {result.model_dir} and {result.sidecar}; use it as --tagger spacy:{result.model_dir}")
 
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--annotator", required=True, help="Your name: the answers are labels of the tagger human:NAME.")
-@click.option("--scan", "scan_name", default=None, help="Scan whose completions to label (needed when there are several).")
-@click.option("--params", "params_id", default=None, type=COUNT, help="Generation params id (when a scan was sampled with several).")
-@click.option("--sample", default=300, show_default=True, type=COUNT, help="Completions in the queue (a later run can grow it).")
-@click.option("--overlap", default=0.0, show_default=True, type=FiniteFloat(0, 100),
-              help="Percent of the queue's items that go to a second annotator too (for agreement).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond localhost needs --token).")
+@click.option(
+    "--scan", "scan_name", default=None, help="Scan whose completions to label (needed when there are several)."
+)
+@click.option(
+    "--params",
+    "params_id",
+    default=None,
+    type=COUNT,
+    help="Generation params id (when a scan was sampled with several).",
+)
+@click.option(
+    "--sample", default=300, show_default=True, type=COUNT, help="Completions in the queue (a later run can grow it)."
+)
+@click.option(
+    "--overlap",
+    default=0.0,
+    show_default=True,
+    type=FiniteFloat(0, 100),
+    help="Percent of the queue's items that go to a second annotator too (for agreement).",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (beyond localhost needs --token)."
+)
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--token", default=None, help="A secret the page must be opened with (?token=...); required beyond localhost.")
+@click.option(
+    "--token", default=None, help="A secret the page must be opened with (?token=...); required beyond localhost."
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the sample.")
 @db_option
 def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token, seed, db_url):
@@ -675,20 +1175,39 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
     from .annotate_app import run_annotate
 
     def ready(url: str, total: int, scan: dict) -> None:
-        click.echo(f"labelling {total} completions of scan {scan['name']!r} as human:{annotator}: open {url} "
-                   "(Ctrl-C to stop)")
+        click.echo(
+            f"labelling {total} completions of scan {scan['name']!r} as human:{annotator}: open {url} (Ctrl-C to stop)"
+        )
         sys.stdout.flush()
 
-    run_annotate(open_database(db_url), annotator, scan_name, params_id, sample, overlap, seed, host, port, token, ready)
+    run_annotate(
+        open_database(db_url), annotator, scan_name, params_id, sample, overlap, seed, host, port, token, ready
+    )
     click.echo("stopped; every answer given is stored", err=True)
 
 
 @cli.command("evaluate-tagger", context_settings=CONTEXT)
-@click.option("--tagger", "tagger_spec", required=True, help="spacy:PATH (a train-tagger folder) or spacy:PACKAGE (an installed pipeline).")
-@click.option("--tagger-name", default=None, help="The tagger's name in the database [default: the folder or package name].")
-@click.option("--dataset", required=True, help="A UD directory, a .conllu file or a HF id: the treebank to measure it on.")
-@click.option("--split", default=DEFAULT_SPLIT, show_default=True, help="Split to measure on (words the tagger was not trained on).")
-@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False), help="Also write the confusion here (JSON counts).")
+@click.option(
+    "--tagger",
+    "tagger_spec",
+    required=True,
+    help="spacy:PATH (a train-tagger folder) or spacy:PACKAGE (an installed pipeline).",
+)
+@click.option(
+    "--tagger-name", default=None, help="The tagger's name in the database [default: the folder or package name]."
+)
+@click.option(
+    "--dataset", required=True, help="A UD directory, a .conllu file or a HF id: the treebank to measure it on."
+)
+@click.option(
+    "--split",
+    default=DEFAULT_SPLIT,
+    show_default=True,
+    help="Split to measure on (words the tagger was not trained on).",
+)
+@click.option(
+    "-o", "--output", default=None, type=click.Path(dir_okay=False), help="Also write the confusion here (JSON counts)."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_option
 def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, no_progress, db_url):
@@ -705,24 +1224,41 @@ def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, no_progres
     """
     from .train_tagger import run_evaluate_tagger
 
-    name, accuracy, confusion = run_evaluate_tagger(open_database(db_url), tagger_spec, tagger_name, dataset, split,
-                                                    output, progress=not no_progress)
-    click.echo(f"tagger {name!r} on {dataset} {split}: UPOS accuracy {accuracy['raw_text']:.4f} on raw text "
-               f"({accuracy['words']} words, {accuracy['unlabelled']} not labelled); confusion stored with the tagger"
-               + (f" and written to {output}" if output else ""))
+    name, accuracy, confusion = run_evaluate_tagger(
+        open_database(db_url), tagger_spec, tagger_name, dataset, split, output, progress=not no_progress
+    )
+    click.echo(
+        f"tagger {name!r} on {dataset} {split}: UPOS accuracy {accuracy['raw_text']:.4f} on raw text "
+        f"({accuracy['words']} words, {accuracy['unlabelled']} not labelled); confusion stored with the tagger"
+        + (f" and written to {output}" if output else "")
+    )
     top = ", ".join(f"{t}->{p} {n}" for t, p, n in confusion.top_confusions())
     click.echo(f"most frequent confusions: {top or 'none'}")
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--workdir", default="demo_out", show_default=True, type=click.Path(file_okay=False), help="Where the model, probe, database and export go.")
+@click.option(
+    "--workdir",
+    default="demo_out",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the model, probe, database and export go.",
+)
 @click.option("--db", "db_url", default=None, help="Database URL [default: sqlite:///WORKDIR/posresample.db].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.option("--model", default=None, help="A real model instead of the random tiny one: a .gguf file (converted "
-              "once into the cache), a model folder or a Hub id. The probe is then fit on half the sample and the "
-              "other half is scanned.")
-@click.option("--max-jobs", type=COUNT, default=None, help="Sample at most N candidates (a random part of them) "
-              "[default: all with the tiny model, 8 with --model].")
+@click.option(
+    "--model",
+    default=None,
+    help="A real model instead of the random tiny one: a .gguf file (converted "
+    "once into the cache), a model folder or a Hub id. The probe is then fit on half the sample and the "
+    "other half is scanned.",
+)
+@click.option(
+    "--max-jobs",
+    type=COUNT,
+    default=None,
+    help="Sample at most N candidates (a random part of them) [default: all with the tiny model, 8 with --model].",
+)
 @generation_options
 def demo(workdir, db_url, no_progress, model, max_jobs, num_samples, max_new_tokens, temperature, top_p, top_k, seed):
     """Run scan -> worker -> export -> label -> analyze offline on a tiny random Gemma 2 (or --model).
@@ -744,19 +1280,19 @@ def demo(workdir, db_url, no_progress, model, max_jobs, num_samples, max_new_tok
     r = run_demo(workdir, db_url, params, progress=not no_progress, model=model, max_jobs=max_jobs)
     url = r["db_url"]
     what = "random tiny Gemma 2, tokenizer trained here" if model is None else f"layer {r['layer']}"
-    click.echo(f"""demo done in {r['workdir']}/
-  model        {r['model']}  ({what})
-  probe        {r['probe']}
-  candidates   {r['candidates']}
-  completions  {r['completions']}
-  export       {r['export']}  ({r['records']} records)
-  tagger       {r['tagger']}  (spaCy, trained on the sample)
-  labels       {r['labels']}
-  report       {r['report']}
+    click.echo(f"""demo done in {r["workdir"]}/
+  model        {r["model"]}  ({what})
+  probe        {r["probe"]}
+  candidates   {r["candidates"]}
+  completions  {r["completions"]}
+  export       {r["export"]}  ({r["records"]} records)
+  tagger       {r["tagger"]}  (spaCy, trained on the sample)
+  labels       {r["labels"]}
+  report       {r["report"]}
   database     {url}
 Try:
   python cli.py status --db {url}
-  sqlite3 {url.removeprefix('sqlite:///')} 'select finish_reason, count(*) from completions group by 1'""")
+  sqlite3 {url.removeprefix("sqlite:///")} 'select finish_reason, count(*) from completions group by 1'""")
 
 
 def _command_paths(group=None, prefix=()):

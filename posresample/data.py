@@ -16,8 +16,24 @@ from .errors import DatasetError
 
 # The HF `universal_dependencies` ClassLabel order; probes store these integer ids as classes_.
 UPOS_NAMES = (
-    "NOUN", "PUNCT", "ADP", "NUM", "SYM", "SCONJ", "ADJ", "PART", "DET",
-    "CCONJ", "PROPN", "PRON", "X", "_", "ADV", "INTJ", "VERB", "AUX",
+    "NOUN",
+    "PUNCT",
+    "ADP",
+    "NUM",
+    "SYM",
+    "SCONJ",
+    "ADJ",
+    "PART",
+    "DET",
+    "CCONJ",
+    "PROPN",
+    "PRON",
+    "X",
+    "_",
+    "ADV",
+    "INTJ",
+    "VERB",
+    "AUX",
 )
 UPOS_IDS = {name: i for i, name in enumerate(UPOS_NAMES)}
 K = len(UPOS_NAMES)  # the number of UPOS classes: every distribution here is over all K, in HF order
@@ -87,8 +103,10 @@ def check_file_split(path: str, split: str) -> None:
         raise DatasetError(f"unknown split {split!r}; use train, validation or test")
     named = re.search(r"-ud-(train|dev|test)\.conllu$", os.path.basename(path))
     if named and named.group(1) != SPLIT_FILE_SUFFIX[split]:
-        raise DatasetError(f"{path} is the {named.group(1)} file of its treebank, not split {split!r}: "
-                           "pass the matching --split, or the treebank's folder")
+        raise DatasetError(
+            f"{path} is the {named.group(1)} file of its treebank, not split {split!r}: "
+            "pass the matching --split, or the treebank's folder"
+        )
 
 
 def _find_conllu(directory: str, split: str) -> str:
@@ -138,8 +156,10 @@ class _CheckedLines:
     def __iter__(self):
         for number, line in enumerate(self.handle, 1):
             if line.strip() and not line.startswith("#") and line.count("\t") != CONLLU_COLUMNS - 1:
-                raise DatasetError(f"{self.path}:{number} is not CoNLL-U: a token line has {CONLLU_COLUMNS} "
-                                   f"tab-separated columns, this one has {line.count(chr(9)) + 1}")
+                raise DatasetError(
+                    f"{self.path}:{number} is not CoNLL-U: a token line has {CONLLU_COLUMNS} "
+                    f"tab-separated columns, this one has {line.count(chr(9)) + 1}"
+                )
             yield line
 
 
@@ -180,7 +200,11 @@ def read_parquet(paths: list[str]) -> list[Sentence]:
     try:
         import pyarrow.parquet as pq
 
-        rows = [row for path in paths for row in pq.read_table(path, columns=["idx", "text", "tokens", "upos", "head"]).to_pylist()]
+        rows = [
+            row
+            for path in paths
+            for row in pq.read_table(path, columns=["idx", "text", "tokens", "upos", "head"]).to_pylist()
+        ]
     except (OSError, ValueError, KeyError) as exc:  # pyarrow raises ArrowInvalid (a ValueError)
         raise DatasetError(f"cannot read parquet {paths[0]}: {exc}") from None
     return [_sentence_from_hf_row(i, row) for i, row in enumerate(rows)]

@@ -80,6 +80,7 @@ def make_engine(url: str, check: bool = True, retry_seconds: float = 0.0) -> Eng
 
 def ping(engine: Engine, retry_seconds: float = 0.0) -> None:
     """Open a connection once (retrying a transient failure for `retry_seconds`), or say why not."""
+
     def select_one():
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -132,11 +133,18 @@ def warn_if_network_filesystem(folder: Path, mounts_file: str = "/proc/mounts") 
             mounts = [line.split()[1:3] for line in handle if len(line.split()) > 2]
     except OSError:
         return None
-    best = max((m for m in mounts if str(folder).startswith(m[0].rstrip("/") + "/") or str(folder) == m[0]),
-               key=lambda m: len(m[0]), default=None)
+    best = max(
+        (m for m in mounts if str(folder).startswith(m[0].rstrip("/") + "/") or str(folder) == m[0]),
+        key=lambda m: len(m[0]),
+        default=None,
+    )
     if best and best[1] in NETWORK_FILESYSTEMS:
-        log.warning("the SQLite file is on a %s filesystem (%s): SQLite is for one host; "
-                    "use PostgreSQL for workers on several hosts", best[1], best[0])
+        log.warning(
+            "the SQLite file is on a %s filesystem (%s): SQLite is for one host; "
+            "use PostgreSQL for workers on several hosts",
+            best[1],
+            best[0],
+        )
         return best[1]
     return None
 
@@ -238,17 +246,23 @@ def check_database(engine: Engine) -> str | None:
     where = safe_url(str(engine.url))
     if current is not None and not _known(current):
         if ours:
-            raise DatabaseError(f"{where} was written by a newer posresample (schema revision {current}; this one "
-                                f"knows up to {head_revision()}): upgrade posresample")
-        raise DatabaseError(f"{where} belongs to another application (Alembic revision {current}, no posresample "
-                            "tables): use a new database for posresample")
+            raise DatabaseError(
+                f"{where} was written by a newer posresample (schema revision {current}; this one "
+                f"knows up to {head_revision()}): upgrade posresample"
+            )
+        raise DatabaseError(
+            f"{where} belongs to another application (Alembic revision {current}, no posresample "
+            "tables): use a new database for posresample"
+        )
     # tables that are not a posresample schema's, even where one is named like ours (jobs, scans):
     # refused before anything is written (SQLite's WAL switch changes the file's header)
     foreign = sorted(names - {"alembic_version"} - _all_own_names()) or sorted(names - {"alembic_version"})
     if foreign and not ours:
         listed = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
-        raise DatabaseError(f"{where} holds another application's tables ({listed}): posresample uses an empty "
-                            "database or one of its own")
+        raise DatabaseError(
+            f"{where} holds another application's tables ({listed}): posresample uses an empty "
+            "database or one of its own"
+        )
     return current
 
 

@@ -42,21 +42,29 @@ def split_sample(workdir: str) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-def build_demo_probe(model_dir: str, probe_path: str, layer: int = DEMO_LAYER, dataset: str | None = None,
-                     loaded=None) -> str:
+def build_demo_probe(
+    model_dir: str, probe_path: str, layer: int = DEMO_LAYER, dataset: str | None = None, loaded=None
+) -> str:
     """Fit the research recipe on the model's activations for the bundled sample (or `dataset`)."""
     exclude = parse_label_list(DEFAULT_EXCLUDE)
     dataset = dataset or standins.sample_conllu_path()
     model, tokenizer = loaded or (load_model(model_dir, torch.device("cpu")), load_tokenizer(model_dir))
     acts = collect_activations(model, tokenizer, read_conllu(dataset), layer, exclude, progress=False)
     sha = save_probe(fit_probe(acts), probe_path)
-    write_sidecar(probe_path, {"model": model_dir, "layer": layer, "dtype": model_dtype(model), "sha256": sha,
-                               "dataset": dataset})
+    write_sidecar(
+        probe_path, {"model": model_dir, "layer": layer, "dtype": model_dtype(model), "sha256": sha, "dataset": dataset}
+    )
     return probe_path
 
 
-def run_demo(workdir: str, db_url: str | None, params: GenerationParams, progress: bool = True, model: str | None = None,
-             max_jobs: int | None = None) -> dict:
+def run_demo(
+    workdir: str,
+    db_url: str | None,
+    params: GenerationParams,
+    progress: bool = True,
+    model: str | None = None,
+    max_jobs: int | None = None,
+) -> dict:
     """The pipeline end to end. db_url: [sqlite:///WORKDIR/posresample.db]. model: a real model (a
     .gguf file, a folder or a Hub id) instead of the random tiny one; then at most `max_jobs`
     [REAL_MODEL_JOBS] candidates are sampled."""
@@ -88,16 +96,37 @@ def run_demo(workdir: str, db_url: str | None, params: GenerationParams, progres
     log.info("fit a probe on its layer-%d activations: %s", layer, probe)
 
     engine = db.open_database(db_url, create=True)
-    params = GenerationParams(model=model_dir, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                              max_new_tokens=params.max_new_tokens, num_samples=params.num_samples, seed=params.seed)
-    scan = run_scan(engine, ScanOptions(
-        probe=probe, dataset=scanned, split="validation", model=model_dir, layer=layer,
-        threshold=0.95, exclude=parse_label_list(DEFAULT_EXCLUDE), params=params, name="demo", device="cpu"),
-        progress=progress, loaded=loaded)
+    params = GenerationParams(
+        model=model_dir,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        max_new_tokens=params.max_new_tokens,
+        num_samples=params.num_samples,
+        seed=params.seed,
+    )
+    scan = run_scan(
+        engine,
+        ScanOptions(
+            probe=probe,
+            dataset=scanned,
+            split="validation",
+            model=model_dir,
+            layer=layer,
+            threshold=0.95,
+            exclude=parse_label_list(DEFAULT_EXCLUDE),
+            params=params,
+            name="demo",
+            device="cpu",
+        ),
+        progress=progress,
+        loaded=loaded,
+    )
 
     sampler = Sampler(*loaded)
-    worker = Worker(engine, lambda _name: sampler, WorkerOptions(device="cpu", batch_jobs=8, progress=progress,
-                                                                 max_jobs=max_jobs))
+    worker = Worker(
+        engine, lambda _name: sampler, WorkerOptions(device="cpu", batch_jobs=8, progress=progress, max_jobs=max_jobs)
+    )
     worker.install_signal_handlers()
     worker.run()
 
@@ -105,8 +134,18 @@ def run_demo(workdir: str, db_url: str | None, params: GenerationParams, progres
     # the params just sampled: a re-run with other settings exports those (the database keeps both)
     meta = run_export(engine, out, scan_name="demo", params_id=scan.params_id, progress=progress)
     report = label_and_analyze(engine, workdir, scan.params_id, params.num_samples, progress)
-    return {"workdir": workdir, "db_url": db_url, "model": model_dir, "probe": probe, "candidates": scan.candidates, "layer": layer,
-            "records": meta["counts"]["records"], "export": out, "completions": worker.samples, **report}
+    return {
+        "workdir": workdir,
+        "db_url": db_url,
+        "model": model_dir,
+        "probe": probe,
+        "candidates": scan.candidates,
+        "layer": layer,
+        "records": meta["counts"]["records"],
+        "export": out,
+        "completions": worker.samples,
+        **report,
+    }
 
 
 def label_and_analyze(engine, workdir: str, params_id: int, num_samples: int, progress: bool) -> dict:
@@ -118,7 +157,9 @@ def label_and_analyze(engine, workdir: str, params_id: int, num_samples: int, pr
 
     tagger_dir = os.path.join(workdir, "sample-tagger")
     if not os.path.isdir(tagger_dir):
-        run_train_tagger(standins.sample_conllu_path(), tagger_dir, max_steps=DEMO_TAGGER_STEPS, max_epochs=100, progress=False)
+        run_train_tagger(
+            standins.sample_conllu_path(), tagger_dir, max_steps=DEMO_TAGGER_STEPS, max_epochs=100, progress=False
+        )
         log.info("trained a spaCy tagger on the bundled sample: %s", tagger_dir)
     labelled = run_label(engine, "", LabelOptions(tagger=f"spacy:{tagger_dir}", scan="demo", progress=progress))
     result = run_analyze(engine, "demo", labelled.tagger, params_id, min_labelled=min(DEMO_MIN_LABELLED, num_samples))

@@ -49,8 +49,14 @@ def fit_soft(X: np.ndarray, P: np.ndarray, lam: float, steps: int = LBFGS_STEPS)
     z = (x - mean) / scale  # standardised inside the fit only; folded back into W and b below
     w = torch.zeros(p.shape[1], x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(p.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, tolerance_grad=1e-5, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        max_iter=steps,
+        tolerance_grad=1e-5,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -114,8 +120,11 @@ def cross_validate(data: DistillData, layer: int, folds: int, seed: int = 0, bar
     out = {"layer": layer, "lambdas": lambdas, "scores": {}}
     for name, Q in held.items():
         out["scores"][name] = {
-            "kl": _ci(metrics.kl(P, Q), seed), "tv": _ci(metrics.total_variation(P, Q), seed),
-            "brier": _ci(metrics.brier(Q, P), seed), "accuracy_true_label": _ci(Q.argmax(1) == data.true, seed)}
+            "kl": _ci(metrics.kl(P, Q), seed),
+            "tv": _ci(metrics.total_variation(P, Q), seed),
+            "brier": _ci(metrics.brier(Q, P), seed),
+            "accuracy_true_label": _ci(Q.argmax(1) == data.true, seed),
+        }
     return out
 
 
@@ -144,14 +153,21 @@ def collect(engine, scan_name, tagger_name, params_id, min_labelled: int) -> tup
     scan, params, tagger, cands, per_candidate, _original = load(engine, scan_name, tagger_name, params_id)
     kept = [c for c in cands if per_candidate.get(c["id"], np.zeros(K)).sum() >= min_labelled]
     if len(kept) < 10:
-        raise DatabaseError(f"{len(kept)} candidates have {min_labelled} or more labelled completions: too few to distil "
-                            "(label more, or lower --min-labelled)")
+        raise DatabaseError(
+            f"{len(kept)} candidates have {min_labelled} or more labelled completions: too few to distil "
+            "(label more, or lower --min-labelled)"
+        )
     counts = np.stack([per_candidate[c["id"]] for c in kept])
     # grouped by text, not index: EWT dev repeats 45 sentence texts ("Debra Perlingiere" 18 times),
     # whose candidates would otherwise sit in both a training and a test fold
-    data = DistillData([c["id"] for c in kept], np.array([c["sentence_text"] for c in kept], dtype=str),
-                       counts / counts.sum(1, keepdims=True), probe_matrix(kept, list(scan["probe_classes"])),
-                       np.array([c["true_label"] for c in kept]), {})
+    data = DistillData(
+        [c["id"] for c in kept],
+        np.array([c["sentence_text"] for c in kept], dtype=str),
+        counts / counts.sum(1, keepdims=True),
+        probe_matrix(kept, list(scan["probe_classes"])),
+        np.array([c["true_label"] for c in kept]),
+        {},
+    )
     return {"scan": scan, "params": params, "tagger": tagger}, data, kept
 
 
@@ -163,14 +179,15 @@ def prefix_activations(model, prefixes: list[list[int]], layers: list[int], batc
     device = next(model.parameters()).device
     out: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     for start in range(0, len(prefixes), batch):
-        chunk = prefixes[start:start + batch]
+        chunk = prefixes[start : start + batch]
         ids, mask = pad_batch(chunk, model.config.pad_token_id or 0)
         last = torch.tensor([len(p) - 1 for p in chunk])
         if len(layers) == 1:
             hidden = {layers[0]: layer_activations(model, ids.to(device), mask.to(device), layers[0])}
         else:
-            states = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
-                           use_cache=False).hidden_states
+            states = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False
+            ).hidden_states
             hidden = {layer: states[layer] for layer in layers}
         for layer, h in hidden.items():
             out[layer].append(h[torch.arange(len(chunk)), last.to(device)].float().cpu().numpy())
@@ -211,8 +228,9 @@ def _snapshot(model_id: str) -> str | None:
         return None
 
 
-def cached_activations(model_name: str, prefixes: list[list[int]], layers: list[int], cache_dir: str | None,
-                       device: str | None) -> dict[int, np.ndarray]:
+def cached_activations(
+    model_name: str, prefixes: list[list[int]], layers: list[int], cache_dir: str | None, device: str | None
+) -> dict[int, np.ndarray]:
     """Activations from cache_dir when the same model and prefixes were read before, else computed."""
     from .lm import check_layer, load_model, model_dtype, pick_device
 
@@ -248,10 +266,20 @@ class DistillResult:
     n_candidates: int
 
 
-def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: str | None = None,
-                params_id: int | None = None, layers: list[int] | None = None, min_labelled: int = 20,
-                folds: int = 5, cache_dir: str | None = None, device: str | None = None, seed: int = 0,
-                progress: bool = True) -> DistillResult:
+def run_distill(
+    engine,
+    output: str,
+    tagger_name: str | None = None,
+    scan_name: str | None = None,
+    params_id: int | None = None,
+    layers: list[int] | None = None,
+    min_labelled: int = 20,
+    folds: int = 5,
+    cache_dir: str | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> DistillResult:
     from tqdm import tqdm
 
     from .probe import check_probe_output
@@ -265,9 +293,13 @@ def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: 
     if sentences < 2:
         raise DatabaseError("the labelled candidates come from one sentence: cross-validation needs two or more")
     if folds > sentences:
-        raise ConfigError(f"--folds {folds} is more than the {sentences} sentences the labelled candidates come from: "
-                          f"use --folds {sentences} or fewer")
-    data.features = cached_activations(scan["model"], [list(c["prefix_token_ids"]) for c in kept], layers, cache_dir, device)
+        raise ConfigError(
+            f"--folds {folds} is more than the {sentences} sentences the labelled candidates come from: "
+            f"use --folds {sentences} or fewer"
+        )
+    data.features = cached_activations(
+        scan["model"], [list(c["prefix_token_ids"]) for c in kept], layers, cache_dir, device
+    )
     with tqdm(total=len(layers) * folds, desc="cross-validate", unit="fold", disable=not progress) as bar:
         results = [cross_validate(data, layer, folds, seed, bar) for layer in layers]
     layer = layers[0]
@@ -275,15 +307,29 @@ def run_distill(engine, output: str, tagger_name: str | None = None, scan_name: 
     lam = choose_lambda(data.features[layer], data.target[:, classes], data.groups, seed)
     W, b = fit_soft(data.features[layer], data.target[:, classes], lam)
     sha = save_probe(as_estimator(W, b, classes), output)
-    sidecar = write_sidecar(output, {
-        "model": scan["model"], "layer": layer, "dtype": scan.get("dtype"), "sha256": sha,
-        "kind": "distilled: soft-label multinomial logistic regression (torch L-BFGS, float64) on empirical UPOS distributions",
-        "training_data": {"scan": scan["name"], "dataset": scan["dataset"], "split": scan["split"],
-                          "generation_params_id": meta["params"]["id"], "tagger": meta["tagger"]["name"],
-                          "candidates": len(kept), "min_labelled": min_labelled},
-        "l2": lam, "classes": [int(c) for c in classes], "label_names": [UPOS_NAMES[c] for c in classes],
-        "cross_validation": {"folds": folds, "split_by": "sentence text", "layers": results},
-    })
+    sidecar = write_sidecar(
+        output,
+        {
+            "model": scan["model"],
+            "layer": layer,
+            "dtype": scan.get("dtype"),
+            "sha256": sha,
+            "kind": "distilled: soft-label multinomial logistic regression (torch L-BFGS, float64) on empirical UPOS distributions",
+            "training_data": {
+                "scan": scan["name"],
+                "dataset": scan["dataset"],
+                "split": scan["split"],
+                "generation_params_id": meta["params"]["id"],
+                "tagger": meta["tagger"]["name"],
+                "candidates": len(kept),
+                "min_labelled": min_labelled,
+            },
+            "l2": lam,
+            "classes": [int(c) for c in classes],
+            "label_names": [UPOS_NAMES[c] for c in classes],
+            "cross_validation": {"folds": folds, "split_by": "sentence text", "layers": results},
+        },
+    )
     plot = layer_plot(results, os.path.splitext(output)[0] + "-layers.png") if len(layers) > 1 else None
     return DistillResult(output, sidecar, results, plot, len(kept))
 
@@ -301,8 +347,11 @@ def layer_plot(results: list[dict], path: str) -> str:
         lows = [m - r["scores"][name]["kl"]["ci95"][0] for m, r in zip(means, results)]
         highs = [r["scores"][name]["kl"]["ci95"][1] - m for m, r in zip(means, results)]
         ax.errorbar(layers, means, yerr=[lows, highs], marker="o", capsize=3, label=name)
-    ax.set(title="Held-out KL(empirical || prediction) by layer", xlabel="layer (hidden_states index)",
-           ylabel="mean KL, bits (95% bootstrap CI)")
+    ax.set(
+        title="Held-out KL(empirical || prediction) by layer",
+        xlabel="layer (hidden_states index)",
+        ylabel="mean KL, bits (95% bootstrap CI)",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)

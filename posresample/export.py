@@ -52,24 +52,38 @@ def package_versions() -> dict:
     return versions
 
 
-def header(scan: dict, params: dict, counts: dict, candidates: int, samplers: list[dict], taggers: list[dict] | None = None) -> dict:
-    return {"metadata": {
-        "format": EXPORT_FORMAT,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "scan": scan["name"], "model": scan["model"], "layer": scan["layer"],
-        "dataset": scan["dataset"], "split": scan["split"],
-        "probe_path": scan["probe_path"], "probe_sha256": scan["probe_sha256"],
-        "probe_classes": list(scan["probe_classes"]), "probe_class_names": [UPOS_NAMES[i] for i in scan["probe_classes"]],
-        "threshold": scan["threshold"],
-        "excluded_labels": [UPOS_NAMES[i] for i in scan["excluded_labels"]],
-        "label_names": list(UPOS_NAMES),
-        "generation_params": _params(params, scan["layer"]) | {"id": params["id"]},
-        "package_versions": package_versions(),
-        "samplers": samplers,  # [{"jobs": n, "sampler": {decode, compile, dtype, device, versions}}]
-        "taggers": taggers or [],  # the taggers whose labels the records carry (label stage)
-        "counts": {"sentences_scanned": scan["sentences_done"], "sentences_total": scan["sentences_total"],
-                   "candidates": candidates, "jobs": counts, "records": counts.get("done", 0)},
-    }}
+def header(
+    scan: dict, params: dict, counts: dict, candidates: int, samplers: list[dict], taggers: list[dict] | None = None
+) -> dict:
+    return {
+        "metadata": {
+            "format": EXPORT_FORMAT,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "scan": scan["name"],
+            "model": scan["model"],
+            "layer": scan["layer"],
+            "dataset": scan["dataset"],
+            "split": scan["split"],
+            "probe_path": scan["probe_path"],
+            "probe_sha256": scan["probe_sha256"],
+            "probe_classes": list(scan["probe_classes"]),
+            "probe_class_names": [UPOS_NAMES[i] for i in scan["probe_classes"]],
+            "threshold": scan["threshold"],
+            "excluded_labels": [UPOS_NAMES[i] for i in scan["excluded_labels"]],
+            "label_names": list(UPOS_NAMES),
+            "generation_params": _params(params, scan["layer"]) | {"id": params["id"]},
+            "package_versions": package_versions(),
+            "samplers": samplers,  # [{"jobs": n, "sampler": {decode, compile, dtype, device, versions}}]
+            "taggers": taggers or [],  # the taggers whose labels the records carry (label stage)
+            "counts": {
+                "sentences_scanned": scan["sentences_done"],
+                "sentences_total": scan["sentences_total"],
+                "candidates": candidates,
+                "jobs": counts,
+                "records": counts.get("done", 0),
+            },
+        }
+    }
 
 
 def _params(params: dict, layer: int) -> dict:
@@ -115,8 +129,12 @@ def _record(head: dict, rows: list[dict], gen: dict) -> dict:
         "sentence_text": head["sentence_text"],
         "generation_params": gen,
         "completions": [
-            {"text": r["text"], "token_ids": list(r["token_ids"]), "num_tokens": r["num_tokens"],
-             "finish_reason": r["finish_reason"]}
+            {
+                "text": r["text"],
+                "token_ids": list(r["token_ids"]),
+                "num_tokens": r["num_tokens"],
+                "finish_reason": r["finish_reason"],
+            }
             for r in rows
         ],
     }
@@ -162,15 +180,19 @@ def _text_streams(raw, path: str):
     if path.endswith(".zst"):
         import zstandard
 
-        with zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False) as zst, \
-                io.TextIOWrapper(zst, encoding="utf-8") as text:
+        with (
+            zstandard.ZstdCompressor(level=10).stream_writer(raw, closefd=False) as zst,
+            io.TextIOWrapper(zst, encoding="utf-8") as text,
+        ):
             yield text
     else:
         with io.TextIOWrapper(raw, encoding="utf-8") as text:
             yield text
 
 
-def run_export(engine, out: str, scan_name: str | None = None, params_id: int | None = None, progress: bool = True) -> dict:
+def run_export(
+    engine, out: str, scan_name: str | None = None, params_id: int | None = None, progress: bool = True
+) -> dict:
     """Write the header and every done record; returns the header's metadata."""
     check_output(out)
     try:
@@ -185,14 +207,18 @@ def check_output(out: str) -> None:
         return
     folder = os.path.dirname(os.path.abspath(out))
     if os.path.isdir(out):
-        raise ExportError(f"cannot write {out}: it is a folder; give a file name such as {os.path.join(out, 'export.jsonl')}")
+        raise ExportError(
+            f"cannot write {out}: it is a folder; give a file name such as {os.path.join(out, 'export.jsonl')}"
+        )
     if not os.path.isdir(folder):
         raise ExportError(f"cannot write {out}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise ExportError(f"cannot write {out}: folder {folder} is not writable")
     if not out.lower().endswith(OUTPUT_SUFFIXES):
-        raise ExportError(f"cannot write {out}: export writes .jsonl or .jsonl.zst (or - for stdout), "
-                          f"not {os.path.splitext(out)[1] or 'a file without a suffix'}")
+        raise ExportError(
+            f"cannot write {out}: export writes .jsonl or .jsonl.zst (or - for stdout), "
+            f"not {os.path.splitext(out)[1] or 'a file without a suffix'}"
+        )
 
 
 def _export(engine, out: str, scan_name: str | None, params_id: int | None, progress: bool) -> dict:
@@ -210,7 +236,9 @@ def _export(engine, out: str, scan_name: str | None, params_id: int | None, prog
             written = 0
             label_stream = scan_store.LabelStream(conn, scan["id"], params) if taggers else None
             for chunk in _chunks(scan_store.iter_done(conn, scan["id"], params), LABEL_CHUNK):
-                labels = (label_stream.upto(chunk[-1][0]["job_id"]), label_stream.per_candidate) if label_stream else None
+                labels = (
+                    (label_stream.upto(chunk[-1][0]["job_id"]), label_stream.per_candidate) if label_stream else None
+                )
                 for head, rows in chunk:
                     stream.write(json.dumps(record(head, rows, gen, labels), ensure_ascii=False) + "\n")
                 written += len(chunk)

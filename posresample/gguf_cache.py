@@ -74,8 +74,10 @@ def converted_folder(ref: str) -> str:
         return folder
     source = _paths.get(ref)
     if source is None:
-        raise ModelError(f"cannot load model {ref}: it is not converted on this host ({cache_root()}); "
-                         "pass --model with the same .gguf file")
+        raise ModelError(
+            f"cannot load model {ref}: it is not converted on this host ({cache_root()}); "
+            "pass --model with the same .gguf file"
+        )
     _check_extra()
     from filelock import FileLock
 

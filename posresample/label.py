@@ -66,8 +66,9 @@ def detokenizer(model: str):
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def target_span(detokenize, prefix_ids: list[int], completion_ids: list[int],
-                prefix_texts: tuple[str, str] | None = None) -> tuple[str, tuple[int, int] | None]:
+def target_span(
+    detokenize, prefix_ids: list[int], completion_ids: list[int], prefix_texts: tuple[str, str] | None = None
+) -> tuple[str, tuple[int, int] | None]:
     """(prefix + continuation as text, the target token's span in it, or None where decoding the
     whole does not extend decoding the prefix). `detokenize` skips special tokens (BOS, EOS)."""
     before, prefix = prefix_texts or (detokenize(prefix_ids[:-1]), detokenize(prefix_ids))
@@ -92,8 +93,13 @@ def sentence_span(tokenizer, text: str, target_position: int) -> tuple[int, int]
 
 
 def label_row(result: TagResult) -> dict:
-    return {"upos": result.upos, "upos_name": result.upos_name, "tag": result.tag, "word": result.word,
-            "status": result.status}
+    return {
+        "upos": result.upos,
+        "upos_name": result.upos_name,
+        "tag": result.tag,
+        "word": result.word,
+        "status": result.status,
+    }
 
 
 class Labeller:
@@ -118,11 +124,22 @@ class Labeller:
 
     def run(self, bar=None) -> int:
         try:
-            with Heartbeat(lambda: label_store.renew_label_leases(self.engine, self.tagger_id, self.owner, self.opts.lease_seconds),
-                           self.opts.lease_seconds / 3, name="label lease"):
+            with Heartbeat(
+                lambda: label_store.renew_label_leases(
+                    self.engine, self.tagger_id, self.owner, self.opts.lease_seconds
+                ),
+                self.opts.lease_seconds / 3,
+                name="label lease",
+            ):
                 while True:
-                    job_ids = self._db(label_store.claim_label_jobs, self.tagger_id, self.owner, self.opts.batch_jobs,
-                                       self.opts.lease_seconds, self.scan_id)
+                    job_ids = self._db(
+                        label_store.claim_label_jobs,
+                        self.tagger_id,
+                        self.owner,
+                        self.opts.batch_jobs,
+                        self.opts.lease_seconds,
+                        self.scan_id,
+                    )
                     if job_ids:
                         n = self.label_jobs(job_ids)
                         if bar is not None:
@@ -177,13 +194,17 @@ def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) ->
     db.open_database (label creates no schema); every statement rides out an outage
     or a held lock for `opts.db_retry_seconds`, at start-up too."""
     if (opts.tagger_name or "").startswith(HUMAN_PREFIX):
-        raise TaggerError(f"--tagger-name {opts.tagger_name}: names starting with {HUMAN_PREFIX!r} are people's "
-                          "labels, written by `cli.py annotate` only")
+        raise TaggerError(
+            f"--tagger-name {opts.tagger_name}: names starting with {HUMAN_PREFIX!r} are people's "
+            "labels, written by `cli.py annotate` only"
+        )
     tagger = load_tagger(opts.tagger, opts.tagger_name)
     identity = tagger.identity()
     if identity["name"].startswith(HUMAN_PREFIX):
-        raise TaggerError(f"tagger name {identity['name']}: names starting with {HUMAN_PREFIX!r} are people's labels; "
-                          "pass another --tagger-name")
+        raise TaggerError(
+            f"tagger name {identity['name']}: names starting with {HUMAN_PREFIX!r} are people's labels; "
+            "pass another --tagger-name"
+        )
     retry = lambda call, *args: db.retrying(lambda: call(*args), opts.db_retry_seconds)  # noqa: E731
     scan_id = retry(_check_database, engine, opts.scan)
     tagger_id = retry(label_store.register_tagger, engine, identity)
@@ -200,8 +221,14 @@ def run_label(engine, db_url: str, opts: LabelOptions, verbose: bool = False) ->
     else:
         added = labeller.run(bar)
     bar.close()
-    return LabelResult(tagger.name, tagger_id, added, time.monotonic() - start,
-                       retry(label_store.label_summary, engine, tagger_id, scan_id), candidates_added)
+    return LabelResult(
+        tagger.name,
+        tagger_id,
+        added,
+        time.monotonic() - start,
+        retry(label_store.label_summary, engine, tagger_id, scan_id),
+        candidates_added,
+    )
 
 
 def _check_database(engine, scan_name: str | None) -> int | None:
@@ -221,14 +248,33 @@ def _run_children(engine, db_url, opts: LabelOptions, tagger_id: int, scan_id, b
     """`processes` label processes on the same database; this one shows their progress."""
     from .supervise import die_with_parent
 
-    args = [sys.executable, "-m", "posresample.cli", *(["-v"] if verbose else []), "label", "--db", db_url,
-            "--tagger", opts.tagger, "--batch", str(opts.batch_jobs), "--lease-seconds", str(opts.lease_seconds),
-            "--processes", "1", "--no-progress", "--db-retry-seconds", str(opts.db_retry_seconds)]
+    args = [
+        sys.executable,
+        "-m",
+        "posresample.cli",
+        *(["-v"] if verbose else []),
+        "label",
+        "--db",
+        db_url,
+        "--tagger",
+        opts.tagger,
+        "--batch",
+        str(opts.batch_jobs),
+        "--lease-seconds",
+        str(opts.lease_seconds),
+        "--processes",
+        "1",
+        "--no-progress",
+        "--db-retry-seconds",
+        str(opts.db_retry_seconds),
+    ]
     args += ["--tagger-name", opts.tagger_name] if opts.tagger_name else []
     args += ["--scan", opts.scan] if opts.scan else []
     parent = os.getpid()
-    children = [subprocess.Popen(args, stdout=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(parent))
-                for _ in range(opts.processes)]
+    children = [
+        subprocess.Popen(args, stdout=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(parent))
+        for _ in range(opts.processes)
+    ]
     total = bar.total
     while any(c.poll() is None for c in children):
         time.sleep(POLL_SECONDS)  # progress is read from the database
@@ -236,5 +282,7 @@ def _run_children(engine, db_url, opts: LabelOptions, tagger_id: int, scan_id, b
         bar.update(total - left - bar.n)
     failed = [c.returncode for c in children if c.returncode != 0]
     if failed:
-        raise DatabaseError(f"{len(failed)} of {len(children)} label processes failed (exit codes {failed}); "
-                            "run `cli.py label` again to finish: labelled rows are kept")
+        raise DatabaseError(
+            f"{len(failed)} of {len(children)} label processes failed (exit codes {failed}); "
+            "run `cli.py label` again to finish: labelled rows are kept"
+        )

@@ -79,16 +79,22 @@ def file_sha256(path: str) -> str:
 # What a pickled linear probe may reference. A pickle can name any importable callable and call it
 # on load (os.system, builtins.exec, ...): every other global is refused unless the user trusts the
 # file (scan --trust-probe).
-SAFE_GLOBALS = frozenset({
-    ("sklearn.linear_model._logistic", "LogisticRegression"),
-    ("sklearn.linear_model._logistic", "LogisticRegressionCV"),
-    ("sklearn.linear_model._stochastic_gradient", "SGDClassifier"),
-    ("joblib.numpy_pickle", "NumpyArrayWrapper"),
-    ("numpy", "dtype"), ("numpy", "ndarray"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-})
+SAFE_GLOBALS = frozenset(
+    {
+        ("sklearn.linear_model._logistic", "LogisticRegression"),
+        ("sklearn.linear_model._logistic", "LogisticRegressionCV"),
+        ("sklearn.linear_model._stochastic_gradient", "SGDClassifier"),
+        ("joblib.numpy_pickle", "NumpyArrayWrapper"),
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+)
 SAFE_MODULES = ("sklearn._loss._loss", "sklearn.linear_model._sgd_fast")  # SGDClassifier's loss objects
 
 
@@ -137,9 +143,11 @@ def load_probe(path: str, trust: bool = False) -> Probe:
         except pickle.UnpicklingError as exc:
             if trust or not str(exc).startswith("it "):
                 raise ProbeError(f"cannot load probe {path}: UnpicklingError: {exc}") from None
-            raise ProbeError(f"probe {path} is not unpickled: {exc}, and a pickle can run code when loaded; "
-                             "posresample loads scikit-learn linear classifiers only, unless you trust the file "
-                             "(--trust-probe)") from None
+            raise ProbeError(
+                f"probe {path} is not unpickled: {exc}, and a pickle can run code when loaded; "
+                "posresample loads scikit-learn linear classifiers only, unless you trust the file "
+                "(--trust-probe)"
+            ) from None
         except Exception as exc:  # unpickling raises anything: EOFError, KeyError, ValueError, ...
             raise ProbeError(f"cannot load probe {path}: {type(exc).__name__}: {exc}") from None
     for warning in caught:
@@ -155,7 +163,9 @@ def load_probe(path: str, trust: bool = False) -> Probe:
         raise ProbeError(f"{path}: coef_ shape {weight.shape} does not fit {len(class_ids)} classes")
     if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
         raise ProbeError(f"{path}: coef_ or intercept_ holds NaN or infinite values: not a usable probe")
-    return Probe(path=path, sha256=file_sha256(path), estimator=estimator, class_ids=class_ids, weight=weight, bias=bias)
+    return Probe(
+        path=path, sha256=file_sha256(path), estimator=estimator, class_ids=class_ids, weight=weight, bias=bias
+    )
 
 
 def version_warning(path: str, message) -> str:
@@ -195,9 +205,11 @@ def validate_probe(probe: Probe, hidden_size: int, sample: np.ndarray | None = N
         errors[readout] = readout_error(probe, torch.as_tensor(sample), expected)
         if errors[readout] <= READOUT_TOLERANCE:
             return
-    raise ProbeError(f"{probe.path}: predict_proba is neither the softmax nor the one-vs-rest normalisation of "
-                     f"X coef_^T + intercept_ (off by {min(errors.values()):.2g}): its probabilities cannot be "
-                     "reproduced on the device")
+    raise ProbeError(
+        f"{probe.path}: predict_proba is neither the softmax nor the one-vs-rest normalisation of "
+        f"X coef_^T + intercept_ (off by {min(errors.values()):.2g}): its probabilities cannot be "
+        "reproduced on the device"
+    )
 
 
 def probe_sample(probe: Probe, hidden_size: int, rows: int = 48) -> np.ndarray:
@@ -220,8 +232,10 @@ def check_readout(probe: Probe, features: torch.Tensor, rows: int = 64) -> None:
     expected = np.asarray(probe.estimator.predict_proba(sample.numpy()), dtype=np.float64)
     error = readout_error(probe, sample, expected)
     if error > READOUT_TOLERANCE:
-        raise ProbeError(f"{probe.path}: on the model's activations the {probe.readout} read-out differs from "
-                         f"predict_proba by {error:.2g}")
+        raise ProbeError(
+            f"{probe.path}: on the model's activations the {probe.readout} read-out differs from "
+            f"predict_proba by {error:.2g}"
+        )
 
 
 def sidecar_path(probe_path: str) -> str:
@@ -232,10 +246,13 @@ def check_probe_output(path: str) -> None:
     """Before any work: a probe output whose .json sidecar would overwrite it, a folder, or a
     place that cannot be written is refused in one line."""
     if os.path.isdir(path):
-        raise ProbeError(f"cannot write {path}: it is a folder; give a file name such as {os.path.join(path, 'probe.joblib')}")
+        raise ProbeError(
+            f"cannot write {path}: it is a folder; give a file name such as {os.path.join(path, 'probe.joblib')}"
+        )
     if os.path.abspath(sidecar_path(path)) == os.path.abspath(path):
-        raise ProbeError(f"cannot write the probe to {path}: its .json sidecar goes to the same path; "
-                         "give a .joblib name")
+        raise ProbeError(
+            f"cannot write the probe to {path}: its .json sidecar goes to the same path; give a .joblib name"
+        )
     check_writable_folder(path)
 
 
@@ -262,12 +279,19 @@ def check_sidecar(probe: Probe, model: str, layer: int, dtype: str | None = None
     if not isinstance(meta, dict):
         raise ProbeError(f"probe sidecar {path} is not a JSON object (train-probe writes one): fix or remove it")
     if meta.get("sha256") not in (None, probe.sha256):
-        raise ProbeError(f"probe sidecar {path} records another sha256 than {probe.path}: it describes another "
-                         "probe; remove it or put the probe it describes back")
+        raise ProbeError(
+            f"probe sidecar {path} records another sha256 than {probe.path}: it describes another "
+            "probe; remove it or put the probe it describes back"
+        )
     if meta.get("model") not in (None, model):
         raise ProbeError(f"probe was trained on model {meta['model']!r} ({path}), not {model!r}")
     if meta.get("layer") not in (None, layer):
         raise ProbeError(f"probe was trained on layer {meta['layer']} ({path}), not layer {layer}")
     if dtype is not None and meta.get("dtype") not in (None, dtype):
-        log.warning("probe was fit on %s activations (%s) and this scan computes %s ones: probabilities "
-                    "near the threshold may differ", meta["dtype"], path, dtype)
+        log.warning(
+            "probe was fit on %s activations (%s) and this scan computes %s ones: probabilities "
+            "near the threshold may differ",
+            meta["dtype"],
+            path,
+            dtype,
+        )

@@ -51,22 +51,34 @@ def new_worker_id() -> str:
 def register_worker(engine: Engine, worker_id: str, device: str, lease_seconds: float) -> None:
     host, pid, _ = worker_id.rsplit(":", 2)
     with write(engine) as conn:
-        conn.execute(insert(workers).values(
-            id=worker_id, host=host, pid=int(pid), device=device, lease_seconds=lease_seconds,
-            started_at=db_now(), heartbeat_at=db_now(), jobs_done=0,
-        ))
+        conn.execute(
+            insert(workers).values(
+                id=worker_id,
+                host=host,
+                pid=int(pid),
+                device=device,
+                lease_seconds=lease_seconds,
+                started_at=db_now(),
+                heartbeat_at=db_now(),
+                jobs_done=0,
+            )
+        )
 
 
 def record_sampler(engine: Engine, worker_id: str, model: str, description: dict) -> None:
     """Add how this worker samples `model` to workers.sampler ({model: description})."""
     with write(engine) as conn:
         current = conn.execute(select(workers.c.sampler).where(workers.c.id == worker_id)).scalar()
-        conn.execute(update(workers).where(workers.c.id == worker_id).values(sampler={**(current or {}), model: description}))
+        conn.execute(
+            update(workers).where(workers.c.id == worker_id).values(sampler={**(current or {}), model: description})
+        )
 
 
 def stop_worker(engine: Engine, worker_id: str) -> None:
     with write(engine) as conn:
-        conn.execute(update(workers).where(workers.c.id == worker_id).values(stopped_at=db_now(), heartbeat_at=db_now()))
+        conn.execute(
+            update(workers).where(workers.c.id == worker_id).values(stopped_at=db_now(), heartbeat_at=db_now())
+        )
 
 
 def heartbeat(engine: Engine, worker_id: str, lease_seconds: float) -> int:
@@ -101,7 +113,9 @@ def claimable_models(engine: Engine, max_attempts: int) -> list[str]:
     ix_jobs_params_id_state, so the cost does not grow with the backlog."""
     found = []
     with read(engine) as conn:
-        for pid, model in conn.execute(select(generation_params.c.id, generation_params.c.model).order_by(generation_params.c.id)):
+        for pid, model in conn.execute(
+            select(generation_params.c.id, generation_params.c.model).order_by(generation_params.c.id)
+        ):
             for probe in _probes(max_attempts):
                 if conn.execute(select(jobs.c.id).where(jobs.c.params_id == pid, probe).limit(1)).first() is not None:
                     found.append(model)
@@ -109,8 +123,9 @@ def claimable_models(engine: Engine, max_attempts: int) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float, max_attempts: int,
-               models: list[str] | None = None) -> list[ClaimedJob]:
+def claim_jobs(
+    engine: Engine, worker_id: str, limit: int, lease_seconds: float, max_attempts: int, models: list[str] | None = None
+) -> list[ClaimedJob]:
     """Fail jobs whose attempts ran out on an expired lease, then claim up to `limit` jobs (of
     `models` only, when given: the ones this worker has loaded), lowest (priority, id) first."""
     with write(engine) as conn:
@@ -118,40 +133,73 @@ def claim_jobs(engine: Engine, worker_id: str, limit: int, lease_seconds: float,
         picked = []
         for probe in _probes(max_attempts):
             if models is not None:
-                probe = and_(probe, jobs.c.params_id.in_(select(generation_params.c.id).where(generation_params.c.model.in_(models))))
-            picked += [(priority, job_id) for priority, job_id in conn.execute(
-                select(jobs.c.priority, jobs.c.id).where(probe).order_by(jobs.c.priority, jobs.c.id).limit(limit)
-                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer (BEGIN IMMEDIATE)
-            )]
+                probe = and_(
+                    probe,
+                    jobs.c.params_id.in_(select(generation_params.c.id).where(generation_params.c.model.in_(models))),
+                )
+            picked += [
+                (priority, job_id)
+                for priority, job_id in conn.execute(
+                    select(jobs.c.priority, jobs.c.id)
+                    .where(probe)
+                    .order_by(jobs.c.priority, jobs.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer (BEGIN IMMEDIATE)
+                )
+            ]
         chosen = [job_id for _, job_id in sorted(picked)[:limit]]
         if not chosen:
             return []
         claimed = conn.execute(
             update(jobs)
             .where(jobs.c.id.in_(chosen))
-            .values(state="running", attempt=jobs.c.attempt + 1, lease_owner=worker_id, last_worker=worker_id,
-                    lease_expires_at=db_now() + lease_seconds, claimed_at=db_now())
+            .values(
+                state="running",
+                attempt=jobs.c.attempt + 1,
+                lease_owner=worker_id,
+                last_worker=worker_id,
+                lease_expires_at=db_now() + lease_seconds,
+                claimed_at=db_now(),
+            )
             .returning(jobs.c.id, jobs.c.attempt)
         ).all()
         attempts = dict(claimed)
-        rows = conn.execute(
-            select(jobs.c.id, candidates.c.dataset_idx, candidates.c.target_position,
-                   candidates.c.prefix_token_ids, candidates.c.sentence_text, scans.c.split,
-                   generation_params.c.id.label("params_id"), *[generation_params.c[name] for name in PARAM_FIELDS])
-            .join(candidates, candidates.c.id == jobs.c.candidate_id)
-            .join(scans, scans.c.id == candidates.c.scan_id)
-            .join(generation_params, generation_params.c.id == jobs.c.params_id)
-            .where(jobs.c.id.in_(list(attempts)))
-            .order_by(jobs.c.id)
-        ).mappings().all()
+        rows = (
+            conn.execute(
+                select(
+                    jobs.c.id,
+                    candidates.c.dataset_idx,
+                    candidates.c.target_position,
+                    candidates.c.prefix_token_ids,
+                    candidates.c.sentence_text,
+                    scans.c.split,
+                    generation_params.c.id.label("params_id"),
+                    *[generation_params.c[name] for name in PARAM_FIELDS],
+                )
+                .join(candidates, candidates.c.id == jobs.c.candidate_id)
+                .join(scans, scans.c.id == candidates.c.scan_id)
+                .join(generation_params, generation_params.c.id == jobs.c.params_id)
+                .where(jobs.c.id.in_(list(attempts)))
+                .order_by(jobs.c.id)
+            )
+            .mappings()
+            .all()
+        )
     return [_claimed(row, attempts[row["id"]]) for row in rows]
 
 
 def _claimed(row, attempt: int) -> ClaimedJob:
     params = {name: row[name] for name in ("params_id", *PARAM_FIELDS)}
-    return ClaimedJob(id=row["id"], attempt=attempt, dataset_idx=row["dataset_idx"],
-                      target_position=row["target_position"], prefix_token_ids=list(row["prefix_token_ids"]),
-                      split=row["split"], sentence_text=row["sentence_text"], params=params)
+    return ClaimedJob(
+        id=row["id"],
+        attempt=attempt,
+        dataset_idx=row["dataset_idx"],
+        target_position=row["target_position"],
+        prefix_token_ids=list(row["prefix_token_ids"]),
+        split=row["split"],
+        sentence_text=row["sentence_text"],
+        params=params,
+    )
 
 
 def _fail_exhausted(conn, max_attempts: int) -> None:
@@ -168,22 +216,31 @@ def _fail_exhausted(conn, max_attempts: int) -> None:
     conn.execute(
         update(jobs)
         .where(jobs.c.id.in_(exhausted.scalar_subquery()))
-        .values(state="failed", lease_owner=None, lease_expires_at=None,
-                last_error=literal("lease expired on attempt ") + cast(jobs.c.attempt, Text) +
-                literal(": worker ") + func.coalesce(jobs.c.lease_owner, "?") + literal(" stopped heartbeating"))
+        .values(
+            state="failed",
+            lease_owner=None,
+            lease_expires_at=None,
+            last_error=literal("lease expired on attempt ")
+            + cast(jobs.c.attempt, Text)
+            + literal(": worker ")
+            + func.coalesce(jobs.c.lease_owner, "?")
+            + literal(" stopped heartbeating"),
+        )
     )
 
 
 def _guard(job: ClaimedJob, worker_id: str):
-    return and_(jobs.c.id == job.id, jobs.c.attempt == job.attempt, jobs.c.lease_owner == worker_id,
-                jobs.c.state == "running")
+    return and_(
+        jobs.c.id == job.id, jobs.c.attempt == job.attempt, jobs.c.lease_owner == worker_id, jobs.c.state == "running"
+    )
 
 
 def complete_job(engine: Engine, job: ClaimedJob, worker_id: str, rows: list[dict]) -> None:
     """Write a job's completions and mark it done, atomically; raise LeaseLost if it is not ours any more."""
     with write(engine) as conn:
         done = conn.execute(
-            update(jobs).where(_guard(job, worker_id))
+            update(jobs)
+            .where(_guard(job, worker_id))
             .values(state="done", done_at=db_now(), lease_owner=None, lease_expires_at=None, last_error=None)
         ).rowcount
         if done != 1:
@@ -197,7 +254,8 @@ def fail_job(engine: Engine, job: ClaimedJob, worker_id: str, error: str, max_at
     state = case((jobs.c.attempt >= max_attempts, "failed"), else_="todo")
     with write(engine) as conn:
         row = conn.execute(
-            update(jobs).where(_guard(job, worker_id))
+            update(jobs)
+            .where(_guard(job, worker_id))
             .values(state=state, last_error=error[:4000], lease_owner=None, lease_expires_at=None)
             .returning(jobs.c.state)
         ).first()
@@ -210,7 +268,8 @@ def release_jobs(engine: Engine, claimed: list[ClaimedJob], worker_id: str) -> i
     with write(engine) as conn:
         for job in claimed:
             released += conn.execute(
-                update(jobs).where(_guard(job, worker_id))
+                update(jobs)
+                .where(_guard(job, worker_id))
                 .values(state="todo", attempt=jobs.c.attempt - 1, lease_owner=None, lease_expires_at=None)
             ).rowcount
     return released
@@ -223,16 +282,19 @@ def pending(engine: Engine, max_attempts: int) -> Pending:
     expects half the table per value and scans all of it, 55 ms at 1M jobs with 1k todo.)"""
     now = db_now()
     with read(engine) as conn:
-        row = conn.execute(select(
-            func.count().filter(and_(jobs.c.state == "todo", jobs.c.attempt < max_attempts)),
-            func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at >= now)),
-            func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at < now)),
-        ).where(text(UNFINISHED_SQL))).one()  # literal values: SQLite matches bound ones to no partial index
+        row = conn.execute(
+            select(
+                func.count().filter(and_(jobs.c.state == "todo", jobs.c.attempt < max_attempts)),
+                func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at >= now)),
+                func.count().filter(and_(jobs.c.state == "running", jobs.c.lease_expires_at < now)),
+            ).where(text(UNFINISHED_SQL))
+        ).one()  # literal values: SQLite matches bound ones to no partial index
     return Pending(*row)
 
 
-def requeue(engine: Engine, failed: bool = False, stale: bool = False, job_id: int | None = None,
-            force: bool = False) -> int:
+def requeue(
+    engine: Engine, failed: bool = False, stale: bool = False, job_id: int | None = None, force: bool = False
+) -> int:
     """Put failed jobs, jobs with expired leases, or one job back to todo with attempts reset.
 
     One job that a live worker holds (lease not expired) is refused without `force`: requeueing it
@@ -253,13 +315,19 @@ def requeue(engine: Engine, failed: bool = False, stale: bool = False, job_id: i
                 raise DatabaseError(f"no job with id {job_id}")
             if state == "done":
                 raise DatabaseError(f"job {job_id} is done; its completions are kept")
-            holder = conn.execute(select(jobs.c.lease_owner).where(
-                jobs.c.id == job_id, jobs.c.state == "running", jobs.c.lease_expires_at >= db_now())).scalar()
+            holder = conn.execute(
+                select(jobs.c.lease_owner).where(
+                    jobs.c.id == job_id, jobs.c.state == "running", jobs.c.lease_expires_at >= db_now()
+                )
+            ).scalar()
             if holder is not None and not force:
-                raise DatabaseError(f"job {job_id} is held by live worker {holder}; requeueing it discards that "
-                                    "worker's work: pass --force to do it anyway")
+                raise DatabaseError(
+                    f"job {job_id} is held by live worker {holder}; requeueing it discards that "
+                    "worker's work: pass --force to do it anyway"
+                )
         return conn.execute(
-            update(jobs).where(or_(*conditions))
+            update(jobs)
+            .where(or_(*conditions))
             .values(state="todo", attempt=0, lease_owner=None, lease_expires_at=None)
         ).rowcount
 
@@ -271,21 +339,38 @@ def status_report(engine) -> dict:
     """Everything `status` prints: scans, jobs by state, stale leases, live workers, throughput, ETA."""
     with read(engine) as conn:
         now = conn.execute(select(db_now())).scalar_one()
-        states = {state: 0 for state in JOB_STATES} | dict(conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all())
+        states = {state: 0 for state in JOB_STATES} | dict(
+            conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+        )
         n_candidates = conn.execute(select(func.count()).select_from(candidates)).scalar_one()
         n_completions = conn.execute(select(func.count()).select_from(completions)).scalar_one()
-        stale = conn.execute(select(func.count()).where(jobs.c.state == "running", jobs.c.lease_expires_at < now)).scalar_one()
+        stale = conn.execute(
+            select(func.count()).where(jobs.c.state == "running", jobs.c.lease_expires_at < now)
+        ).scalar_one()
         oldest = conn.execute(select(func.min(jobs.c.created_at)).where(jobs.c.state == "todo")).scalar()
-        recent = conn.execute(select(func.count(), func.min(jobs.c.done_at)).where(
-            jobs.c.state == "done", jobs.c.done_at >= now - THROUGHPUT_WINDOW)).one()
+        recent = conn.execute(
+            select(func.count(), func.min(jobs.c.done_at)).where(
+                jobs.c.state == "done", jobs.c.done_at >= now - THROUGHPUT_WINDOW
+            )
+        ).one()
         worker_rows = conn.execute(select(workers).order_by(workers.c.started_at)).mappings().all()
-        sampled = (select(func.count(func.distinct(jobs.c.candidate_id)))
-                   .join(candidates, candidates.c.id == jobs.c.candidate_id)
-                   .where(candidates.c.scan_id == scans.c.id, jobs.c.state == "done").scalar_subquery())
-        scan_rows = conn.execute(
-            select(scans, select(func.count()).where(candidates.c.scan_id == scans.c.id).scalar_subquery().label("n"),
-                   sampled.label("sampled"))
-            .order_by(scans.c.id)).mappings().all()
+        sampled = (
+            select(func.count(func.distinct(jobs.c.candidate_id)))
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(candidates.c.scan_id == scans.c.id, jobs.c.state == "done")
+            .scalar_subquery()
+        )
+        scan_rows = (
+            conn.execute(
+                select(
+                    scans,
+                    select(func.count()).where(candidates.c.scan_id == scans.c.id).scalar_subquery().label("n"),
+                    sampled.label("sampled"),
+                ).order_by(scans.c.id)
+            )
+            .mappings()
+            .all()
+        )
     per_second = _rate(recent[0], recent[1], now)
     remaining = states["todo"] + states["running"]
     views = [_worker_view(w, now) for w in worker_rows]
@@ -314,9 +399,17 @@ def _scan_view(row, now: float) -> dict:
         state = "running"
     else:
         state = "partial"
-    return {"name": row["name"], "split": row["split"], "sentences_done": row["sentences_done"],
-            "sentences_total": row["sentences_total"], "state": state, "candidates": row["n"],
-            "sampled": row["sampled"], "order": row["job_order"] or "dataset", "order_seed": row["order_seed"]}
+    return {
+        "name": row["name"],
+        "split": row["split"],
+        "sentences_done": row["sentences_done"],
+        "sentences_total": row["sentences_total"],
+        "state": state,
+        "candidates": row["n"],
+        "sampled": row["sampled"],
+        "order": row["job_order"] or "dataset",
+        "order_seed": row["order_seed"],
+    }
 
 
 def _rate(count: int, first_done: float | None, now: float) -> float:
@@ -327,6 +420,11 @@ def _rate(count: int, first_done: float | None, now: float) -> float:
 def _worker_view(w, now: float) -> dict:
     alive = w["stopped_at"] is None and now - w["heartbeat_at"] <= w["lease_seconds"]
     state = "stopped" if w["stopped_at"] is not None else ("live" if alive else "lost")
-    return {"id": w["id"], "device": w["device"], "state": state, "jobs_done": w["jobs_done"],
-            "sampler": w["sampler"],
-            "last_heartbeat_seconds_ago": round(now - w["heartbeat_at"], 1)}
+    return {
+        "id": w["id"],
+        "device": w["device"],
+        "state": state,
+        "jobs_done": w["jobs_done"],
+        "sampler": w["sampler"],
+        "last_heartbeat_seconds_ago": round(now - w["heartbeat_at"], 1),
+    }

@@ -54,7 +54,9 @@ class ScanOptions:
     lease_seconds: float = DEFAULT_LEASE_SECONDS  # a second process of this scan is refused while the lease is live
     trust_probe: bool = False  # unpickle the probe as it is (runs any code it names), not only linear classifiers
     stop_after_seconds: float | None = None  # stop (resumably) after the batch that crosses this much time
-    order: str | None = None  # random or dataset (scan_store.JOB_ORDERS); None: random when new, as stored when resuming
+    order: str | None = (
+        None  # random or dataset (scan_store.JOB_ORDERS); None: random when new, as stored when resuming
+    )
     order_seed: int = DEFAULT_ORDER_SEED  # the random order's seed
 
 
@@ -81,19 +83,31 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | N
     db.ensure_schema(engine, migrate=True)
     identity = dict(
         dataset=os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
-        split=opts.split, model=opts.model, layer=opts.layer, probe_sha256=probe.sha256,
-        threshold=opts.threshold, excluded_labels=list(opts.exclude),
-        dtype=model_dtype(model), attn=model.config._attn_implementation,
+        split=opts.split,
+        model=opts.model,
+        layer=opts.layer,
+        probe_sha256=probe.sha256,
+        threshold=opts.threshold,
+        excluded_labels=list(opts.exclude),
+        dtype=model_dtype(model),
+        attn=model.config._attn_implementation,
     )
-    extra = dict(probe_path=os.path.abspath(opts.probe), probe_classes=list(probe.class_ids), sentences_total=len(sentences))
+    extra = dict(
+        probe_path=os.path.abspath(opts.probe), probe_classes=list(probe.class_ids), sentences_total=len(sentences)
+    )
     owner = new_worker_id()
-    scan, pid = scan_store.open_scan(engine, opts.name, identity, extra, opts.params, owner, opts.lease_seconds,
-                                opts.order, opts.order_seed)
+    scan, pid = scan_store.open_scan(
+        engine, opts.name, identity, extra, opts.params, owner, opts.lease_seconds, opts.order, opts.order_seed
+    )
     try:
-        with Heartbeat(lambda: scan_store.renew_scan_lease(engine, scan["id"], owner, opts.lease_seconds),
-                       opts.lease_seconds / 3, name="scan lease"):
-            added, total = _scan_sentences(engine, scan, pid, owner, sentences, _Scorer(model, tokenizer, probe, opts, device),
-                                           opts, progress)
+        with Heartbeat(
+            lambda: scan_store.renew_scan_lease(engine, scan["id"], owner, opts.lease_seconds),
+            opts.lease_seconds / 3,
+            name="scan lease",
+        ):
+            added, total = _scan_sentences(
+                engine, scan, pid, owner, sentences, _Scorer(model, tokenizer, probe, opts, device), opts, progress
+            )
             scan = scan_store.finish_scan(engine, scan["id"])
     finally:
         scan_store.release_scan_lease(engine, scan["id"], owner)
@@ -101,8 +115,16 @@ def run_scan(engine, opts: ScanOptions, progress: bool = True, loaded: tuple | N
     return ScanResult(scan=scan, candidates=total, added=added, params_id=pid)
 
 
-def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Sentence], scorer: _Scorer,
-                    opts: ScanOptions, progress: bool) -> tuple[int, int]:
+def _scan_sentences(
+    engine,
+    scan: dict,
+    pid: int,
+    owner: str,
+    sentences: list[Sentence],
+    scorer: _Scorer,
+    opts: ScanOptions,
+    progress: bool,
+) -> tuple[int, int]:
     """Score batches from where the scan stopped until the end or --max-prefixes. -> (added, total).
 
     Candidates already stored (a run stopped inside a sentence, a reset counter) are left out of the
@@ -116,7 +138,7 @@ def _scan_sentences(engine, scan: dict, pid: int, owner: str, sentences: list[Se
     bar = _progress_bar(limit, total, pos, len(sentences), progress)
     deadline = None if opts.stop_after_seconds is None else time.monotonic() + opts.stop_after_seconds
     while pos < len(sentences) and (limit is None or total < limit):
-        batch = sentences[pos:pos + opts.batch_size]
+        batch = sentences[pos : pos + opts.batch_size]
         stored = scan_store.candidate_positions(engine, scan["id"], batch[0].idx, batch[-1].idx)
         rows, seen, skipped, next_pos = scorer.score(batch, None if limit is None else limit - total, stored)
         new = scan_store.save_scan_batch(engine, scan["id"], pid, rows, next_pos, seen, skipped, owner=owner)
@@ -139,8 +161,14 @@ def _progress_bar(limit: int | None, total: int, pos: int, n_sentences: int, pro
 
 
 def _log_summary(scan: dict, total: int, added: int) -> None:
-    log.info("scan %r: %d/%d sentences, %d labelled tokens seen, %d skipped (true label not in the probe's classes)",
-             scan["name"], scan["sentences_done"], scan["sentences_total"], scan["tokens_seen"], scan["tokens_skipped_unknown_label"])
+    log.info(
+        "scan %r: %d/%d sentences, %d labelled tokens seen, %d skipped (true label not in the probe's classes)",
+        scan["name"],
+        scan["sentences_done"],
+        scan["sentences_total"],
+        scan["tokens_seen"],
+        scan["tokens_skipped_unknown_label"],
+    )
     log.info("%d candidates (%d new) under threshold %.3g", total, added, scan["threshold"])
     if total == 0:
         log.warning("no token has a max probability under %.3g: nothing to sample", scan["threshold"])
@@ -179,7 +207,9 @@ class _Scorer:
         out: list[torch.Tensor] = []
         for group in _token_groups(encoded, MAX_BATCH_TOKENS):
             ids, mask = pad_batch([e.input_ids for e in group], self.tokenizer.pad_token_id or 0)
-            hidden = layer_activations(self.model, ids.to(self.device), mask.to(self.device), self.opts.layer)  # [B, T, D]
+            hidden = layer_activations(
+                self.model, ids.to(self.device), mask.to(self.device), self.opts.layer
+            )  # [B, T, D]
             features = hidden[mask.to(self.device).bool()]  # [N, D]
             if not self.readout_checked:  # once, on real activations, before any candidate is stored
                 check_readout(self.probe, features)
@@ -210,12 +240,19 @@ class _Scorer:
     def _row(self, sentence, enc, pos, label, probs, max_prob, pred) -> dict:
         prefix = enc.input_ids[: pos + 1]
         return dict(
-            dataset_idx=sentence.idx, sent_id=sentence.sent_id, sentence_text=sentence.text,
-            target_position=pos, target_token_id=prefix[-1],
+            dataset_idx=sentence.idx,
+            sent_id=sentence.sent_id,
+            sentence_text=sentence.text,
+            target_position=pos,
+            target_token_id=prefix[-1],
             target_token=self.tokenizer.decode([prefix[-1]]),
             prefix_text=self.tokenizer.decode(prefix, skip_special_tokens=True),
-            prefix_token_ids=prefix, true_label=label, true_label_name=UPOS_NAMES[label],
-            probe_probs=[float(x) for x in probs], probe_pred=pred, probe_pred_name=UPOS_NAMES[pred],
+            prefix_token_ids=prefix,
+            true_label=label,
+            true_label_name=UPOS_NAMES[label],
+            probe_probs=[float(x) for x in probs],
+            probe_pred=pred,
+            probe_pred_name=UPOS_NAMES[pred],
             probe_max_prob=max_prob,
         )
 

@@ -18,7 +18,10 @@ from .errors import ConfigError, DatabaseError
 from .schema import candidates, completions, generation_params, jobs, scans, workers
 
 SCAN_IDENTITY = ("dataset", "split", "model", "layer", "probe_sha256", "threshold", "excluded_labels", "dtype", "attn")
-ADOPTED_IF_MISSING = ("dtype", "attn")  # added in revision 0003: a scan made before takes the first values it resumes with
+ADOPTED_IF_MISSING = (
+    "dtype",
+    "attn",
+)  # added in revision 0003: a scan made before takes the first values it resumes with
 
 
 def canonical(data: dict) -> str:
@@ -61,9 +64,17 @@ def job_priority(order: str | None, order_seed: int | None, dataset_idx: int, ta
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> (64 - PRIORITY_BITS)
 
 
-def open_scan(engine: Engine, name: str, identity: dict, extra: dict, params: GenerationParams,
-              owner: str, lease_seconds: float, order: str | None = None,
-              order_seed: int = DEFAULT_ORDER_SEED) -> tuple[dict, int]:
+def open_scan(
+    engine: Engine,
+    name: str,
+    identity: dict,
+    extra: dict,
+    params: GenerationParams,
+    owner: str,
+    lease_seconds: float,
+    order: str | None = None,
+    order_seed: int = DEFAULT_ORDER_SEED,
+) -> tuple[dict, int]:
     """Create the scan or resume it, and take its lease. -> (scan row, params id).
 
     `order`: how its jobs drain (JOB_ORDERS); None is random for a new scan and the stored order
@@ -75,24 +86,44 @@ def open_scan(engine: Engine, name: str, identity: dict, extra: dict, params: Ge
     with write(engine) as conn:
         # ON CONFLICT DO NOTHING: two processes creating one scan at once do not fail on its name
         dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-        conn.execute(dialect_insert(scans).values(
-            name=name, config_key=canonical(key), **identity, **extra, sentences_done=0, tokens_seen=0,
-            tokens_skipped_unknown_label=0, created_at=db_now(), updated_at=db_now(),
-            job_order=order or "random", order_seed=order_seed).on_conflict_do_nothing())
+        conn.execute(
+            dialect_insert(scans)
+            .values(
+                name=name,
+                config_key=canonical(key),
+                **identity,
+                **extra,
+                sentences_done=0,
+                tokens_seen=0,
+                tokens_skipped_unknown_label=0,
+                created_at=db_now(),
+                updated_at=db_now(),
+                job_order=order or "random",
+                order_seed=order_seed,
+            )
+            .on_conflict_do_nothing()
+        )
         row = conn.execute(select(scans).where(scans.c.name == name)).mappings().one()
         stored_order = (row["job_order"] or "dataset", row["order_seed"] if row["job_order"] == "random" else None)
         wanted = (order, order_seed if order == "random" else None)
         if order is not None and stored_order != wanted:
-            raise ConfigError(f"scan {name!r} drains in {_order_text(*stored_order)}, not {_order_text(*wanted)}; "
-                              "leave --order out to resume it, or use --name for a new scan")
+            raise ConfigError(
+                f"scan {name!r} drains in {_order_text(*stored_order)}, not {_order_text(*wanted)}; "
+                "leave --order out to resume it, or use --name for a new scan"
+            )
         stored = json.loads(row["config_key"])
-        differs = [k for k in SCAN_IDENTITY if stored.get(k) != key[k] and not (k in ADOPTED_IF_MISSING and k not in stored)]
+        differs = [
+            k for k in SCAN_IDENTITY if stored.get(k) != key[k] and not (k in ADOPTED_IF_MISSING and k not in stored)
+        ]
         if differs:
             diffs = ", ".join(f"{k}: {stored.get(k)!r} -> {key[k]!r}" for k in differs)
             raise ConfigError(f"scan {name!r} exists with another configuration ({diffs}); use --name for a new scan")
         if stored != key:  # a scan from before 0003 adopts this run's dtype and attention
-            conn.execute(update(scans).where(scans.c.id == row["id"]).values(
-                config_key=canonical(key), **{k: identity[k] for k in ADOPTED_IF_MISSING}))
+            conn.execute(
+                update(scans)
+                .where(scans.c.id == row["id"])
+                .values(config_key=canonical(key), **{k: identity[k] for k in ADOPTED_IF_MISSING})
+            )
         take_scan_lease(conn, row, owner, lease_seconds)
         pid = params_id(conn, params)
         enqueue_missing_jobs(conn, row["id"], pid)
@@ -105,24 +136,37 @@ def _order_text(order: str, seed: int | None) -> str:
 
 def take_scan_lease(conn: Connection, row, owner: str, lease_seconds: float) -> None:
     free = or_(scans.c.lease_owner.is_(None), scans.c.lease_owner == owner, scans.c.lease_expires_at < db_now())
-    taken = conn.execute(update(scans).where(scans.c.id == row["id"], free).values(
-        lease_owner=owner, lease_expires_at=db_now() + lease_seconds)).rowcount
+    taken = conn.execute(
+        update(scans)
+        .where(scans.c.id == row["id"], free)
+        .values(lease_owner=owner, lease_expires_at=db_now() + lease_seconds)
+    ).rowcount
     if taken != 1:
-        holder = conn.execute(select(scans.c.lease_owner, scans.c.lease_expires_at - db_now()).where(scans.c.id == row["id"])).one()
-        raise ConfigError(f"scan {row['name']!r} is being run by {holder[0]} (lease valid {max(holder[1], 0):.0f}s more); "
-                          "wait for it to finish, or use --name for another scan")
+        holder = conn.execute(
+            select(scans.c.lease_owner, scans.c.lease_expires_at - db_now()).where(scans.c.id == row["id"])
+        ).one()
+        raise ConfigError(
+            f"scan {row['name']!r} is being run by {holder[0]} (lease valid {max(holder[1], 0):.0f}s more); "
+            "wait for it to finish, or use --name for another scan"
+        )
 
 
 def renew_scan_lease(engine: Engine, scan_id: int, owner: str, lease_seconds: float) -> int:
     with write(engine) as conn:
-        return conn.execute(update(scans).where(scans.c.id == scan_id, scans.c.lease_owner == owner).values(
-            lease_expires_at=db_now() + lease_seconds)).rowcount
+        return conn.execute(
+            update(scans)
+            .where(scans.c.id == scan_id, scans.c.lease_owner == owner)
+            .values(lease_expires_at=db_now() + lease_seconds)
+        ).rowcount
 
 
 def release_scan_lease(engine: Engine, scan_id: int, owner: str) -> None:
     with write(engine) as conn:
-        conn.execute(update(scans).where(scans.c.id == scan_id, scans.c.lease_owner == owner).values(
-            lease_owner=None, lease_expires_at=None))
+        conn.execute(
+            update(scans)
+            .where(scans.c.id == scan_id, scans.c.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
 
 
 def enqueue_missing_jobs(conn: Connection, scan_id: int, pid: int) -> int:
@@ -131,8 +175,11 @@ def enqueue_missing_jobs(conn: Connection, scan_id: int, pid: int) -> int:
     drain in the same order."""
     order, seed = conn.execute(select(scans.c.job_order, scans.c.order_seed).where(scans.c.id == scan_id)).one()
     has_job = exists().where(jobs.c.candidate_id == candidates.c.id, jobs.c.params_id == pid)
-    missing = conn.execute(select(candidates.c.id, candidates.c.dataset_idx, candidates.c.target_position).where(
-        candidates.c.scan_id == scan_id, ~has_job)).all()
+    missing = conn.execute(
+        select(candidates.c.id, candidates.c.dataset_idx, candidates.c.target_position).where(
+            candidates.c.scan_id == scan_id, ~has_job
+        )
+    ).all()
     rows = [dict(candidate_id=cid, priority=job_priority(order, seed, idx, pos)) for cid, idx, pos in missing]
     if rows:
         conn.execute(insert(jobs).values(params_id=pid, state="todo", attempt=0, created_at=db_now()), rows)
@@ -141,30 +188,53 @@ def enqueue_missing_jobs(conn: Connection, scan_id: int, pid: int) -> int:
 
 def count_candidates(engine: Engine, scan_id: int) -> int:
     with read(engine) as conn:
-        return conn.execute(select(func.count()).select_from(candidates).where(candidates.c.scan_id == scan_id)).scalar_one()
+        return conn.execute(
+            select(func.count()).select_from(candidates).where(candidates.c.scan_id == scan_id)
+        ).scalar_one()
 
 
 def candidate_positions(engine: Engine, scan_id: int, first_idx: int, last_idx: int) -> set[tuple[int, int]]:
     """(dataset_idx, target_position) of the candidates stored for sentences first_idx..last_idx."""
     with read(engine) as conn:
-        rows = conn.execute(select(candidates.c.dataset_idx, candidates.c.target_position).where(
-            candidates.c.scan_id == scan_id, candidates.c.dataset_idx.between(first_idx, last_idx))).all()
+        rows = conn.execute(
+            select(candidates.c.dataset_idx, candidates.c.target_position).where(
+                candidates.c.scan_id == scan_id, candidates.c.dataset_idx.between(first_idx, last_idx)
+            )
+        ).all()
     return {tuple(r) for r in rows}
 
 
-def save_scan_batch(engine: Engine, scan_id: int, pid: int, rows: list[dict], sentences_done: int,
-                    tokens_seen: int, skipped: int, owner: str | None = None) -> int:
+def save_scan_batch(
+    engine: Engine,
+    scan_id: int,
+    pid: int,
+    rows: list[dict],
+    sentences_done: int,
+    tokens_seen: int,
+    skipped: int,
+    owner: str | None = None,
+) -> int:
     """Candidates of some sentences, their jobs and the scan's progress, in one transaction;
     with `owner`, only while that process still holds the scan's lease."""
     with write(engine) as conn:
-        if owner is not None and conn.execute(select(scans.c.lease_owner).where(scans.c.id == scan_id)).scalar() != owner:
+        if (
+            owner is not None
+            and conn.execute(select(scans.c.lease_owner).where(scans.c.id == scan_id)).scalar() != owner
+        ):
             raise ConfigError("this process lost the scan's lease (another took it over): stopping without saving")
         added = insert_ignoring_duplicates(conn, candidates, [dict(r, scan_id=scan_id) for r in rows])
         if added:
             enqueue_missing_jobs(conn, scan_id, pid)
-        conn.execute(update(scans).where(scans.c.id == scan_id).values(
-            sentences_done=sentences_done, tokens_seen=scans.c.tokens_seen + tokens_seen,
-            tokens_skipped_unknown_label=scans.c.tokens_skipped_unknown_label + skipped, updated_at=db_now()))
+        conn.execute(
+            update(scans)
+            .where(scans.c.id == scan_id)
+            .values(
+                sentences_done=sentences_done,
+                tokens_seen=scans.c.tokens_seen + tokens_seen,
+                tokens_skipped_unknown_label=scans.c.tokens_skipped_unknown_label + skipped,
+                updated_at=db_now(),
+            )
+        )
     return added
 
 
@@ -172,8 +242,14 @@ def finish_scan(engine: Engine, scan_id: int) -> dict:
     """End a run of the scan; finished_at is set only once every sentence is scanned."""
     with write(engine) as conn:
         complete = scans.c.sentences_done >= scans.c.sentences_total
-        conn.execute(update(scans).where(scans.c.id == scan_id).values(
-            finished_at=case((complete, func.coalesce(scans.c.finished_at, db_now())), else_=None), updated_at=db_now()))
+        conn.execute(
+            update(scans)
+            .where(scans.c.id == scan_id)
+            .values(
+                finished_at=case((complete, func.coalesce(scans.c.finished_at, db_now())), else_=None),
+                updated_at=db_now(),
+            )
+        )
         return dict(conn.execute(select(scans).where(scans.c.id == scan_id)).mappings().one())
 
 
@@ -186,7 +262,9 @@ def pick_scan(conn: Connection, name: str | None) -> dict:
         raise DatabaseError("the database holds no scan: run `cli.py scan` first")
     if name is None:
         if len(rows) > 1:
-            raise ConfigError(f"the database holds {len(rows)} scans ({', '.join(r['name'] for r in rows)}): pick one with --scan")
+            raise ConfigError(
+                f"the database holds {len(rows)} scans ({', '.join(r['name'] for r in rows)}): pick one with --scan"
+            )
         return dict(rows[0])
     for row in rows:
         if row["name"] == name:
@@ -195,8 +273,17 @@ def pick_scan(conn: Connection, name: str | None) -> dict:
 
 
 def pick_params(conn: Connection, scan_id: int, pid: int | None) -> dict:
-    used = select(jobs.c.params_id).join(candidates, candidates.c.id == jobs.c.candidate_id).where(candidates.c.scan_id == scan_id).distinct()
-    rows = conn.execute(select(generation_params).where(generation_params.c.id.in_(used)).order_by(generation_params.c.id)).mappings().all()
+    used = (
+        select(jobs.c.params_id)
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(candidates.c.scan_id == scan_id)
+        .distinct()
+    )
+    rows = (
+        conn.execute(select(generation_params).where(generation_params.c.id.in_(used)).order_by(generation_params.c.id))
+        .mappings()
+        .all()
+    )
     if not rows and not conn.execute(select(candidates.c.id).where(candidates.c.scan_id == scan_id).limit(1)).first():
         raise DatabaseError("this scan has no candidates (no token under its threshold): nothing was sampled")
     if pid is not None:
@@ -206,14 +293,19 @@ def pick_params(conn: Connection, scan_id: int, pid: int | None) -> dict:
     if not rows:
         raise DatabaseError("this scan has no jobs yet")
     if len(rows) > 1:
-        raise ConfigError(f"this scan was sampled with {len(rows)} generation params (ids {', '.join(str(r['id']) for r in rows)}): pick one with --params")
+        raise ConfigError(
+            f"this scan was sampled with {len(rows)} generation params (ids {', '.join(str(r['id']) for r in rows)}): pick one with --params"
+        )
     return dict(rows[0])
 
 
 def job_counts(conn: Connection, scan_id: int, pid: int) -> dict:
     rows = conn.execute(
-        select(jobs.c.state, func.count()).join(candidates, candidates.c.id == jobs.c.candidate_id)
-        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == pid).group_by(jobs.c.state)).all()
+        select(jobs.c.state, func.count())
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == pid)
+        .group_by(jobs.c.state)
+    ).all()
     return {state: n for state, n in rows}
 
 
@@ -221,11 +313,14 @@ def samplers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
     """How the done jobs were sampled: each distinct workers.sampler entry for the params' model,
     with its job count (most jobs first); None where a worker recorded nothing."""
     per_worker = conn.execute(
-        select(jobs.c.last_worker, func.count()).join(candidates, candidates.c.id == jobs.c.candidate_id)
+        select(jobs.c.last_worker, func.count())
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
         .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"], jobs.c.state == "done")
-        .group_by(jobs.c.last_worker)).all()
-    described = dict(conn.execute(select(workers.c.id, workers.c.sampler)
-                                  .where(workers.c.id.in_([w for w, _ in per_worker]))).all())
+        .group_by(jobs.c.last_worker)
+    ).all()
+    described = dict(
+        conn.execute(select(workers.c.id, workers.c.sampler).where(workers.c.id.in_([w for w, _ in per_worker]))).all()
+    )
     jobs_by_description: Counter[str] = Counter()
     for worker, n in per_worker:
         jobs_by_description[json.dumps((described.get(worker) or {}).get(params["model"]), sort_keys=True)] += n
@@ -238,14 +333,35 @@ def iter_done(conn: Connection, scan_id: int, params: dict, batch: int = 500) ->
     Two cursors walk the same snapshot side by side (merge join on job id), each fetched in batches.
     """
     done = and_(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"], jobs.c.state == "done")
-    heads = conn.execution_options(stream_results=True, yield_per=batch).execute(
-        select(candidates, jobs.c.id.label("job_id"), jobs.c.attempt)
-        .join(jobs, jobs.c.candidate_id == candidates.c.id).where(done).order_by(jobs.c.id)).mappings()
-    tails = conn.execution_options(stream_results=True, yield_per=batch * params["num_samples"]).execute(
-        select(completions.c.id, completions.c.job_id, completions.c.sample_index, completions.c.text, completions.c.token_ids,
-               completions.c.num_tokens, completions.c.finish_reason)
-        .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-        .where(done).order_by(completions.c.job_id, completions.c.sample_index)).mappings()
+    heads = (
+        conn.execution_options(stream_results=True, yield_per=batch)
+        .execute(
+            select(candidates, jobs.c.id.label("job_id"), jobs.c.attempt)
+            .join(jobs, jobs.c.candidate_id == candidates.c.id)
+            .where(done)
+            .order_by(jobs.c.id)
+        )
+        .mappings()
+    )
+    tails = (
+        conn.execution_options(stream_results=True, yield_per=batch * params["num_samples"])
+        .execute(
+            select(
+                completions.c.id,
+                completions.c.job_id,
+                completions.c.sample_index,
+                completions.c.text,
+                completions.c.token_ids,
+                completions.c.num_tokens,
+                completions.c.finish_reason,
+            )
+            .join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(done)
+            .order_by(completions.c.job_id, completions.c.sample_index)
+        )
+        .mappings()
+    )
     pending = next(tails, None)
     for head in heads:
         rows = []
@@ -263,12 +379,22 @@ def taggers_used(conn: Connection, scan_id: int, params: dict) -> list[dict]:
     """The taggers that labelled this scan's completions under these params, with their identity."""
     from .schema import labels, taggers
 
-    used = (select(labels.c.tagger_id).join(completions, completions.c.id == labels.c.completion_id)
-            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-            .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"]).distinct())
+    used = (
+        select(labels.c.tagger_id)
+        .join(completions, completions.c.id == labels.c.completion_id)
+        .join(jobs, jobs.c.id == completions.c.job_id)
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"])
+        .distinct()
+    )
     rows = conn.execute(select(taggers).where(taggers.c.id.in_(used)).order_by(taggers.c.id)).mappings().all()
-    return [{k: r[k] for k in ("id", "name", "spec", "library", "library_version", "files_sha256", "package_version",
-                               "accuracy")} for r in rows]
+    return [
+        {
+            k: r[k]
+            for k in ("id", "name", "spec", "library", "library_version", "files_sha256", "package_version", "accuracy")
+        }
+        for r in rows
+    ]
 
 
 class LabelStream:
@@ -284,13 +410,22 @@ class LabelStream:
         done = and_(candidates.c.scan_id == scan_id, jobs.c.params_id == params["id"], jobs.c.state == "done")
         self._rows = conn.execution_options(stream_results=True, yield_per=batch).execute(
             select(completions.c.job_id, labels.c.completion_id, labels.c.tagger_id, labels.c.upos_name)
-            .join(completions, completions.c.id == labels.c.completion_id).join(jobs, jobs.c.id == completions.c.job_id)
-            .join(candidates, candidates.c.id == jobs.c.candidate_id).where(done).order_by(completions.c.job_id))
+            .join(completions, completions.c.id == labels.c.completion_id)
+            .join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(done)
+            .order_by(completions.c.job_id)
+        )
         self._next = next(self._rows, None)
-        self.per_candidate = _by_tagger(conn.execute(
-            select(candidate_labels.c.candidate_id, candidate_labels.c.tagger_id, candidate_labels.c.upos_name)
-            .join(candidates, candidates.c.id == candidate_labels.c.candidate_id).where(candidates.c.scan_id == scan_id)),
-            self.names, {})
+        self.per_candidate = _by_tagger(
+            conn.execute(
+                select(candidate_labels.c.candidate_id, candidate_labels.c.tagger_id, candidate_labels.c.upos_name)
+                .join(candidates, candidates.c.id == candidate_labels.c.candidate_id)
+                .where(candidates.c.scan_id == scan_id)
+            ),
+            self.names,
+            {},
+        )
 
     def upto(self, last_job_id: int) -> dict[int, dict]:
         """{completion_id: {tagger name: UPOS name or None}} for the jobs up to `last_job_id`."""

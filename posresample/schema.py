@@ -41,7 +41,8 @@ JOB_STATES = ("todo", "running", "done", "failed")
 UNFINISHED_SQL = "state IN ('todo', 'running')"  # ix_jobs_unfinished's predicate: the queries match it exactly
 
 scans = Table(
-    "scans", metadata,
+    "scans",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
     Column("config_key", Text, nullable=False),  # canonical JSON of what makes two scans the same
@@ -70,7 +71,8 @@ scans = Table(
 )
 
 candidates = Table(
-    "candidates", metadata,
+    "candidates",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("scan_id", Integer, ForeignKey("scans.id", ondelete="CASCADE"), nullable=False),
     Column("dataset_idx", Integer, nullable=False),
@@ -91,7 +93,8 @@ candidates = Table(
 )
 
 generation_params = Table(
-    "generation_params", metadata,
+    "generation_params",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("key", Text, nullable=False, unique=True),  # canonical JSON of the fields below
     Column("model", Text, nullable=False),
@@ -104,7 +107,8 @@ generation_params = Table(
 )
 
 jobs = Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("candidate_id", Integer, ForeignKey("candidates.id", ondelete="CASCADE"), nullable=False),
     Column("params_id", Integer, ForeignKey("generation_params.id"), nullable=False),
@@ -122,12 +126,19 @@ jobs = Table(
     Index("ix_jobs_state_priority_id", "state", "priority", "id"),
     Index("ix_jobs_params_id_state", "params_id", "state"),  # claimable_models: one probe per params
     # pending(): a covering index of the unfinished jobs alone, so its count never reads done jobs
-    Index("ix_jobs_unfinished", "state", "attempt", "lease_expires_at",
-          sqlite_where=text(UNFINISHED_SQL), postgresql_where=text(UNFINISHED_SQL)),
+    Index(
+        "ix_jobs_unfinished",
+        "state",
+        "attempt",
+        "lease_expires_at",
+        sqlite_where=text(UNFINISHED_SQL),
+        postgresql_where=text(UNFINISHED_SQL),
+    ),
 )
 
 completions = Table(
-    "completions", metadata,
+    "completions",
+    metadata,
     Column("id", BigId, primary_key=True),
     Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
     Column("sample_index", Integer, nullable=False),
@@ -140,7 +151,8 @@ completions = Table(
 )
 
 workers = Table(
-    "workers", metadata,
+    "workers",
+    metadata,
     Column("id", String(200), primary_key=True),  # host:pid:uuid
     Column("host", String(200), nullable=False),
     Column("pid", Integer, nullable=False),
@@ -169,7 +181,8 @@ def _label_columns():
 
 
 taggers = Table(
-    "taggers", metadata,
+    "taggers",
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("name", String(200), nullable=False),
     Column("spec", Text, nullable=False),  # spacy:PATH_OR_PACKAGE as given
@@ -186,7 +199,8 @@ taggers = Table(
 )
 
 labels = Table(
-    "labels", metadata,
+    "labels",
+    metadata,
     Column("id", BigId, primary_key=True),
     Column("completion_id", BigId, ForeignKey("completions.id", ondelete="CASCADE"), nullable=False),
     Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), nullable=False),
@@ -195,7 +209,8 @@ labels = Table(
 )
 
 candidate_labels = Table(
-    "candidate_labels", metadata,  # the tagger on the candidate's original sentence
+    "candidate_labels",
+    metadata,  # the tagger on the candidate's original sentence
     Column("id", Integer, primary_key=True),
     Column("candidate_id", Integer, ForeignKey("candidates.id", ondelete="CASCADE"), nullable=False),
     Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), nullable=False),
@@ -206,7 +221,8 @@ candidate_labels = Table(
 LABEL_TODO_SQL = "labelled_at IS NULL"  # ix_label_jobs_todo's predicate: the claim matches it exactly
 
 label_jobs = Table(
-    "label_jobs", metadata,  # a tagger's queue of done jobs: todo, leased to a label process, or labelled
+    "label_jobs",
+    metadata,  # a tagger's queue of done jobs: todo, leased to a label process, or labelled
     Column("job_id", Integer, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), primary_key=True),
     Column("scan_id", Integer, nullable=False),  # the job's candidate's scan: `label --scan` reads the index alone
@@ -214,12 +230,19 @@ label_jobs = Table(
     Column("expires_at", Float),
     Column("labelled_at", Float),  # set in the transaction that writes the job's labels
     # the claim: a tagger's unlabelled jobs in (scan, job) order, never the labelled ones
-    Index("ix_label_jobs_todo", "tagger_id", "scan_id", "job_id",
-          sqlite_where=text(LABEL_TODO_SQL), postgresql_where=text(LABEL_TODO_SQL)),
+    Index(
+        "ix_label_jobs_todo",
+        "tagger_id",
+        "scan_id",
+        "job_id",
+        sqlite_where=text(LABEL_TODO_SQL),
+        postgresql_where=text(LABEL_TODO_SQL),
+    ),
 )
 
 annotation_items = Table(
-    "annotation_items", metadata,  # completions sampled for people to label (annotate), in showing order
+    "annotation_items",
+    metadata,  # completions sampled for people to label (annotate), in showing order
     Column("id", Integer, primary_key=True),
     Column("scan_id", Integer, ForeignKey("scans.id", ondelete="CASCADE"), nullable=False),
     Column("params_id", Integer, ForeignKey("generation_params.id"), nullable=False),
@@ -233,7 +256,8 @@ annotation_items = Table(
 )
 
 annotation_leases = Table(
-    "annotation_leases", metadata,  # which annotator holds which item now
+    "annotation_leases",
+    metadata,  # which annotator holds which item now
     Column("item_id", Integer, ForeignKey("annotation_items.id", ondelete="CASCADE"), primary_key=True),
     Column("tagger_id", Integer, ForeignKey("taggers.id", ondelete="CASCADE"), primary_key=True),
     Column("owner", String(200), nullable=False),  # the server process holding it

@@ -99,7 +99,11 @@ class Supervisor:
 
     def run(self) -> int:
         children = [Child(d, self._spawn(d)) for d in self.devices]
-        log.info("started %d worker process(es): %s", len(children), ", ".join(f"{c.device} (pid {c.proc.pid})" for c in children))
+        log.info(
+            "started %d worker process(es): %s",
+            len(children),
+            ", ".join(f"{c.device} (pid {c.proc.pid})" for c in children),
+        )
         self._install_signals(children)
         failed = 0
         while children:
@@ -120,8 +124,13 @@ class Supervisor:
                 continue
             child.restarts += 1
             child.proc, child.restart_at = None, time.monotonic() + restart_delay(child.restarts)
-            log.info("restarting worker on %s in %.0fs (restart %d of %d)", child.device,
-                     restart_delay(child.restarts), child.restarts, self.max_restarts)
+            log.info(
+                "restarting worker on %s in %.0fs (restart %d of %d)",
+                child.device,
+                restart_delay(child.restarts),
+                child.restarts,
+                self.max_restarts,
+            )
         return 1 if failed else 0
 
     def _reap(self, children: list[Child]) -> tuple[Child | None, int | None]:
@@ -156,7 +165,9 @@ class Supervisor:
         def handle(signum, _frame):
             sig = signal.SIGKILL if self.stopping else signal.SIGTERM
             self.stopping = True
-            log.warning("%s: %s all workers", signal.Signals(signum).name, "killing" if sig == signal.SIGKILL else "stopping")
+            log.warning(
+                "%s: %s all workers", signal.Signals(signum).name, "killing" if sig == signal.SIGKILL else "stopping"
+            )
             for c in children:
                 if c.proc is not None and c.proc.poll() is None:
                     c.proc.send_signal(sig)

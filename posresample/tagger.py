@@ -92,7 +92,11 @@ class SpacyTagger:
             what = "folder is not a spaCy pipeline" if self.is_folder else "no such folder or installed spaCy package"
             raise TaggerError(f"cannot load tagger {spec}: {what} ({str(exc).splitlines()[0][:200]})") from None
         keep = {"tok2vec", "transformer", "morphologizer", "tagger", "attribute_ruler"}
-        self.nlp = spacy.load(target, exclude=[p for p in nlp.pipe_names if p not in keep]) if set(nlp.pipe_names) - keep else nlp
+        self.nlp = (
+            spacy.load(target, exclude=[p for p in nlp.pipe_names if p not in keep])
+            if set(nlp.pipe_names) - keep
+            else nlp
+        )
         self.name = name or (os.path.basename(os.path.normpath(target)) if self.is_folder else target)
         self._check_upos()
 
@@ -100,18 +104,26 @@ class SpacyTagger:
         doc = self.nlp(CHECK_TEXT)
         tags = {SPACY_ALIASES.get(t.pos_, t.pos_) for t in doc if not t.is_space}
         if not tags or not tags <= set(UPOS_IDS):
-            raise TaggerError(f"tagger {self.spec} does not assign UPOS tags (pos_ gave {sorted(tags)[:6]}): "
-                              "train it with a morphologizer, or add an attribute_ruler that maps tags to UPOS")
+            raise TaggerError(
+                f"tagger {self.spec} does not assign UPOS tags (pos_ gave {sorted(tags)[:6]}): "
+                "train it with a morphologizer, or add an attribute_ruler that maps tags to UPOS"
+            )
 
     def identity(self) -> dict:
         import spacy
 
         sidecar = read_sidecar(self.target) if self.is_folder else {}
         meta = self.nlp.meta
-        return {"name": self.name, "spec": self.spec, "library": "spacy", "library_version": spacy.__version__,
-                "files_sha256": files_sha256(self.target) if self.is_folder else None,
-                "package_version": None if self.is_folder else f"{meta.get('name')}-{meta.get('version')}",
-                "accuracy": sidecar.get("accuracy"), "confusion": sidecar.get("confusion")}
+        return {
+            "name": self.name,
+            "spec": self.spec,
+            "library": "spacy",
+            "library_version": spacy.__version__,
+            "files_sha256": files_sha256(self.target) if self.is_folder else None,
+            "package_version": None if self.is_folder else f"{meta.get('name')}-{meta.get('version')}",
+            "accuracy": sidecar.get("accuracy"),
+            "confusion": sidecar.get("confusion"),
+        }
 
     def tag(self, texts: list[str], spans: list[tuple[int, int]], progress: bool = False) -> list[TagResult]:
         """Tag each distinct text once (nlp.pipe), then read the token at each span; `progress`: a bar
@@ -119,8 +131,13 @@ class SpacyTagger:
         from tqdm import tqdm
 
         distinct = list(dict.fromkeys(texts))
-        piped = tqdm(self.nlp.pipe(distinct, batch_size=self.batch_size), total=len(distinct), desc="tag",
-                     unit="text", disable=not progress)
+        piped = tqdm(
+            self.nlp.pipe(distinct, batch_size=self.batch_size),
+            total=len(distinct),
+            desc="tag",
+            unit="text",
+            disable=not progress,
+        )
         docs = dict(zip(distinct, piped))
         return [token_at(docs[text], start, end) for text, (start, end) in zip(texts, spans)]
 

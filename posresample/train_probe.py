@@ -28,13 +28,20 @@ class Activations:
 
 
 @torch.inference_mode()
-def collect_activations(model, tokenizer, sentences: list[Sentence], layer: int, exclude: tuple[int, ...] = (),
-                        batch_size: int = ACTIVATION_BATCH, progress: bool = True) -> Activations:
+def collect_activations(
+    model,
+    tokenizer,
+    sentences: list[Sentence],
+    layer: int,
+    exclude: tuple[int, ...] = (),
+    batch_size: int = ACTIVATION_BATCH,
+    progress: bool = True,
+) -> Activations:
     """hidden_states[layer] of every token with a label not in `exclude` (same alignment as scan)."""
     device = next(model.parameters()).device
     xs, ys, where = [], [], []
     for start in tqdm(range(0, len(sentences), batch_size), desc="activations", unit="batch", disable=not progress):
-        batch = sentences[start:start + batch_size]
+        batch = sentences[start : start + batch_size]
         encoded = [tokenize_with_labels(tokenizer, s) for s in batch]
         ids, mask = pad_batch([e.input_ids for e in encoded], tokenizer.pad_token_id or 0)
         hidden = layer_activations(model, ids.to(device), mask.to(device), layer).float().cpu()  # [B, T, D]
@@ -47,7 +54,8 @@ def collect_activations(model, tokenizer, sentences: list[Sentence], layer: int,
     dim = model.config.hidden_size
     return Activations(
         X=np.stack(xs).astype(np.float32) if xs else np.zeros((0, dim), np.float32),
-        y=np.asarray(ys, dtype=np.int64), positions=np.asarray(where, dtype=np.int64).reshape(-1, 2),
+        y=np.asarray(ys, dtype=np.int64),
+        positions=np.asarray(where, dtype=np.int64).reshape(-1, 2),
     )
 
 
@@ -85,7 +93,9 @@ def evaluate(probe, acts: Activations) -> tuple[float, str]:
     pred = probe.predict(acts.X[known])
     accuracy = float((pred == acts.y[known]).mean()) if known.any() else float("nan")
     labels = sorted(set(acts.y[known].tolist()) | set(pred.tolist()))
-    report = classification_report(acts.y[known], pred, labels=labels, target_names=[UPOS_NAMES[i] for i in labels], zero_division=0)
+    report = classification_report(
+        acts.y[known], pred, labels=labels, target_names=[UPOS_NAMES[i] for i in labels], zero_division=0
+    )
     return accuracy, report
 
 
@@ -139,8 +149,17 @@ class TrainResult:
 def _cache_key(opts: TrainOptions, split: str) -> str:
     from .scan_store import canonical
 
-    return canonical({"model": opts.model, "layer": opts.layer, "dtype": _dtype(opts), "dataset": os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
-                      "split": split, "exclude": list(opts.exclude), "max_sentences": opts.max_sentences})
+    return canonical(
+        {
+            "model": opts.model,
+            "layer": opts.layer,
+            "dtype": _dtype(opts),
+            "dataset": os.path.abspath(opts.dataset) if os.path.exists(opts.dataset) else opts.dataset,
+            "split": split,
+            "exclude": list(opts.exclude),
+            "max_sentences": opts.max_sentences,
+        }
+    )
 
 
 def _dtype(opts: TrainOptions) -> str:
@@ -186,12 +205,18 @@ def eval_source_for(dataset: str, eval_split: str | None) -> tuple[str, str | No
         return dataset, split
     named = re.search(r"-ud-(train|dev|test)\.conllu$", os.path.basename(dataset))
     name = os.path.basename(dataset)
-    beside = os.path.join(os.path.dirname(dataset), name[: named.start()] + f"-ud-{SPLIT_FILE_SUFFIX[split]}.conllu") \
-        if named else None
+    beside = (
+        os.path.join(os.path.dirname(dataset), name[: named.start()] + f"-ud-{SPLIT_FILE_SUFFIX[split]}.conllu")
+        if named
+        else None
+    )
     if beside and os.path.isfile(beside):
         return beside, split
-    why = f"{dataset} is one split and no {os.path.basename(beside)} lies beside it" if beside else \
-        f"{dataset} is one split, not a UD treebank's file"
+    why = (
+        f"{dataset} is one split and no {os.path.basename(beside)} lies beside it"
+        if beside
+        else f"{dataset} is one split, not a UD treebank's file"
+    )
     if explicit:
         raise DatasetError(f"--eval-split {split}: {why}; pass the treebank's folder, or --eval-split ''")
     log.info("no held-out evaluation: %s (pass the treebank's folder to evaluate on %s)", why, split)
@@ -222,7 +247,9 @@ def run_train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
         return loaded["model"], loaded["tok"]
 
     def compute(sentences):
-        return lambda: collect_activations(*model_and_tokenizer(), sentences, opts.layer, opts.exclude, opts.batch_size, progress)
+        return lambda: collect_activations(
+            *model_and_tokenizer(), sentences, opts.layer, opts.exclude, opts.batch_size, progress
+        )
 
     train = _cached(opts, opts.split, compute(train_sents))
     if len(set(train.y.tolist())) < 2:
@@ -234,12 +261,21 @@ def run_train_probe(opts: TrainOptions, progress: bool = True) -> TrainResult:
         accuracy, report = evaluate(probe, _cached(opts, opts.eval_split, compute(eval_sents)))
     sha = save_probe(probe, opts.output)
     meta = {
-        "model": opts.model, "layer": opts.layer, "dtype": _dtype(opts), "dataset": opts.dataset, "split": opts.split,
-        "eval_split": opts.eval_split, "max_sentences": opts.max_sentences,
-        "classes": [int(c) for c in probe.classes_], "label_names": [UPOS_NAMES[int(c)] for c in probe.classes_],
-        "excluded_labels": [UPOS_NAMES[i] for i in opts.exclude], "n_train_tokens": int(len(train.y)),
-        "eval_accuracy": accuracy, "recipe": {k: v for k, v in probe.get_params().items() if k in ("C", "max_iter", "class_weight", "solver")},
-        "package_versions": package_versions(), "sha256": sha,
+        "model": opts.model,
+        "layer": opts.layer,
+        "dtype": _dtype(opts),
+        "dataset": opts.dataset,
+        "split": opts.split,
+        "eval_split": opts.eval_split,
+        "max_sentences": opts.max_sentences,
+        "classes": [int(c) for c in probe.classes_],
+        "label_names": [UPOS_NAMES[int(c)] for c in probe.classes_],
+        "excluded_labels": [UPOS_NAMES[i] for i in opts.exclude],
+        "n_train_tokens": int(len(train.y)),
+        "eval_accuracy": accuracy,
+        "recipe": {k: v for k, v in probe.get_params().items() if k in ("C", "max_iter", "class_weight", "solver")},
+        "package_versions": package_versions(),
+        "sha256": sha,
     }
     sidecar = write_sidecar(opts.output, meta)
     return TrainResult(opts.output, sidecar, accuracy, report, int(len(train.y)), meta["classes"], opts.eval_split)

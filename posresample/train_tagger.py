@@ -44,8 +44,11 @@ def splits_for(dataset: str) -> tuple[list[Sentence], dict[str, list[Sentence]],
         held = [s for s in sentences if not s.idx % HELD_OUT_EVERY]
         if not train or not held:
             raise DatasetError(f"{dataset} has too few sentences to hold out a tenth")
-        return train, {"dev": held}, {"train": f"{dataset} (9 of every 10 sentences)",
-                                      "dev": f"{dataset} (every 10th sentence, held out)"}
+        return (
+            train,
+            {"dev": held},
+            {"train": f"{dataset} (9 of every 10 sentences)", "dev": f"{dataset} (every 10th sentence, held out)"},
+        )
     train = load_sentences(dataset, "train")
     evals = {"dev": load_sentences(dataset, "validation")}
     with contextlib.suppress(DatasetError):
@@ -66,12 +69,25 @@ def to_docs(vocab, sentences: list[Sentence]):
     """spaCy Docs with the UD words, their spacing in `# text`, and their UPOS."""
     from spacy.tokens import Doc
 
-    return [Doc(vocab, words=[w for w, _ in s.words], spaces=[end < len(s.text) and s.text[end].isspace() for _, end in spans],
-                pos=[UPOS_NAMES[u] for _, u in s.words]) for s, spans in aligned(sentences)]
+    return [
+        Doc(
+            vocab,
+            words=[w for w, _ in s.words],
+            spaces=[end < len(s.text) and s.text[end].isspace() for _, end in spans],
+            pos=[UPOS_NAMES[u] for _, u in s.words],
+        )
+        for s, spans in aligned(sentences)
+    ]
 
 
-def run_train_tagger(dataset: str, out_dir: str, max_steps: int = DEFAULT_TAGGER_MAX_STEPS, max_epochs: int = DEFAULT_TAGGER_MAX_EPOCHS,
-                 seed: int = 0, progress: bool = True) -> TaggerTrainResult:
+def run_train_tagger(
+    dataset: str,
+    out_dir: str,
+    max_steps: int = DEFAULT_TAGGER_MAX_STEPS,
+    max_epochs: int = DEFAULT_TAGGER_MAX_EPOCHS,
+    seed: int = 0,
+    progress: bool = True,
+) -> TaggerTrainResult:
     import spacy
     from spacy.tokens import DocBin
 
@@ -116,9 +132,14 @@ def _run_spacy_training(paths: dict, output: str, max_steps: int, max_epochs: in
     from spacy.training.loop import train as train_loop
 
     config = init_config(lang="en", pipeline=["morphologizer"], optimize="efficiency", gpu=False, silent=True)
-    overrides = {"paths.train": paths["train"], "paths.dev": paths["dev"], "training.max_steps": max_steps,
-                 "training.max_epochs": max_epochs, "system.seed": seed,
-                 "training.eval_frequency": max(1, min(200, max_steps // 5))}
+    overrides = {
+        "paths.train": paths["train"],
+        "paths.dev": paths["dev"],
+        "training.max_steps": max_steps,
+        "training.max_epochs": max_epochs,
+        "system.seed": seed,
+        "training.eval_frequency": max(1, min(200, max_steps // 5)),
+    }
     config = util.load_config_from_str(config.to_str(), overrides=overrides, interpolate=False)
     # spaCy's table of losses and scores goes to stderr (stdout is for data), or nowhere
     stream = sys.stderr if progress else open(os.devnull, "w")
@@ -155,14 +176,25 @@ def evaluate(tagger: SpacyTagger, sentences: list[Sentence], source: str = "held
     gold_right = sum(t.pos_ == g for doc, tags in zip(tagger.nlp.pipe(docs), gold) for t, g in zip(doc, tags))
     true, results, total = raw_text_pairs(tagger, sentences)
     raw_right = sum(r.upos == upos for r, upos in zip(results, true))
-    return {"gold_tokens": round(gold_right / total, 4) if total else None,
-            "raw_text": round(raw_right / total, 4) if total else None, "words": total,
-            "unlabelled": sum(r.status != "ok" for r in results),
-            "confusion": confusion_of(true, results, source).to_json()}
+    return {
+        "gold_tokens": round(gold_right / total, 4) if total else None,
+        "raw_text": round(raw_right / total, 4) if total else None,
+        "words": total,
+        "unlabelled": sum(r.status != "ok" for r in results),
+        "confusion": confusion_of(true, results, source).to_json(),
+    }
 
 
-def write_sidecar(out_dir: str, accuracy: dict, confusion: dict, sources: dict, n_train: int, max_steps: int,
-                  max_epochs: int, seed: int) -> str:
+def write_sidecar(
+    out_dir: str,
+    accuracy: dict,
+    confusion: dict,
+    sources: dict,
+    n_train: int,
+    max_steps: int,
+    max_epochs: int,
+    seed: int,
+) -> str:
     import json
 
     import spacy
@@ -170,10 +202,20 @@ def write_sidecar(out_dir: str, accuracy: dict, confusion: dict, sources: dict, 
     from .export import package_versions
 
     path = sidecar_path(out_dir)
-    meta = {"tagger": out_dir, "library": "spacy", "pipeline": ["tok2vec", "morphologizer"], "optimize": "efficiency",
-            "sources": sources, "train_sentences": n_train, "max_steps": max_steps, "max_epochs": max_epochs,
-            "seed": seed, "accuracy": accuracy, "confusion": confusion,
-            "package_versions": package_versions() | {"spacy": spacy.__version__}}
+    meta = {
+        "tagger": out_dir,
+        "library": "spacy",
+        "pipeline": ["tok2vec", "morphologizer"],
+        "optimize": "efficiency",
+        "sources": sources,
+        "train_sentences": n_train,
+        "max_steps": max_steps,
+        "max_epochs": max_epochs,
+        "seed": seed,
+        "accuracy": accuracy,
+        "confusion": confusion,
+        "package_versions": package_versions() | {"spacy": spacy.__version__},
+    }
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(meta, handle, indent=2)
         handle.write("\n")
@@ -188,12 +230,27 @@ def evaluate_tagger(tagger, dataset: str, split: str, progress: bool = False) ->
         raise DatasetError(f"{dataset} {split}: no sentence whose words all align with its text")
     right = sum(r.upos == upos for r, upos in zip(results, true))
     source = f"{dataset} {split}, raw text, tagger {tagger.spec}"
-    return ({"raw_text": round(right / total, 4), "words": total, "unlabelled": sum(r.status != "ok" for r in results),
-             "split": split, "dataset": dataset}, confusion_of(true, results, source))
+    return (
+        {
+            "raw_text": round(right / total, 4),
+            "words": total,
+            "unlabelled": sum(r.status != "ok" for r in results),
+            "split": split,
+            "dataset": dataset,
+        },
+        confusion_of(true, results, source),
+    )
 
 
-def run_evaluate_tagger(engine, tagger_spec: str, tagger_name: str | None, dataset: str, split: str,
-                        output: str | None = None, progress: bool = True):
+def run_evaluate_tagger(
+    engine,
+    tagger_spec: str,
+    tagger_name: str | None,
+    dataset: str,
+    split: str,
+    output: str | None = None,
+    progress: bool = True,
+):
     """Measure a tagger's confusion on a treebank's raw text, store it with the tagger (registered
     if new) and, with `output`, write it as JSON. -> (tagger name, accuracy, Confusion)"""
     import json

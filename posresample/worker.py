@@ -130,8 +130,15 @@ class Worker:
             if allowed == 0:
                 log.info("--max-jobs reached: stopping")
                 return
-            claimed = self._db(queue.claim_jobs, self.engine, self.id, allowed, self.opts.lease_seconds,
-                               self.opts.max_attempts, list(self._samplers))
+            claimed = self._db(
+                queue.claim_jobs,
+                self.engine,
+                self.id,
+                allowed,
+                self.opts.lease_seconds,
+                self.opts.max_attempts,
+                list(self._samplers),
+            )
             self.budget.give_back(allowed - len(claimed))
             pending = self._db(queue.pending, self.engine, self.opts.max_attempts)
             left = pending.todo + pending.running_live + pending.running_expired
@@ -178,7 +185,9 @@ class Worker:
         except Exception as exc:  # a job must not kill the worker: record the error on each job
             log.exception("sampling failed for jobs %s", [j.id for j in group])
             for job in group:
-                state = self._db(queue.fail_job, self.engine, job, self.id, f"{type(exc).__name__}: {exc}", self.opts.max_attempts)
+                state = self._db(
+                    queue.fail_job, self.engine, job, self.id, f"{type(exc).__name__}: {exc}", self.opts.max_attempts
+                )
                 self.failed += state == "failed"
             return
         for job, samples in zip(group, results):
@@ -187,8 +196,13 @@ class Worker:
 
     def _write(self, sampler, job: ClaimedJob, samples) -> None:
         rows = [
-            dict(sample_index=i, text=sampler.decode(s.token_ids), token_ids=s.token_ids,
-                 num_tokens=len(s.token_ids), finish_reason=s.finish_reason)
+            dict(
+                sample_index=i,
+                text=sampler.decode(s.token_ids),
+                token_ids=s.token_ids,
+                num_tokens=len(s.token_ids),
+                finish_reason=s.finish_reason,
+            )
             for i, s in enumerate(samples)
         ]
         try:
@@ -221,8 +235,11 @@ class Worker:
         def handle(signum, _frame):
             if self.stop_requested.is_set():
                 os._exit(128 + signum)  # second signal: leave now; the leases expire on their own
-            log.warning("%s: finishing the current batch (up to %.0fs), then stopping; signal again to quit now",
-                        signal.Signals(signum).name, self.opts.stop_grace)
+            log.warning(
+                "%s: finishing the current batch (up to %.0fs), then stopping; signal again to quit now",
+                signal.Signals(signum).name,
+                self.opts.stop_grace,
+            )
             self.request_stop()
 
         signal.signal(signal.SIGINT, handle)
@@ -231,9 +248,17 @@ class Worker:
     def _log_summary(self) -> None:
         avg = self.tokens / self.samples if self.samples else 0.0
         eos = self.eos / self.samples if self.samples else 0.0
-        log.info("worker %s: %d job(s) done, %d lost lease, %d failed; %d completions, "
-                 "average length %.2f tokens, EOS share %.1f%%", self.id, self.jobs_done, self.lost, self.failed,
-                 self.samples, avg, 100 * eos)
+        log.info(
+            "worker %s: %d job(s) done, %d lost lease, %d failed; %d completions, "
+            "average length %.2f tokens, EOS share %.1f%%",
+            self.id,
+            self.jobs_done,
+            self.lost,
+            self.failed,
+            self.samples,
+            avg,
+            100 * eos,
+        )
 
 
 def default_batch_jobs(device: str) -> int:
@@ -267,7 +292,9 @@ class SamplerChoice:
 
         log.info("loading %s on %s", model_name, self.device)
         model = load_model(model_name, torch.device(self.device), self.attn)
-        return Sampler(model, load_tokenizer(model_name), max_rows=self.max_rows, decode=self.decode, compile=self.compile)
+        return Sampler(
+            model, load_tokenizer(model_name), max_rows=self.max_rows, decode=self.decode, compile=self.compile
+        )
 
 
 def worker_device(device: str, fake: bool = False) -> str:

@@ -22,25 +22,55 @@ LAYER = 2  # the tiny model's layer the pipeline tests scan
 NUM_SAMPLES = 8  # continuations per prefix in the pipeline tests
 
 
-def seed_jobs(engine, n: int, num_samples: int = 96, max_new_tokens: int = 16, poison: tuple[int, ...] = (),
-              model: str = "fake", order: str = "random") -> list[int]:
+def seed_jobs(
+    engine,
+    n: int,
+    num_samples: int = 96,
+    max_new_tokens: int = 16,
+    poison: tuple[int, ...] = (),
+    model: str = "fake",
+    order: str = "random",
+) -> list[int]:
     """A scan with n fake candidates and one todo job each; candidates listed in `poison` carry POISON_TOKEN.
     Returns the job ids in the order claims take them (priority, then id)."""
     params = GenerationParams(model=model, num_samples=num_samples, max_new_tokens=max_new_tokens)
-    identity = dict(dataset="fake", split="validation", model="fake", layer=1, probe_sha256="0" * 64,
-                    threshold=0.95, excluded_labels=[], dtype="float32", attn="eager")
+    identity = dict(
+        dataset="fake",
+        split="validation",
+        model="fake",
+        layer=1,
+        probe_sha256="0" * 64,
+        threshold=0.95,
+        excluded_labels=[],
+        dtype="float32",
+        attn="eager",
+    )
     extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=n)
-    scan, pid = scan_store.open_scan(engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60, order=order)
+    scan, pid = scan_store.open_scan(
+        engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60, order=order
+    )
     scan_store.release_scan_lease(engine, scan["id"], "seed_jobs")
     rows = [
-        dict(dataset_idx=i, sent_id=str(i), sentence_text=f"sentence {i}", target_position=1, target_token_id=7,
-             target_token="x", prefix_text="x", prefix_token_ids=[2, POISON_TOKEN if i in poison else 7],
-             true_label=0, true_label_name="NOUN", probe_probs=[0.5, 0.5], probe_pred=0, probe_pred_name="NOUN",
-             probe_max_prob=0.5)
+        dict(
+            dataset_idx=i,
+            sent_id=str(i),
+            sentence_text=f"sentence {i}",
+            target_position=1,
+            target_token_id=7,
+            target_token="x",
+            prefix_text="x",
+            prefix_token_ids=[2, POISON_TOKEN if i in poison else 7],
+            true_label=0,
+            true_label_name="NOUN",
+            probe_probs=[0.5, 0.5],
+            probe_pred=0,
+            probe_pred_name="NOUN",
+            probe_max_prob=0.5,
+        )
         for i in range(n)
     ]
     for start in range(0, n, 1000):
-        scan_store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0)
+        scan_store.save_scan_batch(engine, scan["id"], pid, rows[start : start + 1000], min(start + 1000, n), 0, 0)
     with db.read(engine) as conn:
         return list(conn.execute(select(jobs.c.id).order_by(jobs.c.priority, jobs.c.id)).scalars())
 
@@ -54,8 +84,11 @@ def completion_stats(engine) -> tuple[int, int, int]:
     """(completion rows, distinct (job, sample_index) pairs, jobs that have any rows)."""
     with db.read(engine) as conn:
         total = conn.execute(select(func.count()).select_from(completions)).scalar_one()
-        distinct = conn.execute(select(func.count()).select_from(
-            select(completions.c.job_id, completions.c.sample_index).distinct().subquery())).scalar_one()
+        distinct = conn.execute(
+            select(func.count()).select_from(
+                select(completions.c.job_id, completions.c.sample_index).distinct().subquery()
+            )
+        ).scalar_one()
         per_job = conn.execute(select(func.count(func.distinct(completions.c.job_id)))).scalar_one()
     return total, distinct, per_job
 
@@ -63,9 +96,12 @@ def completion_stats(engine) -> tuple[int, int, int]:
 def samples_per_done_job(engine) -> set[int]:
     with db.read(engine) as conn:
         counts = conn.execute(
-            select(func.count(completions.c.id)).select_from(jobs)
+            select(func.count(completions.c.id))
+            .select_from(jobs)
             .outerjoin(completions, completions.c.job_id == jobs.c.id)
-            .where(jobs.c.state == "done").group_by(jobs.c.id)).scalars()
+            .where(jobs.c.state == "done")
+            .group_by(jobs.c.id)
+        ).scalars()
         return set(counts)
 
 
@@ -80,8 +116,12 @@ def cli_cmd(*args: str) -> list[str]:
 
 def start_worker(db_url: str, *args: str, log_path: Path | None = None, env: dict | None = None) -> subprocess.Popen:
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-    return subprocess.Popen(cli_cmd("worker", "--db", db_url, "--no-progress", *args), stdout=out, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
+    return subprocess.Popen(
+        cli_cmd("worker", "--db", db_url, "--no-progress", *args),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+    )
 
 
 def assert_samples_agree(a: list[list[list[int]]], b: list[list[list[int]]], max_share: float = 0.005) -> None:
@@ -111,26 +151,74 @@ def seed_labelled(engine, true_dists, probe_dists, classes, num_samples: int = 9
         cand_ids = list(conn.execute(select(candidates.c.id).order_by(candidates.c.id)).scalars())
         for cid, probs, truth in zip(cand_ids, probe_dists, true_dists):
             pred = classes[int(np.argmax(probs))]
-            conn.execute(update(candidates).where(candidates.c.id == cid).values(
-                probe_probs=[float(x) for x in probs], probe_pred=pred, probe_pred_name=UPOS_NAMES[pred],
-                probe_max_prob=float(np.max(probs)), sentence_text=f"x sentence {cid}", true_label=int(np.argmax(truth)), true_label_name=UPOS_NAMES[int(np.argmax(truth))]))
+            conn.execute(
+                update(candidates)
+                .where(candidates.c.id == cid)
+                .values(
+                    probe_probs=[float(x) for x in probs],
+                    probe_pred=pred,
+                    probe_pred_name=UPOS_NAMES[pred],
+                    probe_max_prob=float(np.max(probs)),
+                    sentence_text=f"x sentence {cid}",
+                    true_label=int(np.argmax(truth)),
+                    true_label_name=UPOS_NAMES[int(np.argmax(truth))],
+                )
+            )
         conn.execute(update(jobs).values(state="done", attempt=1))
         job_of = dict(conn.execute(select(jobs.c.candidate_id, jobs.c.id)).all())
-        tagger_id = conn.execute(insert(taggers).values(
-            name="synthetic", spec="synthetic:", identity_key="synthetic", library="none", library_version="0",
-            created_at=0.0).returning(taggers.c.id)).scalar_one()
+        tagger_id = conn.execute(
+            insert(taggers)
+            .values(
+                name="synthetic",
+                spec="synthetic:",
+                identity_key="synthetic",
+                library="none",
+                library_version="0",
+                created_at=0.0,
+            )
+            .returning(taggers.c.id)
+        ).scalar_one()
         comp_rows, label_upos = [], []
         for cid, truth in zip(cand_ids, true_dists):
             for i, upos in enumerate(rng.choice(len(truth), size=num_samples, p=truth)):
-                comp_rows.append(dict(job_id=job_of[cid], sample_index=i, text=f"c{i}", token_ids=[5],
-                                      num_tokens=1, finish_reason="length", attempt=1))
+                comp_rows.append(
+                    dict(
+                        job_id=job_of[cid],
+                        sample_index=i,
+                        text=f"c{i}",
+                        token_ids=[5],
+                        num_tokens=1,
+                        finish_reason="length",
+                        attempt=1,
+                    )
+                )
                 label_upos.append(int(upos))
-        ids = conn.execute(insert(completions).returning(completions.c.id, sort_by_parameter_order=True), comp_rows).scalars().all()
-        conn.execute(insert(labels), [dict(completion_id=c, tagger_id=tagger_id, upos=u, upos_name=UPOS_NAMES[u],
-                                            word="w", status="ok") for c, u in zip(ids, label_upos)])
-        conn.execute(insert(candidate_labels), [dict(candidate_id=cid, tagger_id=tagger_id, upos=int(np.argmax(t)),
-                                                     upos_name=UPOS_NAMES[int(np.argmax(t))], word="w", status="ok")
-                                                for cid, t in zip(cand_ids, true_dists)])
+        ids = (
+            conn.execute(insert(completions).returning(completions.c.id, sort_by_parameter_order=True), comp_rows)
+            .scalars()
+            .all()
+        )
+        conn.execute(
+            insert(labels),
+            [
+                dict(completion_id=c, tagger_id=tagger_id, upos=u, upos_name=UPOS_NAMES[u], word="w", status="ok")
+                for c, u in zip(ids, label_upos)
+            ],
+        )
+        conn.execute(
+            insert(candidate_labels),
+            [
+                dict(
+                    candidate_id=cid,
+                    tagger_id=tagger_id,
+                    upos=int(np.argmax(t)),
+                    upos_name=UPOS_NAMES[int(np.argmax(t))],
+                    word="w",
+                    status="ok",
+                )
+                for cid, t in zip(cand_ids, true_dists)
+            ],
+        )
 
 
 def lock_timeout_engine(url: str, seconds: int = 2):
@@ -162,8 +250,12 @@ def wait_for(predicate, timeout=TIMEOUT, what="condition"):
 def running_job_of(engine, pid):
     """The id of a job currently leased by the worker process `pid`, or None."""
     with db.read(engine) as conn:
-        return conn.execute(select(jobs.c.id).join(workers, workers.c.id == jobs.c.lease_owner)
-                            .where(workers.c.pid == pid, jobs.c.state == "running").limit(1)).scalar()
+        return conn.execute(
+            select(jobs.c.id)
+            .join(workers, workers.c.id == jobs.c.lease_owner)
+            .where(workers.c.pid == pid, jobs.c.state == "running")
+            .limit(1)
+        ).scalar()
 
 
 def outage(engine, db_url):
@@ -188,6 +280,7 @@ def outage(engine, db_url):
         with admin.connect() as conn:
             conn.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         admin.dispose()
+
     return end
 
 
@@ -201,8 +294,19 @@ def scan_options(tiny_dir, probe, dataset, **kw):
     from posresample.scan import ScanOptions
 
     params = GenerationParams(model=tiny_dir, num_samples=NUM_SAMPLES, max_new_tokens=6)
-    base = dict(probe=probe, dataset=dataset, split="validation", model=tiny_dir, layer=LAYER, threshold=0.95,
-                exclude=parse_label_list("_,SYM,INTJ"), params=params, name="t", device="cpu", batch_size=5)
+    base = dict(
+        probe=probe,
+        dataset=dataset,
+        split="validation",
+        model=tiny_dir,
+        layer=LAYER,
+        threshold=0.95,
+        exclude=parse_label_list("_,SYM,INTJ"),
+        params=params,
+        name="t",
+        device="cpu",
+        batch_size=5,
+    )
     base.update(kw)
     return ScanOptions(**base)
 
@@ -211,7 +315,9 @@ def run_tiny_worker(engine, tiny_model, tokenizer):
     from posresample.sampling.sampler import Sampler
     from posresample.worker import Worker, WorkerOptions
 
-    w = Worker(engine, lambda _name: Sampler(tiny_model, tokenizer), WorkerOptions(device="cpu", batch_jobs=6, progress=False))
+    w = Worker(
+        engine, lambda _name: Sampler(tiny_model, tokenizer), WorkerOptions(device="cpu", batch_jobs=6, progress=False)
+    )
     w.run()
     return w
 

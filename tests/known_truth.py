@@ -21,15 +21,63 @@ import numpy as np
 from posresample.data import UPOS_IDS, UPOS_NAMES, K
 
 PROBE_CLASSES = [0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 17]
-ROW_WORDS = dict(NOUN=4100, PUNCT=3000, VERB=2600, PRON=2200, ADP=2000, DET=1900, PROPN=1900, ADJ=1800, AUX=1500,
-                 ADV=1200, CCONJ=800, PART=600, NUM=400, SCONJ=400, X=150, SYM=100, INTJ=120)
-ACCURACY = dict(NOUN=0.93, PUNCT=0.99, VERB=0.92, PRON=0.97, ADP=0.95, DET=0.97, PROPN=0.85, ADJ=0.88, AUX=0.96,
-                ADV=0.88, CCONJ=0.99, PART=0.93, NUM=0.95, SCONJ=0.75, X=0.4, SYM=0.7, INTJ=0.8)
-CONFUSED_WITH = dict(NOUN=("PROPN", "ADJ", "VERB"), VERB=("NOUN", "AUX", "ADJ"), PRON=("DET", "PROPN"),
-                     ADP=("SCONJ", "ADV", "PART"), DET=("PRON", "ADV"), PROPN=("NOUN", "ADJ", "X"),
-                     ADJ=("NOUN", "VERB", "ADV", "PROPN"), AUX=("VERB",), ADV=("ADJ", "ADP", "SCONJ"), CCONJ=("ADV",),
-                     PART=("ADP", "ADV"), NUM=("NOUN", "PROPN"), SCONJ=("ADP", "ADV"), X=("NOUN", "PROPN", "INTJ"),
-                     SYM=("PUNCT", "NOUN"), INTJ=("PROPN", "NOUN", "X"), PUNCT=("SYM",))
+ROW_WORDS = dict(
+    NOUN=4100,
+    PUNCT=3000,
+    VERB=2600,
+    PRON=2200,
+    ADP=2000,
+    DET=1900,
+    PROPN=1900,
+    ADJ=1800,
+    AUX=1500,
+    ADV=1200,
+    CCONJ=800,
+    PART=600,
+    NUM=400,
+    SCONJ=400,
+    X=150,
+    SYM=100,
+    INTJ=120,
+)
+ACCURACY = dict(
+    NOUN=0.93,
+    PUNCT=0.99,
+    VERB=0.92,
+    PRON=0.97,
+    ADP=0.95,
+    DET=0.97,
+    PROPN=0.85,
+    ADJ=0.88,
+    AUX=0.96,
+    ADV=0.88,
+    CCONJ=0.99,
+    PART=0.93,
+    NUM=0.95,
+    SCONJ=0.75,
+    X=0.4,
+    SYM=0.7,
+    INTJ=0.8,
+)
+CONFUSED_WITH = dict(
+    NOUN=("PROPN", "ADJ", "VERB"),
+    VERB=("NOUN", "AUX", "ADJ"),
+    PRON=("DET", "PROPN"),
+    ADP=("SCONJ", "ADV", "PART"),
+    DET=("PRON", "ADV"),
+    PROPN=("NOUN", "ADJ", "X"),
+    ADJ=("NOUN", "VERB", "ADV", "PROPN"),
+    AUX=("VERB",),
+    ADV=("ADJ", "ADP", "SCONJ"),
+    CCONJ=("ADV",),
+    PART=("ADP", "ADV"),
+    NUM=("NOUN", "PROPN"),
+    SCONJ=("ADP", "ADV"),
+    X=("NOUN", "PROPN", "INTJ"),
+    SYM=("PUNCT", "NOUN"),
+    INTJ=("PROPN", "NOUN", "X"),
+    PUNCT=("SYM",),
+)
 _WEIGHTS = np.array([ROW_WORDS.get(n, 0) for n in UPOS_NAMES], float)[PROBE_CLASSES]
 CLASS_FREQUENCY = _WEIGHTS / _WEIGHTS.sum()  # a reading's class, by treebank frequency
 
@@ -99,8 +147,15 @@ class Study:
     measured: np.ndarray  # [K, K] counts of a treebank measurement of it
 
 
-def draw_study(n: int, rng: np.random.Generator, num_samples: int = 96, calibrated: bool = False,
-               truth: np.ndarray | None = None, probe: np.ndarray | None = None, confusion: np.ndarray | None = None) -> Study:
+def draw_study(
+    n: int,
+    rng: np.random.Generator,
+    num_samples: int = 96,
+    calibrated: bool = False,
+    truth: np.ndarray | None = None,
+    probe: np.ndarray | None = None,
+    confusion: np.ndarray | None = None,
+) -> Study:
     """A study of n candidates; `calibrated`: the probe is the truth. Any part can be given."""
     C = tagger_confusion() if confusion is None else confusion
     if truth is None:
@@ -128,10 +183,14 @@ def truth_values(truth: np.ndarray, probe: np.ndarray) -> dict:
     ambiguous = ordered[:, -2] >= 0.10
     dominant = (ordered[:, -1] >= 0.90) & ~ambiguous
     agrees = truth.argmax(1) == probe.argmax(1)
-    return {"tv": float(0.5 * np.abs(truth - probe).sum(1).mean()),
-            "genuinely_ambiguous": float(ambiguous.mean()), "probe_underconfident": float((dominant & agrees).mean()),
-            "probe_wrong": float((dominant & ~agrees).mean()), "undetermined": float((~ambiguous & ~dominant).mean()),
-            "majority_is_probe_argmax": float(agrees.mean())}
+    return {
+        "tv": float(0.5 * np.abs(truth - probe).sum(1).mean()),
+        "genuinely_ambiguous": float(ambiguous.mean()),
+        "probe_underconfident": float((dominant & agrees).mean()),
+        "probe_wrong": float((dominant & ~agrees).mean()),
+        "undetermined": float((~ambiguous & ~dominant).mean()),
+        "majority_is_probe_argmax": float(agrees.mean()),
+    }
 
 
 def planted_verdicts(truth: np.ndarray, probe: np.ndarray) -> list[str]:
@@ -147,8 +206,14 @@ def planted_verdicts(truth: np.ndarray, probe: np.ndarray) -> list[str]:
     return out
 
 
-def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: str = "known",
-                texts: bool = True, sampled: int | None = None) -> None:
+def write_study(
+    engine,
+    study: Study,
+    tagger_counts: np.ndarray | None,
+    name: str = "known",
+    texts: bool = True,
+    sampled: int | None = None,
+) -> None:
     """The study as a database, through the project's own statements: a scan and its candidates
     (store), each job claimed and completed (queue), the tagger registered with its measured
     confusion and every completion labelled (label_store). Completions are ~70-character texts.
@@ -160,21 +225,44 @@ def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: st
 
     n, num_samples = study.labels.shape
     params = GenerationParams(model="/nonexistent/synthetic-model", num_samples=num_samples, max_new_tokens=16)
-    identity = dict(dataset="synthetic", split="validation", model="synthetic", layer=12, probe_sha256="0" * 64,
-                    threshold=0.95, excluded_labels=[UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]],
-                    dtype="float32", attn="eager")
+    identity = dict(
+        dataset="synthetic",
+        split="validation",
+        model="synthetic",
+        layer=12,
+        probe_sha256="0" * 64,
+        threshold=0.95,
+        excluded_labels=[UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]],
+        dtype="float32",
+        attn="eager",
+    )
     extra = dict(probe_path="probe.joblib", probe_classes=PROBE_CLASSES, sentences_total=n)
     scan, pid = scan_store.open_scan(engine, name, identity, extra, params, owner="known-truth", lease_seconds=600)
     rows = []
     for i, (pi, q) in enumerate(zip(study.truth, study.probe)):
         pred = int(q.argmax())
-        rows.append(dict(dataset_idx=i, sent_id=f"known-{i}", sentence_text=f"the sentence of candidate {i} goes on here .",
-                         target_position=4, target_token_id=7, target_token=" of", prefix_text="the sentence of",
-                         prefix_token_ids=[2, 5, 6, 7], true_label=int(pi.argmax()), true_label_name=UPOS_NAMES[int(pi.argmax())],
-                         probe_probs=[float(x) for x in q[PROBE_CLASSES]], probe_pred=pred, probe_pred_name=UPOS_NAMES[pred],
-                         probe_max_prob=float(q.max())))
+        rows.append(
+            dict(
+                dataset_idx=i,
+                sent_id=f"known-{i}",
+                sentence_text=f"the sentence of candidate {i} goes on here .",
+                target_position=4,
+                target_token_id=7,
+                target_token=" of",
+                prefix_text="the sentence of",
+                prefix_token_ids=[2, 5, 6, 7],
+                true_label=int(pi.argmax()),
+                true_label_name=UPOS_NAMES[int(pi.argmax())],
+                probe_probs=[float(x) for x in q[PROBE_CLASSES]],
+                probe_pred=pred,
+                probe_pred_name=UPOS_NAMES[pred],
+                probe_max_prob=float(q.max()),
+            )
+        )
     for start in range(0, n, 1000):
-        scan_store.save_scan_batch(engine, scan["id"], pid, rows[start:start + 1000], min(start + 1000, n), 0, 0, owner="known-truth")
+        scan_store.save_scan_batch(
+            engine, scan["id"], pid, rows[start : start + 1000], min(start + 1000, n), 0, 0, owner="known-truth"
+        )
     scan_store.finish_scan(engine, scan["id"])
     scan_store.release_scan_lease(engine, scan["id"], "known-truth")
     queue.register_worker(engine, "known:1:truth", "cpu", 600)
@@ -183,23 +271,51 @@ def write_study(engine, study: Study, tagger_counts: np.ndarray | None, name: st
     while left > 0 and (claimed := queue.claim_jobs(engine, "known:1:truth", min(256, left), 600, 3)):
         left -= len(claimed)
         for job in claimed:
-            queue.complete_job(engine, job, "known:1:truth", [
-                dict(sample_index=s, text=text.format(i=s), token_ids=[5 + s % 7] * 16, num_tokens=16, finish_reason="length")
-                for s in range(num_samples)])
-    confusion = None if tagger_counts is None else Confusion(tagger_counts, "known truth: a treebank-sized sample").to_json()
-    tagger_id = label_store.register_tagger(engine, {"name": "known", "spec": "known:", "library": "synthetic",
-                                                    "library_version": "0", "confusion": confusion})
+            queue.complete_job(
+                engine,
+                job,
+                "known:1:truth",
+                [
+                    dict(
+                        sample_index=s,
+                        text=text.format(i=s),
+                        token_ids=[5 + s % 7] * 16,
+                        num_tokens=16,
+                        finish_reason="length",
+                    )
+                    for s in range(num_samples)
+                ],
+            )
+    confusion = (
+        None if tagger_counts is None else Confusion(tagger_counts, "known truth: a treebank-sized sample").to_json()
+    )
+    tagger_id = label_store.register_tagger(
+        engine,
+        {"name": "known", "spec": "known:", "library": "synthetic", "library_version": "0", "confusion": confusion},
+    )
     job_of = _jobs_by_candidate(engine, scan["id"])
     while jobs := label_store.claim_label_jobs(engine, tagger_id, "known:2:label", 256, 600, scan["id"]):
         label_rows = []
         for completion_id, candidate_index, sample in _completions(engine, jobs, job_of):
             upos = int(study.labels[candidate_index, sample])
-            label_rows.append(dict(completion_id=completion_id, upos=upos, upos_name=UPOS_NAMES[upos], tag=None, word="of",
-                                   status="ok"))
+            label_rows.append(
+                dict(
+                    completion_id=completion_id, upos=upos, upos_name=UPOS_NAMES[upos], tag=None, word="of", status="ok"
+                )
+            )
         label_store.write_labels(engine, tagger_id, "known:2:label", jobs, label_rows)
-    originals = [dict(candidate_id=cid, upos=int(study.truth[i].argmax()), upos_name=UPOS_NAMES[int(study.truth[i].argmax())],
-                      tag=None, word="of", status="ok") for i, cid in enumerate(sorted(job_of))
-                 if sampled is None or _is_done(engine, job_of[cid])]
+    originals = [
+        dict(
+            candidate_id=cid,
+            upos=int(study.truth[i].argmax()),
+            upos_name=UPOS_NAMES[int(study.truth[i].argmax())],
+            tag=None,
+            word="of",
+            status="ok",
+        )
+        for i, cid in enumerate(sorted(job_of))
+        if sampled is None or _is_done(engine, job_of[cid])
+    ]
     label_store.write_candidate_labels(engine, tagger_id, originals)
 
 
@@ -220,8 +336,13 @@ def _jobs_by_candidate(engine, scan_id: int) -> dict[int, int]:
     from posresample.schema import candidates, jobs
 
     with db.read(engine) as conn:
-        return dict(conn.execute(select(candidates.c.id, jobs.c.id).join(jobs, jobs.c.candidate_id == candidates.c.id)
-                                 .where(candidates.c.scan_id == scan_id)).all())
+        return dict(
+            conn.execute(
+                select(candidates.c.id, jobs.c.id)
+                .join(jobs, jobs.c.candidate_id == candidates.c.id)
+                .where(candidates.c.scan_id == scan_id)
+            ).all()
+        )
 
 
 def _completions(engine, job_ids: list[int], job_of: dict[int, int]):
@@ -232,7 +353,10 @@ def _completions(engine, job_ids: list[int], job_of: dict[int, int]):
     from posresample.schema import candidates, completions, jobs
 
     with db.read(engine) as conn:
-        rows = conn.execute(select(completions.c.id, candidates.c.dataset_idx, completions.c.sample_index)
-                            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-                            .where(completions.c.job_id.in_(job_ids))).all()
+        rows = conn.execute(
+            select(completions.c.id, candidates.c.dataset_idx, completions.c.sample_index)
+            .join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(completions.c.job_id.in_(job_ids))
+        ).all()
     return rows

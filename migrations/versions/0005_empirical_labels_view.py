@@ -7,12 +7,13 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-28 16:40:00
 """
+
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = '0005'
-down_revision: str | None = '0004'
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -12,35 +12,43 @@ Revision ID: 0006
 Revises: 0005
 Create Date: 2026-12-01 23:30:00
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = '0006'
-down_revision: str | None = '0005'
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-JSONType = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql')
+JSONType = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
 
 
 def upgrade() -> None:
     # ADD COLUMN and CREATE INDEX are native on SQLite: no table copy (a copy of taggers would
     # cascade-delete its labels under foreign_keys=ON)
-    op.add_column('taggers', sa.Column('confusion', JSONType, nullable=True))
-    op.execute("UPDATE taggers SET name = name || '-' || CAST(id AS VARCHAR(20)) "
-               "WHERE id NOT IN (SELECT MIN(id) FROM taggers GROUP BY name)")
-    op.create_index('ix_taggers_name', 'taggers', ['name'], unique=True)
-    op.create_index('ix_jobs_params_id_state', 'jobs', ['params_id', 'state'])
+    op.add_column("taggers", sa.Column("confusion", JSONType, nullable=True))
+    op.execute(
+        "UPDATE taggers SET name = name || '-' || CAST(id AS VARCHAR(20)) "
+        "WHERE id NOT IN (SELECT MIN(id) FROM taggers GROUP BY name)"
+    )
+    op.create_index("ix_taggers_name", "taggers", ["name"], unique=True)
+    op.create_index("ix_jobs_params_id_state", "jobs", ["params_id", "state"])
     unfinished = sa.text("state IN ('todo', 'running')")
-    op.create_index('ix_jobs_unfinished', 'jobs', ['state', 'attempt', 'lease_expires_at'],
-                    sqlite_where=unfinished, postgresql_where=unfinished)
+    op.create_index(
+        "ix_jobs_unfinished",
+        "jobs",
+        ["state", "attempt", "lease_expires_at"],
+        sqlite_where=unfinished,
+        postgresql_where=unfinished,
+    )
 
 
 def downgrade() -> None:
-    op.drop_index('ix_jobs_unfinished', table_name='jobs')
-    op.drop_index('ix_jobs_params_id_state', table_name='jobs')
-    op.drop_index('ix_taggers_name', table_name='taggers')
-    op.drop_column('taggers', 'confusion')
+    op.drop_index("ix_jobs_unfinished", table_name="jobs")
+    op.drop_index("ix_jobs_params_id_state", table_name="jobs")
+    op.drop_index("ix_taggers_name", table_name="taggers")
+    op.drop_column("taggers", "confusion")

@@ -9,24 +9,25 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-07 03:30:00
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0008'
-down_revision: str | None = '0007'
+revision: str = "0008"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
     # ADD COLUMN is native on SQLite: no table copy (a copy of scans would cascade-delete its candidates)
-    op.add_column('scans', sa.Column('job_order', sa.String(20), nullable=True))
-    op.add_column('scans', sa.Column('order_seed', sa.BigInteger(), nullable=True))
+    op.add_column("scans", sa.Column("job_order", sa.String(20), nullable=True))
+    op.add_column("scans", sa.Column("order_seed", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('scans') as batch_op:
-        batch_op.drop_column('order_seed')
-        batch_op.drop_column('job_order')
+    with op.batch_alter_table("scans") as batch_op:
+        batch_op.drop_column("order_seed")
+        batch_op.drop_column("job_order")

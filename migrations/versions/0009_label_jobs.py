@@ -12,13 +12,14 @@ Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-07 07:00:00
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0009'
-down_revision: str | None = '0008'
+revision: str = "0009"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -26,33 +27,38 @@ TODO = sa.text("labelled_at IS NULL")
 
 
 def upgrade() -> None:
-    op.drop_table('label_leases')
+    op.drop_table("label_leases")
     op.create_table(
-        'label_jobs',
-        sa.Column('job_id', sa.Integer(), nullable=False),
-        sa.Column('tagger_id', sa.Integer(), nullable=False),
-        sa.Column('scan_id', sa.Integer(), nullable=False),
-        sa.Column('owner', sa.String(length=200), nullable=True),
-        sa.Column('expires_at', sa.Float(), nullable=True),
-        sa.Column('labelled_at', sa.Float(), nullable=True),
-        sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_label_jobs_job_id_jobs'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['tagger_id'], ['taggers.id'], name=op.f('fk_label_jobs_tagger_id_taggers'), ondelete='CASCADE'),
-        sa.PrimaryKeyConstraint('job_id', 'tagger_id', name=op.f('pk_label_jobs')),
+        "label_jobs",
+        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("tagger_id", sa.Integer(), nullable=False),
+        sa.Column("scan_id", sa.Integer(), nullable=False),
+        sa.Column("owner", sa.String(length=200), nullable=True),
+        sa.Column("expires_at", sa.Float(), nullable=True),
+        sa.Column("labelled_at", sa.Float(), nullable=True),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_label_jobs_job_id_jobs"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["tagger_id"], ["taggers.id"], name=op.f("fk_label_jobs_tagger_id_taggers"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("job_id", "tagger_id", name=op.f("pk_label_jobs")),
     )
-    op.create_index('ix_label_jobs_todo', 'label_jobs', ['tagger_id', 'scan_id', 'job_id'],
-                    sqlite_where=TODO, postgresql_where=TODO)
+    op.create_index(
+        "ix_label_jobs_todo", "label_jobs", ["tagger_id", "scan_id", "job_id"], sqlite_where=TODO, postgresql_where=TODO
+    )
 
 
 def downgrade() -> None:
-    op.drop_index('ix_label_jobs_todo', table_name='label_jobs')
-    op.drop_table('label_jobs')
+    op.drop_index("ix_label_jobs_todo", table_name="label_jobs")
+    op.drop_table("label_jobs")
     op.create_table(
-        'label_leases',
-        sa.Column('job_id', sa.Integer(), nullable=False),
-        sa.Column('tagger_id', sa.Integer(), nullable=False),
-        sa.Column('owner', sa.String(length=200), nullable=False),
-        sa.Column('expires_at', sa.Float(), nullable=False),
-        sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_label_leases_job_id_jobs'), ondelete='CASCADE'),
-        sa.ForeignKeyConstraint(['tagger_id'], ['taggers.id'], name=op.f('fk_label_leases_tagger_id_taggers'), ondelete='CASCADE'),
-        sa.PrimaryKeyConstraint('job_id', 'tagger_id', name=op.f('pk_label_leases')),
+        "label_leases",
+        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("tagger_id", sa.Integer(), nullable=False),
+        sa.Column("owner", sa.String(length=200), nullable=False),
+        sa.Column("expires_at", sa.Float(), nullable=False),
+        sa.ForeignKeyConstraint(["job_id"], ["jobs.id"], name=op.f("fk_label_leases_job_id_jobs"), ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["tagger_id"], ["taggers.id"], name=op.f("fk_label_leases_tagger_id_taggers"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("job_id", "tagger_id", name=op.f("pk_label_leases")),
     )

@@ -122,8 +122,9 @@ def order_candidates(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Ten
     return scores.gather(-1, by_score), ids.gather(-1, by_score)
 
 
-def nucleus(sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float, complete: bool = False,
-            margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def nucleus(
+    sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float, complete: bool = False, margin: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-p, top-down, on candidates in the defined order: (kept probabilities [R, C] float64, fits [R]).
 
     A token is dropped when the mass ranked strictly above it is >= top_p (HF's rule); the top token
@@ -273,17 +274,21 @@ FUSED_ON_CPU = os.environ.get("POSRESAMPLE_FUSED_LSE", "1") != "0"  # 0: torch's
 def _disable_fused(exc: Exception) -> None:
     global FUSED_ON_CPU
     FUSED_ON_CPU = False
-    logging.getLogger(__name__).warning("torch.compile of the sampler's normaliser failed (%s): using eager ops",
-                                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    logging.getLogger(__name__).warning(
+        "torch.compile of the sampler's normaliser failed (%s): using eager ops",
+        str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+    )
 
 
-def _kept(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None, prefilter: int,
-          wide_prefilter: int):
+def _kept(
+    logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None, prefilter: int, wide_prefilter: int
+):
     """Yield (row indices, or None for all rows; token ids [r, C] or None for the whole vocabulary;
     kept probabilities [r, C or V]), deciding each row in the first tier that can."""
     if top_k is not None:  # top-k's k-th score needs the divided row: the full path
-        yield from _kept_scores(apply_temperature_top_k(logits, temperature, top_k), top_p, top_k, prefilter,
-                                wide_prefilter)
+        yield from _kept_scores(
+            apply_temperature_top_k(logits, temperature, top_k), top_p, top_k, prefilter, wide_prefilter
+        )
         return
     logits = logits.float()
     n_rows, vocab = logits.shape
@@ -308,8 +313,14 @@ def _kept(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | N
             yield rest if which is None else rest[which], tier_ids, probs
 
 
-def _kept_scores(scores: torch.Tensor, top_p: float, top_k: int | None, prefilter: int, wide_prefilter: int,
-                 lse: torch.Tensor | None = None):
+def _kept_scores(
+    scores: torch.Tensor,
+    top_p: float,
+    top_k: int | None,
+    prefilter: int,
+    wide_prefilter: int,
+    lse: torch.Tensor | None = None,
+):
     """_kept on divided scores [R, V] (top-k applied): the tiers by topk, then bottom-up, then a full sort."""
     n_rows, vocab = scores.shape
     chunk = max(1, FALLBACK_ELEMENTS // vocab)
@@ -347,9 +358,15 @@ def _kept_scores(scores: torch.Tensor, top_p: float, top_k: int | None, prefilte
             yield rest, all_ids, nucleus(all_scores, lse[rest], top_p, complete=True)[0]
 
 
-def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, top_p: float,
-                  top_k: int | None = None, prefilter: int = DEFAULT_PREFILTER,
-                  wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
+def sample_tokens(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    top_k: int | None = None,
+    prefilter: int = DEFAULT_PREFILTER,
+    wide_prefilter: int = WIDE_PREFILTER,
+) -> torch.Tensor:
     """Draw one token per row from logits [R, V] with per-row noise hashes `rows` [R] -> [R]."""
     vocab = logits.shape[-1]
     chosen = torch.empty(len(logits), dtype=torch.long, device=logits.device)
@@ -362,8 +379,14 @@ def sample_tokens(logits: torch.Tensor, rows: torch.Tensor, temperature: float, 
     return chosen
 
 
-def processed_probs(logits: torch.Tensor, temperature: float, top_p: float, top_k: int | None = None,
-                    prefilter: int = DEFAULT_PREFILTER, wide_prefilter: int = WIDE_PREFILTER) -> torch.Tensor:
+def processed_probs(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    top_k: int | None = None,
+    prefilter: int = DEFAULT_PREFILTER,
+    wide_prefilter: int = WIDE_PREFILTER,
+) -> torch.Tensor:
     """The distribution sample_tokens draws from, dense [R, V]: for tests against HF's warpers."""
     dense = torch.zeros(logits.shape, dtype=torch.float64, device=logits.device)
     for which, ids, probs in _kept(logits, temperature, top_p, top_k, prefilter, wide_prefilter):

@@ -55,13 +55,23 @@ def _inductor_step():
 class SharedPrefixDecoder:
     """Decode state for one chunk: prefix KV [G, KV, L, D] per layer, generated KV [G, S, KV, T, D]."""
 
-    def __init__(self, model, prefix_cache, prefix_mask: torch.Tensor, prefix_positions: torch.Tensor,
-                 samples_per_group: int, max_steps: int, compile: str = "off"):
+    def __init__(
+        self,
+        model,
+        prefix_cache,
+        prefix_mask: torch.Tensor,
+        prefix_positions: torch.Tensor,
+        samples_per_group: int,
+        max_steps: int,
+        compile: str = "off",
+    ):
         check_compile_mode(compile, prefix_mask.device)
         if not supports(model, prefix_mask.shape[1], max_steps + 1):
-            raise ValueError(f"the shared-prefix step takes Gemma 2 only, with prefix + new tokens "
-                             f"({prefix_mask.shape[1]} + {max_steps + 1}) inside the sliding window "
-                             f"({getattr(model.config, 'sliding_window', None)})")
+            raise ValueError(
+                f"the shared-prefix step takes Gemma 2 only, with prefix + new tokens "
+                f"({prefix_mask.shape[1]} + {max_steps + 1}) inside the sliding window "
+                f"({getattr(model.config, 'sliding_window', None)})"
+            )
         cfg = model.config
         self.model = model
         self.compile = compile
@@ -72,16 +82,29 @@ class SharedPrefixDecoder:
         self.row_pos = (prefix_positions[:, -1] + 1).repeat_interleave(samples_per_group)  # [R] at step 0
         dtype, device = self.prefix_k[0].dtype, self.prefix_k[0].device
         self.slots = max(max_steps, 1)
-        shape = (self.groups, samples_per_group, cfg.num_key_value_heads, self.slots,
-                 getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads))
+        shape = (
+            self.groups,
+            samples_per_group,
+            cfg.num_key_value_heads,
+            self.slots,
+            getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads),
+        )
         self.gen_k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.prefix_k]
         self.gen_v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.prefix_k]
         self.step = torch.zeros(1, dtype=torch.long, device=device)  # advanced in place, never read on the host
         self.steps_taken = 0
         self._graph = None
-        self._state = dict(prefix_k=self.prefix_k, prefix_v=self.prefix_v, prefix_pad=self.prefix_pad,
-                           gen_k=self.gen_k, gen_v=self.gen_v, row_pos=self.row_pos,
-                           slot_ids=torch.arange(self.slots, device=device), groups=self.groups, samples=self.samples)
+        self._state = dict(
+            prefix_k=self.prefix_k,
+            prefix_v=self.prefix_v,
+            prefix_pad=self.prefix_pad,
+            gen_k=self.gen_k,
+            gen_v=self.gen_v,
+            row_pos=self.row_pos,
+            slot_ids=torch.arange(self.slots, device=device),
+            groups=self.groups,
+            samples=self.samples,
+        )
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -129,16 +152,27 @@ def _step(model, tokens: torch.Tensor, step: torch.Tensor, state: dict) -> torch
     head_dim = getattr(cfg, "head_dim", cfg.hidden_size // cfg.num_attention_heads)
     h = base.embed_tokens(tokens)  # [R, Dm]
     if not hasattr(base.embed_tokens, "embed_scale"):  # transformers 4.x scaled in the model's forward
-        h = h * torch.tensor(cfg.hidden_size ** 0.5, dtype=h.dtype)
+        h = h * torch.tensor(cfg.hidden_size**0.5, dtype=h.dtype)
     positions = state["row_pos"] + step  # [R]
     cos, sin = base.rotary_emb(h, positions[:, None])  # [R, 1, D]
     cos, sin = cos.view(G, S, 1, head_dim), sin.view(G, S, 1, head_dim)
     gen_pad = (state["slot_ids"] > step)[None, None, None, None, :]  # [1, 1, 1, 1, T]: slots not written yet
     for i, layer in enumerate(base.layers):
         residual = h
-        attn = _attention(cfg, layer.self_attn, layer.input_layernorm(h), cos, sin, step, gen_pad,
-                          state["prefix_k"][i], state["prefix_v"][i], state["prefix_pad"],
-                          state["gen_k"][i], state["gen_v"][i])
+        attn = _attention(
+            cfg,
+            layer.self_attn,
+            layer.input_layernorm(h),
+            cos,
+            sin,
+            step,
+            gen_pad,
+            state["prefix_k"][i],
+            state["prefix_v"][i],
+            state["prefix_pad"],
+            state["gen_k"][i],
+            state["gen_v"][i],
+        )
         h = residual + layer.post_attention_layernorm(attn)
         residual = h
         h = residual + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))
@@ -151,7 +185,7 @@ def _step(model, tokens: torch.Tensor, step: torch.Tensor, state: dict) -> torch
 def _attention(cfg, attn, x, cos, sin, step, gen_pad, prefix_k, prefix_v, prefix_pad, gen_k, gen_v) -> torch.Tensor:
     G, S, KV, T, D = gen_k.shape
     heads = cfg.num_attention_heads
-    scaling, cap = cfg.query_pre_attn_scalar ** -0.5, cfg.attn_logit_softcapping
+    scaling, cap = cfg.query_pre_attn_scalar**-0.5, cfg.attn_logit_softcapping
     q = attn.q_proj(x).view(G, S, heads, D)
     k = attn.k_proj(x).view(G, S, KV, 1, D)
     v = attn.v_proj(x).view(G, S, KV, 1, D)

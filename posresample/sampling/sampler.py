@@ -61,16 +61,25 @@ class _Unit:
 class Sampler:
     """Shared-prefill batched sampler over a Hugging Face causal LM."""
 
-    def __init__(self, model, tokenizer=None, max_rows: int | None = None, prefilter: int = DEFAULT_PREFILTER,
-                 decode: str = "hf", compile: str = "off"):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        max_rows: int | None = None,
+        prefilter: int = DEFAULT_PREFILTER,
+        decode: str = "hf",
+        compile: str = "off",
+    ):
         from .fast_decode import check_compile_mode
 
         if decode not in DECODE_PATHS:
             raise ValueError(f"decode must be one of {DECODE_PATHS}, got {decode!r}")
         self.model = model
         if decode == "fast" and model.config.model_type != "gemma2":
-            log.warning("--decode fast is a Gemma 2 decode step and this model is %s: sampling with the hf path",
-                        model.config.model_type)
+            log.warning(
+                "--decode fast is a Gemma 2 decode step and this model is %s: sampling with the hf path",
+                model.config.model_type,
+            )
             decode = "hf"
         self.decode_path = decode
         self.tokenizer = tokenizer
@@ -95,12 +104,20 @@ class Sampler:
         import transformers
 
         param = next(self.model.parameters())
-        return {"decode": self.decode_path, "compile": self.compile, "dtype": str(param.dtype).removeprefix("torch."),
-                "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-                "attn": self.model.config._attn_implementation, "prefilter": self.prefilter,
-                "torch": torch.__version__, "transformers": transformers.__version__}
+        return {
+            "decode": self.decode_path,
+            "compile": self.compile,
+            "dtype": str(param.dtype).removeprefix("torch."),
+            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "attn": self.model.config._attn_implementation,
+            "prefilter": self.prefilter,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
 
-    def sample(self, requests: list[SampleRequest], params: SamplingParams, should_abort=lambda: False) -> list[list[Sample]]:
+    def sample(
+        self, requests: list[SampleRequest], params: SamplingParams, should_abort=lambda: False
+    ) -> list[list[Sample]]:
         """Return, per request, one Sample per sample index (in the order given)."""
         results: list[dict[int, Sample]] = [{} for _ in requests]
         pending = self._plan(requests, self._row_budget(requests, params))
@@ -150,8 +167,9 @@ class Sampler:
     def _plan_units(units: list[_Unit], max_rows: int) -> list[list[_Unit]]:
         """Split units larger than max_rows, then pack units greedily into chunks of <= max_rows rows."""
         pieces = [
-            _Unit(u.request, u.sample_indices[i:i + max_rows])
-            for u in units for i in range(0, len(u.sample_indices), max_rows)
+            _Unit(u.request, u.sample_indices[i : i + max_rows])
+            for u in units
+            for i in range(0, len(u.sample_indices), max_rows)
         ]
         chunks, current, rows = [], [], 0
         for piece in pieces:
@@ -205,7 +223,7 @@ class Sampler:
                 continue
             attention = torch.cat([attention, attention.new_ones(rows, 1)], dim=-1)
             with record_function("decode step (hf)"):
-                logits = self._forward(tokens[:, step:step + 1], attention, next_pos[:, None], cache)
+                logits = self._forward(tokens[:, step : step + 1], attention, next_pos[:, None], cache)
             next_pos = next_pos + 1
         return self._split_rows(tokens.cpu(), chunk)
 
@@ -214,15 +232,25 @@ class Sampler:
         from . import fast_decode
 
         sizes = {len(u.sample_indices) for u in chunk}
-        if self.decode_path != "fast" or len(sizes) != 1 or not fast_decode.supports(
-                self.model, attention.shape[1], params.max_new_tokens):
+        if (
+            self.decode_path != "fast"
+            or len(sizes) != 1
+            or not fast_decode.supports(self.model, attention.shape[1], params.max_new_tokens)
+        ):
             return None
-        return fast_decode.SharedPrefixDecoder(self.model, cache, attention, positions, sizes.pop(),
-                                                params.max_new_tokens - 1, compile=self.compile)
+        return fast_decode.SharedPrefixDecoder(
+            self.model, cache, attention, positions, sizes.pop(), params.max_new_tokens - 1, compile=self.compile
+        )
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **{self._cache_kwarg: cache})
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_kwarg: cache},
+        )
         return out.logits[:, -1]  # [B, V]
 
     def _left_pad(self, prefixes: list[list[int]]):

@@ -114,17 +114,25 @@ class Confusion:
             return self
         pseudo = prior.matrix() * strength
         pseudo[~prior.support] = 0
-        return Confusion(self.counts + pseudo, f"{self.source}, shrunk toward {prior.source} ({strength:g} words a row)",
-                         filled=tuple(sorted(set(self.filled) | set(prior.filled))))
+        return Confusion(
+            self.counts + pseudo,
+            f"{self.source}, shrunk toward {prior.source} ({strength:g} words a row)",
+            filled=tuple(sorted(set(self.filled) | set(prior.filled))),
+        )
 
     def accuracy(self) -> tuple[int, int]:
         """(words tagged right, words) over the measured rows."""
         return int(np.trace(self.counts)), int(self.counts.sum())
 
     def to_json(self) -> dict:
-        return {"source": self.source, "counts": {
-            UPOS_NAMES[t]: {UPOS_NAMES[p]: int(n) for p, n in enumerate(row) if n}
-            for t, row in enumerate(self.counts) if row.sum() > 0}}
+        return {
+            "source": self.source,
+            "counts": {
+                UPOS_NAMES[t]: {UPOS_NAMES[p]: int(n) for p, n in enumerate(row) if n}
+                for t, row in enumerate(self.counts)
+                if row.sum() > 0
+            },
+        }
 
     def top_confusions(self, n: int = 8) -> list[tuple[str, str, int]]:
         """The largest off-diagonal counts: (true, tagger's, count)."""
@@ -155,18 +163,28 @@ def parse_confusion(data, where: str) -> Confusion:
     counts = np.zeros((K, K))
     for true, row in data.items():
         if true not in UPOS_IDS:
-            raise ConfigError(f"{where}: unknown UPOS label {true!r} (rows and columns are UPOS tags: {', '.join(UPOS_NAMES)})")
+            raise ConfigError(
+                f"{where}: unknown UPOS label {true!r} (rows and columns are UPOS tags: {', '.join(UPOS_NAMES)})"
+            )
         if not isinstance(row, dict):
             raise ConfigError(f"{where}: the row of {true} is not an object of tagger's UPOS -> count")
         for tagged, n in row.items():
             if tagged not in UPOS_IDS:
                 raise ConfigError(f"{where}: unknown UPOS label {tagged!r} in the row of {true}")
-            if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0 <= n <= MAX_COUNT or \
-                    not math.isfinite(n):
-                raise ConfigError(f"{where}: count {true} -> {tagged} is {_short(n)}, not a count in [0, {MAX_COUNT:.0e}]")
+            if (
+                isinstance(n, bool)
+                or not isinstance(n, (int, float))
+                or not 0 <= n <= MAX_COUNT
+                or not math.isfinite(n)
+            ):
+                raise ConfigError(
+                    f"{where}: count {true} -> {tagged} is {_short(n)}, not a count in [0, {MAX_COUNT:.0e}]"
+                )
             counts[UPOS_IDS[true], UPOS_IDS[tagged]] = n
         if counts[UPOS_IDS[true]].sum() == 0:
-            raise ConfigError(f"{where}: the row of {true} has no counts: leave a class the tagger was not measured on out")
+            raise ConfigError(
+                f"{where}: the row of {true} has no counts: leave a class the tagger was not measured on out"
+            )
     return Confusion(counts, source)
 
 

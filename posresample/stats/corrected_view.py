@@ -48,7 +48,7 @@ MAX_THREADS = 4  # refits at once, at most
 # (0.4 GB at 16,000); refits run at once only as far as REFIT_MEMORY allows, so that analyze stays
 # under 1 GiB at 16,000 candidates (one at a time there; two at 4,000 on two cores)
 REFIT_BYTES_PER_CANDIDATE = 26_000
-REFIT_MEMORY = 512 * 2 ** 20
+REFIT_MEMORY = 512 * 2**20
 CURVE_EDGES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # probe max probability bins of the study's curve
 FDR = 0.05
 
@@ -67,8 +67,16 @@ class Corrected:
     meanwhile: Any = None  # what estimate's `meanwhile` gave back
 
 
-def estimate(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int,
-            refits: int | None = None, meanwhile: Callable[[], Any] | None = None, progress: bool = False) -> Corrected:
+def estimate(
+    counts: np.ndarray,
+    q: np.ndarray,
+    probe_classes: list[int],
+    confusion: Confusion,
+    seed: int,
+    refits: int | None = None,
+    meanwhile: Callable[[], Any] | None = None,
+    progress: bool = False,
+) -> Corrected:
     """counts [N, K] the ok labels per candidate; q [N, K] the probe on all UPOS ids. refits: the
     parametric bootstrap's replicate studies [default: REFITS], run on threads while the
     per-candidate intervals and tests are computed, and then `meanwhile` (the caller's other
@@ -78,7 +86,9 @@ def estimate(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confus
     # one BLAS thread: the products here are many and small, and BLAS's own threads beside the
     # refits' slow them down (docs/design.md)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _estimate(counts, q, probe_classes, confusion, seed, REFITS if refits is None else refits, meanwhile, progress)
+        return _estimate(
+            counts, q, probe_classes, confusion, seed, REFITS if refits is None else refits, meanwhile, progress
+        )
 
 
 def _estimate(counts, q, probe_classes, confusion, seed: int, refits: int, meanwhile, progress: bool) -> Corrected:
@@ -91,8 +101,9 @@ def _estimate(counts, q, probe_classes, confusion, seed: int, refits: int, meanw
     values = atom_values(g, q, probe_classes)
     ambiguous = values["genuinely_ambiguous"]  # the curve's, per atom
     values = {name: boot.reduce(v) for name, v in values.items()}  # [N, KEEP] x 16: 130 MB at 16k, not kept
-    posterior_mean = np.concatenate([np.einsum("na,nak->nk", g.posterior[i:i + 1024], g.atom_block(i, i + 1024))
-                                     for i in range(0, len(q), 1024)])  # [N, K] E[pi | labels]
+    posterior_mean = np.concatenate(
+        [np.einsum("na,nak->nk", g.posterior[i : i + 1024], g.atom_block(i, i + 1024)) for i in range(0, len(q), 1024)]
+    )  # [N, K] E[pi | labels]
     with Refits(counts, q, probe_classes, confusion, g, boot, refits, rng, progress) as pending:
         lo, hi = verdict.posterior_intervals(counts, confusion, rng)
         probe_pred = q.argmax(axis=1)
@@ -103,48 +114,67 @@ def _estimate(counts, q, probe_classes, confusion, seed: int, refits: int, meanw
         side = meanwhile() if meanwhile is not None else None
         replicas = pending.result()
     summary = {
-        "confusion": {"source": confusion.source, "exact": confusion.exact,
-                      "support": [UPOS_NAMES[k] for k in np.flatnonzero(support)]},
+        "confusion": {
+            "source": confusion.source,
+            "exact": confusion.exact,
+            "support": [UPOS_NAMES[k] for k in np.flatnonzero(support)],
+        },
         "verdict": {name: boot.share(values[name], replicas[name]) for name in verdict.VERDICTS},
         "verdict_called": {name: int((calls == i).sum()) for i, name in enumerate(verdict.VERDICTS)},
-        "majority_is_probe_argmax": boot.share(values["majority_is_probe_argmax"], replicas["majority_is_probe_argmax"]),
+        "majority_is_probe_argmax": boot.share(
+            values["majority_is_probe_argmax"], replicas["majority_is_probe_argmax"]
+        ),
         "probe_contradicted_fdr05": metrics.jeffreys_interval(float((test.q <= FDR).sum()), len(counts)),
         "p_value_floor": float(1 / (1 + test.replicates.max())),
-        "divergences": {name: boot.mean(values[name], replicas[name]) for name in ("tv", "js", "kl", "kl_all", "brier")},
+        "divergences": {
+            name: boot.mean(values[name], replicas[name]) for name in ("tv", "js", "kl", "kl_all", "brier")
+        },
         "out_of_probe_mass": boot.mean(values["out_of_probe"], replicas["out_of_probe"]),
         # the estimand varied: the share with a second reading of at least t, and the second reading's mean mass
-        "ambiguous_by_threshold": [{"threshold": t, **boot.share(values[threshold_name(t)], replicas[threshold_name(t)])}
-                                   for t in THRESHOLDS],
+        "ambiguous_by_threshold": [
+            {"threshold": t, **boot.share(values[threshold_name(t)], replicas[threshold_name(t)])} for t in THRESHOLDS
+        ],
         "second_reading_mass": boot.mean(values["second_mass"], replicas["second_mass"]),
         # a population quantity, unlike the count of rejections below: P(TV(pi, probe) > FAR_TV)
-        "probe_far_from_words": {"tv_above": FAR_TV, **boot.share(values[f"tv_above_{FAR_TV}"],
-                                                                   replicas[f"tv_above_{FAR_TV}"])},
+        "probe_far_from_words": {
+            "tv_above": FAR_TV,
+            **boot.share(values[f"tv_above_{FAR_TV}"], replicas[f"tv_above_{FAR_TV}"]),
+        },
         # cross-entropy is linear in pi, so fitting to the posterior means fits to the posteriors
         "fitted_temperature": metrics.fit_temperature(posterior_mean, q),
         "curve": curve(g.posterior, ambiguous, q.max(axis=1), rng, replicas["curve"]),
-        "population": {"atoms": int((g.weights > 1e-9).sum()), "method": "NPMLE over rank-frame atoms",
-                       "refits": refits},
+        "population": {
+            "atoms": int((g.weights > 1e-9).sum()),
+            "method": "NPMLE over rank-frame atoms",
+            "refits": refits,
+        },
     }
     return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary, side)
 
 
-def atom_values(g: deconvolution.Deconvolution, q: np.ndarray, probe_classes: list[int], posterior: bool = False,
-                names: tuple[str, ...] | None = None, block: int = 1024) -> dict[str, np.ndarray]:
+def atom_values(
+    g: deconvolution.Deconvolution,
+    q: np.ndarray,
+    probe_classes: list[int],
+    posterior: bool = False,
+    names: tuple[str, ...] | None = None,
+    block: int = 1024,
+) -> dict[str, np.ndarray]:
     """Each statistic's value at each candidate's posterior atoms: {name: [N, KEEP]}; `posterior`:
     each candidate's posterior mean of it instead: {name: [N]}. A block of candidates at a time,
     written into arrays made once (the atoms are [N, KEEP, K], and each divergence's temporaries as
     large: 0.5 GB more at 16k at once). names: these statistics only."""
     out: dict[str, np.ndarray] = {}
     for i in range(0, len(q), block):
-        part = _atom_values(g.atom_block(i, i + block), q[i:i + block], probe_classes)
+        part = _atom_values(g.atom_block(i, i + block), q[i : i + block], probe_classes)
         for name, value in part.items():
             if names is not None and name not in names:
                 continue
             if posterior:
-                value = (g.posterior[i:i + block] * value).sum(axis=1)
+                value = (g.posterior[i : i + block] * value).sum(axis=1)
             if name not in out:
                 out[name] = np.empty((len(q), *value.shape[1:]))
-            out[name][i:i + block] = value
+            out[name][i : i + block] = value
     return out
 
 
@@ -159,15 +189,19 @@ def _atom_values(atoms: np.ndarray, q: np.ndarray, probe_classes: list[int]) -> 
     tv = metrics.total_variation(atoms, qa)
     return {
         **{threshold_name(t): (second >= t).astype(float) for t in THRESHOLDS if t != verdict.AMBIGUOUS_SECOND},
-        "second_mass": second, f"tv_above_{FAR_TV}": (tv > FAR_TV).astype(float),
+        "second_mass": second,
+        f"tv_above_{FAR_TV}": (tv > FAR_TV).astype(float),
         "genuinely_ambiguous": ambiguous.astype(float),
         "probe_underconfident": (dominant & agrees).astype(float),
         "probe_wrong": (dominant & ~agrees).astype(float),
         "undetermined": (~ambiguous & ~dominant).astype(float),
         "majority_is_probe_argmax": agrees.astype(float),
-        "tv": tv, "js": metrics.js(atoms, qa),
-        "kl": metrics.kl_on(atoms, qa, probe_classes), "kl_all": metrics.kl(atoms, qa),
-        "brier": metrics.brier(qa, atoms), "out_of_probe": atoms[..., outside].sum(axis=-1),
+        "tv": tv,
+        "js": metrics.js(atoms, qa),
+        "kl": metrics.kl_on(atoms, qa, probe_classes),
+        "kl_all": metrics.kl(atoms, qa),
+        "brier": metrics.brier(qa, atoms),
+        "out_of_probe": atoms[..., outside].sum(axis=-1),
     }
 
 
@@ -179,14 +213,34 @@ def threshold_name(t: float) -> str:
     return "genuinely_ambiguous" if t == verdict.AMBIGUOUS_SECOND else f"second_at_least_{t:.2f}"
 
 
-SUMMARIES = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined", "majority_is_probe_argmax",
-             "tv", "js", "kl", "kl_all", "brier", "out_of_probe", "second_mass", f"tv_above_{FAR_TV}",
-             *[threshold_name(t) for t in THRESHOLDS if t != verdict.AMBIGUOUS_SECOND])
+SUMMARIES = (
+    "genuinely_ambiguous",
+    "probe_underconfident",
+    "probe_wrong",
+    "undetermined",
+    "majority_is_probe_argmax",
+    "tv",
+    "js",
+    "kl",
+    "kl_all",
+    "brier",
+    "out_of_probe",
+    "second_mass",
+    f"tv_above_{FAR_TV}",
+    *[threshold_name(t) for t in THRESHOLDS if t != verdict.AMBIGUOUS_SECOND],
+)
 
 
-def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion,
-                    g: deconvolution.Deconvolution, boot: TwoStage, rng: np.random.Generator,
-                    refits: int | None = None) -> dict[str, np.ndarray]:
+def refit_estimates(
+    counts: np.ndarray,
+    q: np.ndarray,
+    probe_classes: list[int],
+    confusion: Confusion,
+    g: deconvolution.Deconvolution,
+    boot: TwoStage,
+    rng: np.random.Generator,
+    refits: int | None = None,
+) -> dict[str, np.ndarray]:
     """The parametric bootstrap: {statistic: [R] estimates}, "curve": [R, bins] (NaN where a bin is
     empty). Replicate r takes the two-stage bootstrap's r-th draw (candidates resampled, each one's
     distribution drawn from its posterior under G), draws each candidate's labels from it through
@@ -201,22 +255,40 @@ def refit_estimates(counts: np.ndarray, q: np.ndarray, probe_classes: list[int],
 class Refits:
     """The parametric bootstrap's replicates, started on a thread pool at entry: result() waits."""
 
-    def __init__(self, counts, q, probe_classes, confusion, g, boot, refits: int, rng: np.random.Generator,
-                 progress: bool = False):
+    def __init__(
+        self,
+        counts,
+        q,
+        probe_classes,
+        confusion,
+        g,
+        boot,
+        refits: int,
+        rng: np.random.Generator,
+        progress: bool = False,
+    ):
         if refits > len(boot.rows):
-            raise ValueError(f"{refits} refits, but the two-stage bootstrap drew {len(boot.rows)} replicates to take them from")
+            raise ValueError(
+                f"{refits} refits, but the two-stage bootstrap drew {len(boot.rows)} replicates to take them from"
+            )
         self.args = (counts, q, probe_classes, confusion)
         # replicate r's candidates and their true distributions (two-stage draw r): [N] and [N, K] each
-        self.draws = [(boot.rows[r], g.atoms_of(boot.rows[r], boot.atoms[r][:, None].astype(np.int64))[:, 0])
-                      for r in range(refits)]
+        self.draws = [
+            (boot.rows[r], g.atoms_of(boot.rows[r], boot.atoms[r][:, None].astype(np.int64))[:, 0])
+            for r in range(refits)
+        ]
         self.refits, self.progress = refits, progress
-        self.seeds = rng.integers(0, 2 ** 63, size=refits)  # one generator a replicate, drawn up front
+        self.seeds = rng.integers(0, 2**63, size=refits)  # one generator a replicate, drawn up front
 
     def __enter__(self) -> Refits:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=self.refits, desc="analyze: replicate studies", unit="study",
-                        disable=not self.progress or not self.refits)
+        self.bar = tqdm(
+            total=self.refits,
+            desc="analyze: replicate studies",
+            unit="study",
+            disable=not self.progress or not self.refits,
+        )
         lock = threading.Lock()  # the bar is advanced from the pool's threads
 
         def done(future) -> None:
@@ -235,8 +307,10 @@ class Refits:
         return self
 
     def _start(self) -> None:
-        self.futures = [self.pool.submit(_refit, *self.args, *self.draws[r], np.random.default_rng(int(seed)))
-                        for r, seed in enumerate(self.seeds)]
+        self.futures = [
+            self.pool.submit(_refit, *self.args, *self.draws[r], np.random.default_rng(int(seed)))
+            for r, seed in enumerate(self.seeds)
+        ]
         for future in self.futures:
             future.add_done_callback(self._done)
 
@@ -318,22 +392,29 @@ def _refit(counts, q, probe_classes, confusion, rows: np.ndarray, truth: np.ndar
     are its resampled candidates and their distributions."""
     C = confusion.matrix()
     mix = truth @ C
-    labels = rng.multinomial(counts.sum(axis=1).astype(np.int64)[rows], mix / mix.sum(axis=1, keepdims=True)).astype(float)
+    labels = rng.multinomial(counts.sum(axis=1).astype(np.int64)[rows], mix / mix.sum(axis=1, keepdims=True)).astype(
+        float
+    )
     measured = confusion.redrawn(rng)
     qr = q[rows]
     with DECONVOLUTIONS.hold(len(labels)):
         means = posterior_means(labels, qr, probe_classes, measured.matrix(), measured.support, rng)
     out = {name: float(means[name].mean()) for name in SUMMARIES}
     bins = np.digitize(qr.max(axis=1), CURVE_EDGES[1:-1])
-    out["curve"] = np.array([means["genuinely_ambiguous"][bins == b].mean() if (bins == b).any() else np.nan
-                             for b in range(len(CURVE_EDGES) - 1)])
+    out["curve"] = np.array(
+        [
+            means["genuinely_ambiguous"][bins == b].mean() if (bins == b).any() else np.nan
+            for b in range(len(CURVE_EDGES) - 1)
+        ]
+    )
     del means, labels
     trim_memory()
     return out
 
 
-def population_shares(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int,
-                      replicates: int = 400) -> dict:
+def population_shares(
+    counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int, replicates: int = 400
+) -> dict:
     """The study's verdict shares under another confusion, for the sensitivity table: the same
     deconvolution, two-stage intervals only (no refits: each row would cost R deconvolutions more)."""
     from threadpoolctl import threadpool_limits
@@ -348,8 +429,14 @@ def population_shares(counts: np.ndarray, q: np.ndarray, probe_classes: list[int
         return {name: boot.share(values[name]) for name in verdict.VERDICTS}
 
 
-def posterior_means(counts: np.ndarray, q: np.ndarray, probe_classes: list[int], C: np.ndarray, support: np.ndarray,
-                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+def posterior_means(
+    counts: np.ndarray,
+    q: np.ndarray,
+    probe_classes: list[int],
+    C: np.ndarray,
+    support: np.ndarray,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """The deconvolution from scratch, as `estimate` runs it: {statistic: [N] each candidate's
     posterior mean under the fitted G}; a population estimate is their mean."""
     g = deconvolution.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
@@ -376,15 +463,15 @@ class TwoStage:
         n, keep = posterior.shape
         # 6 bytes a draw (int32 row, int16 atom), made 100 replicates at a time: 16k candidates x 1,000
         # replicates hold 96 MB, not the 0.5 GB of float and int64 temporaries of one whole search
-        self.rows = np.empty((replicates, n), dtype=np.int32 if n < 2 ** 31 else np.int64)
-        self.atoms = np.empty((replicates, n), dtype=np.int16 if keep < 2 ** 15 else np.int64)
+        self.rows = np.empty((replicates, n), dtype=np.int32 if n < 2**31 else np.int64)
+        self.atoms = np.empty((replicates, n), dtype=np.int16 if keep < 2**15 else np.int64)
         # inverse-CDF draws from each row's posterior in one search: row r's cumulative sums shifted by r
         shifted = (np.cumsum(posterior, axis=1) / posterior.sum(axis=1, keepdims=True) + np.arange(n)[:, None]).ravel()
         for start in range(0, replicates, 100):
             rows = rng.integers(0, n, size=(min(100, replicates - start), n))
             found = np.searchsorted(shifted, (rows + rng.random(rows.shape)).ravel()).reshape(rows.shape)
-            self.rows[start:start + len(rows)] = rows
-            self.atoms[start:start + len(rows)] = np.clip(found - rows * keep, 0, keep - 1)
+            self.rows[start : start + len(rows)] = rows
+            self.atoms[start : start + len(rows)] = np.clip(found - rows * keep, 0, keep - 1)
 
     def replicate_means(self, values: np.ndarray) -> np.ndarray:
         out = np.empty(len(self.rows))
@@ -413,8 +500,13 @@ class TwoStage:
         return {"share": out["estimate"], "ci95": out["ci95"]}
 
 
-def curve(posterior: np.ndarray, ambiguous: np.ndarray, max_prob: np.ndarray, rng: np.random.Generator,
-          refits: np.ndarray | None = None) -> list[dict]:
+def curve(
+    posterior: np.ndarray,
+    ambiguous: np.ndarray,
+    max_prob: np.ndarray,
+    rng: np.random.Generator,
+    refits: np.ndarray | None = None,
+) -> list[dict]:
     """The share genuinely ambiguous by the probe's max probability: if the probe's uncertainty is the
     word's ambiguity, it falls as the probe gets surer. refits: [R, bins] the parametric bootstrap's."""
     out = []
@@ -422,6 +514,8 @@ def curve(posterior: np.ndarray, ambiguous: np.ndarray, max_prob: np.ndarray, rn
         inside = (max_prob >= lo) & (max_prob < hi)
         if inside.sum() < 2:
             continue
-        share = TwoStage(posterior[inside], rng, replicates=400).share(ambiguous[inside], None if refits is None else refits[:, b])
+        share = TwoStage(posterior[inside], rng, replicates=400).share(
+            ambiguous[inside], None if refits is None else refits[:, b]
+        )
         out.append({"probe_max_prob": [lo, hi], "n": int(inside.sum()), **share})
     return out

@@ -51,15 +51,19 @@ def shared_atoms(mle_rank: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Atoms in the rank frame [M, K]: vertices, two-label grids, sparsified exemplars."""
     grid = (np.arange(GRID) + 0.5) / GRID
     # a first reading among the probe's top ranks, a second anywhere (the probe need not know of it)
-    pairs = sorted({(a, b) for a in range(FIRST_RANKS) for b in range(a + 1, K)} |
-                   {(a, b) for a in range(TOP_RANKS) for b in range(a + 1, TOP_RANKS)})
+    pairs = sorted(
+        {(a, b) for a in range(FIRST_RANKS) for b in range(a + 1, K)}
+        | {(a, b) for a in range(TOP_RANKS) for b in range(a + 1, TOP_RANKS)}
+    )
     blocks = [np.eye(K)]
     for a, b in pairs:
         block = np.zeros((len(grid), K))
         block[:, a], block[:, b] = grid, 1 - grid
         blocks.append(block)
     steps = np.arange(1, TRIPLE_GRID)  # three-label atoms over the top ranks, on a coarser grid
-    shares = np.array([(i, j, TRIPLE_GRID - i - j) for i in steps for j in steps if TRIPLE_GRID - i - j >= 1]) / TRIPLE_GRID
+    shares = (
+        np.array([(i, j, TRIPLE_GRID - i - j) for i in steps for j in steps if TRIPLE_GRID - i - j >= 1]) / TRIPLE_GRID
+    )
     for ranks in itertools.combinations(range(TRIPLE_RANKS), 3):
         block = np.zeros((len(shares), K))
         block[:, list(ranks)] = shares
@@ -89,11 +93,14 @@ class Deconvolution:
         idx = np.take_along_axis(self.keep[rows], slots, axis=1)
         ranks = np.broadcast_to(self.inverse[rows][:, None, :], (*idx.shape, K))
         m = len(self.shared)
-        from_shared = np.take_along_axis(self.shared[np.minimum(idx, m - 1)], ranks, axis=2)  # class c: its rank's value
+        from_shared = np.take_along_axis(
+            self.shared[np.minimum(idx, m - 1)], ranks, axis=2
+        )  # class c: its rank's value
         if not self.probe.shape[1]:
             return from_shared
-        from_probe = np.take_along_axis(self.probe[rows], np.clip(idx - m, 0, self.probe.shape[1] - 1)[:, :, None]
-                                        .repeat(K, axis=2), axis=1)
+        from_probe = np.take_along_axis(
+            self.probe[rows], np.clip(idx - m, 0, self.probe.shape[1] - 1)[:, :, None].repeat(K, axis=2), axis=1
+        )
         return np.where((idx < m)[:, :, None], from_shared, from_probe)
 
     def atom_block(self, start: int, stop: int) -> np.ndarray:
@@ -107,13 +114,17 @@ class Deconvolution:
         return self.atom_block(0, len(self.keep))
 
 
-def deconvolve(counts: np.ndarray, q: np.ndarray, C: np.ndarray, support: np.ndarray, mle: np.ndarray,
-               rng: np.random.Generator) -> Deconvolution:
+def deconvolve(
+    counts: np.ndarray, q: np.ndarray, C: np.ndarray, support: np.ndarray, mle: np.ndarray, rng: np.random.Generator
+) -> Deconvolution:
     order = rank_order(q)
     inverse = np.argsort(order, axis=1)  # inverse[i, class] = its rank
     shared = shared_atoms(np.take_along_axis(mle, order, axis=1), rng)  # [M, K] rank frame
-    probe = np.stack([metrics.temper(q, t) for t in PROBE_TEMPERATURES], axis=1) if PROBE_TEMPERATURES else \
-        np.zeros((len(q), 0, K))  # [N, P, K] class frame
+    probe = (
+        np.stack([metrics.temper(q, t) for t in PROBE_TEMPERATURES], axis=1)
+        if PROBE_TEMPERATURES
+        else np.zeros((len(q), 0, K))
+    )  # [N, P, K] class frame
     likelihood = sparse_likelihood(counts, C, support, order, shared, probe)
     weights = npmle(likelihood)
     keep, post = posterior_top(likelihood, weights)
@@ -131,7 +142,7 @@ def sparse_likelihood(counts, C, support, order, shared, probe, cutoff: float = 
     by_width = np.argsort((counts > 0).sum(axis=1), kind="stable")
     blocks = []
     for start in range(0, len(counts), LIKELIHOOD_BLOCK):
-        part = by_width[start:start + LIKELIHOOD_BLOCK]
+        part = by_width[start : start + LIKELIHOOD_BLOCK]
         ll = _loglik(counts[part], C, support, order[part], shared, probe[part])
         ll -= ll.max(axis=1, keepdims=True)
         blocks.append(csr_matrix(np.where(ll >= -cutoff, np.exp(ll), 0.0)))
@@ -147,11 +158,11 @@ def posterior_top(E, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = np.zeros((n, KEEP), dtype=np.int64)
     post = np.zeros((n, KEEP))
     for i in range(n):
-        cols = E.indices[E.indptr[i]:E.indptr[i + 1]]
-        mass = E.data[E.indptr[i]:E.indptr[i + 1]] * weights[cols]
+        cols = E.indices[E.indptr[i] : E.indptr[i + 1]]
+        mass = E.data[E.indptr[i] : E.indptr[i + 1]] * weights[cols]
         top = np.argsort(-mass, kind="stable")[:KEEP]
-        keep[i, :len(top)], post[i, :len(top)] = cols[top], mass[top]
-        keep[i, len(top):] = cols[top[0]]  # padding repeats the best atom, with probability 0
+        keep[i, : len(top)], post[i, : len(top)] = cols[top], mass[top]
+        keep[i, len(top) :] = cols[top[0]]  # padding repeats the best atom, with probability 0
     post /= post.sum(axis=1, keepdims=True)
     return keep, post
 
@@ -166,7 +177,9 @@ def _loglik(counts, C, support, order, shared, probe, dtype=np.float32) -> np.nd
     seen = counts > 0
     width = max(1, int(seen.sum(axis=1).max()))
     labels = np.argsort(~seen, axis=1, kind="stable")[:, :width]  # [n, L] observed labels first
-    x = (np.take_along_axis(counts, labels, axis=1) * np.take_along_axis(seen, labels, axis=1)).astype(f32)  # [n, L] 0 past them
+    x = (np.take_along_axis(counts, labels, axis=1) * np.take_along_axis(seen, labels, axis=1)).astype(
+        f32
+    )  # [n, L] 0 past them
     C32 = C.astype(f32)
     C_rank = C32[order]  # [n, K(rank), K(label)]: the confusion row of the class at each rank
     C_seen = np.take_along_axis(C_rank, np.broadcast_to(labels[:, None, :], (len(order), K, width)), axis=2)
@@ -207,4 +220,3 @@ def npmle(E, iters: int = 80) -> np.ndarray:
         E_jump, E_two = E @ jump, E @ two  # each kept product is the next step's first
         w, Ew = (jump, E_jump) if objective(E_jump) >= objective(E_two) else (two, E_two)
     return w / w.sum()
-

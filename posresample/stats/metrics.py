@@ -65,8 +65,9 @@ def brier(q: np.ndarray, p: np.ndarray) -> np.ndarray:
 DIVERGENCES = {"tv": total_variation, "js": js, "kl": kl, "brier": lambda p, q: brier(q, p)}
 
 
-def noise_floors(q: np.ndarray, n: np.ndarray, divergences: dict, rng: np.random.Generator,
-                 draws: int = FLOOR_DRAWS) -> dict[str, np.ndarray]:
+def noise_floors(
+    q: np.ndarray, n: np.ndarray, divergences: dict, rng: np.random.Generator, draws: int = FLOOR_DRAWS
+) -> dict[str, np.ndarray]:
     """Each divergence's floor: what n draws from the reference q show from q itself, by chance alone
     (Monte Carlo, the same draws for every divergence): E[d(Multinomial(n, q) / n, q)] per row. A
     plug-in divergence of n labels from the probe this size is what a probe equal to the truth would
@@ -74,15 +75,18 @@ def noise_floors(q: np.ndarray, n: np.ndarray, divergences: dict, rng: np.random
     out = {name: np.empty(len(q)) for name in divergences}
     for start in range(0, len(q), 256):
         rows = slice(start, start + 256)
-        counts = rng.multinomial(np.maximum(n[rows], 1).astype(np.int64)[:, None], q[rows][:, None, :],
-                                 size=(len(q[rows]), draws))
+        counts = rng.multinomial(
+            np.maximum(n[rows], 1).astype(np.int64)[:, None], q[rows][:, None, :], size=(len(q[rows]), draws)
+        )
         shares = counts / np.maximum(n[rows], 1)[:, None, None]
         for name, divergence in divergences.items():
             out[name][rows] = divergence(shares, q[rows][:, None, :]).mean(axis=1)
     return out
 
 
-def noise_floor(q: np.ndarray, n: np.ndarray, divergence, rng: np.random.Generator, draws: int = FLOOR_DRAWS) -> np.ndarray:
+def noise_floor(
+    q: np.ndarray, n: np.ndarray, divergence, rng: np.random.Generator, draws: int = FLOOR_DRAWS
+) -> np.ndarray:
     return noise_floors(q, n, {"d": divergence}, rng, draws)["d"]
 
 
@@ -120,8 +124,15 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, resamples: int = 1000, level
         return float("nan"), float("nan")
     if len(values) < 2 or np.ptp(values) == 0:
         return float(values.mean()), float(values.mean())
-    res = bootstrap((values,), np.mean, n_resamples=resamples, confidence_level=level, method="percentile",
-                    random_state=np.random.default_rng(seed), vectorized=True)
+    res = bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+        vectorized=True,
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 

@@ -26,16 +26,24 @@ def _ci(values, seed: int) -> dict:
 
 
 def scores(p: np.ndarray, b: np.ndarray, classes: list[int], seed: int) -> dict:
-    return {"kl": _ci(metrics.kl_on(p, b, classes), seed), "kl_all": _ci(metrics.kl(p, b), seed),
-            "tv": _ci(metrics.total_variation(p, b), seed), "js": _ci(metrics.js(p, b), seed),
-            "brier": _ci(metrics.brier(b, p), seed)}
+    return {
+        "kl": _ci(metrics.kl_on(p, b, classes), seed),
+        "kl_all": _ci(metrics.kl(p, b), seed),
+        "tv": _ci(metrics.total_variation(p, b), seed),
+        "js": _ci(metrics.js(p, b), seed),
+        "brier": _ci(metrics.brier(b, p), seed),
+    }
 
 
 def floors(q: np.ndarray, n: np.ndarray, classes: list[int], seed: int) -> dict:
     """Each divergence's noise floor: its mean when the labels are n draws from the probe itself."""
     rng = np.random.default_rng(seed)
-    chosen = {"tv": metrics.total_variation, "js": metrics.js, "kl": lambda a, b: metrics.kl_on(a, b, classes),
-              "brier": lambda a, b: metrics.brier(b, a)}
+    chosen = {
+        "tv": metrics.total_variation,
+        "js": metrics.js,
+        "kl": lambda a, b: metrics.kl_on(a, b, classes),
+        "brier": lambda a, b: metrics.brier(b, a),
+    }
     return metrics.noise_floors(q, n, chosen, rng)
 
 
@@ -44,8 +52,11 @@ def raw_summary(p, q, n, true, orig, classes: list[int], prior: np.ndarray | Non
 
     majority, pred = p.argmax(1), q.argmax(1)
     share = p.max(1)
-    corr = {"pearson": float(pearsonr(q.max(1), share)[0]), "spearman": float(spearmanr(q.max(1), share)[0])} \
-        if len(p) > 2 and np.ptp(share) > 0 and np.ptp(q.max(1)) > 0 else {"pearson": None, "spearman": None}
+    corr = (
+        {"pearson": float(pearsonr(q.max(1), share)[0]), "spearman": float(spearmanr(q.max(1), share)[0])}
+        if len(p) > 2 and np.ptp(share) > 0 and np.ptp(q.max(1)) > 0
+        else {"pearson": None, "spearman": None}
+    )
     return {
         "probe_vs_empirical": scores(p, q, classes, seed),
         "noise_floor": {name: _ci(values, seed) for name, values in floor.items()},
@@ -68,7 +79,8 @@ def out_of_probe(p: np.ndarray, q: np.ndarray, classes: list[int], seed: int) ->
         "labels": [UPOS_NAMES[k] for k in outside],
         "share_of_labels": _ci(mass, seed),
         "candidates_with_any": int((mass > 0).sum()),
-        "kl_all_eps_1e-6": float(kl6.mean()), "kl_all_eps_1e-8": float(kl8.mean()),
+        "kl_all_eps_1e-6": float(kl6.mean()),
+        "kl_all_eps_1e-8": float(kl8.mean()),
         "kl_on_probe_classes": float(metrics.kl_on(p, q, classes).mean()),
         # log2(1e-6 / 1e-8) = 6.64 bits per unit of out-of-probe mass: the smoothing decides that part
         "kl_change_per_unit_mass_1e-6_to_1e-8": float(np.log2(100.0)),
@@ -81,7 +93,7 @@ def baselines(p, q, orig, true, classes: list[int], prior: np.ndarray | None, se
     temperature, and the prior when the split could not be read, come from the other half."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(p))
-    fit_half, test_half = order[: len(p) // 2], order[len(p) // 2:]
+    fit_half, test_half = order[: len(p) // 2], order[len(p) // 2 :]
     if len(fit_half) == 0:
         fit_half = test_half
     fitted_t = metrics.fit_temperature(p[fit_half], q[fit_half])
@@ -90,15 +102,20 @@ def baselines(p, q, orig, true, classes: list[int], prior: np.ndarray | None, se
         prior /= prior.sum()
     pt, qt = p[test_half], q[test_half]
     table = {
-        "probe": qt, f"probe, T={FIXED_TEMPERATURES[0]:g} (sharper)": metrics.temper(qt, FIXED_TEMPERATURES[0]),
+        "probe": qt,
+        f"probe, T={FIXED_TEMPERATURES[0]:g} (sharper)": metrics.temper(qt, FIXED_TEMPERATURES[0]),
         f"probe, T={FIXED_TEMPERATURES[1]:g} (softer)": metrics.temper(qt, FIXED_TEMPERATURES[1]),
         f"probe, fitted T={fitted_t:.3g}": metrics.temper(qt, fitted_t),
         "label prior of the split": np.broadcast_to(prior, qt.shape),
         "probe's top class fixed, rest uniform over its other classes": top_fixed(qt, classes),
         "tagger on the original sentence (one-hot)": one_hot(orig[test_half], len(test_half)),
     }
-    return {"fitted_temperature": fitted_t, "fit_candidates": int(len(fit_half)), "scored_candidates": int(len(test_half)),
-            "scores": {name: scores(pt, b, classes, seed) for name, b in table.items()}}
+    return {
+        "fitted_temperature": fitted_t,
+        "fit_candidates": int(len(fit_half)),
+        "scored_candidates": int(len(test_half)),
+        "scores": {name: scores(pt, b, classes, seed) for name, b in table.items()},
+    }
 
 
 def top_fixed(q: np.ndarray, classes: list[int]) -> np.ndarray:
@@ -125,8 +142,11 @@ def research_block(p: np.ndarray, q: np.ndarray, true: np.ndarray, classes: list
     both floored at 1e-8 on the probe's classes; Brier against the one-hot treebank label on the
     probe's classes; the hard-argmax Brier (0 when right, 2 when wrong)."""
     per = research_values(p, q, true, classes)
-    return {"kl_probe_tagger_nats": _ci(per["kl"], seed), "brier_vs_treebank": _ci(per["brier"], seed),
-            "hard_argmax_brier": _ci(per["hard_brier"], seed)}
+    return {
+        "kl_probe_tagger_nats": _ci(per["kl"], seed),
+        "brier_vs_treebank": _ci(per["brier"], seed),
+        "hard_argmax_brier": _ci(per["hard_brier"], seed),
+    }
 
 
 def research_values(p, q, true, classes: list[int]) -> dict[str, np.ndarray]:
@@ -138,6 +158,8 @@ def research_values(p, q, true, classes: list[int]) -> dict[str, np.ndarray]:
     gold[np.arange(len(q)), true] = 1.0
     hard = np.zeros((len(q), K))
     hard[np.arange(len(q)), q.argmax(1)] = 1.0
-    return {"kl": rel_entr(qc / qc.sum(1, keepdims=True), pc / pc.sum(1, keepdims=True)).sum(1),
-            "brier": ((q[:, classes] - gold[:, classes]) ** 2).sum(1),
-            "hard_brier": ((hard[:, classes] - gold[:, classes]) ** 2).sum(1)}
+    return {
+        "kl": rel_entr(qc / qc.sum(1, keepdims=True), pc / pc.sum(1, keepdims=True)).sum(1),
+        "brier": ((q[:, classes] - gold[:, classes]) ** 2).sum(1),
+        "hard_brier": ((hard[:, classes] - gold[:, classes]) ** 2).sum(1),
+    }

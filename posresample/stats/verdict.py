@@ -69,8 +69,9 @@ def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400
     return pi
 
 
-def posterior_draws(counts: np.ndarray, confusion: Confusion, rng: np.random.Generator,
-                    sweeps: int = SWEEPS, burn_in: int = BURN_IN) -> np.ndarray:
+def posterior_draws(
+    counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, sweeps: int = SWEEPS, burn_in: int = BURN_IN
+) -> np.ndarray:
     """Draws of each candidate's pi from its posterior: [N, sweeps - burn_in, K] float32.
 
     Prior Dirichlet(1/|support|) on the supported classes (one pseudo-count in all, so a label seen in
@@ -90,8 +91,9 @@ def posterior_draws(counts: np.ndarray, confusion: Confusion, rng: np.random.Gen
         weights = pi[rows] * C[:, labels].T  # [P, K]: P(true t | label l, pi)
         weights /= weights.sum(axis=1, keepdims=True)
         true = rng.multinomial(n_pairs, weights)  # [P, K] the labels' true classes
-        z = np.bincount((rows[:, None] * K + np.arange(K)).ravel(), weights=true.ravel(),
-                        minlength=len(counts) * K).reshape(len(counts), K)
+        z = np.bincount(
+            (rows[:, None] * K + np.arange(K)).ravel(), weights=true.ravel(), minlength=len(counts) * K
+        ).reshape(len(counts), K)
         pi = _dirichlet(prior + z, support, rng)
         if sweep >= burn_in:
             out[:, sweep - burn_in] = pi
@@ -111,11 +113,12 @@ def intervals(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.nd
     return lo.astype(np.float64), hi.astype(np.float64)
 
 
-def posterior_intervals(counts: np.ndarray, confusion: Confusion, rng: np.random.Generator,
-                        block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def posterior_intervals(
+    counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, block: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """`intervals` of `posterior_draws`, a block of candidates at a time (each candidate's chain is its
     own), so the draws held at once do not grow with the study."""
-    parts = [intervals(posterior_draws(counts[i:i + block], confusion, rng)) for i in range(0, len(counts), block)]
+    parts = [intervals(posterior_draws(counts[i : i + block], confusion, rng)) for i in range(0, len(counts), block)]
     return np.concatenate([lo for lo, _ in parts]), np.concatenate([hi for _, hi in parts])
 
 
@@ -149,7 +152,13 @@ def g_statistic(counts: np.ndarray, expected: np.ndarray, rare: np.ndarray) -> n
     pooled_x = np.where(rare, counts, 0).sum(axis=-1, keepdims=True)
     pooled_p = np.where(rare, expected, 0).sum(axis=-1, keepdims=True)
     x = np.concatenate([np.where(rare, 0, counts), pooled_x], axis=-1)
-    p = np.concatenate([np.where(rare, 0, expected) * np.ones_like(counts, dtype=float), pooled_p * np.ones_like(pooled_x, dtype=float)], axis=-1)
+    p = np.concatenate(
+        [
+            np.where(rare, 0, expected) * np.ones_like(counts, dtype=float),
+            pooled_p * np.ones_like(pooled_x, dtype=float),
+        ],
+        axis=-1,
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(x > 0, x * np.log(x / (n * p)), 0.0)
     return 2 * terms.sum(axis=-1)
@@ -162,8 +171,14 @@ class TestResult:
     q: np.ndarray  # [N] Benjamini-Hochberg adjusted
 
 
-def probe_test(counts: np.ndarray, q: np.ndarray, confusion: Confusion, rng: np.random.Generator,
-               passes: tuple[int, ...] = TEST_REPLICATES, fdr: float = 0.05) -> TestResult:
+def probe_test(
+    counts: np.ndarray,
+    q: np.ndarray,
+    confusion: Confusion,
+    rng: np.random.Generator,
+    passes: tuple[int, ...] = TEST_REPLICATES,
+    fdr: float = 0.05,
+) -> TestResult:
     """H0: candidate i's labels are Multinomial(n_i, q_i C). Each replicate draws C from its posterior,
     then labels from q_i C; the statistic is G against q_i C-hat. The first pass covers everyone;
     later passes add replicates only where more could change a Benjamini-Hochberg decision at
@@ -186,8 +201,9 @@ def probe_test(counts: np.ndarray, q: np.ndarray, confusion: Confusion, rng: np.
                 break
         for part in np.array_split(todo, max(1, len(todo) // CHUNK)):
             if len(part):
-                exceed[part] += _exceedances(counts[part], q[part], observed[part], expected[part], rare[part],
-                                             confusion, reps, rng)
+                exceed[part] += _exceedances(
+                    counts[part], q[part], observed[part], expected[part], rare[part], confusion, reps, rng
+                )
                 total[part] += reps
     p = (1 + exceed) / (1 + total)
     return TestResult(p, total, false_discovery_control(p, method="bh"))

@@ -20,8 +20,10 @@ from posresample.schema import annotation_items, completions, labels, taggers
 from tests.helpers import REPO, cli_cmd
 from tests.known_truth import draw_study, write_study
 
-HOSTILE = ('<script>document.body.dataset.pwned = "script"</script> "><img src=x onerror="document.body.dataset.pwned=1">'
-           " \u202etxet desrever")  # an unterminated RIGHT-TO-LEFT OVERRIDE
+HOSTILE = (
+    '<script>document.body.dataset.pwned = "script"</script> "><img src=x onerror="document.body.dataset.pwned=1">'
+    " \u202etxet desrever"
+)  # an unterminated RIGHT-TO-LEFT OVERRIDE
 SCREENSHOT = REPO / "docs" / "annotate.png"
 
 
@@ -44,8 +46,12 @@ def sampled(engine):
 class Server:
     def __init__(self, db_url, annotator, *args):
         self.port = free_port()
-        self.proc = subprocess.Popen(cli_cmd("annotate", "--db", db_url, "--annotator", annotator, "--port", str(self.port), *args),
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cli_cmd("annotate", "--db", db_url, "--annotator", annotator, "--port", str(self.port), *args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()  # the server says where it listens once it is ready to
         match = re.search(r"open (http://\S+)", line)
         assert match, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
@@ -84,17 +90,28 @@ def browser():
         pytest.skip("chromium and chromedriver are not installed")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                 "--disable-component-update", "--disable-sync", "--window-size=1100,800"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,800",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
 def human_answers(engine, name="human:ana"):
     with db.read(engine) as conn:
-        return conn.execute(select(labels.c.completion_id, labels.c.status, labels.c.upos_name)
-                            .join(taggers, taggers.c.id == labels.c.tagger_id).where(taggers.c.name == name)
-                            .order_by(labels.c.id)).all()
+        return conn.execute(
+            select(labels.c.completion_id, labels.c.status, labels.c.upos_name)
+            .join(taggers, taggers.c.id == labels.c.tagger_id)
+            .where(taggers.c.name == name)
+            .order_by(labels.c.id)
+        ).all()
 
 
 def test_label_ten_with_the_keyboard_undo_one_and_resume_after_a_restart(sampled, db_url, tmp_path):
@@ -116,9 +133,13 @@ def test_label_ten_with_the_keyboard_undo_one_and_resume_after_a_restart(sampled
         assert "<script>" in shown and 'onerror="' in shown  # the hostile text is shown as text
         assert driver.find_elements(By.CSS_SELECTOR, "#text img") == [] and body.get_attribute("data-pwned") is None
         starts = driver.execute_script(  # where each part starts: the override stays inside the continuation
-            "return ['prefix', 'target', 'continuation'].map(id => document.getElementById(id).getClientRects()[0].left)")
+            "return ['prefix', 'target', 'continuation'].map(id => document.getElementById(id).getClientRects()[0].left)"
+        )
         assert starts[0] < starts[1] < starts[2], starts
-        assert driver.execute_script("return getComputedStyle(document.getElementById('continuation')).unicodeBidi") == "isolate"
+        assert (
+            driver.execute_script("return getComputedStyle(document.getElementById('continuation')).unicodeBidi")
+            == "isolate"
+        )
         keys = "nvadpnvadp"
         shown_items = []
         for i, key in enumerate(keys):
@@ -138,7 +159,17 @@ def test_label_ten_with_the_keyboard_undo_one_and_resume_after_a_restart(sampled
         driver.quit()
         assert server.stop() == 0
     got = human_answers(sampled)
-    assert len(got) == 9 and [u for _, _, u in got] == ["NOUN", "VERB", "ADJ", "DET", "PRON", "NOUN", "VERB", "ADJ", "DET"]
+    assert len(got) == 9 and [u for _, _, u in got] == [
+        "NOUN",
+        "VERB",
+        "ADJ",
+        "DET",
+        "PRON",
+        "NOUN",
+        "VERB",
+        "ADJ",
+        "DET",
+    ]
     assert {s for _, s, _ in got} == {"ok"}
     again = Server(db_url, "ana", "--sample", "20")  # the restart resumes at the tenth item
     try:
@@ -182,8 +213,13 @@ def test_cross_site_posts_are_refused(sampled, db_url):
             with pytest.raises(urllib.error.HTTPError) as refused:
                 server.post("api/answer", {"item_id": item, "label": "NOUN"}, **kwargs)
             assert refused.value.code == 403
-        for body in ({"item_id": str(item), "label": "NOUN"}, {"item_id": 10 ** 9, "label": "NOUN"},
-                     {"item_id": item, "label": "_"}, {"item_id": True, "label": "NOUN"}, [item]):
+        for body in (
+            {"item_id": str(item), "label": "NOUN"},
+            {"item_id": 10**9, "label": "NOUN"},
+            {"item_id": item, "label": "_"},
+            {"item_id": True, "label": "NOUN"},
+            [item],
+        ):
             with pytest.raises(urllib.error.HTTPError) as bad:  # malformed: the client's error, not a 500
                 server.post("api/answer", body)
             assert bad.value.code == 400, body
@@ -198,24 +234,35 @@ def test_bad_input_is_one_line_and_writes_nothing(engine, db_url, sampled):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        cases = [(["--annotator", "Ana Smith"], "annotator name 'Ana Smith' is not"),
-                 (["--annotator", "ana", "--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
-                 (["--annotator", "ana", "--host", "0.0.0.0"], "pass --token"),
-                 (["--annotator", "ana", "--scan", "nosuch"], "no scan named 'nosuch'")]
+        cases = [
+            (["--annotator", "Ana Smith"], "annotator name 'Ana Smith' is not"),
+            (["--annotator", "ana", "--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+            (["--annotator", "ana", "--host", "0.0.0.0"], "pass --token"),
+            (["--annotator", "ana", "--scan", "nosuch"], "no scan named 'nosuch'"),
+        ]
         for args, message in cases:
-            run = subprocess.run(cli_cmd("annotate", "--db", db_url, *args), capture_output=True, text=True, timeout=300)
+            run = subprocess.run(
+                cli_cmd("annotate", "--db", db_url, *args), capture_output=True, text=True, timeout=300
+            )
             errors = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
             assert run.returncode in (1, 2) and len(errors) == 1 and message in errors[0], run.stderr
     from posresample.schema import jobs
 
     with db.write(sampled) as conn:  # a scan with no completions (nothing done yet)
         conn.execute(update(jobs).values(state="todo"))
-    run = subprocess.run(cli_cmd("annotate", "--db", db_url, "--annotator", "ana", "--port", str(free_port())),
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        cli_cmd("annotate", "--db", db_url, "--annotator", "ana", "--port", str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1 and "no sampled completions to label" in run.stderr
     with db.read(sampled) as conn:
         assert conn.execute(select(func.count()).select_from(annotation_items)).scalar_one() == 0
-        assert conn.execute(select(func.count()).select_from(taggers).where(taggers.c.name.like("human:%"))).scalar_one() == 0
+        assert (
+            conn.execute(select(func.count()).select_from(taggers).where(taggers.c.name.like("human:%"))).scalar_one()
+            == 0
+        )
 
 
 def http_status(url: str, data: bytes | None = None, headers: dict | None = None) -> int:
@@ -242,9 +289,12 @@ def test_hostile_requests_get_a_4xx_and_write_nothing(sampled, db_url):
         rebound = {**post, "Host": f"rebind.example:{bob.port}", "Origin": f"http://rebind.example:{bob.port}"}
         assert http_status(base, None, {"Host": f"rebind.example:{bob.port}"}) == 400  # no page, no CSRF token
         assert http_status(base + "api/answer", answer, rebound) == 400
-        assert http_status(base + "api/answer", b'{"item_id": 1, "label": "NOUN", "pad": "' + b"x" * 200_000 + b'"}', post) == 413
+        assert (
+            http_status(base + "api/answer", b'{"item_id": 1, "label": "NOUN", "pad": "' + b"x" * 200_000 + b'"}', post)
+            == 413
+        )
         assert http_status(base + "api/answer", b"[" * 2000 + b"]" * 2000, post) == 400
-        for item_id in (10 ** 30, 2 ** 63, -1, 0):
+        for item_id in (10**30, 2**63, -1, 0):
             body = json.dumps({"item_id": item_id, "label": "NOUN"}).encode()
             assert http_status(base + "api/answer", body, post) == 400, item_id
         assert human_answers(sampled) == [] and human_answers(sampled, "human:bob") == []
@@ -259,7 +309,13 @@ def test_hostile_requests_get_a_4xx_and_write_nothing(sampled, db_url):
         assert http_status(base, None, {"Cookie": "annotate_token=s\xe9cret"}) == 403
     finally:
         guarded.stop()
-    run = subprocess.run(cli_cmd("annotate", "--db", db_url, "--annotator", "dee", "--token", "sécret"),
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 1 and run.stderr.strip().splitlines()[-1] == \
-        "Error: --token must be printable ASCII, without spaces at its ends"
+    run = subprocess.run(
+        cli_cmd("annotate", "--db", db_url, "--annotator", "dee", "--token", "sécret"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        run.returncode == 1
+        and run.stderr.strip().splitlines()[-1] == "Error: --token must be printable ASCII, without spaces at its ends"
+    )

@@ -66,8 +66,10 @@ def test_read_commands_on_a_missing_or_empty_database(tmp_path):
 
 def test_worker_refuses_a_compile_mode_it_cannot_run(tmp_path):
     db = f"sqlite:///{tmp_path / 'w.db'}"
-    for args, pattern in [(["--compile", "inductor"], "needs --decode fast"),
-                          (["--decode", "fast", "--compile", "cuda-graph", "--device", "cpu"], "needs a CUDA device")]:
+    for args, pattern in [
+        (["--compile", "inductor"], "needs --decode fast"),
+        (["--decode", "fast", "--compile", "cuda-graph", "--device", "cpu"], "needs a CUDA device"),
+    ]:
         result = CliRunner().invoke(cli, ["worker", "--db", db, *args])
         assert result.exit_code == 2 and re.search(r"Error: .*" + pattern, result.stderr), result.stderr
     assert not (tmp_path / "w.db").exists()
@@ -140,7 +142,9 @@ def test_a_conllu_line_with_the_wrong_number_of_columns_is_an_error(scan_args, t
 def test_export_file_errors_are_one_line(scan_args, tmp_path, monkeypatch):
     assert invoke(*scan_args(**{"--max-prefixes": "2"})).exit_code == 0
     db = f"sqlite:///{scan_args.db}"
-    assert_one_line_error(invoke("export", "-o", "/nonexistent/x.jsonl", "--db", db), "folder /nonexistent does not exist")
+    assert_one_line_error(
+        invoke("export", "-o", "/nonexistent/x.jsonl", "--db", db), "folder /nonexistent does not exist"
+    )
     assert_one_line_error(invoke("export", "-o", str(tmp_path), "--db", db), "it is a folder")
     import io
     from types import SimpleNamespace
@@ -153,7 +157,9 @@ def test_export_file_errors_are_one_line(scan_args, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_module, "io", SimpleNamespace(TextIOWrapper=FullDisk))
     out = tmp_path / "full.jsonl"
-    assert_one_line_error(invoke("export", "-o", str(out), "--db", db), r"cannot write .*full\.jsonl: No space left on device")
+    assert_one_line_error(
+        invoke("export", "-o", str(out), "--db", db), r"cannot write .*full\.jsonl: No space left on device"
+    )
     assert not out.exists() and not (tmp_path / "full.jsonl.partial").exists()
 
 
@@ -165,8 +171,10 @@ def test_export_writes_into_a_pipe_or_device_and_refuses_suffixes_it_cannot_writ
 
     assert invoke(*scan_args(**{"--max-prefixes": "2"})).exit_code == 0
     db = f"sqlite:///{scan_args.db}"
-    assert_one_line_error(invoke("export", "-o", str(tmp_path / "out.zip"), "--db", db),
-                          r"export writes \.jsonl or \.jsonl\.zst .* not \.zip")
+    assert_one_line_error(
+        invoke("export", "-o", str(tmp_path / "out.zip"), "--db", db),
+        r"export writes \.jsonl or \.jsonl\.zst .* not \.zip",
+    )
     assert not (tmp_path / "out.zip").exists()
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -184,8 +192,9 @@ def test_status_names_the_scan_and_how_far_it_got(scan_args):
     assert invoke(*scan_args(**{"--max-prefixes": "3"})).exit_code == 0
     db = f"sqlite:///{scan_args.db}"
     text = invoke("status", "--db", db).stdout
-    assert re.search(r"scan +default +validation +\d+/24 sentences, partial +\(3 candidates; 0/3 candidates sampled\)",
-                     text), text
+    assert re.search(
+        r"scan +default +validation +\d+/24 sentences, partial +\(3 candidates; 0/3 candidates sampled\)", text
+    ), text
     assert "workers      0 live, 0 lost (no heartbeat), 0 stopped" in text
     report = json.loads(invoke("status", "--json", "--db", db).stdout)
     [scan] = report["scans"]
@@ -213,7 +222,9 @@ def test_no_progress_silences_the_model_loader_too(scan_args):
     import sys
 
     args = scan_args(**{"--max-prefixes": "2"})
-    quiet = subprocess.run([sys.executable, str(REPO / "cli.py"), *args, "--no-progress"], capture_output=True, text=True)
+    quiet = subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), *args, "--no-progress"], capture_output=True, text=True
+    )
     assert quiet.returncode == 0, quiet.stderr
     # transformers >= 5 draws "Loading weights: 100%|...| 46/46 [...it/s]" unless told not to
     assert "Loading weights" not in quiet.stderr and "it/s" not in quiet.stderr, quiet.stderr
@@ -251,4 +262,4 @@ def test_the_full_help_in_the_docs_is_current():
     from posresample.cli import full_help_markdown
 
     text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
-    assert text[text.index("## Full help"):] == full_help_markdown()
+    assert text[text.index("## Full help") :] == full_help_markdown()

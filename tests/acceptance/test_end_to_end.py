@@ -16,9 +16,31 @@ pytestmark = pytest.mark.slow
 
 
 def scan(db_url, tiny_dir, tiny_probe, sample_conllu):
-    subprocess.run(cli_cmd("scan", "--probe", tiny_probe, "--dataset", sample_conllu, "--model", tiny_dir, "--layer", "2",
-                           "--device", "cpu", "--num-samples", "24", "--max-new-tokens", "8", "--max-prefixes", "24",
-                           "--db", db_url), check=True, capture_output=True)
+    subprocess.run(
+        cli_cmd(
+            "scan",
+            "--probe",
+            tiny_probe,
+            "--dataset",
+            sample_conllu,
+            "--model",
+            tiny_dir,
+            "--layer",
+            "2",
+            "--device",
+            "cpu",
+            "--num-samples",
+            "24",
+            "--max-new-tokens",
+            "8",
+            "--max-prefixes",
+            "24",
+            "--db",
+            db_url,
+        ),
+        check=True,
+        capture_output=True,
+    )
 
 
 def export_records(db_url, path):
@@ -33,7 +55,9 @@ def clean_records(tiny_dir, tiny_probe, sample_conllu, tmp_path_factory):
     folder = tmp_path_factory.mktemp("clean")
     clean_url = f"sqlite:///{folder / 'clean.db'}"
     scan(clean_url, tiny_dir, tiny_probe, sample_conllu)
-    assert start_worker(clean_url, "--device", "cpu", "--decode", "fast", log_path=folder / "c.log").wait(timeout=900) == 0
+    assert (
+        start_worker(clean_url, "--device", "cpu", "--decode", "fast", log_path=folder / "c.log").wait(timeout=900) == 0
+    )
     return export_records(clean_url, folder / "clean.jsonl")
 
 
@@ -43,12 +67,17 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
     scan(db_url, tiny_dir, tiny_probe, sample_conllu)
     engine = dbmod.make_engine(db_url)
 
-    victim = start_worker(db_url, "--device", "cpu", "--batch-jobs", "2", "--lease-seconds", "2", log_path=tmp_path / "v.log")
+    victim = start_worker(
+        db_url, "--device", "cpu", "--batch-jobs", "2", "--lease-seconds", "2", log_path=tmp_path / "v.log"
+    )
     wait_for(lambda: job_states(engine).get("done", 0) >= 4 and running_job_of(engine, victim.pid), what="mid-run")
     victim.send_signal(signal.SIGKILL)
     assert victim.wait(timeout=600) == -signal.SIGKILL
     assert 0 < job_states(engine).get("done", 0) < 24
-    assert start_worker(db_url, "--device", "cpu", "--lease-seconds", "2", log_path=tmp_path / "r.log").wait(timeout=900) == 0
+    assert (
+        start_worker(db_url, "--device", "cpu", "--lease-seconds", "2", log_path=tmp_path / "r.log").wait(timeout=900)
+        == 0
+    )
     assert job_states(engine) == {"done": 24}
 
     resumed = export_records(db_url, tmp_path / "resumed.jsonl")
@@ -61,8 +90,10 @@ def test_killed_worker_run_equals_a_clean_run(db_url, tiny_dir, tiny_probe, samp
 
     resumed, clean = sorted(resumed, key=key), sorted(clean, key=key)
     assert [(r["dataset_idx"], r["prefix"]) for r in resumed] == [(r["dataset_idx"], r["prefix"]) for r in clean]
-    assert_samples_agree([[c["token_ids"] for c in r["completions"]] for r in resumed],
-                         [[c["token_ids"] for c in r["completions"]] for r in clean])
+    assert_samples_agree(
+        [[c["token_ids"] for c in r["completions"]] for r in resumed],
+        [[c["token_ids"] for c in r["completions"]] for r in clean],
+    )
 
 
 @pytest.mark.postgres
@@ -77,10 +108,30 @@ def test_two_scans_of_one_name_at_once_are_safe(pg_url, tiny_dir, tiny_probe, sa
     from posresample import db as dbmod
     from posresample.schema import candidates, scans
 
-    args = ("scan", "--probe", tiny_probe, "--dataset", sample_conllu, "--model", tiny_dir, "--layer", "2", "--device",
-            "cpu", "--num-samples", "2", "--max-new-tokens", "2", "--max-prefixes", "15", "--no-progress")
-    procs = [subprocess.Popen(cli_cmd(*args, "--db", db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    args = (
+        "scan",
+        "--probe",
+        tiny_probe,
+        "--dataset",
+        sample_conllu,
+        "--model",
+        tiny_dir,
+        "--layer",
+        "2",
+        "--device",
+        "cpu",
+        "--num-samples",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--max-prefixes",
+        "15",
+        "--no-progress",
+    )
+    procs = [
+        subprocess.Popen(cli_cmd(*args, "--db", db_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outcomes = [(p.wait(timeout=900), p.stderr.read()) for p in procs]
     for code, err in outcomes:
         errors = [line for line in err.splitlines() if line.startswith("Error: ")]

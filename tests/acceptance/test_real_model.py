@@ -48,8 +48,25 @@ def ewt():
 def real_probe(real_gguf, ewt, tmp_path_factory) -> str:
     """train-probe on 300 EWT train sentences at layer 8 (no evaluation here: the test below does it)."""
     out = tmp_path_factory.mktemp("real-probe") / "probe.joblib"
-    run(cli_cmd("train-probe", "--model", real_gguf, "--dataset", str(ewt), "--split", "train",
-                "--max-sentences", "300", "--eval-split", "", "--layer", str(LAYER), "-o", str(out)))
+    run(
+        cli_cmd(
+            "train-probe",
+            "--model",
+            real_gguf,
+            "--dataset",
+            str(ewt),
+            "--split",
+            "train",
+            "--max-sentences",
+            "300",
+            "--eval-split",
+            "",
+            "--layer",
+            str(LAYER),
+            "-o",
+            str(out),
+        )
+    )
     return str(out)
 
 
@@ -111,9 +128,28 @@ def test_scan_worker_label_analyze_on_the_real_model(real_gguf, real_probe, shar
     from posresample.data import load_sentences
 
     url = f"sqlite:///{tmp_path / 'real.db'}"
-    run(cli_cmd("scan", "--probe", real_probe, "--model", real_gguf, "--dataset", str(shared_ewt), "--split",
-                "validation", "--layer", str(LAYER), "--max-prefixes", "8", "--num-samples", "8", "--db", url,
-                "--no-progress"))
+    run(
+        cli_cmd(
+            "scan",
+            "--probe",
+            real_probe,
+            "--model",
+            real_gguf,
+            "--dataset",
+            str(shared_ewt),
+            "--split",
+            "validation",
+            "--layer",
+            str(LAYER),
+            "--max-prefixes",
+            "8",
+            "--num-samples",
+            "8",
+            "--db",
+            url,
+            "--no-progress",
+        )
+    )
     run(cli_cmd("worker", "--device", "cpu", "--model", real_gguf, "--max-jobs", "4", "--db", url, "--no-progress"))
     status = json.loads(run(cli_cmd("status", "--json", "--db", url)).stdout)
     assert status["jobs"]["done"] == 4 and status["jobs"]["todo"] == 4
@@ -127,8 +163,20 @@ def test_scan_worker_label_analyze_on_the_real_model(real_gguf, real_probe, shar
     known = sum(w in vocabulary for w in words) / len(words)
     assert len(words) > 100 and known > 0.7, (known, texts[:5])
     run(cli_cmd("label", "--tagger", f"spacy:{tiny_tagger}", "--db", url, "--no-progress"))
-    out = run(cli_cmd("analyze", "--min-labelled", "4", "--refits", "2", "-o", str(tmp_path / "report"), "--db", url,
-                      "--no-progress")).stdout
+    out = run(
+        cli_cmd(
+            "analyze",
+            "--min-labelled",
+            "4",
+            "--refits",
+            "2",
+            "-o",
+            str(tmp_path / "report"),
+            "--db",
+            url,
+            "--no-progress",
+        )
+    ).stdout
     assert "a random sample of the scan's 8" in out.splitlines()[0]
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["flow"]["scanned"] == 8 and summary["flow"]["sampled"] == 4
@@ -140,8 +188,22 @@ def test_the_demo_runs_on_the_real_model_with_a_held_out_scan(real_gguf, tmp_pat
     the real model leaves uncertain tokens to sample (a probe fit on the sentences it scans left
     none); --max-jobs samples a random part of them, and label, analyze and the report follow."""
     work = tmp_path / "demo"
-    out = run(cli_cmd("demo", "--workdir", str(work), "--model", real_gguf, "--num-samples", "8", "--max-new-tokens", "8",
-                      "--max-jobs", "3", "--no-progress")).stdout
+    out = run(
+        cli_cmd(
+            "demo",
+            "--workdir",
+            str(work),
+            "--model",
+            real_gguf,
+            "--num-samples",
+            "8",
+            "--max-new-tokens",
+            "8",
+            "--max-jobs",
+            "3",
+            "--no-progress",
+        )
+    ).stdout
     assert "(layer 8)" in out and "gguf:sha256:" in out
     candidates = int(re.search(r"candidates\s+(\d+)", out).group(1))
     assert candidates > 3  # held-out words the probe is unsure of, more than were sampled

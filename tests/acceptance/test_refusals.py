@@ -11,8 +11,22 @@ from tests.helpers import assert_one_line_error, invoke
 
 
 def probe_args(tiny_dir, dataset, out, *extra):
-    return ["train-probe", "--model", tiny_dir, "--dataset", dataset, "--split", "train", "--layer", "2",
-            "--device", "cpu", "-o", str(out), *extra]
+    return [
+        "train-probe",
+        "--model",
+        tiny_dir,
+        "--dataset",
+        dataset,
+        "--split",
+        "train",
+        "--layer",
+        "2",
+        "--device",
+        "cpu",
+        "-o",
+        str(out),
+        *extra,
+    ]
 
 
 def test_a_probe_output_named_like_its_sidecar_is_refused_before_any_work(tiny_dir, sample_conllu, tmp_path):
@@ -28,8 +42,9 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tiny_dir, sa
     a_file = tmp_path / "plain"
     a_file.write_text("x")
     assert_one_line_error(invoke(*probe_args(tiny_dir, sample_conllu, a_file / "p.joblib")), "is not a writable folder")
-    assert_one_line_error(invoke("train-tagger", "--dataset", sample_conllu, "-o", str(a_file / "tagger")),
-                          "is not a writable folder")
+    assert_one_line_error(
+        invoke("train-tagger", "--dataset", sample_conllu, "-o", str(a_file / "tagger")), "is not a writable folder"
+    )
 
 
 def test_train_probe_on_one_ud_file_evaluates_on_the_dev_file_beside_it(tiny_dir, sample_conllu, tmp_path):
@@ -37,10 +52,14 @@ def test_train_probe_on_one_ud_file_evaluates_on_the_dev_file_beside_it(tiny_dir
     shutil.copy(sample_conllu, train)
     alone = invoke(*probe_args(tiny_dir, str(train), tmp_path / "a.joblib"))
     assert alone.exit_code == 0 and "accuracy" not in alone.stdout  # no dev file beside it: no evaluation
-    assert_one_line_error(invoke(*probe_args(tiny_dir, str(train), tmp_path / "b.joblib", "--eval-split", "test")),
-                          r"--eval-split test: .* no xx_t-ud-test\.conllu lies beside it")
-    assert_one_line_error(invoke(*probe_args(tiny_dir, str(train), tmp_path / "b.joblib", "--eval-split", "dev2")),
-                          "--eval-split 'dev2': use train, validation or test")
+    assert_one_line_error(
+        invoke(*probe_args(tiny_dir, str(train), tmp_path / "b.joblib", "--eval-split", "test")),
+        r"--eval-split test: .* no xx_t-ud-test\.conllu lies beside it",
+    )
+    assert_one_line_error(
+        invoke(*probe_args(tiny_dir, str(train), tmp_path / "b.joblib", "--eval-split", "dev2")),
+        "--eval-split 'dev2': use train, validation or test",
+    )
     shutil.copy(sample_conllu, tmp_path / "xx_t-ud-dev.conllu")
     paired = invoke(*probe_args(tiny_dir, str(train), tmp_path / "c.joblib"))
     assert paired.exit_code == 0 and "validation accuracy:" in paired.stdout
@@ -52,15 +71,19 @@ def test_another_applications_table_named_like_ours_is_refused_with_the_file_unt
         conn.execute("CREATE TABLE jobs (id INTEGER PRIMARY KEY, command TEXT)")
         conn.execute("INSERT INTO jobs (command) VALUES ('backup')")
     before = path.read_bytes()
-    assert_one_line_error(invoke("db", "upgrade", "--db", f"sqlite:///{path}"), r"holds another application's tables \(jobs\)")
+    assert_one_line_error(
+        invoke("db", "upgrade", "--db", f"sqlite:///{path}"), r"holds another application's tables \(jobs\)"
+    )
     assert path.read_bytes() == before  # header bytes 18-19 (the journal mode) included
 
 
 def test_machine_labels_cannot_pose_as_a_persons(tiny_tagger, tmp_path):
     url = f"sqlite:///{tmp_path / 'l.db'}"
     db.upgrade(db.make_engine(url))
-    assert_one_line_error(invoke("label", "--tagger", f"spacy:{tiny_tagger}", "--tagger-name", "human:eve", "--db", url),
-                          "names starting with 'human:' are people's labels")
+    assert_one_line_error(
+        invoke("label", "--tagger", f"spacy:{tiny_tagger}", "--tagger-name", "human:eve", "--db", url),
+        "names starting with 'human:' are people's labels",
+    )
 
 
 def test_inputs_accepted_without_a_word_are_refused(scan_args, tmp_path):
@@ -89,12 +112,30 @@ def test_a_scan_without_candidates_says_so_on_export(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     engine = db.make_engine(url)
     db.upgrade(engine)
-    identity = dict(dataset="d", split="validation", model="m", layer=1, probe_sha256="0" * 64, threshold=0.95,
-                    excluded_labels=[], dtype="float32", attn="eager")
-    scan, _ = scan_store.open_scan(engine, "sure", identity, dict(probe_path="p", probe_classes=[0, 1], sentences_total=1),
-                              GenerationParams(model="m"), "o", 60)
+    identity = dict(
+        dataset="d",
+        split="validation",
+        model="m",
+        layer=1,
+        probe_sha256="0" * 64,
+        threshold=0.95,
+        excluded_labels=[],
+        dtype="float32",
+        attn="eager",
+    )
+    scan, _ = scan_store.open_scan(
+        engine,
+        "sure",
+        identity,
+        dict(probe_path="p", probe_classes=[0, 1], sentences_total=1),
+        GenerationParams(model="m"),
+        "o",
+        60,
+    )
     scan_store.release_scan_lease(engine, scan["id"], "o")
     for params in ([], ["--params", "1"]):
-        assert_one_line_error(invoke("export", "-o", str(tmp_path / "x.jsonl"), "--db", url, *params),
-                              r"this scan has no candidates \(no token under its threshold\)")
+        assert_one_line_error(
+            invoke("export", "-o", str(tmp_path / "x.jsonl"), "--db", url, *params),
+            r"this scan has no candidates \(no token under its threshold\)",
+        )
     assert not (tmp_path / "x.jsonl").exists()

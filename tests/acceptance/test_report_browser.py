@@ -19,7 +19,9 @@ from posresample.report import ReportError, load_distill_sidecar, write_report
 from posresample.schema import candidates
 from tests.known_truth import draw_study, write_study
 
-HOSTILE = '<!--<script>document.body.dataset.pwned="comment"</script> "><img src=x onerror="document.body.dataset.pwned=1">'
+HOSTILE = (
+    '<!--<script>document.body.dataset.pwned="comment"</script> "><img src=x onerror="document.body.dataset.pwned=1">'
+)
 
 
 def chromium() -> str:
@@ -32,15 +34,33 @@ def chromium() -> str:
 
 
 def dom(page: str, fragment: str = "") -> str:
-    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=10000",
-                           "--dump-dom", f"file://{page}{fragment}"], capture_output=True, text=True, timeout=600).stdout
+    return subprocess.run(
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            f"file://{page}{fragment}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout
 
 
 def sidecar(tmp_path, **over) -> str:
     score = {m: {"mean": 0.1, "ci95": [0.05, 0.2]} for m in ("kl", "tv", "brier", "accuracy_true_label")}
-    meta = {"kind": HOSTILE, "training_data": {"scan": HOSTILE, "tagger": HOSTILE, "candidates": 150},
-            "cross_validation": {"folds": 5, "split_by": HOSTILE, "layers": [{"layer": 12, "scores": {HOSTILE: score}}]}}
+    meta = {
+        "kind": HOSTILE,
+        "training_data": {"scan": HOSTILE, "tagger": HOSTILE, "candidates": 150},
+        "cross_validation": {"folds": 5, "split_by": HOSTILE, "layers": [{"layer": 12, "scores": {HOSTILE: score}}]},
+    }
     meta.update(over)
     path = tmp_path / "distilled.json"
     path.write_text(json.dumps(meta))
@@ -76,7 +96,7 @@ def test_the_report_page_renders_pages_and_opens_a_row(hostile_report):
 def test_untrusted_text_stays_text(hostile_report):
     a, paths = hostile_report
     page = open(paths["html"], encoding="utf-8").read()
-    assert "<!--" not in page.split("<script id=\"rows\"")[1]  # the data blocks hold base64 only
+    assert "<!--" not in page.split('<script id="rows"')[1]  # the data blocks hold base64 only
     hostile = next(r["candidate_id"] for r in a.rows if r["sentence_text"] == HOSTILE)
     html = dom(paths["html"], f"#open={hostile}")
     assert "pwned" not in html.split("<body")[1].split(">")[0]  # neither script nor handler ran
@@ -90,7 +110,11 @@ def test_a_bad_distill_sidecar_is_one_line_and_leaves_no_report(tmp_path):
     with pytest.raises(ReportError, match="is not JSON"):
         load_distill_sidecar(str(tmp_path / "empty.json"))
     with pytest.raises(ReportError, match="layer entry"):
-        load_distill_sidecar(sidecar(tmp_path, cross_validation={"folds": 5, "split_by": "x",
-                                                                 "layers": [{"layer": "<b>12</b>", "scores": {}}]}))
+        load_distill_sidecar(
+            sidecar(
+                tmp_path,
+                cross_validation={"folds": 5, "split_by": "x", "layers": [{"layer": "<b>12</b>", "scores": {}}]},
+            )
+        )
     with pytest.raises(ReportError, match="folds"):
         load_distill_sidecar(sidecar(tmp_path, cross_validation={"folds": "<script>", "split_by": "x", "layers": []}))

@@ -55,15 +55,20 @@ def assert_all_done_exactly_once(engine, n_jobs, num_samples=96):
     assert total == distinct == n_jobs * num_samples and jobs_with_rows == n_jobs
     assert samples_per_done_job(engine) == {num_samples}
     with db.read(engine) as conn:  # every job's rows come from one attempt
-        mixed = conn.execute(select(completions.c.job_id).group_by(completions.c.job_id)
-                             .having(func.count(func.distinct(completions.c.attempt)) > 1)).all()
+        mixed = conn.execute(
+            select(completions.c.job_id)
+            .group_by(completions.c.job_id)
+            .having(func.count(func.distinct(completions.c.attempt)) > 1)
+        ).all()
     assert mixed == []
 
 
 def test_eight_workers_eight_hundred_jobs(engine, db_url, tmp_path):
     n = 800
     seed_jobs(engine, n)
-    procs = [start_worker(db_url, "--fake-sampler", "--batch-jobs", "8", log_path=tmp_path / f"w{i}.log") for i in range(8)]
+    procs = [
+        start_worker(db_url, "--fake-sampler", "--batch-jobs", "8", log_path=tmp_path / f"w{i}.log") for i in range(8)
+    ]
     assert finish(procs) == [0] * 8
     assert_all_done_exactly_once(engine, n)
     with db.read(engine) as conn:
@@ -79,7 +84,17 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(engine, db_url, 
     # Short leases make the kills cheap to recover from; on a loaded machine they also expire under
     # live, merely slow workers. Attempts are then spent by slowness, not by the kills, so they are
     # not the thing under test: plenty are allowed, and what must hold whatever the timing is checked.
-    args = ("--fake-sampler", "--fake-delay", "0.2", "--batch-jobs", "4", "--lease-seconds", "1.5", "--max-attempts", "1000")
+    args = (
+        "--fake-sampler",
+        "--fake-delay",
+        "0.2",
+        "--batch-jobs",
+        "4",
+        "--lease-seconds",
+        "1.5",
+        "--max-attempts",
+        "1000",
+    )
     procs = [start_worker(db_url, *args, log_path=tmp_path / f"w{i}.log") for i in range(3)]
 
     def busy_workers():
@@ -98,7 +113,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(engine, db_url, 
 
 def test_frozen_worker_late_write_is_rejected(engine, db_url, tmp_path):
     seed_jobs(engine, 1)
-    frozen = start_worker(db_url, "--fake-sampler", "--fake-delay", "1.0", "--lease-seconds", "1", log_path=tmp_path / "frozen.log")
+    frozen = start_worker(
+        db_url, "--fake-sampler", "--fake-delay", "1.0", "--lease-seconds", "1", log_path=tmp_path / "frozen.log"
+    )
     # Freeze it while it samples: frozen inside a write transaction, it would hold SQLite's write lock.
     job = wait_for(lambda: sampling_job_of(engine, frozen.pid), what="the claim")
     frozen.send_signal(signal.SIGSTOP)
@@ -107,15 +124,21 @@ def test_frozen_worker_late_write_is_rejected(engine, db_url, tmp_path):
         other = start_worker(db_url, "--fake-sampler", "--lease-seconds", "1", log_path=tmp_path / "other.log")
         assert other.wait(timeout=TIMEOUT) == 0
         with db.read(engine) as conn:
-            before = conn.execute(select(completions.c.sample_index, completions.c.attempt, completions.c.text)
-                                  .order_by(completions.c.sample_index)).all()
+            before = conn.execute(
+                select(completions.c.sample_index, completions.c.attempt, completions.c.text).order_by(
+                    completions.c.sample_index
+                )
+            ).all()
         assert {attempt for _, attempt, _ in before} == {2}
     finally:
         frozen.send_signal(signal.SIGCONT)
     assert frozen.wait(timeout=TIMEOUT) == 0
     with db.read(engine) as conn:
-        after = conn.execute(select(completions.c.sample_index, completions.c.attempt, completions.c.text)
-                             .order_by(completions.c.sample_index)).all()
+        after = conn.execute(
+            select(completions.c.sample_index, completions.c.attempt, completions.c.text).order_by(
+                completions.c.sample_index
+            )
+        ).all()
     assert after == before and len(after) == 96
     assert f"job {job} attempt 1: lease lost, results discarded" in (tmp_path / "frozen.log").read_text()
 
@@ -142,7 +165,9 @@ def test_heartbeat_keeps_a_long_job_from_being_reclaimed(engine, db_url, tmp_pat
     other worker reclaims it only if a renewal came later than the lease (a starved heartbeat on a
     loaded machine, where reclaiming is right); then the slow worker's late write was discarded."""
     seed_jobs(engine, 1)
-    slow = start_worker(db_url, "--fake-sampler", "--fake-delay", "4", "--lease-seconds", "1", log_path=tmp_path / "slow.log")
+    slow = start_worker(
+        db_url, "--fake-sampler", "--fake-delay", "4", "--lease-seconds", "1", log_path=tmp_path / "slow.log"
+    )
     job = wait_for(lambda: running_job_of(engine, slow.pid), what="the claim")
     other = start_worker(db_url, "--fake-sampler", "--lease-seconds", "1", log_path=tmp_path / "other.log")
     expiries = set()
@@ -163,8 +188,17 @@ def test_heartbeat_keeps_a_long_job_from_being_reclaimed(engine, db_url, tmp_pat
 
 def test_sigterm_stops_cleanly_and_releases(engine, db_url, tmp_path):
     seed_jobs(engine, 50)
-    w = start_worker(db_url, "--fake-sampler", "--fake-delay", "0.3", "--batch-jobs", "2", "--stop-grace", "0",
-                     log_path=tmp_path / "w.log")
+    w = start_worker(
+        db_url,
+        "--fake-sampler",
+        "--fake-delay",
+        "0.3",
+        "--batch-jobs",
+        "2",
+        "--stop-grace",
+        "0",
+        log_path=tmp_path / "w.log",
+    )
     wait_for(lambda: running_job_of(engine, w.pid), what="the claim")
     w.send_signal(signal.SIGTERM)
     assert w.wait(timeout=600) == 0
@@ -182,9 +216,27 @@ def test_supervisor_restarts_dead_children_and_stops_all_on_ctrl_c(engine, db_ur
 
     seed_jobs(engine, 400, poison=(0,))
     log = open(tmp_path / "sup.log", "wb")
-    sup = subprocess.Popen(cli_cmd("worker", "--db", db_url, "--no-progress", "--devices", "cpu,cpu", "--fake-sampler",
-                                   "--fake-delay", "0.1", "--fake-poison-token", str(POISON_TOKEN), "--batch-jobs", "1",
-                                   "--lease-seconds", "60"), stdout=log, stderr=subprocess.STDOUT)
+    sup = subprocess.Popen(
+        cli_cmd(
+            "worker",
+            "--db",
+            db_url,
+            "--no-progress",
+            "--devices",
+            "cpu,cpu",
+            "--fake-sampler",
+            "--fake-delay",
+            "0.1",
+            "--fake-poison-token",
+            str(POISON_TOKEN),
+            "--batch-jobs",
+            "1",
+            "--lease-seconds",
+            "60",
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     wait_for(lambda: "restarted worker on cpu" in (tmp_path / "sup.log").read_text(), what="a restart")
     wait_for(lambda: job_states(engine).get("done", 0) >= 20, what="progress")
     sup.send_signal(signal.SIGINT)
@@ -194,7 +246,9 @@ def test_supervisor_restarts_dead_children_and_stops_all_on_ctrl_c(engine, db_ur
     assert "restarting worker on cpu in 1s (restart 1 of 3)" in text  # a back-off, not an instant respawn
     with db.read(engine) as conn:
         live = conn.execute(select(func.count()).select_from(workers).where(workers.c.stopped_at.is_(None))).scalar()
-        running = conn.execute(select(func.count()).select_from(jobs).where(jobs.c.state == "running", jobs.c.id != 1)).scalar()
+        running = conn.execute(
+            select(func.count()).select_from(jobs).where(jobs.c.state == "running", jobs.c.id != 1)
+        ).scalar()
     assert live == 1  # only the poisoned child, SIGKILLed, never marked itself stopped
     assert running == 0  # the stopped children finished or released their jobs
 
@@ -215,8 +269,18 @@ def test_a_worker_rides_out_a_database_outage(engine, db_url, tmp_path):
     n = 60
     seed_jobs(engine, n)
     log = tmp_path / "w.log"
-    w = start_worker(db_url, "--fake-sampler", "--fake-delay", "0.05", "--batch-jobs", "2", "--db-retry-seconds", "120",
-                     log_path=log, env={"POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"})
+    w = start_worker(
+        db_url,
+        "--fake-sampler",
+        "--fake-delay",
+        "0.05",
+        "--batch-jobs",
+        "2",
+        "--db-retry-seconds",
+        "120",
+        log_path=log,
+        env={"POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"},
+    )
     wait_for(lambda: job_states(engine).get("done", 0) >= 4, what="some progress")
     engine.dispose()
     end = outage(engine, db_url)
@@ -235,13 +299,30 @@ def test_children_stop_when_their_supervisor_is_killed(engine, db_url, tmp_path)
 
     seed_jobs(engine, 2000)
     log = open(tmp_path / "sup.log", "wb")
-    sup = subprocess.Popen(cli_cmd("worker", "--db", db_url, "--no-progress", "--devices", "cpu,cpu", "--fake-sampler",
-                                   "--fake-delay", "0.1", "--batch-jobs", "1"), stdout=log, stderr=subprocess.STDOUT)
+    sup = subprocess.Popen(
+        cli_cmd(
+            "worker",
+            "--db",
+            db_url,
+            "--no-progress",
+            "--devices",
+            "cpu,cpu",
+            "--fake-sampler",
+            "--fake-delay",
+            "0.1",
+            "--batch-jobs",
+            "1",
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     pids = wait_for(lambda: _live_worker_pids(engine, 2), what="two working children")
     sup.send_signal(signal.SIGKILL)
     sup.wait(timeout=600)
-    wait_for(lambda: scalar(engine, select(func.count()).select_from(workers).where(workers.c.stopped_at.is_(None))) == 0,
-             what="the children to stop")
+    wait_for(
+        lambda: scalar(engine, select(func.count()).select_from(workers).where(workers.c.stopped_at.is_(None))) == 0,
+        what="the children to stop",
+    )
     for pid in pids:
         wait_for(lambda pid=pid: not _alive(pid), what=f"child {pid} to exit")
     assert job_states(engine).get("running", 0) == 0  # they finished or released their jobs
@@ -249,8 +330,16 @@ def test_children_stop_when_their_supervisor_is_killed(engine, db_url, tmp_path)
 
 def _live_worker_pids(engine, n):
     with db.read(engine) as conn:
-        pids = conn.execute(select(workers.c.pid).join(jobs, jobs.c.last_worker == workers.c.id)
-                            .where(workers.c.stopped_at.is_(None)).distinct()).scalars().all()
+        pids = (
+            conn.execute(
+                select(workers.c.pid)
+                .join(jobs, jobs.c.last_worker == workers.c.id)
+                .where(workers.c.stopped_at.is_(None))
+                .distinct()
+            )
+            .scalars()
+            .all()
+        )
     return pids if len(pids) >= n else None
 
 

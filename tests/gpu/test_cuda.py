@@ -27,7 +27,9 @@ def test_bf16_sampler_is_deterministic_for_a_fixed_batch(tiny_dir):
     model = load_model(tiny_dir, torch.device("cuda"))
     tok = load_tokenizer(tiny_dir)
     params = SamplingParams(0.7, 0.95, None, 16, 123)
-    requests = [SampleRequest(tok(t)["input_ids"], i, tuple(range(96))) for i, t in enumerate(["I like", "The run took"])]
+    requests = [
+        SampleRequest(tok(t)["input_ids"], i, tuple(range(96))) for i, t in enumerate(["I like", "The run took"])
+    ]
     first = [[s.token_ids for s in r] for r in Sampler(model, tok).sample(requests, params)]
     again = [[s.token_ids for s in r] for r in Sampler(model, tok).sample(requests, params)]
     assert first == again and all(len(r) == 96 for r in first)
@@ -54,7 +56,9 @@ def test_cuda_graph_replay_draws_what_the_eager_step_draws(tiny_dir, dtype):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=dtype, attn_implementation="eager").to("cuda").eval()
     tok = load_tokenizer(tiny_dir)
     params = SamplingParams(0.7, 0.95, None, 16, 123)
-    requests = [SampleRequest(tok(t)["input_ids"], i, tuple(range(96))) for i, t in enumerate(["I like", "The run took"])]
+    requests = [
+        SampleRequest(tok(t)["input_ids"], i, tuple(range(96))) for i, t in enumerate(["I like", "The run took"])
+    ]
     eager, graphed = Sampler(model, tok, decode="fast"), Sampler(model, tok, decode="fast", compile="cuda-graph")
     for chunk in (requests, requests[:1]):  # two chunks of different shapes: each captures its own graph
         want = [[s.token_ids for s in r] for r in eager.sample(chunk, params)]

@@ -129,7 +129,7 @@ def test_confusion_counts_past_any_treebank_are_one_line_errors():
     from posresample.errors import ConfigError
     from posresample.stats.confusion import parse_confusion
 
-    for n in (9.3e18, 1e308, 10 ** 400, float("nan"), -1):
+    for n in (9.3e18, 1e308, 10**400, float("nan"), -1):
         with pytest.raises(ConfigError, match="not a count in"):
             parse_confusion({"NOUN": {"NOUN": n}}, "c.json")
 
@@ -215,9 +215,14 @@ def test_the_accounting_shows_the_labels_that_are_not_ok(engine):
     study = draw_study(40, np.random.default_rng(3), num_samples=24)
     write_study(engine, study, study.measured)
     with db.write(engine) as conn:  # completions 1-24 are one job's, 25-48 another's: 5 and 6 of their labels not ok
-        conn.execute(labels.update().where(labels.c.completion_id.in_([1, 2, 3, 4, 5, 25, 26, 27, 28, 29]))
-                     .values(status="no_span", upos=None, upos_name=None))
-        conn.execute(labels.update().where(labels.c.completion_id == 30).values(status="empty", upos=None, upos_name=None))
+        conn.execute(
+            labels.update()
+            .where(labels.c.completion_id.in_([1, 2, 3, 4, 5, 25, 26, 27, 28, 29]))
+            .values(status="no_span", upos=None, upos_name=None)
+        )
+        conn.execute(
+            labels.update().where(labels.c.completion_id == 30).values(status="empty", upos=None, upos_name=None)
+        )
     result = run_analyze(engine, min_labelled=20, refits=0, with_examples=False)
     st = result.summary["label_statuses"]
     assert st["labels"] == 40 * 24 and st["counts"] == {"empty": 1, "no_span": 10, "ok": 40 * 24 - 11}

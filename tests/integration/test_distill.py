@@ -29,8 +29,16 @@ def test_distill_end_to_end(labelled, tiny_dir, tiny_model, tmp_path, monkeypatc
 
     monkeypatch.setattr(distill, "LAMBDAS", (1e-2, 1.0))  # two L2 strengths keep the nested CV quick here
     out = str(tmp_path / "distilled.joblib")
-    result = run_distill(labelled, out, layers=[2, 1], min_labelled=NUM_SAMPLES, folds=3, cache_dir=str(tmp_path / "cache"),
-                         device="cpu", progress=False)
+    result = run_distill(
+        labelled,
+        out,
+        layers=[2, 1],
+        min_labelled=NUM_SAMPLES,
+        folds=3,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+        progress=False,
+    )
     assert result.n_candidates == 24 and [r["layer"] for r in result.layer_results] == [2, 1]
     for r in result.layer_results:
         assert set(r["scores"]) == {"distilled", "original probe", "original probe, fitted T"}
@@ -44,10 +52,20 @@ def test_distill_end_to_end(labelled, tiny_dir, tiny_model, tmp_path, monkeypatc
     assert meta["training_data"]["candidates"] == 24 and meta["cross_validation"]["split_by"].startswith("sentence")
     assert open(result.plot_path, "rb").read(4) == b"\x89PNG"
     # the activations are cached: a second run does not need the model
-    again = run_distill(labelled, str(tmp_path / "again.joblib"), layers=[2], min_labelled=NUM_SAMPLES, folds=3,
-                        cache_dir=str(tmp_path / "cache"), device="cpu", progress=False)
-    assert np.isclose(again.layer_results[0]["scores"]["distilled"]["kl"]["mean"],
-                      result.layer_results[0]["scores"]["distilled"]["kl"]["mean"])
+    again = run_distill(
+        labelled,
+        str(tmp_path / "again.joblib"),
+        layers=[2],
+        min_labelled=NUM_SAMPLES,
+        folds=3,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+        progress=False,
+    )
+    assert np.isclose(
+        again.layer_results[0]["scores"]["distilled"]["kl"]["mean"],
+        result.layer_results[0]["scores"]["distilled"]["kl"]["mean"],
+    )
 
 
 def test_folds_are_sentence_texts_and_too_many_folds_are_refused(labelled, tmp_path):
@@ -59,7 +77,9 @@ def test_folds_are_sentence_texts_and_too_many_folds_are_refused(labelled, tmp_p
 
     with db.read(labelled) as conn:
         texts = conn.execute(select(func.count(func.distinct(candidates.c.sentence_text)))).scalar_one()
-    with pytest.raises(ConfigError, match=f"--folds 50 is more than the {texts} sentences .* use --folds {texts} or fewer"):
+    with pytest.raises(
+        ConfigError, match=f"--folds 50 is more than the {texts} sentences .* use --folds {texts} or fewer"
+    ):
         run_distill(labelled, str(tmp_path / "d.joblib"), min_labelled=NUM_SAMPLES, folds=50, progress=False)
     assert not (tmp_path / "d.joblib").exists()
 
@@ -94,6 +114,13 @@ def test_a_layer_the_model_lacks_is_one_error_before_any_fit(labelled, tmp_path)
     from posresample.errors import ModelError
 
     with pytest.raises(ModelError, match="--layer 9 is out of range"):
-        run_distill(labelled, str(tmp_path / "d.joblib"), layers=[2, 9], min_labelled=NUM_SAMPLES, folds=2,
-                    device="cpu", progress=False)
+        run_distill(
+            labelled,
+            str(tmp_path / "d.joblib"),
+            layers=[2, 9],
+            min_labelled=NUM_SAMPLES,
+            folds=2,
+            device="cpu",
+            progress=False,
+        )
     assert not (tmp_path / "d.joblib").exists()

@@ -31,8 +31,9 @@ def labelled(engine):
 
 def completion_ids(engine, n):
     with db.read(engine) as conn:
-        return conn.execute(select(annotation_items.c.id, annotation_items.c.completion_id)
-                            .order_by(annotation_items.c.rank).limit(n)).all()
+        return conn.execute(
+            select(annotation_items.c.id, annotation_items.c.completion_id).order_by(annotation_items.c.rank).limit(n)
+        ).all()
 
 
 def give(engine, annotator, items, answers):
@@ -94,14 +95,27 @@ def test_export_carries_human_labels_like_a_taggers(labelled, tmp_path):
     assert [t["name"] for t in meta["taggers"]] == ["known", "human:ana"]
     wanted = {cid for _, cid in items}
     with db.read(engine) as conn:  # where each labelled completion sits in the export
-        where = {cid: (job, index) for cid, job, index in conn.execute(
-            select(completions.c.id, completions.c.job_id, completions.c.sample_index).where(completions.c.id.in_(wanted)))}
+        where = {
+            cid: (job, index)
+            for cid, job, index in conn.execute(
+                select(completions.c.id, completions.c.job_id, completions.c.sample_index).where(
+                    completions.c.id.in_(wanted)
+                )
+            )
+        }
     by_job = {r["job_id"]: r["completions"] for r in records}
     human = {cid: by_job[job][index]["upos"].get("human:ana", "absent") for cid, (job, index) in where.items()}
     assert sorted(human.values(), key=str) == sorted(["VERB", None, "NOUN"], key=str)
     with db.read(engine) as conn:
-        rows = conn.execute(select(labels.c.status).join(taggers, taggers.c.id == labels.c.tagger_id)
-                            .where(taggers.c.name == "human:ana")).scalars().all()
+        rows = (
+            conn.execute(
+                select(labels.c.status)
+                .join(taggers, taggers.c.id == labels.c.tagger_id)
+                .where(taggers.c.name == "human:ana")
+            )
+            .scalars()
+            .all()
+        )
     assert sorted(rows) == ["ok", "ok", "unsure"]
 
 
@@ -119,9 +133,13 @@ def test_the_queue_shows_disagreements_first_spreads_strata_and_jobs_and_grows_i
     write_study(engine, draw_study(30, rng, num_samples=8, truth=truth, probe=probe, confusion=np.eye(K)), None)
     with db.read(engine) as conn:
         from posresample.schema import candidates, jobs
-        rows = conn.execute(select(completions.c.id, jobs.c.id, candidates.c.probe_pred, labels.c.upos)
-                            .join(jobs, jobs.c.id == completions.c.job_id).join(candidates, candidates.c.id == jobs.c.candidate_id)
-                            .join(labels, labels.c.completion_id == completions.c.id)).all()
+
+        rows = conn.execute(
+            select(completions.c.id, jobs.c.id, candidates.c.probe_pred, labels.c.upos)
+            .join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .join(labels, labels.c.completion_id == completions.c.id)
+        ).all()
     job_of = {c: j for c, j, _, _ in rows}
     disagrees = {c for c, _, pred, upos in rows if upos != pred}
     noun_jobs = {j for _, j, pred, _ in rows if pred == UPOS_IDS["NOUN"]}
@@ -129,16 +147,17 @@ def test_the_queue_shows_disagreements_first_spreads_strata_and_jobs_and_grows_i
 
     def queue():
         with db.read(engine) as conn:
-            return conn.execute(select(annotation_items.c.completion_id, annotation_items.c.reason)
-                                .order_by(annotation_items.c.rank)).all()
+            return conn.execute(
+                select(annotation_items.c.completion_id, annotation_items.c.reason).order_by(annotation_items.c.rank)
+            ).all()
 
     assert annotate.build_queue(engine, 1, 1, sample=150, overlap=0.0, seed=3) == 150
     first = queue()
     ids = [c for c, _ in first]
     assert len(set(ids)) == 150
     assert {c for c, why in first if why == "disagrees"} == disagrees  # every disagreement, marked as such
-    assert all(why == "disagrees" for _, why in first[:len(disagrees)])  # and all of them first
-    rest = ids[len(disagrees):]
+    assert all(why == "disagrees" for _, why in first[: len(disagrees)])  # and all of them first
+    rest = ids[len(disagrees) :]
     strata = ["noun" if job_of[c] in noun_jobs else "adj" for c in rest]
     assert strata[:20] == (["noun", "adj"] * 10 if strata[0] == "noun" else ["adj", "noun"] * 10)  # round robin
     for stratum in ("noun", "adj"):  # within a stratum every job once before any job twice

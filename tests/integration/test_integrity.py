@@ -45,13 +45,35 @@ def one_error(proc, pattern):
     assert "Traceback" not in proc.stderr
 
 
-def test_commands_refuse_another_applications_database_and_write_nothing(foreign_url, tiny_tagger, tiny_dir, tiny_probe,
-                                                                         sample_conllu):
-    one_error(run_cli("label", "--db", foreign_url, "--tagger", f"spacy:{tiny_tagger}", "--no-progress",
-                      "--db-retry-seconds", "0"), "holds another application's tables \\(invoices\\)")
+def test_commands_refuse_another_applications_database_and_write_nothing(
+    foreign_url, tiny_tagger, tiny_dir, tiny_probe, sample_conllu
+):
+    one_error(
+        run_cli(
+            "label", "--db", foreign_url, "--tagger", f"spacy:{tiny_tagger}", "--no-progress", "--db-retry-seconds", "0"
+        ),
+        "holds another application's tables \\(invoices\\)",
+    )
     one_error(run_cli("db", "upgrade", "--db", foreign_url), "another application's tables")
-    one_error(run_cli("scan", "--db", foreign_url, "--probe", tiny_probe, "--dataset", sample_conllu, "--model", tiny_dir,
-                      "--layer", "2", "--device", "cpu", "--no-progress"), "another application's tables")
+    one_error(
+        run_cli(
+            "scan",
+            "--db",
+            foreign_url,
+            "--probe",
+            tiny_probe,
+            "--dataset",
+            sample_conllu,
+            "--model",
+            tiny_dir,
+            "--layer",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ),
+        "another application's tables",
+    )
     for command in (["status"], ["export", "-o", "-"], ["worker", "--fake-sampler", "--db-retry-seconds", "0"]):
         one_error(run_cli(*command, "--db", foreign_url), "another application's tables")
     assert tables(foreign_url) == {"invoices"}
@@ -67,15 +89,19 @@ def test_an_unrelated_alembic_database_is_not_called_a_newer_posresample(db_url)
         conn.execute(text("INSERT INTO alembic_version VALUES ('a1b2c3d4e5f6')"))
         conn.execute(text("CREATE TABLE users (id INTEGER PRIMARY KEY)"))
     eng.dispose()
-    one_error(run_cli("db", "upgrade", "--db", db_url), "belongs to another application \\(Alembic revision a1b2c3d4e5f6")
+    one_error(
+        run_cli("db", "upgrade", "--db", db_url), "belongs to another application \\(Alembic revision a1b2c3d4e5f6"
+    )
     assert tables(db_url) == {"alembic_version", "users"}
 
 
 def test_label_on_an_empty_file_creates_no_schema(tmp_path, tiny_tagger):
     path = tmp_path / "empty.db"
     path.write_bytes(b"")
-    one_error(run_cli("label", "--db", f"sqlite:///{path}", "--tagger", f"spacy:{tiny_tagger}", "--no-progress"),
-              "holds no posresample data yet")
+    one_error(
+        run_cli("label", "--db", f"sqlite:///{path}", "--tagger", f"spacy:{tiny_tagger}", "--no-progress"),
+        "holds no posresample data yet",
+    )
     assert path.read_bytes() == b""
 
 
@@ -85,8 +111,10 @@ def test_a_malformed_tagger_sidecar_is_one_line_and_nothing_is_written(sampled, 
     broken = tmp_path / "broken-tagger"
     shutil.copytree(tiny_tagger, broken)
     (tmp_path / "broken-tagger.json").write_text("{ not json")
-    one_error(run_cli("label", "--db", db_url, "--tagger", f"spacy:{broken}", "--no-progress"),
-              "tagger sidecar .*broken-tagger.json is not JSON")
+    one_error(
+        run_cli("label", "--db", db_url, "--tagger", f"spacy:{broken}", "--no-progress"),
+        "tagger sidecar .*broken-tagger.json is not JSON",
+    )
     assert count(sampled, taggers) == 0
 
 
@@ -104,8 +132,13 @@ def test_two_taggers_of_one_name_are_refused(sampled, tiny_tagger, tmp_path):
     assert renamed.added == 48
     with db.read(sampled) as conn:
         names = conn.execute(select(taggers.c.name).order_by(taggers.c.id)).scalars().all()
-        per_tagger = dict(conn.execute(select(taggers.c.name, func.count(labels.c.id))
-                                       .join(labels, labels.c.tagger_id == taggers.c.id).group_by(taggers.c.name)).all())
+        per_tagger = dict(
+            conn.execute(
+                select(taggers.c.name, func.count(labels.c.id))
+                .join(labels, labels.c.tagger_id == taggers.c.id)
+                .group_by(taggers.c.name)
+            ).all()
+        )
     assert names == ["sample-tagger", "sample-2"] and per_tagger == {"sample-tagger": 48, "sample-2": 48}
 
 
@@ -119,8 +152,12 @@ def test_the_migration_renames_taggers_that_share_a_name(db_url):
         conn.commit()
     with eng.begin() as conn:
         for i, key in enumerate(("a", "b")):
-            conn.execute(text("INSERT INTO taggers (name, spec, identity_key, library, library_version, created_at) "
-                              f"VALUES ('ewt', 'spacy:x{i}', '{key}', 'spacy', '3', 0)"))
+            conn.execute(
+                text(
+                    "INSERT INTO taggers (name, spec, identity_key, library, library_version, created_at) "
+                    f"VALUES ('ewt', 'spacy:x{i}', '{key}', 'spacy', '3', 0)"
+                )
+            )
     db.upgrade(eng)
     with db.read(eng) as conn:
         assert conn.execute(select(taggers.c.name).order_by(taggers.c.id)).scalars().all() == ["ewt", "ewt-2"]
@@ -128,8 +165,9 @@ def test_the_migration_renames_taggers_that_share_a_name(db_url):
 
 
 @pytest.mark.postgres
-def test_a_locked_lease_row_does_not_stall_label_claims(pg_url, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer,
-                                                         tiny_tagger):
+def test_a_locked_lease_row_does_not_stall_label_claims(
+    pg_url, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger
+):
     """A transaction holding one row of the label queue must not block other label processes."""
 
     from posresample.scan import run_scan
@@ -167,9 +205,21 @@ def test_label_rides_out_an_outage_at_start_up(sampled, db_url, tiny_tagger, tmp
     end = outage(sampled, db_url)
     try:
         with open(log, "wb") as handle:
-            proc = subprocess.Popen(cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--no-progress",
-                                            "--db-retry-seconds", "120"), stdout=handle, stderr=subprocess.STDOUT,
-                                    env={**__import__("os").environ, "POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"})
+            proc = subprocess.Popen(
+                cli_cmd(
+                    "label",
+                    "--db",
+                    db_url,
+                    "--tagger",
+                    f"spacy:{tiny_tagger}",
+                    "--no-progress",
+                    "--db-retry-seconds",
+                    "120",
+                ),
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                env={**__import__("os").environ, "POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"},
+            )
             from tests.helpers import wait_for
 
             wait_for(lambda: "database unavailable" in log.read_text(), what="label to meet the outage")
@@ -233,8 +283,14 @@ def test_a_worker_rides_out_an_outage_at_start_up(engine, db_url, tmp_path):
     log = tmp_path / "w.log"
     end = outage(engine, db_url)
     try:
-        worker = start_worker(db_url, "--fake-sampler", "--db-retry-seconds", "120", log_path=log,
-                              env={"POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"})
+        worker = start_worker(
+            db_url,
+            "--fake-sampler",
+            "--db-retry-seconds",
+            "120",
+            log_path=log,
+            env={"POSRESAMPLE_SQLITE_BUSY_TIMEOUT": "0.5"},
+        )
         wait_for(lambda: "database unavailable" in log.read_text(), what="the worker to meet the outage")
         assert worker.poll() is None  # alive, retrying
     finally:

@@ -57,8 +57,17 @@ def test_dataset_order_drains_in_id_order(engine):
 
 def test_another_order_on_an_existing_scan_is_refused_and_none_resumes(engine):
     seed_jobs(engine, 3)
-    identity = dict(dataset="fake", split="validation", model="fake", layer=1, probe_sha256="0" * 64,
-                    threshold=0.95, excluded_labels=[], dtype="float32", attn="eager")
+    identity = dict(
+        dataset="fake",
+        split="validation",
+        model="fake",
+        layer=1,
+        probe_sha256="0" * 64,
+        threshold=0.95,
+        excluded_labels=[],
+        dtype="float32",
+        attn="eager",
+    )
     extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=3)
     from posresample.config import GenerationParams
 

@@ -16,7 +16,9 @@ from tests.helpers import cli_cmd, count
 
 def leases(engine):
     with db.read(engine) as conn:
-        return conn.execute(select(func.count()).select_from(label_jobs).where(label_jobs.c.owner.is_not(None))).scalar_one()
+        return conn.execute(
+            select(func.count()).select_from(label_jobs).where(label_jobs.c.owner.is_not(None))
+        ).scalar_one()
 
 
 def test_label_every_completion_once_and_resume_adds_nothing(sampled, tiny_tagger):
@@ -30,7 +32,12 @@ def test_label_every_completion_once_and_resume_adds_nothing(sampled, tiny_tagge
     assert again.added == 0 and again.candidates_added == 0 and count(sampled, labels) == 48
     assert leases(sampled) == 0  # every lease given back
     with db.read(sampled) as conn:  # the tagger's queue: every done job, each labelled
-        assert conn.execute(select(func.count()).select_from(label_jobs).where(label_jobs.c.labelled_at.is_not(None))).scalar_one() == 6
+        assert (
+            conn.execute(
+                select(func.count()).select_from(label_jobs).where(label_jobs.c.labelled_at.is_not(None))
+            ).scalar_one()
+            == 6
+        )
 
 
 def test_an_interrupted_run_is_finished_by_the_next(sampled, tiny_tagger, monkeypatch):
@@ -54,17 +61,39 @@ def test_an_interrupted_run_is_finished_by_the_next(sampled, tiny_tagger, monkey
 
 @pytest.mark.slow
 def test_two_label_processes_split_the_work(sampled, db_url, tiny_tagger):
-    run = subprocess.run(cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--processes", "2",
-                                 "--batch", "1", "--no-progress"), capture_output=True, text=True)
+    run = subprocess.run(
+        cli_cmd(
+            "label",
+            "--db",
+            db_url,
+            "--tagger",
+            f"spacy:{tiny_tagger}",
+            "--processes",
+            "2",
+            "--batch",
+            "1",
+            "--no-progress",
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "48 completions labelled now" in run.stdout and "48 in all" in run.stdout
-    again = subprocess.run(cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--processes", "2",
-                                   "--no-progress"), capture_output=True, text=True)
+    again = subprocess.run(
+        cli_cmd("label", "--db", db_url, "--tagger", f"spacy:{tiny_tagger}", "--processes", "2", "--no-progress"),
+        capture_output=True,
+        text=True,
+    )
     assert "0 completions labelled now" in again.stdout and "48 in all" in again.stdout
     with db.read(sampled) as conn:
-        per_completion = conn.execute(select(func.count()).select_from(
-            select(labels.c.completion_id).group_by(labels.c.completion_id, labels.c.tagger_id)
-            .having(func.count() > 1).subquery())).scalar_one()
+        per_completion = conn.execute(
+            select(func.count()).select_from(
+                select(labels.c.completion_id)
+                .group_by(labels.c.completion_id, labels.c.tagger_id)
+                .having(func.count() > 1)
+                .subquery()
+            )
+        ).scalar_one()
     assert count(sampled, labels) == 48 and per_completion == 0
 
 
@@ -98,8 +127,9 @@ def test_jobs_leased_by_a_killed_process_are_taken_over(sampled, tiny_tagger):
     tagger_id = label_store.register_tagger(sampled, load_tagger(f"spacy:{tiny_tagger}").identity())
     held = label_store.claim_label_jobs(sampled, tagger_id, "deadhost:1:x", 3, lease_seconds=1.0)
     assert len(held) == 3
-    assert label_store.claim_label_jobs(sampled, tagger_id, "other:2:y", 10, lease_seconds=30) == \
-        [j for j in range(1, 7) if j not in held]  # a live lease is never claimed twice
+    assert label_store.claim_label_jobs(sampled, tagger_id, "other:2:y", 10, lease_seconds=30) == [
+        j for j in range(1, 7) if j not in held
+    ]  # a live lease is never claimed twice
     label_store.release_label_leases(sampled, tagger_id, "other:2:y")
     result = run_label(sampled, "", LabelOptions(tagger=f"spacy:{tiny_tagger}", lease_seconds=1.0, progress=False))
     assert result.added == 48 and count(sampled, labels) == 48 and leases(sampled) == 0

@@ -14,8 +14,9 @@ def test_upgrade_then_check_finds_no_drift(db_url):
     assert before is None and after == db.head_revision() == db.current_revision(engine)
     assert db.upgrade(engine) == (after, after)  # idempotent
     engine.dispose()
-    check = subprocess.run([sys.executable, "-m", "alembic", "-x", f"db={db_url}", "check"],
-                           cwd=REPO, capture_output=True, text=True)
+    check = subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"db={db_url}", "check"], cwd=REPO, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
     assert "No new upgrade operations detected" in check.stdout + check.stderr
 
@@ -69,15 +70,28 @@ def test_a_0001_database_upgrades_in_place_and_downgrades(db_url):
         command.upgrade(db.alembic_config(connection=conn), "0001")
         conn.commit()
     with engine.begin() as conn:  # a worker row written before workers.sampler existed
-        conn.exec_driver_sql("INSERT INTO workers (id, host, pid, device, lease_seconds, started_at, heartbeat_at, "
-                             "jobs_done) VALUES ('h:1:abc', 'h', 1, 'cpu', 60, 0, 0, 3)")
+        conn.exec_driver_sql(
+            "INSERT INTO workers (id, host, pid, device, lease_seconds, started_at, heartbeat_at, "
+            "jobs_done) VALUES ('h:1:abc', 'h', 1, 'cpu', 60, 0, 0, 3)"
+        )
     with pytest.raises(DatabaseError, match=f"at 0001, not {db.head_revision()}: run `cli.py db upgrade`"):
         db.ensure_schema(engine, migrate=False)
     assert db.upgrade(engine) == ("0001", db.head_revision())
     with engine.begin() as conn:
         assert conn.execute(select(workers.c.jobs_done, workers.c.sampler)).one() == (3, None)
-        conn.execute(insert(workers).values(id="h:2:def", host="h", pid=2, device="cpu", lease_seconds=60,
-                                            started_at=0, heartbeat_at=0, jobs_done=0, sampler={"m": {"decode": "fast"}}))
+        conn.execute(
+            insert(workers).values(
+                id="h:2:def",
+                host="h",
+                pid=2,
+                device="cpu",
+                lease_seconds=60,
+                started_at=0,
+                heartbeat_at=0,
+                jobs_done=0,
+                sampler={"m": {"decode": "fast"}},
+            )
+        )
     with engine.connect() as conn:
         command.downgrade(db.alembic_config(connection=conn), "0001")
         conn.commit()
@@ -97,11 +111,17 @@ def test_a_database_from_a_newer_posresample_is_refused_by_every_command(sqlite_
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0099'")
     engine.dispose()
-    commands = [["db", "upgrade"], ["status"], ["export", "-o", str(tmp_path / "x.jsonl")], ["worker", "--fake-sampler"],
-                ["scan", "--probe", str(tmp_path / "p.joblib"), "--dataset", "x", "--model", "m"]]
+    commands = [
+        ["db", "upgrade"],
+        ["status"],
+        ["export", "-o", str(tmp_path / "x.jsonl")],
+        ["worker", "--fake-sampler"],
+        ["scan", "--probe", str(tmp_path / "p.joblib"), "--dataset", "x", "--model", "m"],
+    ]
     for args in commands:
         result = CliRunner().invoke(cli, [*args, "--db", sqlite_url])
         assert result.exit_code == 1, (args, result.output)
         assert result.stderr.strip().splitlines()[-1] == (
             f"Error: {sqlite_url} was written by a newer posresample (schema revision 0099; this one knows up to "
-            f"{db.head_revision()}): upgrade posresample"), args
+            f"{db.head_revision()}): upgrade posresample"
+        ), args

@@ -65,7 +65,11 @@ def test_rescan_adds_nothing_and_resumes_after_interruption(engine, tiny_dir, ti
     resumed = run_scan(engine, other, progress=False)
     assert resumed.candidates == full
     with db.read(engine) as conn:
-        per_scan = dict(conn.execute(select(scans.c.name, func.count(candidates.c.id)).join(candidates).group_by(scans.c.name)).all())
+        per_scan = dict(
+            conn.execute(
+                select(scans.c.name, func.count(candidates.c.id)).join(candidates).group_by(scans.c.name)
+            ).all()
+        )
     assert per_scan == {"t": full, "interrupted": full}
 
 
@@ -110,18 +114,47 @@ def test_worker_and_export_end_to_end(engine, tiny_dir, tiny_probe, sample_conll
     header, records = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
     assert set(header) == {"metadata"} and meta["counts"]["records"] == len(records) == 15
     m = header["metadata"]
-    for key in ("model", "layer", "dataset", "split", "probe_path", "probe_sha256", "probe_classes", "threshold",
-                "excluded_labels", "generation_params", "package_versions", "samplers", "counts"):
+    for key in (
+        "model",
+        "layer",
+        "dataset",
+        "split",
+        "probe_path",
+        "probe_sha256",
+        "probe_classes",
+        "threshold",
+        "excluded_labels",
+        "generation_params",
+        "package_versions",
+        "samplers",
+        "counts",
+    ):
         assert key in m, key
     # How the samples were drawn is on the worker row that each done job names, and in the header.
     with db.read(engine) as conn:
-        described = conn.execute(select(workers.c.sampler).join(jobs, jobs.c.last_worker == workers.c.id)
-                                 .distinct()).scalars().all()
-    assert described == [{tiny_dir: {"decode": "hf", "compile": "off", "dtype": "float32", "device": "cpu",
-                                      "attn": "eager", "prefilter": 256, "torch": torch.__version__,
-                                      "transformers": transformers.__version__}}]
+        described = (
+            conn.execute(select(workers.c.sampler).join(jobs, jobs.c.last_worker == workers.c.id).distinct())
+            .scalars()
+            .all()
+        )
+    assert described == [
+        {
+            tiny_dir: {
+                "decode": "hf",
+                "compile": "off",
+                "dtype": "float32",
+                "device": "cpu",
+                "attn": "eager",
+                "prefilter": 256,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+            }
+        }
+    ]
     assert m["samplers"] == [{"jobs": 15, "sampler": described[0][tiny_dir]}]
-    assert m["layer"] == LAYER and m["excluded_labels"] == ["_", "SYM", "INTJ"] and m["generation_params"]["top_k"] is None
+    assert (
+        m["layer"] == LAYER and m["excluded_labels"] == ["_", "SYM", "INTJ"] and m["generation_params"]["top_k"] is None
+    )
     assert m["format"] == "posresample.export/2"
     check_records(engine, records, m)
 
@@ -131,13 +164,27 @@ def check_records(engine, records, meta):
         cand = {r["id"]: r for r in conn.execute(select(candidates)).mappings()}
     for rec in records:
         assert {"dataset_idx", "prefix", "sentence_text", "generation_params", "completions"} <= set(rec)
-        assert {"text", "token_ids", "target_position", "target_token", "true_label", "probe_probs", "probe_pred"} <= set(rec["prefix"])
-        assert {"model", "layer", "temperature", "top_p", "max_new_tokens", "num_samples", "seed"} <= set(rec["generation_params"])
+        assert {
+            "text",
+            "token_ids",
+            "target_position",
+            "target_token",
+            "true_label",
+            "probe_probs",
+            "probe_pred",
+        } <= set(rec["prefix"])
+        assert {"model", "layer", "temperature", "top_p", "max_new_tokens", "num_samples", "seed"} <= set(
+            rec["generation_params"]
+        )
         c = cand[rec["candidate_id"]]
         p = rec["prefix"]
         assert rec["dataset_idx"] == c["dataset_idx"] and rec["sentence_text"] == c["sentence_text"]
         assert (p["text"], p["token_ids"], p["target_position"], p["target_token"]) == (
-            c["prefix_text"], c["prefix_token_ids"], c["target_position"], c["target_token"])
+            c["prefix_text"],
+            c["prefix_token_ids"],
+            c["target_position"],
+            c["target_token"],
+        )
         assert (p["true_label"], p["probe_pred_id"]) == (c["true_label"], c["probe_pred"])
         assert (p["true_label_name"], p["probe_pred"]) == (UPOS_NAMES[c["true_label"]], UPOS_NAMES[c["probe_pred"]])
         assert p["probe_probs"] == pytest.approx(c["probe_probs"])
@@ -161,7 +208,9 @@ def test_completions_are_queryable_with_sql_json(engine, tiny_dir, tiny_probe, s
     assert tokens == expected > 0
 
 
-def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger):
+def test_the_sql_examples_in_the_docs_run(
+    engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tiny_tagger
+):
     """docs/sql.md: its first sql block is for SQLite, its second for PostgreSQL; every statement runs."""
     import re
     from collections import Counter
@@ -193,12 +242,17 @@ def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_c
         results = {s: conn.exec_driver_sql(escape(s)).fetchall() for s in statements}
     # Every example finds rows, but the live-worker query (the worker has stopped) and the disagreements,
     # checked against Python instead.
-    assert [s for s, rows in results.items() if not rows and "stopped_at is null" not in s and "disagrees" not in s] == []
+    assert [
+        s for s, rows in results.items() if not rows and "stopped_at is null" not in s and "disagrees" not in s
+    ] == []
     with db.read(engine) as conn:
         per_candidate = {}
-        for cid, upos in conn.execute(select(jobs.c.candidate_id, labels.c.upos_name).join(
-                completions, completions.c.job_id == jobs.c.id).join(labels, labels.c.completion_id == completions.c.id)
-                .where(labels.c.status == "ok")):
+        for cid, upos in conn.execute(
+            select(jobs.c.candidate_id, labels.c.upos_name)
+            .join(completions, completions.c.job_id == jobs.c.id)
+            .join(labels, labels.c.completion_id == completions.c.id)
+            .where(labels.c.status == "ok")
+        ):
             per_candidate.setdefault(cid, Counter())[upos] += 1
         preds = dict(conn.execute(select(candidates.c.id, candidates.c.probe_pred_name)).all())
     majority = {cid: sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for cid, c in per_candidate.items()}
@@ -209,11 +263,15 @@ def test_the_sql_examples_in_the_docs_run(engine, tiny_dir, tiny_probe, sample_c
     # the probe's probability for its own prediction: one row, equal to the stored max probability
     [own] = next(rows for s, rows in results.items() if "its own prediction" in s)
     with db.read(engine) as conn:
-        name, top = conn.execute(select(candidates.c.probe_pred_name, candidates.c.probe_max_prob).where(candidates.c.id == 1)).one()
+        name, top = conn.execute(
+            select(candidates.c.probe_pred_name, candidates.c.probe_max_prob).where(candidates.c.id == 1)
+        ).one()
     assert (own[0], own[1]) == (1, name) and float(own[2]) == pytest.approx(top)
 
 
-def test_export_streams_zst_and_the_same_records(engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path):
+def test_export_streams_zst_and_the_same_records(
+    engine, tiny_dir, tiny_probe, sample_conllu, tiny_model, tokenizer, tmp_path
+):
     import zstandard
 
     run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=4), progress=False)
@@ -239,7 +297,10 @@ def test_a_limit_inside_already_stored_sentences_never_spins(engine, tiny_dir, t
         return real(*args, **kw)
 
     monkeypatch.setattr(scan_store, "save_scan_batch", bounded)
-    assert run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=25), progress=False).candidates == 25
+    assert (
+        run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=25), progress=False).candidates
+        == 25
+    )
 
 
 def test_progress_counts_candidates_against_the_limit(engine, tiny_dir, tiny_probe, sample_conllu, capsys):
@@ -258,7 +319,12 @@ def test_a_scan_resumed_in_another_dtype_is_refused(engine, tiny_dir, tiny_probe
     with pytest.raises(ConfigError, match="dtype: 'float32' -> 'bfloat16'"):
         run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu), progress=False)
     assert "probe was fit on float32 activations" in caplog.text  # the sidecar's dtype, warned about
-    assert run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, name="bf16", max_prefixes=3), progress=False).candidates == 3
+    assert (
+        run_scan(
+            engine, scan_options(tiny_dir, tiny_probe, sample_conllu, name="bf16", max_prefixes=3), progress=False
+        ).candidates
+        == 3
+    )
 
 
 def test_a_scan_another_process_is_running_is_refused(engine, tiny_dir, tiny_probe, sample_conllu):
@@ -270,7 +336,10 @@ def test_a_scan_another_process_is_running_is_refused(engine, tiny_dir, tiny_pro
     assert scan_store.count_candidates(engine, first.scan["id"]) == 4
     with db.write(engine) as conn:  # its lease expired: it died; the scan may be taken over
         conn.execute(scans.update().values(lease_expires_at=db.db_now() - 1))
-    assert run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False).candidates == 8
+    assert (
+        run_scan(engine, scan_options(tiny_dir, tiny_probe, sample_conllu, max_prefixes=8), progress=False).candidates
+        == 8
+    )
     with db.read(engine) as conn:
         assert conn.execute(select(scans.c.lease_owner)).scalar() is None  # released at the end
 
@@ -280,10 +349,27 @@ def test_noise_keys_differ_between_splits_and_reproduce_from_content():
     from posresample.worker import noise_key
 
     def job(split, text="I like it", idx=3, pos=2):
-        return ClaimedJob(id=1, attempt=1, dataset_idx=idx, target_position=pos, prefix_token_ids=[2, 5, 6],
-                          split=split, sentence_text=text, params={})
+        return ClaimedJob(
+            id=1,
+            attempt=1,
+            dataset_idx=idx,
+            target_position=pos,
+            prefix_token_ids=[2, 5, 6],
+            split=split,
+            sentence_text=text,
+            params={},
+        )
 
     assert noise_key(job("validation")) == noise_key(job("validation"))  # any database, any host
-    assert len({noise_key(job("validation")), noise_key(job("test")), noise_key(job("validation", "Other text")),
-                noise_key(job("validation", pos=3))}) == 4
+    assert (
+        len(
+            {
+                noise_key(job("validation")),
+                noise_key(job("test")),
+                noise_key(job("validation", "Other text")),
+                noise_key(job("validation", pos=3)),
+            }
+        )
+        == 4
+    )
     assert 0 <= noise_key(job("test")) < 2**63

@@ -47,7 +47,9 @@ def test_complete_writes_rows_and_done_atomically(engine):
     queue.complete_job(engine, job, w, rows())
     assert job_states(engine) == {"done": 1}
     with db.read(engine) as conn:
-        got = conn.execute(select(completions.c.sample_index, completions.c.attempt).order_by(completions.c.sample_index)).all()
+        got = conn.execute(
+            select(completions.c.sample_index, completions.c.attempt).order_by(completions.c.sample_index)
+        ).all()
     assert got == [(i, 1) for i in range(4)]
     assert queue.claim_jobs(engine, w, 1, 60, MAX) == []
 
@@ -193,9 +195,19 @@ def test_status_report(engine):
     assert report["completions"] == 96 and report["candidates"] == 3
     assert report["workers"][0]["state"] == "live" and report["workers"][0]["jobs_done"] == 1
     assert report["throughput_jobs_per_minute"] > 0 and report["eta_seconds"] > 0
-    assert report["scans"] == [{"name": "fake", "split": "validation", "sentences_done": 3, "sentences_total": 3,
-                                "state": "complete", "candidates": 3, "sampled": 1, "order": "random",
-                                "order_seed": 123}]
+    assert report["scans"] == [
+        {
+            "name": "fake",
+            "split": "validation",
+            "sentences_done": 3,
+            "sentences_total": 3,
+            "state": "complete",
+            "candidates": 3,
+            "sampled": 1,
+            "order": "random",
+            "order_seed": 123,
+        }
+    ]
     for i in range(40):  # a kill campaign leaves many dead workers: counted, not listed
         queue.stop_worker(engine, register(engine, f"dead{i}"))
     queue.stop_worker(engine, w)

@@ -51,8 +51,11 @@ def backlog(engine):
 def test_a_claim_walks_the_index_in_order_and_sorts_nothing(backlog):
     engine = backlog
     queue.register_worker(engine, "h:1:w", "cpu", 60)
-    picks = [s for s in captured_selects(engine, lambda: queue.claim_jobs(engine, "h:1:w", 8, 60, 3))
-             if "ORDER BY jobs.priority, jobs.id" in s[0]]
+    picks = [
+        s
+        for s in captured_selects(engine, lambda: queue.claim_jobs(engine, "h:1:w", 8, 60, 3))
+        if "ORDER BY jobs.priority, jobs.id" in s[0]
+    ]
     assert len(picks) == 2  # todo, then expired leases: two probes, each ordered by the index
     for statement, parameters in picks:
         shown = plan(engine, statement, parameters)
@@ -70,7 +73,9 @@ def test_pending_counts_the_unfinished_rows_from_their_own_index(backlog):
     if engine.dialect.name == "sqlite":
         assert "COVERING INDEX ix_jobs_unfinished" in shown, shown
     else:  # PostgreSQL's statistics are per value: either index reads the unfinished rows only
-        assert ("ix_jobs_unfinished" in shown or "ix_jobs_state_priority_id" in shown) and "Seq Scan" not in shown, shown
+        assert ("ix_jobs_unfinished" in shown or "ix_jobs_state_priority_id" in shown) and "Seq Scan" not in shown, (
+            shown
+        )
     assert queue.pending(engine, 3) == queue.Pending(todo=100, running_live=0, running_expired=0)
 
 
@@ -86,8 +91,13 @@ def test_a_label_claim_reads_the_unlabelled_rows_of_its_own_index(backlog):
         conn.execute(text("ANALYZE"))
         conn.commit()
     claims = []
-    picks = [s for s in captured_selects(engine, lambda: claims.append(label_store.claim_label_jobs(engine, tagger, "h:1:l", 8, 60)))
-             if "FROM label_jobs" in s[0] and "ORDER BY" in s[0]]
+    picks = [
+        s
+        for s in captured_selects(
+            engine, lambda: claims.append(label_store.claim_label_jobs(engine, tagger, "h:1:l", 8, 60))
+        )
+        if "FROM label_jobs" in s[0] and "ORDER BY" in s[0]
+    ]
     assert claims == [list(range(1001, 1009))] and len(picks) == 1  # no refill: the queue had free rows
     shown = plan(engine, *picks[0])
     if engine.dialect.name == "sqlite":
@@ -110,8 +120,11 @@ def test_export_reads_the_labels_in_one_pass_whatever_the_number_of_records(engi
     truth[:, [0, 16]] = rng.dirichlet([1, 1], size=700)
     seed_labelled(engine, truth, truth[:, [0, 16]], [0, 16], num_samples=4)
     out = tmp_path / "x.jsonl"
-    label_queries = [s for s, _ in captured_selects(engine, lambda: run_export(engine, str(out), progress=False))
-                     if "FROM labels" in s or "JOIN labels" in s]
+    label_queries = [
+        s
+        for s, _ in captured_selects(engine, lambda: run_export(engine, str(out), progress=False))
+        if "FROM labels" in s or "JOIN labels" in s
+    ]
     assert len(label_queries) == 2, label_queries  # taggers_used, and the one stream
     records = [json.loads(line) for line in out.read_text().splitlines()[1:]]
     assert len(records) == 700 and all(len(r["completions"]) == 4 for r in records)

@@ -110,29 +110,51 @@ def test_bad_confusion_files_are_one_line_and_write_nothing(engine, db_url, tmp_
     rng = np.random.default_rng(5)
     study = draw_study(30, rng)
     write_study(engine, study, study.measured)
-    cases = {"notjson.json": ("{ nope", "is not JSON"),
-             "unknown.json": (json.dumps({"NOUN": {"NOUN": 10, "NOUNISH": 1}}), "unknown UPOS label 'NOUNISH'"),
-             "zero.json": (json.dumps({"NOUN": {"NOUN": 10}, "VERB": {"VERB": 0, "NOUN": 0}}), "the row of VERB has no counts"),
-             "negative.json": (json.dumps({"NOUN": {"NOUN": -3}}), "not a count in [0, 1e+12]")}
+    cases = {
+        "notjson.json": ("{ nope", "is not JSON"),
+        "unknown.json": (json.dumps({"NOUN": {"NOUN": 10, "NOUNISH": 1}}), "unknown UPOS label 'NOUNISH'"),
+        "zero.json": (
+            json.dumps({"NOUN": {"NOUN": 10}, "VERB": {"VERB": 0, "NOUN": 0}}),
+            "the row of VERB has no counts",
+        ),
+        "negative.json": (json.dumps({"NOUN": {"NOUN": -3}}), "not a count in [0, 1e+12]"),
+    }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_text(content)
         out = tmp_path / f"report-{name}"
-        result = CliRunner().invoke(cli, ["analyze", "--db", db_url, "--tagger-confusion", str(tmp_path / name), "-o", str(out)])
+        result = CliRunner().invoke(
+            cli, ["analyze", "--db", db_url, "--tagger-confusion", str(tmp_path / name), "-o", str(out)]
+        )
         assert result.exit_code == 1, result.output
         errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
         assert len(errors) == 1 and message in errors[0], result.stderr
         assert not out.exists()
     good = tmp_path / "good.json"
     good.write_text(json.dumps(Confusion(study.measured, "given").to_json()))
-    result = CliRunner().invoke(cli, ["analyze", "--db", db_url, "--tagger-confusion", str(good), "-o", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        cli, ["analyze", "--db", db_url, "--tagger-confusion", str(good), "-o", str(tmp_path / "r")]
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Of 30 uncertain tokens, ")
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["corrected"]["confusion"]["source"] == "given"
     assert summary["corrected"]["population"]["refits"] == 10  # the default
     assert "analyze: replicate studies: 100%" in result.stderr and "10/10" in result.stderr  # the bar, on stderr
-    quiet = CliRunner().invoke(cli, ["analyze", "--db", db_url, "--tagger-confusion", str(good), "--no-progress",
-                                     "--refits", "3", "-o", str(tmp_path / "r3")])
+    quiet = CliRunner().invoke(
+        cli,
+        [
+            "analyze",
+            "--db",
+            db_url,
+            "--tagger-confusion",
+            str(good),
+            "--no-progress",
+            "--refits",
+            "3",
+            "-o",
+            str(tmp_path / "r3"),
+        ],
+    )
     assert quiet.exit_code == 0, quiet.output
     assert "replicate studies" not in quiet.stderr
     assert json.loads((tmp_path / "r3" / "summary.json").read_text())["corrected"]["population"]["refits"] == 3
@@ -147,10 +169,12 @@ def test_an_unwritable_report_folder_or_a_bad_sidecar_is_one_line_before_any_wor
     write_study(engine, draw_study(20, np.random.default_rng(6)), None)
     (tmp_path / "empty.json").write_text("")
     (tmp_path / "list.json").write_text("[1, 2]")
-    cases = [(["-o", "/proc/nope/report"], "cannot write the report to /proc/nope/report"),
-             (["-o", str(tmp_path / "r1"), "--distill", str(tmp_path / "empty.json")], "is not JSON"),
-             (["-o", str(tmp_path / "r2"), "--distill", str(tmp_path / "list.json")], "is not a distill sidecar"),
-             (["-o", str(tmp_path / "r3"), "--distill", str(tmp_path / "missing.json")], "cannot read distill sidecar")]
+    cases = [
+        (["-o", "/proc/nope/report"], "cannot write the report to /proc/nope/report"),
+        (["-o", str(tmp_path / "r1"), "--distill", str(tmp_path / "empty.json")], "is not JSON"),
+        (["-o", str(tmp_path / "r2"), "--distill", str(tmp_path / "list.json")], "is not a distill sidecar"),
+        (["-o", str(tmp_path / "r3"), "--distill", str(tmp_path / "missing.json")], "cannot read distill sidecar"),
+    ]
     for args, message in cases:
         result = CliRunner().invoke(cli, ["analyze", "--db", db_url, *args])
         assert result.exit_code == 1, result.output

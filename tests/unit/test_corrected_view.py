@@ -60,8 +60,9 @@ def fitted(study, rng: np.random.Generator, replicates: int = 50):
     counts = label_counts(study)
     confusion = Confusion(study.measured, "a treebank sample")
     C = confusion.matrix()
-    g = corrected_view.deconvolution.deconvolve(counts, study.probe, C, confusion.support,
-                                        corrected_view.verdict.mle(counts, C, confusion.support), rng)
+    g = corrected_view.deconvolution.deconvolve(
+        counts, study.probe, C, confusion.support, corrected_view.verdict.mle(counts, C, confusion.support), rng
+    )
     return counts, confusion, g, corrected_view.TwoStage(g.posterior, rng, replicates=replicates)
 
 
@@ -74,8 +75,11 @@ def test_the_refits_come_out_the_same_on_one_thread_or_four(monkeypatch):
     runs = []
     for threads in (1, 4):
         monkeypatch.setattr(corrected_view, "MAX_THREADS", threads)
-        runs.append(corrected_view.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot,
-                                              np.random.default_rng(21), refits=5))
+        runs.append(
+            corrected_view.refit_estimates(
+                counts, study.probe, PROBE_CLASSES, confusion, g, boot, np.random.default_rng(21), refits=5
+            )
+        )
     for name in corrected_view.SUMMARIES:
         assert np.isfinite(runs[0][name]).all() and np.ptp(runs[0][name]) > 0  # five different studies
         assert np.allclose(runs[0][name], runs[1][name], rtol=1e-12, atol=1e-15)
@@ -93,14 +97,16 @@ def test_refits_held_back_by_memory_run_after_the_rest_and_change_nothing(monkey
     study = draw_study(100, rng)
     counts, confusion = label_counts(study), Confusion(study.measured, "a treebank sample")
     order = []
-    beside = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
-                               meanwhile=lambda: order.append("meanwhile"))
+    beside = corrected_view.estimate(
+        counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4, meanwhile=lambda: order.append("meanwhile")
+    )
     monkeypatch.setattr(corrected_view, "REFIT_MEMORY", 1)  # too little for two at once: one, deferred
     assert corrected_view.refit_threads(4, 100) == 1
     real = corrected_view._refit
     monkeypatch.setattr(corrected_view, "_refit", lambda *a: order.append("refit") or real(*a))
-    after = corrected_view.estimate(counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4,
-                              meanwhile=lambda: order.append("meanwhile"))
+    after = corrected_view.estimate(
+        counts, study.probe, PROBE_CLASSES, confusion, 3, refits=4, meanwhile=lambda: order.append("meanwhile")
+    )
     assert order == ["meanwhile"] + ["refit"] * 4 + ["meanwhile"]
     assert after.summary == beside.summary
     # the atoms built a block at a time are the atoms
@@ -129,7 +135,9 @@ def test_the_refits_spread_is_the_spread_between_independent_studies():
             counts, confusion, g, boot = fitted(study, rng)
             values = corrected_view.atom_values(g, study.probe, PROBE_CLASSES)
             estimates.append({k: (g.posterior * values[k]).sum(axis=1).mean() for k in corrected_view.SUMMARIES})
-            refits = corrected_view.refit_estimates(counts, study.probe, PROBE_CLASSES, confusion, g, boot, rng, refits=10)
+            refits = corrected_view.refit_estimates(
+                counts, study.probe, PROBE_CLASSES, confusion, g, boot, rng, refits=10
+            )
             spreads.append({k: refits[k].std(ddof=1) for k in corrected_view.SUMMARIES})
     for name in ("tv", "genuinely_ambiguous", "probe_underconfident", "probe_wrong", "majority_is_probe_argmax"):
         between = np.std([e[name] for e in estimates], ddof=1)
@@ -189,7 +197,7 @@ def test_deconvolutions_on_threads_share_one_memory_budget(monkeypatch):
     leave["b"].set(), leave["c"].set()
     for thread in threads.values():
         thread.join(30)
-    big = threading.Thread(target=run, args=("a", 10 ** 6))  # over the whole budget, alone: runs
+    big = threading.Thread(target=run, args=("a", 10**6))  # over the whole budget, alone: runs
     entered["a"].clear()
     big.start()
     assert entered["a"].wait(30)

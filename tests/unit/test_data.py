@@ -47,9 +47,12 @@ def wordlevel_tokenizer(vocab_words):
     vocab = {w: i for i, w in enumerate(["<pad>", "<eos>", "<bos>", "<unk>", *vocab_words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"), pre_tokenizers.Punctuation("isolated")])
+        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"), pre_tokenizers.Punctuation("isolated")]
+    )
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 @pytest.fixture
@@ -127,12 +130,20 @@ def test_hf_parquet_rows_give_the_same_sentences_as_conllu(tmp_path, conllu_file
 
     rows = []
     for tl in conllu.parse_incr(open(conllu_file, encoding="utf-8")):
-        rows.append({
-            "idx": tl.metadata["sent_id"], "text": tl.metadata["text"],
-            "tokens": [t["form"] for t in tl],
-            "upos": [UPOS_IDS[t["upos"] or "_"] for t in tl],
-            "head": [str(t["head"]) if t["head"] is not None else ("None" if "-" in str(t["id"]) or isinstance(t["id"], tuple) and t["id"][1] == "-" else "_") for t in tl],
-        })
+        rows.append(
+            {
+                "idx": tl.metadata["sent_id"],
+                "text": tl.metadata["text"],
+                "tokens": [t["form"] for t in tl],
+                "upos": [UPOS_IDS[t["upos"] or "_"] for t in tl],
+                "head": [
+                    str(t["head"])
+                    if t["head"] is not None
+                    else ("None" if "-" in str(t["id"]) or isinstance(t["id"], tuple) and t["id"][1] == "-" else "_")
+                    for t in tl
+                ],
+            }
+        )
     path = tmp_path / "validation-00000-of-00001.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     from_parquet = read_parquet([str(path)])

@@ -26,13 +26,16 @@ def hf_probs(logits, temperature, top_p, top_k=None):
     return LogitsProcessorList(chain)(None, logits.clone()).softmax(-1)
 
 
-@pytest.mark.parametrize("vocab,scale,temperature,top_p,top_k,prefilter", [
-    (1000, 3.0, 0.7, 0.95, None, 256),  # peaked: the nucleus fits the prefilter
-    (1000, 0.3, 0.7, 0.95, None, 16),  # flat: the nucleus exceeds the prefilter -> exact fallback
-    (500, 2.0, 1.3, 0.9, 20, 64),  # top-k inside the prefilter
-    (300, 1.0, 0.5, 0.99, 100, 8),  # top-k larger than the prefilter
-    (64, 1.0, 0.7, 1.0, None, 8),  # no top-p: the full vocabulary
-])
+@pytest.mark.parametrize(
+    "vocab,scale,temperature,top_p,top_k,prefilter",
+    [
+        (1000, 3.0, 0.7, 0.95, None, 256),  # peaked: the nucleus fits the prefilter
+        (1000, 0.3, 0.7, 0.95, None, 16),  # flat: the nucleus exceeds the prefilter -> exact fallback
+        (500, 2.0, 1.3, 0.9, 20, 64),  # top-k inside the prefilter
+        (300, 1.0, 0.5, 0.99, 100, 8),  # top-k larger than the prefilter
+        (64, 1.0, 0.7, 1.0, None, 8),  # no top-p: the full vocabulary
+    ],
+)
 def test_probabilities_equal_hf_warpers(vocab, scale, temperature, top_p, top_k, prefilter):
     torch.manual_seed(vocab)
     logits = torch.randn(32, vocab) * scale
@@ -99,8 +102,11 @@ def test_noise_depends_only_on_its_key():
     assert h[0] != h[1] and h[0] != h[2]
     assert torch.equal(row_hash(123, keys[[2, 0]], idx[[2, 0]], 3), h[[2, 0]])  # order and batch do not matter
     assert not torch.equal(row_hash(124, keys, idx, 3), h)
-    e = exponential(row_hash(123, torch.arange(20), torch.zeros(20, dtype=torch.long), 0), torch.arange(1000).expand(20, -1),
-                    SALT_TOKEN)
+    e = exponential(
+        row_hash(123, torch.arange(20), torch.zeros(20, dtype=torch.long), 0),
+        torch.arange(1000).expand(20, -1),
+        SALT_TOKEN,
+    )
     u = torch.exp(-e)  # Exp(1) noise -> uniform (0, 1)
     assert 0 < float(u.min()) and float(u.max()) < 1
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.002
@@ -117,7 +123,7 @@ def test_same_row_hash_same_token_whatever_the_batch():
     logits = torch.randn(6, 400)
     rows = row_hash(7, torch.arange(6), torch.zeros(6, dtype=torch.long), 0)
     together = sample_tokens(logits, rows, 0.7, 0.95)
-    alone = torch.stack([sample_tokens(logits[i:i + 1], rows[i:i + 1], 0.7, 0.95)[0] for i in range(6)])
+    alone = torch.stack([sample_tokens(logits[i : i + 1], rows[i : i + 1], 0.7, 0.95)[0] for i in range(6)])
     assert torch.equal(together, alone)
 
 
@@ -160,14 +166,19 @@ def test_bf16_ties_give_the_same_kept_set_and_draws_in_every_tier():
         cut = (row / 0.7)[list(kept)].min()
         straddles += int(((row / 0.7) == cut).sum()) > sum(float(row[i] / 0.7) == float(cut) for i in kept)
     assert straddles >= 5  # the case the tie order exists for is really exercised
-    tiers = {p: processed_probs(logits, 0.7, 0.95, None, prefilter=p, wide_prefilter=max(p, 512)) for p in (16, 256, 20000)}
+    tiers = {
+        p: processed_probs(logits, 0.7, 0.95, None, prefilter=p, wide_prefilter=max(p, 512)) for p in (16, 256, 20000)
+    }
     for row_index, row in enumerate(logits):
         expected = reference_kept(row, 0.7, 0.95)
         for p, probs in tiers.items():
             assert set(probs[row_index].nonzero().flatten().tolist()) == expected, (row_index, p)
     for step in range(10):
         hashes = row_hash(5, torch.arange(48), torch.zeros(48, dtype=torch.long), step)
-        draws = [sample_tokens(logits, hashes, 0.7, 0.95, None, prefilter=p, wide_prefilter=max(p, 512)) for p in (16, 256, 20000)]
+        draws = [
+            sample_tokens(logits, hashes, 0.7, 0.95, None, prefilter=p, wide_prefilter=max(p, 512))
+            for p in (16, 256, 20000)
+        ]
         assert torch.equal(draws[0], draws[1]) and torch.equal(draws[1], draws[2])
 
 
@@ -189,8 +200,12 @@ def test_the_bucket_and_token_streams_are_independent():
 
 
 def test_the_int32_hash_is_bit_for_bit_the_reference_one():
-    x = torch.cat([torch.randint(0, 2**32, (100_000,), generator=torch.Generator().manual_seed(0)),
-                   torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1])])
+    x = torch.cat(
+        [
+            torch.randint(0, 2**32, (100_000,), generator=torch.Generator().manual_seed(0)),
+            torch.tensor([0, 1, 2**31 - 1, 2**31, 2**32 - 1]),
+        ]
+    )
     assert torch.equal(mix32_int32(to_int32(x)).to(torch.int64) & 0xFFFFFFFF, mix32(x))
 
 
@@ -206,7 +221,9 @@ def test_a_flat_row_is_cut_bottom_up_exactly_as_top_down(monkeypatch):
     assert tied == list(range(len(tied))) and 2840 < len(tied) < 2860  # the lowest ids of the tie group
     for step in range(5):
         rows = row_hash(2, torch.arange(10), torch.zeros(10, dtype=torch.long), step)
-        assert torch.equal(sample_tokens(logits, rows, 0.7, 0.95), sample_tokens(logits, rows, 0.7, 0.95, **sorted_only))
+        assert torch.equal(
+            sample_tokens(logits, rows, 0.7, 0.95), sample_tokens(logits, rows, 0.7, 0.95, **sorted_only)
+        )
     monkeypatch.setattr(sampling, "TAIL_FRACTION", 1000)  # a tail too short to hold the cut: the full sort
     assert torch.equal(processed_probs(logits, 0.7, 0.95) > 0, processed_probs(logits, 0.7, 0.95, **sorted_only) > 0)
 
@@ -254,5 +271,5 @@ def test_a_real_vocabulary_keeps_the_defined_set_and_draws_alike_in_any_batch(te
         assert set(torch.nonzero(dense[i])[:, 0].tolist()) == reference_kept(row, temperature, top_p)
     rows = row_hash(3, torch.arange(6), torch.arange(6), 1)
     together = sample_tokens(logits, rows, temperature, top_p)
-    alone = torch.stack([sample_tokens(logits[i:i + 1], rows[i:i + 1], temperature, top_p)[0] for i in range(6)])
+    alone = torch.stack([sample_tokens(logits[i : i + 1], rows[i : i + 1], temperature, top_p)[0] for i in range(6)])
     assert torch.equal(together, alone)

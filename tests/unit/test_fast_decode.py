@@ -26,8 +26,12 @@ def decode_logits(model, tokenizer):
     with torch.inference_mode():
         for step in range(3):
             ours = decoder.forward(fed[:, step]).clone()
-            theirs = torch.stack([model(input_ids=torch.tensor([prefixes[row // 2] + fed[row, : step + 1].tolist()])).logits[0, -1]
-                                  for row in range(len(fed))])
+            theirs = torch.stack(
+                [
+                    model(input_ids=torch.tensor([prefixes[row // 2] + fed[row, : step + 1].tolist()])).logits[0, -1]
+                    for row in range(len(fed))
+                ]
+            )
             out.append((ours, theirs))
     return out
 
@@ -36,8 +40,12 @@ def test_shared_prefix_step_equals_hf_forward_where_both_soft_caps_bite(tiny_dir
     from posresample import standins
 
     base = standins.tiny_gemma2_config(len(tokenizer))
-    capped = standins.build_model(standins.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=0.02, final_logit_softcapping=0.05))
-    uncapped = standins.build_model(standins.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=None, final_logit_softcapping=None))
+    capped = standins.build_model(
+        standins.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=0.02, final_logit_softcapping=0.05)
+    )
+    uncapped = standins.build_model(
+        standins.tiny_gemma2_config(len(tokenizer), attn_logit_softcapping=None, final_logit_softcapping=None)
+    )
     assert base.attn_logit_softcapping == 50.0
     capped_steps, free_steps = decode_logits(capped, tokenizer), decode_logits(uncapped, tokenizer)
     for (ours, theirs), (free, _) in zip(capped_steps, free_steps):

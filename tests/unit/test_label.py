@@ -8,8 +8,20 @@ from posresample.label import target_span
 from posresample.tagger import TagResult, load_tagger
 
 # a SentencePiece-like vocabulary: "▁" is a space; BOS 2 and EOS 1 are special (skipped by decode)
-PIECES = {1: "<eos>", 2: "<bos>", 10: "▁The", 11: "▁band", 12: "▁lead", 13: "ing", 14: "▁the", 15: "▁way",
-          16: ".", 17: "▁run", 18: "▁", 19: "I"}
+PIECES = {
+    1: "<eos>",
+    2: "<bos>",
+    10: "▁The",
+    11: "▁band",
+    12: "▁lead",
+    13: "ing",
+    14: "▁the",
+    15: "▁way",
+    16: ".",
+    17: "▁run",
+    18: "▁",
+    19: "I",
+}
 
 
 def decode(ids):
@@ -18,17 +30,20 @@ def decode(ids):
     return text[1:] if text.startswith(" ") else text
 
 
-@pytest.mark.parametrize("prefix,completion,text,word", [
-    ([2, 19], [17], "I run", "I"),  # BOS, target first in the text, no leading space
-    ([2, 10, 11], [14, 15], "The band the way", "band"),  # leading space left out of the span
-    ([2, 10, 12], [13, 14, 15], "The leading the way", "lead"),  # the continuation extends the target
-    ([2, 10, 17], [16, 14], "The run. the", "run"),  # a completion that starts with punctuation
-    ([2, 10, 17], [], "The run", "run"),  # an empty completion
-    ([2, 10, 17], [1], "The run", "run"),  # EOS only
-])
+@pytest.mark.parametrize(
+    "prefix,completion,text,word",
+    [
+        ([2, 19], [17], "I run", "I"),  # BOS, target first in the text, no leading space
+        ([2, 10, 11], [14, 15], "The band the way", "band"),  # leading space left out of the span
+        ([2, 10, 12], [13, 14, 15], "The leading the way", "lead"),  # the continuation extends the target
+        ([2, 10, 17], [16, 14], "The run. the", "run"),  # a completion that starts with punctuation
+        ([2, 10, 17], [], "The run", "run"),  # an empty completion
+        ([2, 10, 17], [1], "The run", "run"),  # EOS only
+    ],
+)
 def test_target_span_arithmetic(prefix, completion, text, word):
     full, span = target_span(decode, prefix, completion)
-    assert full == text and full[span[0]:span[1]] == word
+    assert full == text and full[span[0] : span[1]] == word
 
 
 def test_a_whitespace_target_gives_an_empty_span():

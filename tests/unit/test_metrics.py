@@ -81,6 +81,6 @@ def test_report_offsets_are_utf16_units_as_javascript_slices():
     s, e = text.index("From"), text.index("From") + 4
     s16, e16 = utf16_offsets(text, s, e)
     units = text.encode("utf-16-le")
-    assert units[2 * s16:2 * e16].decode("utf-16-le") == "From" and (s16, e16) == (s + 2, e + 2)
+    assert units[2 * s16 : 2 * e16].decode("utf-16-le") == "From" and (s16, e16) == (s + 2, e + 2)
     packed = utf16_examples({7: {"ADP": [[" here on", s, e], [" x", -1, -1]]}}, {7: "😀😀 From"})
     assert packed == {"7": {"ADP": [[" here on", s16, e16], [" x", -1, -1]]}}

@@ -103,9 +103,13 @@ def test_a_malformed_or_contradicting_sidecar_is_one_error(tmp_path):
     joblib.dump(est, tmp_path / "p.joblib")
     probe = load_probe(str(tmp_path / "p.joblib"))
     side = tmp_path / "p.json"
-    for content, message in ((b"[1, 2]", "is not a JSON object"), (b'"layer 12"', "is not a JSON object"),
-                             (b"\xff\xfe{", "cannot read probe sidecar"), (b"{nope", "cannot read probe sidecar"),
-                             (json.dumps({"layer": 6, "sha256": "0" * 64}).encode(), "records another sha256")):
+    for content, message in (
+        (b"[1, 2]", "is not a JSON object"),
+        (b'"layer 12"', "is not a JSON object"),
+        (b"\xff\xfe{", "cannot read probe sidecar"),
+        (b"{nope", "cannot read probe sidecar"),
+        (json.dumps({"layer": 6, "sha256": "0" * 64}).encode(), "records another sha256"),
+    ):
         side.write_bytes(content)
         with pytest.raises(ProbeError, match=message):
             check_sidecar(probe, "google/gemma-2-2b", 12)
@@ -186,8 +190,10 @@ def test_version_mismatch_warning_is_one_complete_line(tmp_path, caplog):
     import sklearn
 
     lines = [r.getMessage() for r in caplog.records if "0.24.2" in r.getMessage()]
-    assert lines == [f"probe {tmp_path / 'old.joblib'} was pickled with scikit-learn 0.24.2, "
-                     f"running {sklearn.__version__}: results may differ"]
+    assert lines == [
+        f"probe {tmp_path / 'old.joblib'} was pickled with scikit-learn 0.24.2, "
+        f"running {sklearn.__version__}: results may differ"
+    ]
 
 
 class TemperedProbe(LogisticRegression):

@@ -69,8 +69,9 @@ def test_same_seed_same_samples_other_seed_other_samples(tiny_model, prefixes):
     first = run(Sampler(tiny_model), prefixes, [0, 1])
     again = run(Sampler(tiny_model), prefixes, [0, 1])
     assert first == again
-    other = Sampler(tiny_model).sample([SampleRequest(prefixes[0], 100, tuple(range(12)))],
-                                       SamplingParams(0.7, 0.95, None, 8, seed=124))
+    other = Sampler(tiny_model).sample(
+        [SampleRequest(prefixes[0], 100, tuple(range(12)))], SamplingParams(0.7, 0.95, None, 8, seed=124)
+    )
     assert [s.token_ids for s in other[0]] != first[0]
 
 
