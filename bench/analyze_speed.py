@@ -53,7 +53,7 @@ def measure(path: str, out: str) -> dict:
     paths = write_report(result, out)
     reported = time.perf_counter() - t1
     return {
-        "analyse": analysed,
+        "analyze": analysed,
         "report": reported,
         "cpu": time.process_time() - cpu0,
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -74,7 +74,8 @@ def main() -> None:
         "96 completions of ~70 characters per candidate, each labelled"
     )
     emit(
-        "| candidates x labelled completions | build the database | analyze | report | analyze + report | CPU | peak RSS | index.html |"
+        "| candidates x labelled completions | build the database | analyze | report | analyze + report | CPU | peak "
+        "RSS | index.html |"
     )
     emit("|---|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.candidates.split(",")):
@@ -90,7 +91,8 @@ def main() -> None:
             )
             m = json.loads(run.stdout.strip().splitlines()[-1])
         emit(
-            f"| {n:,} x 96 | {built:.0f} s | {m['analyse']:.1f} s | {m['report']:.1f} s | {m['analyse'] + m['report']:.1f} s | "
+            f"| {n:,} x 96 | {built:.0f} s | {m['analyze']:.1f} s | {m['report']:.1f} s | "
+            f"{m['analyze'] + m['report']:.1f} s | "
             f"{m['cpu']:.1f} s | {m['rss_mib']:.0f} MiB | {m['html_mb']:.1f} MB |"
         )
 

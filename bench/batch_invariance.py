@@ -97,13 +97,15 @@ def main() -> None:
     requests = [SampleRequest(p, key=i, sample_indices=tuple(range(args.num_samples))) for i, p in enumerate(prefixes)]
     emit(
         f"# {args.config}, {next(model.parameters()).dtype}, {machine(device)}, torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}, {threads} CPU threads, {'peaked' if args.peaked else 'flat (random)'} distributions, "
+        f"{time.strftime('%Y-%m-%d')}, {threads} CPU threads, {'peaked' if args.peaked else 'flat (random)'} "
+        "distributions, "
         f"{len(prefixes)} prefixes of {min(map(len, prefixes))}-{max(map(len, prefixes))} tokens x "
         f"{args.num_samples} samples x {args.max_new_tokens} tokens"
     )
     emit(f"max |logit alone - logit batched| at prefill: {prefill_logit_delta(model, prefixes):.3g}")
     emit(
-        "| variant | batching vs alone | prefixes | samples that differ | first token differs | mean first differing step |"
+        "| variant | batching vs alone | prefixes | samples that differ | first token differs | mean first differing "
+        "step |"
     )
     emit("|---|---|---|---|---|---|")
     together = {}
@@ -138,7 +140,8 @@ def main() -> None:
 def row(variant: str, batching: str, prefixes: int, result: tuple[float, float, float]) -> None:
     differ, first, step = result
     emit(
-        f"| {variant} | {batching} | {prefixes} | {differ:.2%} | {first:.2%} | {'-' if step != step else f'{step:.1f}'} |"
+        f"| {variant} | {batching} | {prefixes} | {differ:.2%} | {first:.2%} | "
+        f"{'-' if step != step else f'{step:.1f}'} |"
     )
 
 

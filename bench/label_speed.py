@@ -84,7 +84,8 @@ def main() -> None:
             seconds, n, writing = timed_label(f"sqlite:///{copy}", args.tagger, processes)
             share = f"{writing / seconds:.1%}" if processes == 1 else "(in the children)"
             print(
-                f"| label, {processes} process{'es' if processes > 1 else ''} | {n} | {seconds:.1f} | {n / seconds:.0f} | {share} |"
+                f"| label, {processes} process{'es' if processes > 1 else ''} | {n} | {seconds:.1f} | "
+                f"{n / seconds:.0f} | {share} |"
             )
         seconds, n = plain_loop(f"sqlite:///{args.db}", args.tagger, args.loop_limit)
         print(f"| plain loop, nlp(text) per completion | {n} | {seconds:.1f} | {n / seconds:.0f} | - |")

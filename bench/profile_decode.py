@@ -51,7 +51,8 @@ def main() -> None:
     wall = time.perf_counter() - t0
     on_device = "cuda" if device.type == "cuda" else "cpu"
     emit(
-        f"# {args.config}, decode={args.decode}, {args.prefixes} prefixes x 96 samples x 16 tokens on {machine(device)}, "
+        f"# {args.config}, decode={args.decode}, {args.prefixes} prefixes x 96 samples x 16 tokens on "
+        f"{machine(device)}, "
         f"{threads} CPU threads, torch {torch.__version__}: {wall * 1000:.0f} ms under the profiler "
         f"({wall * 1000 / args.prefixes:.1f} ms / prefix)"
     )

@@ -160,7 +160,8 @@ def main() -> None:
     )
     emit(f"| Sampler (hf), {args.per_call} prefixes per call | {done} | {per:.2f} | {1 / per:.3f} |")
     emit(
-        f"| floor: matrix FLOPs at {gflops:.0f} GFLOP/s (float32 mm, the head's shape) | - | {floor:.2f} | {1 / floor:.3f} |"
+        f"| floor: matrix FLOPs at {gflops:.0f} GFLOP/s (float32 mm, the head's shape) | - | {floor:.2f} | "
+        f"{1 / floor:.3f} |"
     )
     share, ratio, to_floor = draws / seconds, base_per / per, per / floor
     emit(

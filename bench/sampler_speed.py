@@ -194,8 +194,8 @@ def main() -> None:
         f"# {args.config} on {machine(device)}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}, "
         f"{threads} CPU threads, attn={args.attn}, prefix {args.prefix_len} tokens, {args.num_samples} x "
         f"{args.max_new_tokens} new tokens, {'peaked' if args.peaked else 'flat (random)'} distributions, "
-        f"{nucleus_share(model, prefixes[:4]):.0%} of first steps fit the top-256 prefilter; model built in {built_s:.1f} s"
-        + (f"; budget {args.seconds:.0f} s" if args.seconds else "")
+        f"{nucleus_share(model, prefixes[:4]):.0%} of first steps fit the top-256 prefilter; model built in "
+        f"{built_s:.1f} s" + (f"; budget {args.seconds:.0f} s" if args.seconds else "")
     )
     warm_s, _ = timed(device, lambda: run_generate(model, prefixes[:1], params, args.num_samples, 0.0))
     warm = {}
@@ -209,7 +209,8 @@ def main() -> None:
         warm[variant] += two_s
         per_prefix[variant] = two_s / 2  # compiled by now: a fair estimate of a call's cost per prefix
         emit(
-            f"# warm-up of {variant} (compiling included): {warm[variant]:.1f} s; {budget.left():.0f} s of the budget left"
+            f"# warm-up of {variant} (compiling included): {warm[variant]:.1f} s; {budget.left():.0f} s of the budget "
+            "left"
         )
     emit(
         "| variant | prefixes | seconds | ms / prefix | prefixes/s | tokens/s | peak MiB | token draws | vs generate |"

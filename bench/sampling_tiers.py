@@ -59,7 +59,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     rows = row_hash(123, torch.arange(args.rows), torch.zeros(args.rows, dtype=torch.long), 0).to(device)
     emit(
-        f"# {args.rows} rows x {args.vocab} tokens on {machine(device)}, {threads} CPU threads, torch {torch.__version__}, "
+        f"# {args.rows} rows x {args.vocab} tokens on {machine(device)}, {threads} CPU threads, torch "
+        f"{torch.__version__}, "
         f"{time.strftime('%Y-%m-%d')}"
     )
     emit(
@@ -84,8 +85,10 @@ def main() -> None:
         )
         per_k = 1000 / args.rows * 1000
         emit(
-            f"| {scale} | {int(sizes.min())} / {int(sizes.median())} / {int(sizes.max())} | {' / '.join(map(str, tiers))} "
-            f"| {tiered_s * per_k:.1f} | {plain_s * per_k:.1f} | {plain_s / tiered_s:.1f}x | {torch.equal(tiered, plain)} |"
+            f"| {scale} | {int(sizes.min())} / {int(sizes.median())} / {int(sizes.max())} | "
+            f"{' / '.join(map(str, tiers))} "
+            f"| {tiered_s * per_k:.1f} | {plain_s * per_k:.1f} | {plain_s / tiered_s:.1f}x | "
+            f"{torch.equal(tiered, plain)} |"
         )
 
 

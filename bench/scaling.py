@@ -67,7 +67,8 @@ def series(conn, n: int) -> str:
 def seed_scan(conn, candidates: int, params: int) -> None:
     conn.execute(
         text(
-            "INSERT INTO scans (name, config_key, dataset, split, model, layer, probe_path, probe_sha256, probe_classes, "
+            "INSERT INTO scans (name, config_key, dataset, split, model, layer, probe_path, probe_sha256, "
+            "probe_classes, "
             "threshold, excluded_labels, sentences_total, sentences_done, tokens_seen, tokens_skipped_unknown_label, "
             f"created_at, updated_at) VALUES ('bench', '{{}}', 'bench', 'validation', 'fake', 12, 'p', '{'0' * 64}', "
             f"'[0, 1]', 0.95, '[]', {candidates}, {candidates}, 0, 0, 0, 0)"
@@ -78,7 +79,8 @@ def seed_scan(conn, candidates: int, params: int) -> None:
             "INSERT INTO candidates (scan_id, dataset_idx, sent_id, sentence_text, target_position, target_token_id, "
             "target_token, prefix_text, prefix_token_ids, true_label, true_label_name, probe_probs, probe_pred, "
             "probe_pred_name, probe_max_prob) "
-            f"SELECT 1, g, 'id' || g, 'sentence ' || g, 1, 7, 'x', 'x', '[2, 7]', 0, 'NOUN', '[0.5, 0.5]', 0, 'NOUN', 0.5 "
+            "SELECT 1, g, 'id' || g, 'sentence ' || g, 1, 7, 'x', 'x', '[2, 7]', 0, 'NOUN', '[0.5, 0.5]', 0, 'NOUN', "
+            "0.5 "
             f"FROM {series(conn, candidates)}"
         )
     )
@@ -172,7 +174,8 @@ def seed_export(url: str, candidates: int) -> None:
         conn.execute(
             text(
                 "INSERT INTO completions (job_id, sample_index, text, token_ids, num_tokens, finish_reason, attempt) "
-                f"SELECT j.id, g, {words}, '[5, 9, 13, 2, 77, 31, 8, 4, 6, 1000, 12, 3, 99, 41, 7, 1]', 16, 'length', 1 "
+                f"SELECT j.id, g, {words}, '[5, 9, 13, 2, 77, 31, 8, 4, 6, 1000, 12, 3, 99, 41, 7, 1]', 16, 'length', "
+                "1 "
                 f"FROM jobs j CROSS JOIN {series(conn, 96)}"
             )
         )

@@ -73,9 +73,11 @@ def run(args) -> None:
     )
     seconds["parametric"] = time.perf_counter() - start
     emit(
-        f"# one known-truth study of {n} candidates x 96 labels (--seed {args.seed}), {args.replicates} replicates each, "
+        f"# one known-truth study of {n} candidates x 96 labels (--seed {args.seed}), {args.replicates} replicates "
+        "each, "
         f"{machine('cpu')}, {time.strftime('%Y-%m-%d')}; a refit replicate took "
-        f"{seconds['nonparametric'] / args.replicates:.1f} s (nonparametric), {seconds['parametric'] / args.replicates:.1f} s (parametric)"
+        f"{seconds['nonparametric'] / args.replicates:.1f} s (nonparametric), "
+        f"{seconds['parametric'] / args.replicates:.1f} s (parametric)"
     )
     emit("| statistic | estimate | two-stage sd | nonparametric refit sd | parametric refit sd |")
     emit("|---|---|---|---|---|")

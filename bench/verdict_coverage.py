@@ -152,7 +152,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s ({seconds / args.studies:.1f} s a study){variant}"
     )
     emit(
-        "| statistic | population value | 95% CI contains it | mean error | spread (sd) | mean CI width | plug-in's mean error |"
+        "| statistic | population value | 95% CI contains it | mean error | spread (sd) | mean CI width | plug-in's "
+        "mean error |"
     )
     emit("|---|---|---|---|---|---|---|")
     for name in STATISTICS:

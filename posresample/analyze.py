@@ -59,7 +59,8 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
         )
         counts = conn.execute(
             text(
-                "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = e.candidate_id "
+                "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = "
+                "e.candidate_id "
                 "WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"
             ),
             {"scan": scan["id"], "params": params["id"], "tagger": tagger["id"]},

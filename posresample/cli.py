@@ -724,7 +724,8 @@ def train_probe(
         click.echo(result.report)
         click.echo(f"{result.eval_split} accuracy: {result.accuracy:.4f}")
     click.echo(
-        f"wrote {result.probe_path} ({len(result.classes)} classes, {result.n_train} training tokens) and {result.sidecar_path}"
+        f"wrote {result.probe_path} ({len(result.classes)} classes, {result.n_train} training tokens) and "
+        f"{result.sidecar_path}"
     )
 
 
@@ -931,7 +932,8 @@ def analyze(
     click.echo(result.summary["headline"])
     counts = result.summary["verdict_counts"]
     click.echo(
-        f"per candidate (each on its own {result.summary['labels_analysed'] // max(len(result.rows), 1)} or so labels): "
+        f"per candidate (each on its own {result.summary['labels_analysed'] // max(len(result.rows), 1)} or so "
+        "labels): "
         + ", ".join(f"{n} {v.replace('_', ' ')}" for v, n in counts.items())
         + "; the shares above are the population's, estimated with the noise removed"
     )

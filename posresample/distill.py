@@ -314,7 +314,8 @@ def run_distill(
             "layer": layer,
             "dtype": scan.get("dtype"),
             "sha256": sha,
-            "kind": "distilled: soft-label multinomial logistic regression (torch L-BFGS, float64) on empirical UPOS distributions",
+            "kind": "distilled: soft-label multinomial logistic regression (torch L-BFGS, float64) on empirical UPOS "
+            "distributions",
             "training_data": {
                 "scan": scan["name"],
                 "dataset": scan["dataset"],

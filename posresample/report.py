@@ -372,8 +372,10 @@ def render_html(a: Analysis, pngs: dict[str, bytes], distill: dict | None = None
             title=f"posresample: scan {s['scan']}, tagger {s['tagger']['name']}",
             headline=s["headline"],
             meta=(
-                f"model {s['model']}, layer {s['layer']}, split {s['split']}, generation params {s['generation_params_id']}, "
-                f"tagger {s['tagger']['spec']}; {s['candidates_analysed']} of {s['candidates_in_scan']} candidates (at least "
+                f"model {s['model']}, layer {s['layer']}, split {s['split']}, generation params "
+                f"{s['generation_params_id']}, "
+                f"tagger {s['tagger']['spec']}; {s['candidates_analysed']} of {s['candidates_in_scan']} candidates "
+                "(at least "
                 f"{s['min_labelled']} labelled completions each); label prior from {s['prior_source']}"
             ),
             refits=s["corrected"]["population"]["refits"],
@@ -481,8 +483,10 @@ def raw_section(s: dict) -> list[tuple[str, str]]:
         ),
         (
             "KL over all labels at smoothing 1e-6 / 1e-8",
-            f"{o['kl_all_eps_1e-6']:.3f} / {o['kl_all_eps_1e-8']:.3f} bits ({o['kl_change_per_unit_mass_1e-6_to_1e-8']:.2f} "
-            f"bits per unit of outside mass; {o['kl_share_from_out_of_probe_candidates']:.0%} of it from the candidates "
+            f"{o['kl_all_eps_1e-6']:.3f} / {o['kl_all_eps_1e-8']:.3f} bits "
+            f"({o['kl_change_per_unit_mass_1e-6_to_1e-8']:.2f} "
+            f"bits per unit of outside mass; {o['kl_share_from_out_of_probe_candidates']:.0%} of it from the "
+            "candidates "
             "with outside labels)",
         ),
     ]

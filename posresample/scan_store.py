@@ -1,4 +1,5 @@
-"""Scans, candidates and generation params: the statements scan runs, and export's reads (done jobs, samplers, the labels streamed by completion id)."""
+"""Scans, candidates and generation params: the statements scan runs, and export's reads (done jobs, samplers, the "
+"labels streamed by completion id)."""
 
 from __future__ import annotations
 
@@ -294,7 +295,8 @@ def pick_params(conn: Connection, scan_id: int, pid: int | None) -> dict:
         raise DatabaseError("this scan has no jobs yet")
     if len(rows) > 1:
         raise ConfigError(
-            f"this scan was sampled with {len(rows)} generation params (ids {', '.join(str(r['id']) for r in rows)}): pick one with --params"
+            f"this scan was sampled with {len(rows)} generation params (ids {', '.join(str(r['id']) for r in rows)}): "
+            "pick one with --params"
         )
     return dict(rows[0])
 

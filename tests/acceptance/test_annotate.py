@@ -133,7 +133,8 @@ def test_label_ten_with_the_keyboard_undo_one_and_resume_after_a_restart(sampled
         assert "<script>" in shown and 'onerror="' in shown  # the hostile text is shown as text
         assert driver.find_elements(By.CSS_SELECTOR, "#text img") == [] and body.get_attribute("data-pwned") is None
         starts = driver.execute_script(  # where each part starts: the override stays inside the continuation
-            "return ['prefix', 'target', 'continuation'].map(id => document.getElementById(id).getClientRects()[0].left)"
+            "return ['prefix', 'target', 'continuation'].map(id => "
+            "document.getElementById(id).getClientRects()[0].left)"
         )
         assert starts[0] < starts[1] < starts[2], starts
         assert (
