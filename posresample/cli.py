@@ -98,6 +98,26 @@ COUNT = click.IntRange(1, INT32_MAX)  # a positive count that fits the 32-bit in
 
 MODEL_HELP = "HF model id, local folder, or a .gguf file (converted once to a cached folder)."
 
+# options several commands share: one definition each
+PARAMS_OPTION = click.option(
+    "--params",
+    "params_id",
+    default=None,
+    type=COUNT,
+    help="Generation params id (when a scan was sampled with several).",
+)
+DEVICE_OPTION = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+ATTN_OPTION = click.option(
+    "--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2)."
+)
+MIN_LABELLED_OPTION = click.option(
+    "--min-labelled",
+    default=DEFAULT_MIN_LABELLED,
+    show_default=True,
+    type=COUNT,
+    help="Leave out candidates with fewer labelled completions.",
+)
+
 
 def db_option(func):
     return click.option(
@@ -273,8 +293,8 @@ def parse_exclude(spec: str) -> tuple[int, ...]:
     type=click.IntRange(0, SEED_MAX),
     help="Seed of the random order.",
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
+@DEVICE_OPTION
+@ATTN_OPTION
 @click.option("--batch-size", default=32, show_default=True, type=COUNT, help="Sentences per forward pass.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (the model loader's neither).")
 @click.option(
@@ -357,7 +377,7 @@ def scan(
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@DEVICE_OPTION
 @click.option("--devices", default=None, help="Start one worker per device and supervise them: 0,1,2,3 or all.")
 @click.option(
     "--batch-jobs", default=None, type=COUNT, help="Jobs claimed and sampled together [default: 32 on GPU, 4 on CPU]."
@@ -393,7 +413,7 @@ def scan(
     type=click.IntRange(0, INT32_MAX),
     help="With --devices: restarts per device (after a back-off of 1, 2, 4 ... 60 s).",
 )
-@click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
+@ATTN_OPTION
 @click.option(
     "--decode",
     type=click.Choice(["hf", "fast"]),
@@ -516,13 +536,7 @@ def register_gguf_models(paths) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("-o", "--output", required=True, help="Output path: .jsonl, .jsonl.zst, or - for stdout.")
 @click.option("--scan", "scan_name", default=None, help="Scan to export (needed when the database holds several).")
-@click.option(
-    "--params",
-    "params_id",
-    default=None,
-    type=COUNT,
-    help="Generation params id (when a scan was sampled with several).",
-)
+@PARAMS_OPTION
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @db_option
 def export(output, scan_name, params_id, no_progress, db_url):
@@ -678,8 +692,8 @@ def upgrade(db_url):
     type=click.Path(file_okay=False),
     help="Keep activations as .npz here; a second fit skips the model.",
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--attn", default="auto", show_default=True, help="Attention implementation (auto: eager for Gemma 2).")
+@DEVICE_OPTION
+@ATTN_OPTION
 @click.option(
     "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Sentences per forward pass."
 )
@@ -830,20 +844,8 @@ def label(
     "--tagger", "tagger_name", default=None, help="Tagger name (needed when several labelled the completions)."
 )
 @click.option("--scan", "scan_name", default=None, help="Scan to analyze (needed when the database holds several).")
-@click.option(
-    "--params",
-    "params_id",
-    default=None,
-    type=COUNT,
-    help="Generation params id (when a scan was sampled with several).",
-)
-@click.option(
-    "--min-labelled",
-    default=DEFAULT_MIN_LABELLED,
-    show_default=True,
-    type=COUNT,
-    help="Leave out candidates with fewer labelled completions.",
-)
+@PARAMS_OPTION
+@MIN_LABELLED_OPTION
 @click.option(
     "--tagger-confusion",
     "confusion_file",
@@ -964,25 +966,13 @@ def analyze(
     "--tagger", "tagger_name", default=None, help="Tagger whose labels make the targets (needed when several)."
 )
 @click.option("--scan", "scan_name", default=None, help="Scan to distil from (needed when the database holds several).")
-@click.option(
-    "--params",
-    "params_id",
-    default=None,
-    type=COUNT,
-    help="Generation params id (when a scan was sampled with several).",
-)
+@PARAMS_OPTION
 @click.option(
     "--layers",
     default=None,
     help="hidden_states indexes, comma-separated; the first is saved [default: the scan's layer].",
 )
-@click.option(
-    "--min-labelled",
-    default=DEFAULT_MIN_LABELLED,
-    show_default=True,
-    type=COUNT,
-    help="Leave out candidates with fewer labelled completions.",
-)
+@MIN_LABELLED_OPTION
 @click.option(
     "--folds",
     default=5,
@@ -993,7 +983,7 @@ def analyze(
 @click.option(
     "--cache-dir", default=None, type=click.Path(file_okay=False), help="Keep the prefix activations as .npz here."
 )
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@DEVICE_OPTION
 @click.option(
     "--seed",
     default=0,
@@ -1134,13 +1124,7 @@ def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
 @click.option(
     "--scan", "scan_name", default=None, help="Scan whose completions to label (needed when there are several)."
 )
-@click.option(
-    "--params",
-    "params_id",
-    default=None,
-    type=COUNT,
-    help="Generation params id (when a scan was sampled with several).",
-)
+@PARAMS_OPTION
 @click.option(
     "--sample", default=300, show_default=True, type=COUNT, help="Completions in the queue (a later run can grow it)."
 )
