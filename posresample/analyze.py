@@ -456,6 +456,8 @@ def per_candidate_rows(cands, p, q, n, true, orig, floor: dict, fixed, classes) 
             "verdict": verdict.VERDICTS[fixed.verdict[i]],
             "p_value": float(fixed.p_value[i]),
             "q_value": float(fixed.q_value[i]),
+            "p_second_below_0.10": round(float(fixed.below[i, 0]), 5),
+            "p_first_below_0.90": round(float(fixed.below[i, 1]), 5),
             "corrected_first": UPOS_NAMES[int(fixed.point[i].argmax())],
             "empirical_majority": UPOS_NAMES[majority[i]],
             "empirical_majority_share": float(p[i].max()),

@@ -58,6 +58,7 @@ class Corrected:
     point: np.ndarray  # [N, K] maximum-likelihood distribution behind the labels
     lo: np.ndarray  # [N, K] 95% interval per class
     hi: np.ndarray
+    below: np.ndarray  # [N, 2] P(second label < 0.10), P(first label < 0.90): what the verdict turns on
     verdict: np.ndarray  # [N] index into verdict.VERDICTS
     p_value: np.ndarray  # [N]
     q_value: np.ndarray  # [N] Benjamini-Hochberg
@@ -105,9 +106,9 @@ def _estimate(counts, q, probe_classes, confusion, seed: int, refits: int, meanw
         [np.einsum("na,nak->nk", g.posterior[i : i + 1024], g.atom_block(i, i + 1024)) for i in range(0, len(q), 1024)]
     )  # [N, K] E[pi | labels]
     with Refits(counts, q, probe_classes, confusion, g, boot, refits, rng, progress) as pending:
-        lo, hi = verdict.posterior_intervals(counts, confusion, rng)
+        post = verdict.posterior(counts, confusion, point, rng)
         probe_pred = q.argmax(axis=1)
-        calls = verdict.verdicts(point, lo, probe_pred)
+        calls = verdict.verdicts(point, post.below, probe_pred)
         test = verdict.probe_test(counts, q, confusion, rng, fdr=FDR)
         if pending.deferred:  # memory limits the refits: theirs first, then the caller's work (the examples)
             replicas = pending.result()
@@ -121,6 +122,7 @@ def _estimate(counts, q, probe_classes, confusion, seed: int, refits: int, meanw
         },
         "verdict": {name: boot.share(values[name], replicas[name]) for name in verdict.VERDICTS},
         "verdict_called": {name: int((calls == i).sum()) for i, name in enumerate(verdict.VERDICTS)},
+        "verdict_refined": post.refined,
         "majority_is_probe_argmax": boot.share(
             values["majority_is_probe_argmax"], replicas["majority_is_probe_argmax"]
         ),
@@ -149,7 +151,9 @@ def _estimate(counts, q, probe_classes, confusion, seed: int, refits: int, meanw
             "refits": refits,
         },
     }
-    return Corrected(point, lo, hi, calls, test.p, test.q, test.replicates, posterior_mean, summary, side)
+    return Corrected(
+        point, post.lo, post.hi, post.below, calls, test.p, test.q, test.replicates, posterior_mean, summary, side
+    )
 
 
 def atom_values(

@@ -32,6 +32,10 @@ SWEEPS, BURN_IN = 240, 40  # Gibbs sweeps, the first ones discarded: 200 draws p
 TEST_REPLICATES = (199, 1_800, 18_000)  # Monte Carlo passes; later ones only where a decision is still open
 TEST_DRAW_BUDGET = 1_000_000  # multinomial draws a refinement pass may spend in all
 CHUNK = 128  # candidates per vectorised block
+LEVEL = 0.95  # the intervals' level
+THRESHOLDS = np.array([AMBIGUOUS_SECOND, DOMINANT_FIRST])  # what `Posterior.below` is measured at
+BATCHES = 10  # batch means for the Monte Carlo sd of a verdict's probability
+REFINE_SDS, REFINE_FACTOR = 4.0, 10  # a probability within 4 of its sds of the tail: a chain 10x as long
 
 
 def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400, tol: float = 1e-9) -> np.ndarray:
@@ -82,22 +86,37 @@ def posterior_draws(
     n_draws = sweeps - burn_in
     if confusion.exact:
         return _dirichlet(np.broadcast_to(prior + counts, (n_draws, *counts.shape)).transpose(1, 0, 2), support, rng)
+    out = np.empty((len(counts), n_draws, K), dtype=np.float32)
+    for sweep, (_alpha, pi) in enumerate(_sweeps(counts, confusion, rng, sweeps)):
+        if sweep >= burn_in:
+            out[:, sweep - burn_in] = pi
+    return out
+
+
+def _sweeps(
+    counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, sweeps: int, start: np.ndarray | None = None
+):
+    """The data-augmentation Gibbs sampler: each sweep draws C from its posterior, each label's true
+    class given pi, then pi given those classes. Yields (alpha, pi) a sweep: pi ~ Dirichlet(alpha),
+    alpha = the prior + the true classes' counts. `start`: where pi starts ([N, K], the point
+    estimate: the chain is then near its target from the first sweep); else uniform on the support."""
+    support = confusion.support
+    prior = np.where(support, 1.0 / support.sum(), 0.0)
     rows, labels = np.nonzero(counts)  # one multinomial per (candidate, observed label)
     n_pairs = counts[rows, labels].astype(np.int64)
-    pi = np.where(support, 1.0, 0.0) * np.ones_like(counts)
-    pi /= pi.sum(axis=1, keepdims=True)
-    out = np.empty((len(counts), n_draws, K), dtype=np.float32)
-    for sweep, C in enumerate(confusion.draws(sweeps, rng)):
+    uniform = np.where(support, 1.0, 0.0) * np.ones_like(counts)
+    uniform /= uniform.sum(axis=1, keepdims=True)
+    pi = uniform if start is None else 0.9 * start + 0.1 * uniform  # every supported class kept possible
+    for C in confusion.draws(sweeps, rng):
         weights = pi[rows] * C[:, labels].T  # [P, K]: P(true t | label l, pi)
         weights /= weights.sum(axis=1, keepdims=True)
         true = rng.multinomial(n_pairs, weights)  # [P, K] the labels' true classes
         z = np.bincount(
             (rows[:, None] * K + np.arange(K)).ravel(), weights=true.ravel(), minlength=len(counts) * K
         ).reshape(len(counts), K)
-        pi = _dirichlet(prior + z, support, rng)
-        if sweep >= burn_in:
-            out[:, sweep - burn_in] = pi
-    return out
+        alpha = prior + z
+        pi = _dirichlet(alpha, support, rng)
+        yield alpha, pi
 
 
 def _dirichlet(alpha: np.ndarray, support: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -106,20 +125,86 @@ def _dirichlet(alpha: np.ndarray, support: np.ndarray, rng: np.random.Generator)
     return gamma / gamma.sum(axis=-1, keepdims=True)
 
 
-def intervals(draws: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+def intervals(draws: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """Equal-tailed posterior intervals per class: ([N, K], [N, K])."""
     tail = (1 - level) / 2
     lo, hi = np.quantile(draws, [tail, 1 - tail], axis=1)
     return lo.astype(np.float64), hi.astype(np.float64)
 
 
-def posterior_intervals(
-    counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, block: int = 2048
-) -> tuple[np.ndarray, np.ndarray]:
-    """`intervals` of `posterior_draws`, a block of candidates at a time (each candidate's chain is its
-    own), so the draws held at once do not grow with the study."""
-    parts = [intervals(posterior_draws(counts[i : i + block], confusion, rng)) for i in range(0, len(counts), block)]
-    return np.concatenate([lo for lo, _ in parts]), np.concatenate([hi for _, hi in parts])
+@dataclass
+class Posterior:
+    """Each candidate's posterior summary: its intervals, and the probabilities its verdict turns on."""
+
+    lo: np.ndarray  # [N, K] equal-tailed LEVEL intervals per class, from the draws
+    hi: np.ndarray
+    below: np.ndarray  # [N, 2] P(second label < AMBIGUOUS_SECOND), P(first label < DOMINANT_FIRST)
+    refined: int  # candidates whose `below` came from a longer chain
+
+
+def posterior(
+    counts: np.ndarray, confusion: Confusion, point: np.ndarray, rng: np.random.Generator, block: int = 2048
+) -> Posterior:
+    """Intervals from `posterior_draws`, a block of candidates at a time (each candidate's chain is
+    its own), and the two probabilities a verdict turns on.
+
+    A verdict asks whether a lower bound clears a threshold, i.e. whether P(pi_k < threshold) is at
+    most the tail, (1 - LEVEL) / 2. That probability is Rao-Blackwellized: given a sweep's true
+    classes, pi_k is exactly Beta(a, a0 - a), so the estimate is the mean over the kept sweeps of
+    that Beta's CDF at the threshold, far less noisy than counting draws or reading a quantile off
+    200 of them (whose Monte Carlo sd is about 0.007). Where the estimate is still within
+    REFINE_SDS of its own Monte Carlo sd (batch means) of the tail, it is computed again from a
+    chain REFINE_FACTOR times longer. With the identity confusion it is exact."""
+    first, second = ranked(point)
+    labels = np.stack([second, first], axis=1)
+    los, his, belows, errors = [], [], [], []
+    for i in range(0, len(counts), block):
+        part = slice(i, i + block)
+        draws, below, error = _chain(counts[part], confusion, labels[part], SWEEPS, rng, point[part])
+        lo, hi = intervals(draws)
+        los.append(lo), his.append(hi), belows.append(below), errors.append(error)
+        del draws
+    lo, hi, below, error = (np.concatenate(x) for x in (los, his, belows, errors))
+    tail = (1 - LEVEL) / 2
+    near = np.flatnonzero((np.abs(below - tail) < REFINE_SDS * error).any(axis=1))
+    if len(near) and not confusion.exact:
+        _draws, again, _error = _chain(counts[near], confusion, labels[near], SWEEPS * REFINE_FACTOR, rng, point[near])
+        below[near] = again
+    return Posterior(lo, hi, below, 0 if confusion.exact else len(near))
+
+
+def _chain(
+    counts: np.ndarray,
+    confusion: Confusion,
+    labels: np.ndarray,
+    sweeps: int,
+    rng: np.random.Generator,
+    start: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One chain per candidate: (the draws kept, [n, sweeps - BURN_IN, K] float32 (for SWEEPS only);
+    P(pi[labels[:, j]] < THRESHOLDS[j]) Rao-Blackwellized, [n, 2]; its Monte Carlo sd by the means
+    of BATCHES batches, [n, 2])."""
+    from scipy.special import betainc
+
+    rows = np.arange(len(counts))
+    if confusion.exact:  # the posterior is Dirichlet(prior + counts): its marginals are Betas
+        alpha = np.where(confusion.support, 1.0 / confusion.support.sum(), 0.0) + counts
+        mine = alpha[rows[:, None], labels]
+        below = betainc(mine, alpha.sum(axis=1, keepdims=True) - mine, THRESHOLDS)
+        return posterior_draws(counts, confusion, rng), below, np.zeros_like(below)
+    kept = sweeps - BURN_IN
+    keep_draws = sweeps == SWEEPS
+    draws = np.empty((len(counts), kept, K), dtype=np.float32) if keep_draws else None
+    cdf = np.empty((len(counts), kept, 2))
+    for sweep, (alpha, pi) in enumerate(_sweeps(counts, confusion, rng, sweeps, start)):
+        if sweep < BURN_IN:
+            continue
+        mine = alpha[rows[:, None], labels]  # [n, 2]
+        cdf[:, sweep - BURN_IN] = betainc(mine, alpha.sum(axis=1, keepdims=True) - mine, THRESHOLDS)
+        if keep_draws:
+            draws[:, sweep - BURN_IN] = pi
+    batches = cdf[:, : kept - kept % BATCHES].reshape(len(counts), BATCHES, -1, 2).mean(axis=2)
+    return draws, cdf.mean(axis=1), batches.std(axis=1, ddof=1) / np.sqrt(BATCHES)
 
 
 def ranked(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,15 +213,16 @@ def ranked(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order[:, 0], order[:, 1]
 
 
-def verdicts(point: np.ndarray, lo: np.ndarray, probe_pred: np.ndarray) -> np.ndarray:
-    """Each candidate's verdict, an index into VERDICTS:
-    genuinely ambiguous when the second label's lower bound is >= 0.10; else, when the first label's
-    lower bound is >= 0.90, the probe was under-confident (that label is its argmax) or wrong (it is
-    not); else undetermined (too few labels, or intervals too wide to say)."""
-    first, second = ranked(point)
-    rows = np.arange(len(point))
-    ambiguous = lo[rows, second] >= AMBIGUOUS_SECOND
-    dominant = lo[rows, first] >= DOMINANT_FIRST
+def verdicts(point: np.ndarray, below: np.ndarray, probe_pred: np.ndarray) -> np.ndarray:
+    """Each candidate's verdict, an index into VERDICTS, from `Posterior.below`:
+    genuinely ambiguous when the second label's lower bound is >= 0.10 (P(second < 0.10) is at
+    most the tail); else, when the first label's lower bound is >= 0.90, the probe was
+    under-confident (that label is its argmax) or wrong (it is not); else undetermined (too few
+    labels, or intervals too wide to say)."""
+    first, _second = ranked(point)
+    tail = (1 - LEVEL) / 2
+    ambiguous = below[:, 0] <= tail
+    dominant = below[:, 1] <= tail
     out = np.full(len(point), VERDICTS.index("undetermined"))
     out[dominant & (first == probe_pred)] = VERDICTS.index("probe_underconfident")
     out[dominant & (first != probe_pred)] = VERDICTS.index("probe_wrong")
