@@ -9,6 +9,13 @@ tagger's on the same completions, and people against each other.
 - `confusion_from`: that confusion as the one to correct with (`analyze --confusion-from human:NAME`);
   classes the people never gave keep the tagger's treebank row, since a few hundred completions
   cannot measure every class.
+
+annotate's default queue shows first the completions the tagger disagreed on, so counting the
+answered ones as they come would overstate its errors. Where people answered items drawn at random
+(`annotate --random`), those alone measure the tagger. Otherwise each answered completion is
+weighted by its stratum (the tagger's label against the probe's argmax: agrees, disagrees, or no
+clean span): weight = (the stratum's share of all the tagger's labels) / (its share of the
+answered ones), post-stratification, normalised to the answered count.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import numpy as np
 from sqlalchemy import select
 
 from . import db
-from .data import UPOS_NAMES
+from .data import UPOS_NAMES, K
 from .errors import ConfigError
 from .schema import candidates, completions, jobs, labels, taggers
 from .stats.confusion import Confusion, parse_confusion
@@ -46,13 +53,21 @@ def human_taggers(engine) -> list[dict]:
         ]
 
 
-def tagger_vs_human(human: dict, machine: dict) -> tuple[dict, Confusion]:
+def tagger_vs_human(human: dict, machine: dict, weights: dict | None = None) -> tuple[dict, Confusion]:
     """The machine's accuracy on the completions a person labelled with a UPOS, and its confusion
-    there (rows the person's label)."""
+    there (rows the person's label); `weights` {completion id: weight} (`stratum_weights`), else 1."""
     from .stats.metrics import jeffreys_interval
 
     both = [c for c, h in human.items() if h[0] == "ok" and c in machine and machine[c][0] == "ok"]
-    confusion = Confusion.from_pairs([human[c][1] for c in both], [machine[c][1] for c in both], "")
+    counts = np.zeros((K, K))
+    np.add.at(
+        counts,
+        (np.array([human[c][1] for c in both], dtype=int), np.array([machine[c][1] for c in both], dtype=int)),
+        np.array([1.0 if weights is None else weights[c] for c in both]),
+    )
+    if weights is not None and len(both):
+        counts *= len(both) / counts.sum()  # the weights' scale: as many as were answered
+    confusion = Confusion(counts, "")
     right = float(np.trace(confusion.counts))
     return {
         "completions": len(both),
@@ -92,7 +107,11 @@ def summary(engine, scan_id: int, params_id: int, tagger: dict) -> dict | None:
         },
         "tagger": tagger["name"],
         "tagger_treebank_accuracy": tagger.get("accuracy"),
-        "tagger_on_completions": {name: tagger_vs_human(a, machine)[0] for name, a in given.items()} if machine else {},
+        "tagger_on_completions": {
+            name: measure(engine, scan_id, params_id, tagger["id"], a)[0] for name, a in given.items()
+        }
+        if machine
+        else {},
         "kappa": [],
     }
     names = list(given)
@@ -105,7 +124,8 @@ def summary(engine, scan_id: int, params_id: int, tagger: dict) -> dict | None:
 
 
 def confusion_from(engine, scan_id: int, params_id: int, tagger: dict, human_name: str) -> Confusion:
-    """The tagger's confusion measured against a person's labels on these completions."""
+    """The tagger's confusion measured against a person's labels on these completions: from the
+    items drawn at random where there are any, else weighted by stratum (`stratum_weights`)."""
     with db.read(engine) as conn:
         human = conn.execute(select(taggers).where(taggers.c.name == human_name)).mappings().first()
     if human is None:
@@ -114,13 +134,14 @@ def confusion_from(engine, scan_id: int, params_id: int, tagger: dict, human_nam
         raise ConfigError(
             f"--confusion-from {human_name} is the tagger analysed itself: pick a machine tagger with --tagger"
         )
-    measured, confusion = tagger_vs_human(
-        answers(engine, scan_id, params_id, human["id"]), answers(engine, scan_id, params_id, tagger["id"])
+    measured, confusion = measure(
+        engine, scan_id, params_id, tagger["id"], answers(engine, scan_id, params_id, human["id"])
     )
+    how = measured["weighting"]
     if measured["completions"] == 0:
         raise ConfigError(f"{human_name} and tagger {tagger['name']!r} labelled no completion in common with a UPOS")
     counts = confusion.counts.copy()
-    source = f"{tagger['name']} against {human_name} on {measured['completions']} completions"
+    source = f"{tagger['name']} against {human_name} on {measured['completions']} completions ({how})"
     if tagger.get("confusion"):  # classes the person never gave: the treebank's measurement of them
         treebank = parse_confusion(tagger["confusion"], f"the confusion stored with tagger {tagger['name']}").counts
         missing = counts.sum(axis=1) == 0
@@ -128,3 +149,65 @@ def confusion_from(engine, scan_id: int, params_id: int, tagger: dict, human_nam
         if missing.any() and treebank[missing].sum() > 0:
             source += "; classes not in them from the treebank"
     return Confusion(counts, source)
+
+
+def measure(engine, scan_id: int, params_id: int, tagger_id: int, given: dict) -> tuple[dict, Confusion]:
+    """`tagger_vs_human` on one person's answers `given`, the way they stand for the study: the items
+    drawn at random alone where the person answered any, else all, weighted by stratum."""
+    machine = answers(engine, scan_id, params_id, tagger_id)
+    drawn = random_items(engine, scan_id, params_id)
+    if any(c in drawn for c in given):
+        measured, confusion = tagger_vs_human({c: a for c, a in given.items() if c in drawn}, machine)
+        return {**measured, "weighting": "drawn at random"}, confusion
+    weights, how = stratum_weights(engine, scan_id, params_id, tagger_id, given, machine)
+    measured, confusion = tagger_vs_human(given, machine, weights)
+    return {**measured, "weighting": how}, confusion
+
+
+def random_items(engine, scan_id: int, params_id: int) -> set[int]:
+    """The completions annotate drew at random (`annotate --random`) for this scan and params."""
+    from .schema import annotation_items
+
+    with db.read(engine) as conn:
+        return set(
+            conn.execute(
+                select(annotation_items.c.completion_id).where(
+                    annotation_items.c.scan_id == scan_id,
+                    annotation_items.c.params_id == params_id,
+                    annotation_items.c.reason == "random",
+                )
+            ).scalars()
+        )
+
+
+STRATA = ("agrees", "disagrees", "odd_span")
+
+
+def stratum(status: str, upos: int | None, probe_pred: int) -> str:
+    """A completion's stratum by the tagger's label: what annotate's queue picks by."""
+    return "odd_span" if status != "ok" else ("disagrees" if upos != probe_pred else "agrees")
+
+
+def stratum_weights(
+    engine, scan_id: int, params_id: int, tagger_id: int, given: dict, machine: dict
+) -> tuple[dict[int, float], str]:
+    """{answered completion: weight}, post-stratified: (the stratum's count among all the tagger's
+    labels of these completions) / (its count among the answered), so the answered completions
+    stand for the study however the queue ordered them. -> (weights, a description)"""
+    with db.read(engine) as conn:
+        rows = conn.execute(
+            select(labels.c.completion_id, candidates.c.probe_pred)
+            .join(completions, completions.c.id == labels.c.completion_id)
+            .join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(labels.c.tagger_id == tagger_id, candidates.c.scan_id == scan_id, jobs.c.params_id == params_id)
+        ).all()
+    probe_pred = dict(rows)
+    population = {name: 0 for name in STRATA}
+    for completion_id, (status, upos) in machine.items():
+        population[stratum(status, upos, probe_pred[completion_id])] += 1
+    of = {c: stratum(*machine[c], probe_pred[c]) for c in given if c in machine}
+    answered = {name: sum(1 for s in of.values() if s == name) for name in STRATA}
+    weights = {c: population[s] / answered[s] for c, s in of.items()}
+    shares = ", ".join(f"{name} {answered[name]} of {population[name]}" for name in STRATA if population[name])
+    return weights, f"weighted by stratum: {shares}"

@@ -3,8 +3,10 @@
 The queue (annotation_items) is built once per scan and generation params, and grown by a later
 run with a larger --sample: a sample across candidates stratified by the probe's top-2 pair, the
 completions whose machine label differs from the probe's argmax, or whose span the tagger found odd,
-first. Each annotator is a tagger named human:NAME; each answer is a `labels` row of that tagger
-(status ok with a UPOS, unsure, or no_span), written when it is given. An annotator holds the item
+first; or, with --random, a simple random sample of all the completions (reason 'random'), the one
+that measures the tagger's confusion without the disagreement-first bias. Each annotator is a tagger
+named human:NAME; each answer is a `labels` row of that tagger (status ok with a UPOS, unsure, or
+no_span), written when it is given. An annotator holds the item
 they are shown through a lease (annotation_leases), so two annotators never see one item at once;
 items marked `overlap` go to a second annotator too, for agreement.
 """
@@ -15,7 +17,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import and_, case, delete, exists, func, insert, or_, select
+from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, update
 
 from .db import db_now, read, write
 from .errors import ConfigError, DatabaseError
@@ -66,46 +68,106 @@ class Item:
     model: str
 
 
-def build_queue(engine, scan_id: int, params_id: int, sample: int, overlap: float, seed: int = 0) -> int:
+def build_queue(
+    engine, scan_id: int, params_id: int, sample: int, overlap: float, seed: int = 0, at_random: bool = False
+) -> int:
     """Add items to the queue up to `sample` (stratified, disagreements first). -> items in the queue.
+
+    With `at_random`, `sample` is the size of a simple random sample of all the done completions
+    (reason 'random'), what measures the tagger without the queue's bias (agreement.measure): drawn
+    without replacement from every completion, queued or not; one already queued for another
+    reason joins the sample where it stands (its reason becomes 'random'). -> random items.
 
     The database counts each done job's completions by why they would be shown (one GROUP BY);
     Python reads a row per job and its candidate's probe pair, picks (job, round) pairs, and reads
     the completions of the picked jobs only: never every completion of the study."""
     with write(engine) as conn:
-        have = conn.execute(
-            select(func.count())
-            .select_from(annotation_items)
-            .where(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
-        ).scalar_one()
+        mine = and_(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
+        have = conn.execute(select(func.count()).select_from(annotation_items).where(mine)).scalar_one()
+        if at_random:
+            _grow_random_sample(conn, scan_id, params_id, sample, overlap, seed)
+            return conn.execute(
+                select(func.count()).select_from(annotation_items).where(mine, annotation_items.c.reason == "random")
+            ).scalar_one()
         if have >= sample:
             return have
         counts, strata = _pool_counts(conn, scan_id, params_id)
         if not counts and have == 0:
             raise DatabaseError("this scan has no sampled completions to label: run `cli.py worker` first")
         picked = _stratified(conn, scan_id, params_id, counts, strata, sample - have, seed)
-        rng = np.random.default_rng(seed + 1)
-        now = conn.execute(select(db_now())).scalar_one()
-        top = conn.execute(
-            select(func.coalesce(func.max(annotation_items.c.rank), 0)).where(
-                annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id
-            )
-        ).scalar_one()
-        rows = [
-            dict(
-                scan_id=scan_id,
-                params_id=params_id,
-                completion_id=completion_id,
-                rank=top + 1 + i,
-                overlap=bool(rng.random() < overlap),
-                reason=reason,
-                created_at=now,
-            )
-            for i, (completion_id, reason) in enumerate(picked)
-        ]
-        if rows:
-            conn.execute(insert(annotation_items), rows)
-        return have + len(rows)
+        _insert(conn, scan_id, params_id, picked, overlap, seed)
+        return have + len(picked)
+
+
+def _insert(conn, scan_id: int, params_id: int, picked: list[tuple[int, str]], overlap: float, seed: int) -> None:
+    """The picked (completion id, reason) appended to the queue, after its last rank."""
+    rng = np.random.default_rng(seed + 1)
+    now = conn.execute(select(db_now())).scalar_one()
+    top = conn.execute(
+        select(func.coalesce(func.max(annotation_items.c.rank), 0)).where(
+            annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id
+        )
+    ).scalar_one()
+    rows = [
+        dict(
+            scan_id=scan_id,
+            params_id=params_id,
+            completion_id=completion_id,
+            rank=top + 1 + i,
+            overlap=bool(rng.random() < overlap),
+            reason=reason,
+            created_at=now,
+        )
+        for i, (completion_id, reason) in enumerate(picked)
+    ]
+    if rows:
+        conn.execute(insert(annotation_items), rows)
+
+
+def _grow_random_sample(conn, scan_id: int, params_id: int, sample: int, overlap: float, seed: int) -> None:
+    """The random sample grown to `sample` completions (all of them, where there are fewer)."""
+    mine = and_(annotation_items.c.scan_id == scan_id, annotation_items.c.params_id == params_id)
+    queued = dict(conn.execute(select(annotation_items.c.completion_id, annotation_items.c.reason).where(mine)).all())
+    drawn = {c for c, why in queued.items() if why == "random"}
+    sizes = dict(
+        conn.execute(
+            select(jobs.c.id, func.count())
+            .select_from(completions)
+            .join(jobs, jobs.c.id == completions.c.job_id)
+            .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            .where(candidates.c.scan_id == scan_id, jobs.c.params_id == params_id, jobs.c.state == "done")
+            .group_by(jobs.c.id)
+        ).all()
+    )
+    if not sizes:
+        raise DatabaseError("this scan has no sampled completions to label: run `cli.py worker` first")
+    jobs_ = sorted(sizes)
+    ends = np.cumsum([sizes[job] for job in jobs_])
+    order = np.random.default_rng(seed).permutation(int(ends[-1]))  # one seeded order of every completion
+    at = np.searchsorted(ends, order, side="right")
+    ranks = order - np.concatenate([[0], ends[:-1]])[at]
+    members: dict[int, list[int]] = {}
+    picked: list[int] = []
+    for start in range(0, len(order), 4 * sample):  # the order's prefix that holds `sample` not yet drawn
+        chunk = [(jobs_[i], int(r)) for i, r in zip(at[start : start + 4 * sample], ranks[start : start + 4 * sample])]
+        need = sorted({job for job, _ in chunk} - set(members))
+        for part in range(0, len(need), 500):
+            for completion_id, job in conn.execute(
+                select(completions.c.id, completions.c.job_id)
+                .where(completions.c.job_id.in_(need[part : part + 500]))
+                .order_by(completions.c.id)
+            ):
+                members.setdefault(job, []).append(completion_id)
+        picked += [members[job][r] for job, r in chunk if members[job][r] not in drawn]
+        if len(drawn) + len(picked) >= sample:
+            break
+    picked = picked[: max(sample - len(drawn), 0)]
+    before = [c for c in picked if c in queued]
+    if before:
+        conn.execute(
+            update(annotation_items).where(mine, annotation_items.c.completion_id.in_(before)).values(reason="random")
+        )
+    _insert(conn, scan_id, params_id, [(c, "random") for c in picked if c not in queued], overlap, seed)
 
 
 FLAGGED = ("odd_span", "disagrees")  # shown first

@@ -209,6 +209,7 @@ def run_annotate(
     sample: int = 300,
     overlap: float = 0.0,
     seed: int = 0,
+    at_random: bool = False,
     host: str = "127.0.0.1",
     port: int = 8765,
     token: str | None = None,
@@ -231,7 +232,7 @@ def run_annotate(
     with db.read(engine) as conn:
         scan = pick_scan(conn, scan_name)
         params = pick_params(conn, scan["id"], params_id)
-    total = annotate.build_queue(engine, scan["id"], params["id"], sample, overlap / 100, seed)
+    total = annotate.build_queue(engine, scan["id"], params["id"], sample, overlap / 100, seed, at_random)
     tagger_id = annotate.register_annotator(engine, annotator)
     owner = new_worker_id()
     detokenize = detokenizer(params["model"])

@@ -1143,8 +1143,15 @@ def train_tagger(dataset, output, max_steps, max_epochs, seed, no_progress):
     "--token", default=None, help="A secret the page must be opened with (?token=...); required beyond localhost."
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0, INT32_MAX), help="Seed of the sample.")
+@click.option(
+    "--random",
+    "at_random",
+    is_flag=True,
+    help="Add the new items as a simple random sample of the completions, not disagreements first: "
+    "what measures the tagger's confusion without bias (analyze --confusion-from uses them alone).",
+)
 @db_option
-def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token, seed, db_url):
+def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token, seed, at_random, db_url):
     """Label the target word of sampled completions by hand, in a local web page.
 
     Serves a page that shows one completion at a time (the prefix, the model's continuation, the
@@ -1152,11 +1159,14 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
     and undo. Each answer is stored at once as a label of the tagger human:NAME; a restart resumes;
     several annotators at once never get the same item (unless --overlap asks for it). The queue
     puts first the completions whose machine label differs from the probe's argmax or whose span
-    was odd. `analyze` then measures the tagger against the human labels.
+    was odd; --random adds a simple random sample instead. `analyze` then measures the tagger
+    against the human labels: on the random items alone where there are any, else on all, each
+    weighted by how its stratum (agrees, disagrees, odd span) stands in the study.
 
     \b
-    Example:
+    Examples:
         python cli.py annotate --annotator ana --sample 300 --overlap 10
+        python cli.py annotate --annotator ana --sample 500 --random
     """
     from .annotate_app import run_annotate
 
@@ -1167,7 +1177,18 @@ def annotate(annotator, scan_name, params_id, sample, overlap, host, port, token
         sys.stdout.flush()
 
     run_annotate(
-        open_database(db_url), annotator, scan_name, params_id, sample, overlap, seed, host, port, token, ready
+        open_database(db_url),
+        annotator,
+        scan_name,
+        params_id,
+        sample=sample,
+        overlap=overlap,
+        seed=seed,
+        at_random=at_random,
+        host=host,
+        port=port,
+        token=token,
+        ready=ready,
     )
     click.echo("stopped; every answer given is stored", err=True)
 

@@ -551,10 +551,11 @@ def human_section(h: dict | None) -> dict | None:
             [
                 name,
                 t["completions"],
-                t["right"],
+                f"{t['right']:g}",
                 _fmt(t["accuracy"]) if t["accuracy"] else "-",
                 "-" if dev is None else f"{dev:.3f}",
                 ", ".join(f"{a}->{b} {n}" for a, b, n in top) or "-",
+                t.get("weighting", "-"),
             ]
         )
     kappas = [[" / ".join(k["annotators"]), k["completions"], k["agree"], f"{k['kappa']:.3f}"] for k in h["kappa"]]

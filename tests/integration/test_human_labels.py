@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from posresample import annotate, db
+from posresample import agreement, annotate, db
 from posresample.analyze import run_analyze
 from posresample.data import UPOS_IDS
 from posresample.export import run_export
-from posresample.schema import annotation_items, completions, labels, taggers
+from posresample.schema import annotation_items, candidates, completions, jobs, labels, taggers
 from tests.known_truth import K, draw_study, write_study
 
 
@@ -172,3 +172,65 @@ def test_the_queue_shows_disagreements_first_spreads_strata_and_jobs_and_grows_i
     grown = queue()
     assert grown[:150] == first and len({c for c, _ in grown}) == 240 == len(job_of)  # in place, no repeat, all of them
     assert annotate.build_queue(engine, 1, 1, sample=300, overlap=0.0) == 240  # nothing left to add
+
+
+def test_the_tagger_measured_on_a_disagreement_first_queue_is_weighted_back_to_the_study(engine):
+    """Known truth: one-reading NOUN and ADJ words, the probe right about each, and a tagger that
+    calls 15% of NOUNs PROPN and 10% of ADJs NOUN. The default queue shows every disagreement
+    first, so counted as answered the NOUN row's error looks several times larger; weighted by
+    stratum, and measured on a simple random sample, it is the tagger's error in the study."""
+    rng = np.random.default_rng(5)
+    noun, adj, propn = UPOS_IDS["NOUN"], UPOS_IDS["ADJ"], UPOS_IDS["PROPN"]
+    n = 150
+    truth = np.zeros((n, K))
+    truth[: n // 2, noun], truth[n // 2 :, adj] = 1.0, 1.0
+    C = np.eye(K)
+    C[noun, [noun, propn]], C[adj, [adj, noun]] = [0.85, 0.15], [0.90, 0.10]
+    study = draw_study(n, rng, num_samples=8, truth=truth, probe=truth.copy(), confusion=C)
+    write_study(engine, study, study.measured)
+    in_study = (study.labels[: n // 2] == propn).mean()  # the tagger's NOUN -> PROPN rate in this study
+    annotate.build_queue(engine, 1, 1, sample=300, overlap=0.0)
+    with db.read(engine) as conn:
+        queued = conn.execute(
+            select(annotation_items.c.id, annotation_items.c.completion_id, annotation_items.c.reason)
+        ).all()
+        true_of = {  # candidate i of the study is the scan's dataset_idx i
+            cid: int(study.truth[idx].argmax())
+            for cid, idx in conn.execute(
+                select(completions.c.id, candidates.c.dataset_idx)
+                .join(jobs, jobs.c.id == completions.c.job_id)
+                .join(candidates, candidates.c.id == jobs.c.candidate_id)
+            ).all()
+        }
+    assert sum(r == "disagrees" for _, _, r in queued) > 100  # the errors come first
+    ana = annotate.register_annotator(engine, "ana")
+    for item_id, completion_id, _ in queued:  # a person who always knows the truth
+        annotate.answer(engine, item_id, ana, true_of[completion_id], "ok")
+    with db.read(engine) as conn:
+        known = dict(conn.execute(select(taggers).where(taggers.c.name == "known")).mappings().one())
+    answered = [c for _, c, _ in queued if true_of[c] == noun]
+    machine = agreement.answers(engine, 1, 1, known["id"])
+    naive = np.mean([machine[c][1] == propn for c in answered])
+    weighted = agreement.confusion_from(engine, 1, 1, known, "human:ana")
+    rate = weighted.counts[noun, propn] / weighted.counts[noun].sum()
+    assert naive > in_study + 0.15  # counted as answered: far too many errors
+    assert abs(rate - in_study) < 0.03, (rate, in_study)
+    assert "weighted by stratum" in weighted.source
+
+    # a simple random sample of all 1,200 completions: some of it was queued (and answered) already
+    assert annotate.build_queue(engine, 1, 1, sample=300, overlap=0.0, seed=1, at_random=True) == 300
+    with db.read(engine) as conn:
+        drawn = conn.execute(
+            select(annotation_items.c.id, annotation_items.c.completion_id).where(annotation_items.c.reason == "random")
+        ).all()
+        total = conn.execute(select(func.count()).select_from(annotation_items)).scalar_one()
+    again = sum(c in {q for _, q, _ in queued} for _, c in drawn)
+    assert len(drawn) == 300 and 30 < again < 120 and total == 300 + 300 - again  # ~300 x 300 / 1,200 = 75
+    for item_id, completion_id in drawn:
+        if completion_id not in {q for _, q, _ in queued}:
+            annotate.answer(engine, item_id, ana, true_of[completion_id], "ok")
+    assert annotate.build_queue(engine, 1, 1, sample=300, overlap=0.0, seed=1, at_random=True) == 300  # as it was
+    at_random = agreement.confusion_from(engine, 1, 1, known, "human:ana")
+    assert "drawn at random" in at_random.source and at_random.counts[[noun, adj]].sum() == 300  # those alone
+    rate = at_random.counts[noun, propn] / at_random.counts[noun].sum()
+    assert abs(rate - in_study) < 0.08, (rate, in_study)  # ~150 NOUN completions: sd ~0.03
