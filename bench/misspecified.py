@@ -1,0 +1,118 @@
+"""Known-truth populations that break the analysis's assumptions, for bench/verdict_coverage.py.
+
+The analysis assumes each candidate's labels are Multinomial(n, pi C) with C the tagger's treebank
+confusion, n about 96, candidates independent, and ambiguity unrelated to how the tagger errs. Each
+generator here breaks one of those; `model` keeps them all (tests/known_truth.py's population).
+A generator returns (truth [N, K], probe [N, K], label counts [N, K]); the estimand is always the
+population's value over all candidates (tests/known_truth.py's truth_values).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from posresample.data import UPOS_IDS, UPOS_NAMES, K
+from tests.known_truth import CONFUSED_WITH, PROBE_CLASSES, draw_probe, draw_truth, tagger_confusion
+
+NUM_SAMPLES = 96
+WORD_ERROR = 0.08  # extra error on a word's own class, for half the words (word-error)
+CLUSTER = 4  # candidates per sentence (clustered)
+
+
+def _labels(mixed: np.ndarray, n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Counts [N, K]: n[i] labels from the row mixed[i] (each row's label distribution)."""
+    return np.stack([rng.multinomial(int(k), row / row.sum()) for row, k in zip(mixed, n)]).astype(float)
+
+
+def _population(rng: np.random.Generator, n: int, truth_of=None) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.stack([(truth_of or draw_truth)(rng) for _ in range(n)])
+    return truth, np.stack([draw_probe(pi, rng) for pi in truth])
+
+
+def model(n: int, rng: np.random.Generator):
+    truth, probe = _population(rng, n)
+    return truth, probe, _labels(truth @ tagger_confusion(), np.full(n, NUM_SAMPLES), rng)
+
+
+def word_error(n: int, rng: np.random.Generator):
+    """Half the words carry WORD_ERROR more error from their first class to its tagger's main
+    confusion than the treebank's average C says: word-specific C_i."""
+    truth, probe = _population(rng, n)
+    C = tagger_confusion()
+    counts = []
+    for pi in truth:
+        Ci = C.copy()
+        if rng.random() < 0.5:
+            first = int(pi.argmax())
+            other = UPOS_IDS[CONFUSED_WITH[UPOS_NAMES[first]][0]]
+            moved = min(WORD_ERROR, Ci[first, first])
+            Ci[first, first] -= moved
+            Ci[first, other] += moved
+        counts.append(_labels((pi @ Ci)[None], np.array([NUM_SAMPLES]), rng)[0])
+    return truth, probe, np.stack(counts)
+
+
+def _pair_truth(rng: np.random.Generator) -> np.ndarray:
+    """draw_truth, but a two-reading word's second reading is the one the tagger most often tags
+    its first as."""
+    pi = draw_truth(rng)
+    first, second, third = (int(k) for k in np.argsort(-pi, kind="stable")[:3])
+    swap = UPOS_IDS[CONFUSED_WITH[UPOS_NAMES[first]][0]]
+    if pi[second] > 0 and pi[third] == 0 and swap in PROBE_CLASSES and swap != first:
+        pi[swap], pi[second] = pi[swap] + pi[second], 0.0
+    return pi
+
+
+def class_pair(n: int, rng: np.random.Generator):
+    """Ambiguity between exactly the classes the tagger confuses (ADP/SCONJ, NOUN/PROPN, ...)."""
+    truth, probe = _population(rng, n, _pair_truth)
+    return truth, probe, _labels(truth @ tagger_confusion(), np.full(n, NUM_SAMPLES), rng)
+
+
+def calibrated(n: int, rng: np.random.Generator):
+    """The probe is the truth."""
+    truth = np.stack([draw_truth(rng) for _ in range(n)])
+    return truth, truth.copy(), _labels(truth @ tagger_confusion(), np.full(n, NUM_SAMPLES), rng)
+
+
+def _near_truth(rng: np.random.Generator) -> np.ndarray:
+    """Two readings with the second's mass at the verdict thresholds: 0.05-0.15, or 0.85-0.95 first."""
+    pi = np.zeros(K)
+    first, second = rng.choice(PROBE_CLASSES, 2, replace=False)
+    e = rng.uniform(0.05, 0.15)
+    pi[first], pi[second] = 1 - e, e
+    return pi
+
+
+def near_thresholds(n: int, rng: np.random.Generator):
+    truth, probe = _population(rng, n, _near_truth)
+    return truth, probe, _labels(truth @ tagger_confusion(), np.full(n, NUM_SAMPLES), rng)
+
+
+def missing(n: int, rng: np.random.Generator):
+    """Labels missing more often the more ambiguous the word: one-reading words keep their 96, the
+    others 8-96 (uniform); analyze leaves out those under --min-labelled 20, so the candidates
+    analysed are not those scanned."""
+    truth, probe = _population(rng, n)
+    ambiguous = np.sort(truth, axis=1)[:, -2] >= 0.10
+    kept = np.where(ambiguous, rng.integers(8, NUM_SAMPLES + 1, n), NUM_SAMPLES)
+    return truth, probe, _labels(truth @ tagger_confusion(), kept, rng)
+
+
+def clustered(n: int, rng: np.random.Generator):
+    """Candidates in sentences of CLUSTER: one truth and one probe for each sentence's candidates."""
+    sentences = -(-n // CLUSTER)
+    truth, probe = _population(rng, sentences)
+    truth, probe = np.repeat(truth, CLUSTER, axis=0)[:n], np.repeat(probe, CLUSTER, axis=0)[:n]
+    return truth, probe, _labels(truth @ tagger_confusion(), np.full(n, NUM_SAMPLES), rng)
+
+
+GENERATORS = {
+    "model": model,
+    "word-error": word_error,
+    "class-pair": class_pair,
+    "calibrated": calibrated,
+    "near-thresholds": near_thresholds,
+    "missing": missing,
+    "clustered": clustered,
+}
