@@ -7,9 +7,10 @@ held-out treebank words); so the labels are Multinomial(n_i, pi_i C).
 
 - `mle`: the maximum-likelihood pi_i, by EM on the simplex (the latent true class of each label),
   over the classes the confusion covers. With C the identity it is the raw shares.
-- `posterior_draws`: draws of pi_i under a reference Dirichlet prior of one pseudo-count in all,
-  by data augmentation (each label's true class, then pi), with C redrawn from its own Dirichlet
-  posterior every sweep, so the intervals carry the confusion's uncertainty too.
+- `posterior`: draws of pi_i under a reference Dirichlet prior of one pseudo-count in all, by data
+  augmentation (each label's true class, then pi), with C redrawn from its own Dirichlet posterior
+  every sweep, so the intervals carry the confusion's uncertainty too; and the two probabilities a
+  verdict turns on, Rao-Blackwellized, from a longer chain where they are near the tail.
 - `probe_test`: the p-value of the labels under the probe pushed through the tagger, q_i C: a
   Monte Carlo likelihood-ratio (G) test, replicates drawn with C from its posterior, refined where
   the observed statistic beats every replicate; Benjamini-Hochberg across candidates.
@@ -28,14 +29,15 @@ from .confusion import Confusion
 AMBIGUOUS_SECOND = 0.10  # genuinely ambiguous: the second label's lower 95% bound is at least this
 DOMINANT_FIRST = 0.90  # one label dominates: its lower 95% bound is at least this
 VERDICTS = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined")
-SWEEPS, BURN_IN = 240, 40  # Gibbs sweeps, the first ones discarded: 200 draws per candidate
+SWEEPS, BURN_IN = 220, 20  # Gibbs sweeps, the first discarded (chains start at the point estimate): 200 draws
 TEST_REPLICATES = (199, 1_800, 18_000)  # Monte Carlo passes; later ones only where a decision is still open
 TEST_DRAW_BUDGET = 1_000_000  # multinomial draws a refinement pass may spend in all
 CHUNK = 128  # candidates per vectorised block
 LEVEL = 0.95  # the intervals' level
 THRESHOLDS = np.array([AMBIGUOUS_SECOND, DOMINANT_FIRST])  # what `Posterior.below` is measured at
 BATCHES = 10  # batch means for the Monte Carlo sd of a verdict's probability
-REFINE_SDS, REFINE_FACTOR = 4.0, 10  # a probability within 4 of its sds of the tail: a chain 10x as long
+REFINE_SDS, REFINE_FACTOR = 4.0, 6  # a probability within 4 of its sds of the tail: a chain 6x as long
+RB_MARGIN = 0.1  # a share of draws below the threshold this far from the tail decides the verdict alone
 
 
 def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400, tol: float = 1e-9) -> np.ndarray:
@@ -182,8 +184,9 @@ def _chain(
     start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One chain per candidate: (the draws kept, [n, sweeps - BURN_IN, K] float32 (for SWEEPS only);
-    P(pi[labels[:, j]] < THRESHOLDS[j]) Rao-Blackwellized, [n, 2]; its Monte Carlo sd by the means
-    of BATCHES batches, [n, 2])."""
+    P(pi[labels[:, j]] < THRESHOLDS[j]), [n, 2], Rao-Blackwellized where it is in doubt (else the
+    share of draws below); its Monte Carlo sd by the means of BATCHES batches, [n, 2] (0 where not
+    Rao-Blackwellized))."""
     from scipy.special import betainc
 
     rows = np.arange(len(counts))
@@ -195,16 +198,31 @@ def _chain(
     kept = sweeps - BURN_IN
     keep_draws = sweeps == SWEEPS
     draws = np.empty((len(counts), kept, K), dtype=np.float32) if keep_draws else None
-    cdf = np.empty((len(counts), kept, 2))
+    a, a0 = np.empty((len(counts), kept, 2), dtype=np.float32), np.empty((len(counts), kept, 1), dtype=np.float32)
     for sweep, (alpha, pi) in enumerate(_sweeps(counts, confusion, rng, sweeps, start)):
         if sweep < BURN_IN:
             continue
-        mine = alpha[rows[:, None], labels]  # [n, 2]
-        cdf[:, sweep - BURN_IN] = betainc(mine, alpha.sum(axis=1, keepdims=True) - mine, THRESHOLDS)
+        a[:, sweep - BURN_IN], a0[:, sweep - BURN_IN, 0] = alpha[rows[:, None], labels], alpha.sum(axis=1)
         if keep_draws:
             draws[:, sweep - BURN_IN] = pi
-    batches = cdf[:, : kept - kept % BATCHES].reshape(len(counts), BATCHES, -1, 2).mean(axis=2)
-    return draws, cdf.mean(axis=1), batches.std(axis=1, ddof=1) / np.sqrt(BATCHES)
+    # the Beta CDFs where the verdict may be in doubt: every pair of a longer chain; of the first one,
+    # those whose share of draws below the threshold is within RB_MARGIN of the tail (far from it,
+    # that share decides the verdict as surely, and the CDFs would cost a second or two at 4,000)
+    if keep_draws:
+        drawn = (draws[rows[:, None], :, labels].transpose(0, 2, 1) < THRESHOLDS).mean(axis=1)  # [n, 2]
+        doubt = np.abs(drawn - (1 - LEVEL) / 2) < RB_MARGIN
+    else:
+        drawn, doubt = np.zeros((len(counts), 2)), np.ones((len(counts), 2), dtype=bool)
+    below, error = drawn.copy(), np.zeros((len(counts), 2))
+    for j in range(2):
+        pick = np.flatnonzero(doubt[:, j])
+        if len(pick):
+            mine = a[pick, :, j].astype(np.float64)
+            cdf = betainc(mine, a0[pick, :, 0] - mine, THRESHOLDS[j])
+            batches = cdf[:, : kept - kept % BATCHES].reshape(len(pick), BATCHES, -1).mean(axis=2)
+            below[pick, j] = cdf.mean(axis=1)
+            error[pick, j] = batches.std(axis=1, ddof=1) / np.sqrt(BATCHES)
+    return draws, below, error
 
 
 def ranked(point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

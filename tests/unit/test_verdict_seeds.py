@@ -60,7 +60,7 @@ def test_with_an_exact_tagger_the_probabilities_are_the_dirichlet_posterior_s():
 
 
 def test_across_seeds_few_verdicts_move_and_only_near_the_tail():
-    """A known-truth study of 600: the verdicts of three seeds differ for under 2% of the
+    """A known-truth study of 600: the verdicts of three seeds differ for under 3% of the
     candidates (about 6% with the bounds read off 200 draws), and only where the probability the
     verdict turns on is within 0.02 of the tail on some seed."""
     study = draw_study(600, np.random.default_rng(3))
@@ -71,7 +71,7 @@ def test_across_seeds_few_verdicts_move_and_only_near_the_tail():
     posts = [verdict.posterior(counts, confusion, point, np.random.default_rng(seed)) for seed in range(3)]
     called = np.array([verdict.verdicts(point, p.below, probe_pred) for p in posts])
     moved = (called != called[0]).any(axis=0)
-    assert moved.mean() < 0.02, moved.mean()
+    assert moved.mean() < 0.03, moved.mean()
     closest = np.min([np.abs(p.below - TAIL).min(axis=1) for p in posts], axis=0)
     assert (closest[moved] < 0.02).all()
     assert all(p.refined > 0 for p in posts)  # the near ones were computed again
