@@ -279,7 +279,7 @@ def pending(engine: Engine, max_attempts: int) -> Pending:
     """Counts of the unfinished jobs only, from the partial index ix_jobs_unfinished (it holds the
     todo and running rows alone, with the columns counted): done jobs cost nothing. (The full index
     on state was not enough for SQLite: once ANALYZE has seen that `state` has few values, its planner
-    expects half the table per value and scans all of it, 55 ms at 1M jobs with 1k todo.)"""
+    expects half the table per value and scans all of it: docs/benchmarks.md, "Costs that must not grow".)"""
     now = db_now()
     with read(engine) as conn:
         row = conn.execute(
