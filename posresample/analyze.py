@@ -104,6 +104,35 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
     return scan, params, tagger, [dict(c) for c in cands], per_candidate, original
 
 
+def other_taggers(engine, scan: dict, params: dict, tagger: dict, kept: list[dict], min_labelled: int) -> list:
+    """The machine taggers other than `tagger` that labelled these completions and carry a stored
+    confusion: [(tagger, counts [M, K], which of `kept` they are [M])], the candidates with at least
+    `min_labelled` of their ok labels (a sensitivity row each)."""
+    with db.read(engine) as conn:
+        rows = [
+            dict(r)
+            for r in conn.execute(select(taggers).order_by(taggers.c.id)).mappings()
+            if r["id"] != tagger["id"] and not r["name"].startswith("human:") and r["confusion"]
+        ]
+        out = []
+        index = {c["id"]: i for i, c in enumerate(kept)}
+        for other in rows:
+            counts = np.zeros((len(kept), K))
+            for cid, upos, n in conn.execute(
+                text(
+                    "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = "
+                    "e.candidate_id WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"
+                ),
+                {"scan": scan["id"], "params": params["id"], "tagger": other["id"]},
+            ):
+                if cid in index and isinstance(upos, int) and 0 <= upos < K:
+                    counts[index[cid], upos] = n
+            enough = np.flatnonzero(counts.sum(axis=1) >= min_labelled)
+            if len(enough):
+                out.append((other, counts[enough], enough))
+    return out
+
+
 def sample_description(scan: dict, scanned: int) -> dict:
     """Which candidates were sampled, and so what the study's shares are estimates of."""
     order = scan.get("job_order") or "dataset"
@@ -237,6 +266,7 @@ def run_analyze(
     if conf.filled:
         log.warning("%s", filled_warning(conf))
     prior, prior_source = label_prior(scan)
+    others = other_taggers(engine, scan, params, tagger, kept, min_labelled)
 
     def meanwhile() -> tuple:  # the raw view, the sensitivity rows and the examples: beside the refits, or after them
         floor = raw_view.floors(q, n, classes, seed)
@@ -246,7 +276,7 @@ def run_analyze(
             raw_view.out_of_probe(p, q, classes, seed),
             raw_view.research_block(p, q, true, classes, seed),
         )
-        varied = sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed)
+        varied = sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed, others)
         corrected_view.trim_memory()  # the examples are loaded last: at 16,000 candidates they are 200 MB of rows
         return (
             *raw_parts,
@@ -361,26 +391,39 @@ def flow_line(summary: dict) -> str:
     )
 
 
-def sensitivity_variants(counts, q, classes, conf: Confusion, true, orig, scan: dict, seed: int) -> list[dict]:
+def sensitivity_variants(
+    counts, q, classes, conf: Confusion, true, orig, scan: dict, seed: int, others: list = ()
+) -> list[dict]:
     """The sensitivity table's rows past the first (the stored confusion's, which is the verdict): the
     headline shares again under other confusions: the stored one's errors x1.5 and x2, and the
     tagger's confusion on the candidates' own words (their original sentences, gold against tagged),
-    shrunk toward the stored one. A result that holds across the rows is the claim."""
-    if conf.exact:
+    shrunk toward the stored one; and, for each other machine tagger that labelled these completions
+    (`other_taggers`), its own labels corrected with its own stored confusion. A result that holds
+    across the rows is the claim."""
+    jobs: list[tuple[str, str, np.ndarray, np.ndarray, Confusion]] = []
+    if not conf.exact:
+        for name, variant in (("errors x1.5", conf.scaled_errors(1.5)), ("errors x2", conf.scaled_errors(2.0))):
+            jobs.append((name, variant.source, counts, q, variant))
+        tagged = orig >= 0
+        if scan["split"] != "train" and tagged.any():  # never words the tagger may have been trained on
+            hard = Confusion.from_pairs(true[tagged].tolist(), orig[tagged].tolist(), "the candidates' own words")
+            shrunk = hard.shrunk_toward(conf, HARD_WORD_PRIOR)
+            jobs.append(("hard words", shrunk.source, counts, q, shrunk))
+    for other, other_counts, which in others:
+        theirs = parse_confusion(other["confusion"], f"the confusion stored with tagger {other['name']}")
+        theirs = theirs.covering(other_counts.sum(axis=0) > 0)
+        source = f"{theirs.source}; its own labels, {len(which)} candidates"
+        jobs.append((f"tagger {other['name']}", source, other_counts, q[which], theirs))
+    if not jobs:
         return []
-    variants = [("errors x1.5", conf.scaled_errors(1.5)), ("errors x2", conf.scaled_errors(2.0))]
-    tagged = orig >= 0
-    if scan["split"] != "train" and tagged.any():  # never words the tagger may have been trained on
-        hard = Confusion.from_pairs(true[tagged].tolist(), orig[tagged].tolist(), "the candidates' own words")
-        variants.append(("hard words", hard.shrunk_toward(conf, HARD_WORD_PRIOR)))
     from concurrent.futures import ThreadPoolExecutor
 
     # side by side on the cores (the sparse products and logs let go of the GIL), as far as memory allows
-    with ThreadPoolExecutor(max_workers=corrected_view.refit_threads(len(variants), len(counts))) as pool:
-        shares = list(pool.map(lambda v: corrected_view.population_shares(counts, q, classes, v[1], seed), variants))
+    with ThreadPoolExecutor(max_workers=corrected_view.refit_threads(len(jobs), len(counts))) as pool:
+        shares = list(pool.map(lambda j: corrected_view.population_shares(j[2], j[3], classes, j[4], seed), jobs))
     return [
-        {"confusion": name, "source": variant.source, "verdict": share, "intervals": "two-stage"}
-        for (name, variant), share in zip(variants, shares)
+        {"confusion": name, "source": source, "verdict": share, "intervals": "two-stage"}
+        for (name, source, *_), share in zip(jobs, shares)
     ]
 
 

@@ -219,9 +219,8 @@ def write_study(
     confusion and every completion labelled (label_store). Completions are ~70-character texts.
     `sampled`: only the first this many jobs of the queue's (random) order are sampled, as a
     worker under --max-jobs leaves a study."""
-    from posresample import label_store, queue, scan_store
+    from posresample import queue, scan_store
     from posresample.config import GenerationParams
-    from posresample.stats.confusion import Confusion
 
     n, num_samples = study.labels.shape
     params = GenerationParams(model="/nonexistent/synthetic-model", num_samples=num_samples, max_new_tokens=16)
@@ -286,29 +285,47 @@ def write_study(
                     for s in range(num_samples)
                 ],
             )
+    write_tagger(engine, scan["id"], study.labels, study.truth, tagger_counts, name, sampled)
+
+
+def write_tagger(
+    engine,
+    scan_id: int,
+    labels: np.ndarray,
+    truth: np.ndarray,
+    tagger_counts: np.ndarray | None,
+    name: str = "known",
+    sampled: int | None = None,
+) -> None:
+    """A tagger's labels of the study's completions (`labels` [N, num_samples] UPOS ids), written
+    through the label stage's own queue, with `tagger_counts` as its stored confusion, and its
+    labels of the original sentences (the truth's first class)."""
+    from posresample import label_store
+    from posresample.stats.confusion import Confusion
+
     confusion = (
         None if tagger_counts is None else Confusion(tagger_counts, "known truth: a treebank-sized sample").to_json()
     )
     tagger_id = label_store.register_tagger(
         engine,
-        {"name": "known", "spec": "known:", "library": "synthetic", "library_version": "0", "confusion": confusion},
+        {"name": name, "spec": f"{name}:", "library": "synthetic", "library_version": "0", "confusion": confusion},
     )
-    job_of = _jobs_by_candidate(engine, scan["id"])
-    while jobs := label_store.claim_label_jobs(engine, tagger_id, "known:2:label", 256, 600, scan["id"]):
+    job_of = _jobs_by_candidate(engine, scan_id)
+    while jobs := label_store.claim_label_jobs(engine, tagger_id, f"{name}:2:label", 256, 600, scan_id):
         label_rows = []
         for completion_id, candidate_index, sample in _completions(engine, jobs, job_of):
-            upos = int(study.labels[candidate_index, sample])
+            upos = int(labels[candidate_index, sample])
             label_rows.append(
                 dict(
                     completion_id=completion_id, upos=upos, upos_name=UPOS_NAMES[upos], tag=None, word="of", status="ok"
                 )
             )
-        label_store.write_labels(engine, tagger_id, "known:2:label", jobs, label_rows)
+        label_store.write_labels(engine, tagger_id, f"{name}:2:label", jobs, label_rows)
     originals = [
         dict(
             candidate_id=cid,
-            upos=int(study.truth[i].argmax()),
-            upos_name=UPOS_NAMES[int(study.truth[i].argmax())],
+            upos=int(truth[i].argmax()),
+            upos_name=UPOS_NAMES[int(truth[i].argmax())],
             tag=None,
             word="of",
             status="ok",

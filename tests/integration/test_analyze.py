@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from posresample import db
 from posresample.analyze import run_analyze
@@ -230,3 +231,31 @@ def test_the_accounting_shows_the_labels_that_are_not_ok(engine):
     assert result.summary["flow"]["labelled_enough"] == 38  # 19 and 18 ok labels: under --min-labelled 20
     line = flow_line(result.summary)
     assert "40 scanned -> 40 sampled -> 38 with 20 or more ok labels" in line and "no_span 1.0%" in line
+
+
+def test_a_second_tagger_is_a_row_of_its_own_and_shows_the_first_s_error(engine):
+    """Two taggers label the same completions: the first errs three times as often as its stored
+    treebank measurement says, so its headline reads tagger error as ambiguity; the second errs as
+    measured. The second's own labels under its own confusion are a row of the table, near the
+    truth: the table shows the headline does not hold."""
+    from posresample.schema import scans
+    from tests.known_truth import tagger_confusion, treebank_counts, write_tagger
+
+    rng = np.random.default_rng(24)
+    C = tagger_confusion()
+    worse = Confusion(C * 10_000, "the tagger on these words").scaled_errors(3.0).matrix()
+    study = draw_study(400, rng, confusion=worse)
+    write_study(engine, study, treebank_counts(C, rng))
+    honest = draw_study(400, rng, truth=study.truth, probe=study.probe, confusion=C)
+    with db.read(engine) as conn:
+        scan_id = conn.execute(select(scans.c.id)).scalar_one()
+    write_tagger(engine, scan_id, honest.labels, study.truth, treebank_counts(C, rng), name="second")
+    s = run_analyze(engine, tagger_name="known", min_labelled=20, with_examples=False, refits=0).summary
+    rows = {r["confusion"]: r for r in s["sensitivity"]}
+    assert list(rows) == ["stored", "errors x1.5", "errors x2", "hard words", "tagger second"]
+    assert "its own labels, 400 candidates" in rows["tagger second"]["source"]
+    share = {name: r["verdict"]["genuinely_ambiguous"]["share"] for name, r in rows.items()}
+    truth = float((np.sort(study.truth, axis=1)[:, -2] >= 0.10).mean())
+    assert share["stored"] - truth > 0.08, (share, truth)
+    assert abs(share["tagger second"] - truth) < (share["stored"] - truth) / 2, (share, truth)
+    assert "tagger second" in s["sensitivity_line"]
