@@ -30,15 +30,23 @@ from .schema import candidates, completions, jobs, labels, taggers
 from .stats.confusion import Confusion, parse_confusion
 
 
+def _labels_of(tagger_id: int, scan_id: int, params_id: int, *columns):
+    """SELECT `columns` of one tagger's labels of a scan's completions under one generation params."""
+    return (
+        select(*columns)
+        .select_from(labels)
+        .join(completions, completions.c.id == labels.c.completion_id)
+        .join(jobs, jobs.c.id == completions.c.job_id)
+        .join(candidates, candidates.c.id == jobs.c.candidate_id)
+        .where(labels.c.tagger_id == tagger_id, candidates.c.scan_id == scan_id, jobs.c.params_id == params_id)
+    )
+
+
 def answers(engine, scan_id: int, params_id: int, tagger_id: int) -> dict[int, tuple[str, int | None]]:
     """{completion id: (status, upos)} of one tagger (or annotator) over a scan's completions."""
     with db.read(engine) as conn:
         rows = conn.execute(
-            select(labels.c.completion_id, labels.c.status, labels.c.upos)
-            .join(completions, completions.c.id == labels.c.completion_id)
-            .join(jobs, jobs.c.id == completions.c.job_id)
-            .join(candidates, candidates.c.id == jobs.c.candidate_id)
-            .where(labels.c.tagger_id == tagger_id, candidates.c.scan_id == scan_id, jobs.c.params_id == params_id)
+            _labels_of(tagger_id, scan_id, params_id, labels.c.completion_id, labels.c.status, labels.c.upos)
         ).all()
     return {cid: (status, upos) for cid, status, upos in rows}
 
@@ -195,14 +203,11 @@ def stratum_weights(
     labels of these completions) / (its count among the answered), so the answered completions
     stand for the study however the queue ordered them. -> (weights, a description)"""
     with db.read(engine) as conn:
-        rows = conn.execute(
-            select(labels.c.completion_id, candidates.c.probe_pred)
-            .join(completions, completions.c.id == labels.c.completion_id)
-            .join(jobs, jobs.c.id == completions.c.job_id)
-            .join(candidates, candidates.c.id == jobs.c.candidate_id)
-            .where(labels.c.tagger_id == tagger_id, candidates.c.scan_id == scan_id, jobs.c.params_id == params_id)
-        ).all()
-    probe_pred = dict(rows)
+        probe_pred = dict(
+            conn.execute(
+                _labels_of(tagger_id, scan_id, params_id, labels.c.completion_id, candidates.c.probe_pred)
+            ).all()
+        )
     population = {name: 0 for name in STRATA}
     for completion_id, (status, upos) in machine.items():
         population[stratum(status, upos, probe_pred[completion_id])] += 1
