@@ -75,40 +75,19 @@ def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400
     return pi
 
 
-def posterior_draws(
-    counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, sweeps: int = SWEEPS, burn_in: int = BURN_IN
-) -> np.ndarray:
-    """Draws of each candidate's pi from its posterior: [N, sweeps - burn_in, K] float32.
-
-    Prior Dirichlet(1/|support|) on the supported classes (one pseudo-count in all, so a label seen in
-    every completion keeps a lower bound near 1). With the identity confusion the posterior is a
-    Dirichlet, drawn directly."""
-    support = confusion.support
-    prior = np.where(support, 1.0 / support.sum(), 0.0)
-    n_draws = sweeps - burn_in
-    if confusion.exact:
-        return _dirichlet(np.broadcast_to(prior + counts, (n_draws, *counts.shape)).transpose(1, 0, 2), support, rng)
-    out = np.empty((len(counts), n_draws, K), dtype=np.float32)
-    for sweep, (_alpha, pi) in enumerate(_sweeps(counts, confusion, rng, sweeps)):
-        if sweep >= burn_in:
-            out[:, sweep - burn_in] = pi
-    return out
-
-
-def _sweeps(
-    counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, sweeps: int, start: np.ndarray | None = None
-):
+def _sweeps(counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, sweeps: int, start: np.ndarray):
     """The data-augmentation Gibbs sampler: each sweep draws C from its posterior, each label's true
     class given pi, then pi given those classes. Yields (alpha, pi) a sweep: pi ~ Dirichlet(alpha),
-    alpha = the prior + the true classes' counts. `start`: where pi starts ([N, K], the point
-    estimate: the chain is then near its target from the first sweep); else uniform on the support."""
+    alpha = the prior + the true classes' counts. The chain starts at `start` ([N, K], the point
+    estimate, so it is near its target from the first sweep), mixed with a tenth of the uniform on
+    the support (every supported class kept possible)."""
     support = confusion.support
     prior = np.where(support, 1.0 / support.sum(), 0.0)
     rows, labels = np.nonzero(counts)  # one multinomial per (candidate, observed label)
     n_pairs = counts[rows, labels].astype(np.int64)
     uniform = np.where(support, 1.0, 0.0) * np.ones_like(counts)
     uniform /= uniform.sum(axis=1, keepdims=True)
-    pi = uniform if start is None else 0.9 * start + 0.1 * uniform  # every supported class kept possible
+    pi = 0.9 * start + 0.1 * uniform
     for C in confusion.draws(sweeps, rng):
         weights = pi[rows] * C[:, labels].T  # [P, K]: P(true t | label l, pi)
         weights /= weights.sum(axis=1, keepdims=True)
@@ -147,11 +126,15 @@ class Posterior:
 def posterior(
     counts: np.ndarray, confusion: Confusion, point: np.ndarray, rng: np.random.Generator, block: int = 2048
 ) -> Posterior:
-    """Intervals from `posterior_draws`, a block of candidates at a time (each candidate's chain is
-    its own), and the two probabilities a verdict turns on.
+    """Posterior draws of pi and their intervals, a block of candidates at a time (each candidate's
+    chain is its own), and the two probabilities a verdict turns on. The prior is Dirichlet(1 /
+    |support|) on the supported classes (one pseudo-count in all, so a label seen in every completion
+    keeps a lower bound near 1); with the identity confusion the posterior is a Dirichlet, drawn
+    directly.
 
     A verdict asks whether a lower bound clears a threshold, i.e. whether P(pi_k < threshold) is at
-    most the tail, (1 - LEVEL) / 2. That probability is Rao-Blackwellized: given a sweep's true
+    most the tail, (1 - LEVEL) / 2. Where the share of draws below the threshold leaves that in doubt
+    (within RB_MARGIN of the tail) the probability is Rao-Blackwellized: given a sweep's true
     classes, pi_k is exactly Beta(a, a0 - a), so the estimate is the mean over the kept sweeps of
     that Beta's CDF at the threshold, far less noisy than counting draws or reading a quantile off
     200 of them (whose Monte Carlo sd is about 0.007). Where the estimate is still within
@@ -181,7 +164,7 @@ def _chain(
     labels: np.ndarray,
     sweeps: int,
     rng: np.random.Generator,
-    start: np.ndarray | None = None,
+    start: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One chain per candidate: (the draws kept, [n, sweeps - BURN_IN, K] float32 (for SWEEPS only);
     P(pi[labels[:, j]] < THRESHOLDS[j]), [n, 2], Rao-Blackwellized where it is in doubt (else the
@@ -194,7 +177,8 @@ def _chain(
         alpha = np.where(confusion.support, 1.0 / confusion.support.sum(), 0.0) + counts
         mine = alpha[rows[:, None], labels]
         below = betainc(mine, alpha.sum(axis=1, keepdims=True) - mine, THRESHOLDS)
-        return posterior_draws(counts, confusion, rng), below, np.zeros_like(below)
+        prior_counts = np.broadcast_to(alpha, (SWEEPS - BURN_IN, *alpha.shape)).transpose(1, 0, 2)
+        return _dirichlet(prior_counts, confusion.support, rng), below, np.zeros_like(below)
     kept = sweeps - BURN_IN
     keep_draws = sweeps == SWEEPS
     draws = np.empty((len(counts), kept, K), dtype=np.float32) if keep_draws else None
