@@ -116,7 +116,7 @@ def summary(engine, scan_id: int, params_id: int, tagger: dict) -> dict | None:
         "tagger": tagger["name"],
         "tagger_treebank_accuracy": tagger.get("accuracy"),
         "tagger_on_completions": {
-            name: measure(engine, scan_id, params_id, tagger["id"], a)[0] for name, a in given.items()
+            name: measure(engine, scan_id, params_id, tagger["id"], a, machine)[0] for name, a in given.items()
         }
         if machine
         else {},
@@ -159,10 +159,14 @@ def confusion_from(engine, scan_id: int, params_id: int, tagger: dict, human_nam
     return Confusion(counts, source)
 
 
-def measure(engine, scan_id: int, params_id: int, tagger_id: int, given: dict) -> tuple[dict, Confusion]:
+def measure(
+    engine, scan_id: int, params_id: int, tagger_id: int, given: dict, machine: dict | None = None
+) -> tuple[dict, Confusion]:
     """`tagger_vs_human` on one person's answers `given`, the way they stand for the study: the items
-    drawn at random alone where the person answered any, else all, weighted by stratum."""
-    machine = answers(engine, scan_id, params_id, tagger_id)
+    drawn at random alone where the person answered any, else all, weighted by stratum. `machine`:
+    the tagger's `answers`, where the caller has read them already."""
+    if machine is None:
+        machine = answers(engine, scan_id, params_id, tagger_id)
     drawn = random_items(engine, scan_id, params_id)
     if any(c in drawn for c in given):
         measured, confusion = tagger_vs_human({c: a for c, a in given.items() if c in drawn}, machine)
