@@ -22,6 +22,38 @@ LAYER = 2  # the tiny model's layer the pipeline tests scan
 NUM_SAMPLES = 8  # continuations per prefix in the pipeline tests
 
 
+def fake_scan_identity(**overrides) -> dict:
+    """What makes a synthetic scan that scan (scan_store's SCAN_IDENTITY), for tests that write one."""
+    identity = dict(
+        dataset="fake",
+        split="validation",
+        model="fake",
+        layer=1,
+        probe_sha256="0" * 64,
+        threshold=0.95,
+        excluded_labels=[],
+        dtype="float32",
+        attn="eager",
+    )
+    return identity | overrides
+
+
+def tiny_scan_options(tiny_dir, tiny_probe, sample_conllu) -> list[str]:
+    """`scan`'s options for the tiny model's probe on the bundled sample, on the CPU."""
+    return [
+        "--probe",
+        str(tiny_probe),
+        "--dataset",
+        str(sample_conllu),
+        "--model",
+        str(tiny_dir),
+        "--layer",
+        str(LAYER),
+        "--device",
+        "cpu",
+    ]
+
+
 def seed_jobs(
     engine,
     n: int,
@@ -34,17 +66,7 @@ def seed_jobs(
     """A scan with n fake candidates and one todo job each; candidates listed in `poison` carry POISON_TOKEN.
     Returns the job ids in the order claims take them (priority, then id)."""
     params = GenerationParams(model=model, num_samples=num_samples, max_new_tokens=max_new_tokens)
-    identity = dict(
-        dataset="fake",
-        split="validation",
-        model="fake",
-        layer=1,
-        probe_sha256="0" * 64,
-        threshold=0.95,
-        excluded_labels=[],
-        dtype="float32",
-        attn="eager",
-    )
+    identity = fake_scan_identity()
     extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=n)
     scan, pid = scan_store.open_scan(
         engine, "fake", identity, extra, params, owner="seed_jobs", lease_seconds=60, order=order

@@ -221,19 +221,15 @@ def write_study(
     worker under --max-jobs leaves a study."""
     from posresample import queue, scan_store
     from posresample.config import GenerationParams
+    from tests.helpers import fake_scan_identity
 
     n, num_samples = study.labels.shape
     params = GenerationParams(model="/nonexistent/synthetic-model", num_samples=num_samples, max_new_tokens=16)
-    identity = dict(
+    identity = fake_scan_identity(
         dataset="synthetic",
-        split="validation",
         model="synthetic",
         layer=12,
-        probe_sha256="0" * 64,
-        threshold=0.95,
         excluded_labels=[UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]],
-        dtype="float32",
-        attn="eager",
     )
     extra = dict(probe_path="probe.joblib", probe_classes=PROBE_CLASSES, sentences_total=n)
     scan, pid = scan_store.open_scan(engine, name, identity, extra, params, owner="known-truth", lease_seconds=600)

@@ -10,7 +10,15 @@ import subprocess
 
 import pytest
 
-from tests.helpers import assert_samples_agree, cli_cmd, job_states, running_job_of, start_worker, wait_for
+from tests.helpers import (
+    assert_samples_agree,
+    cli_cmd,
+    job_states,
+    running_job_of,
+    start_worker,
+    tiny_scan_options,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -19,16 +27,7 @@ def scan(db_url, tiny_dir, tiny_probe, sample_conllu):
     subprocess.run(
         cli_cmd(
             "scan",
-            "--probe",
-            tiny_probe,
-            "--dataset",
-            sample_conllu,
-            "--model",
-            tiny_dir,
-            "--layer",
-            "2",
-            "--device",
-            "cpu",
+            *tiny_scan_options(tiny_dir, tiny_probe, sample_conllu),
             "--num-samples",
             "24",
             "--max-new-tokens",
@@ -110,16 +109,7 @@ def test_two_scans_of_one_name_at_once_are_safe(pg_url, tiny_dir, tiny_probe, sa
 
     args = (
         "scan",
-        "--probe",
-        tiny_probe,
-        "--dataset",
-        sample_conllu,
-        "--model",
-        tiny_dir,
-        "--layer",
-        "2",
-        "--device",
-        "cpu",
+        *tiny_scan_options(tiny_dir, tiny_probe, sample_conllu),
         "--num-samples",
         "2",
         "--max-new-tokens",

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, tiny_scan_options
 
 SCRIPT = str(REPO / "bench" / "gpu_run.sh")
 STEPS = [
@@ -155,16 +155,7 @@ def test_worker_scan_and_the_benches_import_no_tagger_plotting_or_web_stack(
             "scan",
             "--db",
             f"sqlite:///{tmp_path / 's.db'}",
-            "--probe",
-            tiny_probe,
-            "--dataset",
-            sample_conllu,
-            "--model",
-            tiny_dir,
-            "--layer",
-            "2",
-            "--device",
-            "cpu",
+            *tiny_scan_options(tiny_dir, tiny_probe, sample_conllu),
             "--no-progress",
             "--max-prefixes",
             "3",

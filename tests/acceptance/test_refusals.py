@@ -7,7 +7,7 @@ import shutil
 import sqlite3
 
 from posresample import db
-from tests.helpers import assert_one_line_error, invoke
+from tests.helpers import assert_one_line_error, fake_scan_identity, invoke
 
 
 def probe_args(tiny_dir, dataset, out, *extra):
@@ -112,17 +112,7 @@ def test_a_scan_without_candidates_says_so_on_export(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     engine = db.make_engine(url)
     db.upgrade(engine)
-    identity = dict(
-        dataset="d",
-        split="validation",
-        model="m",
-        layer=1,
-        probe_sha256="0" * 64,
-        threshold=0.95,
-        excluded_labels=[],
-        dtype="float32",
-        attn="eager",
-    )
+    identity = fake_scan_identity(dataset="d", model="m")
     scan, _ = scan_store.open_scan(
         engine,
         "sure",

@@ -11,7 +11,7 @@ from posresample import db, label_store
 from posresample.errors import DatabaseError, TaggerError
 from posresample.label import LabelOptions, run_label
 from posresample.schema import labels, taggers
-from tests.helpers import cli_cmd, count, outage
+from tests.helpers import cli_cmd, count, outage, tiny_scan_options
 
 
 def tables(url):
@@ -60,16 +60,7 @@ def test_commands_refuse_another_applications_database_and_write_nothing(
             "scan",
             "--db",
             foreign_url,
-            "--probe",
-            tiny_probe,
-            "--dataset",
-            sample_conllu,
-            "--model",
-            tiny_dir,
-            "--layer",
-            "2",
-            "--device",
-            "cpu",
+            *tiny_scan_options(tiny_dir, tiny_probe, sample_conllu),
             "--no-progress",
         ),
         "another application's tables",

@@ -10,7 +10,7 @@ from posresample import db, queue, scan_store
 from posresample.errors import ConfigError
 from posresample.schema import candidates, jobs, scans
 from posresample.worker import JobBudget, Worker, WorkerOptions
-from tests.helpers import job_states, seed_jobs
+from tests.helpers import fake_scan_identity, job_states, seed_jobs
 
 MAX = 3
 
@@ -57,17 +57,7 @@ def test_dataset_order_drains_in_id_order(engine):
 
 def test_another_order_on_an_existing_scan_is_refused_and_none_resumes(engine):
     seed_jobs(engine, 3)
-    identity = dict(
-        dataset="fake",
-        split="validation",
-        model="fake",
-        layer=1,
-        probe_sha256="0" * 64,
-        threshold=0.95,
-        excluded_labels=[],
-        dtype="float32",
-        attn="eager",
-    )
+    identity = fake_scan_identity()
     extra = dict(probe_path="fake.joblib", probe_classes=[0, 1], sentences_total=3)
     from posresample.config import GenerationParams
 
