@@ -143,7 +143,7 @@ def sparse_likelihood(counts, C, support, order, shared, probe, cutoff: float = 
     blocks = []
     for start in range(0, len(counts), LIKELIHOOD_BLOCK):
         part = by_width[start : start + LIKELIHOOD_BLOCK]
-        ll = _loglik(counts[part], C, support, order[part], shared, probe[part])
+        ll = _loglik(counts[part], C[part] if C.ndim == 3 else C, support, order[part], shared, probe[part])
         ll -= ll.max(axis=1, keepdims=True)
         blocks.append(csr_matrix(np.where(ll >= -cutoff, np.exp(ll), 0.0)))
     stacked = vstack(blocks, format="csr")
@@ -168,7 +168,8 @@ def posterior_top(E, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _loglik(counts, C, support, order, shared, probe, dtype=np.float32) -> np.ndarray:
-    """log P(labels | pi = atom) for shared atoms (rank frame) and probe atoms (class frame), over
+    """log P(labels | pi = atom) for shared atoms (rank frame) and probe atoms (class frame), C one
+    confusion [K, K] or each candidate's [n, K, K], over
     each candidate's observed labels only (a handful of the 18). In float32, half the time of float64
     (the logs of [n, M, L] mixtures are most of it): a log-likelihood of -1,000 is then off by
     ~1e-4, a relative likelihood by 1e-4 of itself, where the candidates' sampling moves it by
@@ -181,23 +182,34 @@ def _loglik(counts, C, support, order, shared, probe, dtype=np.float32) -> np.nd
         f32
     )  # [n, L] 0 past them
     C32 = C.astype(f32)
-    C_rank = C32[order]  # [n, K(rank), K(label)]: the confusion row of the class at each rank
+    # [n, K(rank), K(label)]: the confusion row of the class at each rank (C one for all, or one a candidate)
+    C_rank = np.take_along_axis(C32, order[:, :, None], axis=1) if C.ndim == 3 else C32[order]
     C_seen = np.take_along_axis(C_rank, np.broadcast_to(labels[:, None, :], (len(order), K, width)), axis=2)
     mix = np.matmul(shared.astype(f32)[None], C_seen)  # [n, M, L]
     tiny = np.finfo(f32).tiny  # log(0) would be -inf, and -inf x 0 labels NaN
     ll = np.matmul(np.log(np.maximum(mix, tiny)), x[:, :, None])[:, :, 0].astype(float)  # [n, M]
     outside = ~np.take_along_axis(np.broadcast_to(support, order.shape), order, axis=1)  # [n, K(rank)]
     ll[(outside.astype(f32) @ (shared > 0).T.astype(f32)) > 0] = -np.inf  # no mass where the tagger was never measured
-    mixp = np.matmul(probe.astype(f32), C32[:, labels].transpose(1, 0, 2))  # [n, P, L]
+    C_labels = (
+        np.take_along_axis(C32, np.broadcast_to(labels[:, None, :], (len(order), K, width)), axis=2)
+        if C.ndim == 3
+        else C32[:, labels].transpose(1, 0, 2)
+    )  # [n, K, L]
+    mixp = np.matmul(probe.astype(f32), C_labels)  # [n, P, L]
     llp = np.matmul(np.log(np.maximum(mixp, tiny)), x[:, :, None])[:, :, 0].astype(float)
     llp[(probe * ~support).sum(-1) > 0] = -np.inf
     return np.concatenate([ll, llp], axis=1)
 
 
-def npmle(E, iters: int = 80) -> np.ndarray:
+NPMLE_TOL = 1e-6  # nats per candidate: a SQUAREM step that gains less than this x N ends the fit
+
+
+def npmle(E, iters: int = 80, tol: float = NPMLE_TOL) -> np.ndarray:
     """Mixing weights maximising sum_i log sum_j w_j L_ij over the simplex (Kiefer-Wolfowitz), L the
     sparse relative likelihoods: the EM fixed point w_j <- sum_i post_ij / N from uniform weights,
-    accelerated by SQUAREM (the step is kept only where it raises the likelihood)."""
+    accelerated by SQUAREM (the step is kept only where it raises the likelihood), for at most
+    `iters` steps, ending once a step gains under tol x N nats (the log-likelihood then crawls:
+    at 4,000 candidates it moves 0.04 nats from step 40 to 80, the study's shares by 0.0003)."""
     m = np.ones(E.shape[0])
     total = m.sum()
     ET = E.T  # a CSC view, no copy of the likelihoods (a CSR transpose's products were no faster)
@@ -210,6 +222,7 @@ def npmle(E, iters: int = 80) -> np.ndarray:
 
     w = np.full(E.shape[1], 1.0 / E.shape[1])
     Ew = E @ w
+    last = objective(Ew)
     for _ in range(iters):
         one = step(w, Ew)
         two = step(one)
@@ -218,5 +231,10 @@ def npmle(E, iters: int = 80) -> np.ndarray:
         jump = np.maximum(w - 2 * alpha * r + alpha * alpha * v, 0.0)
         jump = step(jump / jump.sum())
         E_jump, E_two = E @ jump, E @ two  # each kept product is the next step's first
-        w, Ew = (jump, E_jump) if objective(E_jump) >= objective(E_two) else (two, E_two)
+        at_jump, at_two = objective(E_jump), objective(E_two)
+        w, Ew = (jump, E_jump) if at_jump >= at_two else (two, E_two)
+        best = max(at_jump, at_two)
+        if best - last < tol * total:
+            break
+        last = best
     return w / w.sum()
