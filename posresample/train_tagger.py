@@ -163,9 +163,10 @@ def raw_text_pairs(tagger, sentences: list[Sentence], progress: bool = False) ->
 
 
 def confusion_of(true: list[int], results, source: str) -> Confusion:
-    """The confusion over the words the tagger labelled (status ok); the others are counted apart."""
-    ok = [(t, r.upos) for t, r in zip(true, results) if r.status == "ok"]
-    return Confusion.from_pairs([t for t, _ in ok], [u for _, u in ok], source)
+    """The confusion over the words the tagger labelled (status ok), with the same counts per word
+    type (the tagger's token, as `label` records it); the others are counted apart."""
+    ok = [(t, r) for t, r in zip(true, results) if r.status == "ok"]
+    return Confusion.from_pairs([t for t, _ in ok], [r.upos for _, r in ok], source, words=[r.word for _, r in ok])
 
 
 def evaluate(tagger: SpacyTagger, sentences: list[Sentence], source: str = "held-out words") -> dict:

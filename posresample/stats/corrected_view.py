@@ -39,7 +39,7 @@ import numpy as np
 from ..config import DEFAULT_REFITS
 from ..data import UPOS_NAMES, K
 from . import deconvolution, metrics, verdict
-from .confusion import Confusion
+from .confusion import Confusion, PerCandidate, rows_of
 
 BOOTSTRAP = 1000  # two-stage replicates
 REFITS = DEFAULT_REFITS  # parametric-bootstrap refits (replicate studies, each a whole deconvolution)
@@ -72,7 +72,7 @@ def estimate(
     counts: np.ndarray,
     q: np.ndarray,
     probe_classes: list[int],
-    confusion: Confusion,
+    confusion: Confusion | PerCandidate,
     seed: int,
     refits: int | None = None,
     meanwhile: Callable[[], Any] | None = None,
@@ -239,7 +239,7 @@ def refit_estimates(
     counts: np.ndarray,
     q: np.ndarray,
     probe_classes: list[int],
-    confusion: Confusion,
+    confusion: Confusion | PerCandidate,
     g: deconvolution.Deconvolution,
     boot: TwoStage,
     rng: np.random.Generator,
@@ -394,12 +394,11 @@ def refit_threads(refits: int, candidates: int) -> int:
 def _refit(counts, q, probe_classes, confusion, rows: np.ndarray, truth: np.ndarray, rng: np.random.Generator) -> dict:
     """One replicate study's estimates: {statistic: float, "curve": [bins]}; rows and truth [N, K]
     are its resampled candidates and their distributions."""
-    C = confusion.matrix()
-    mix = truth @ C
+    mix = verdict.mixed(truth, rows_of(confusion, rows).matrix())
     labels = rng.multinomial(counts.sum(axis=1).astype(np.int64)[rows], mix / mix.sum(axis=1, keepdims=True)).astype(
         float
     )
-    measured = confusion.redrawn(rng)
+    measured = rows_of(confusion.redrawn(rng), rows)
     qr = q[rows]
     with DECONVOLUTIONS.hold(len(labels)):
         means = posterior_means(labels, qr, probe_classes, measured.matrix(), measured.support, rng)
@@ -417,7 +416,12 @@ def _refit(counts, q, probe_classes, confusion, rows: np.ndarray, truth: np.ndar
 
 
 def population_shares(
-    counts: np.ndarray, q: np.ndarray, probe_classes: list[int], confusion: Confusion, seed: int, replicates: int = 400
+    counts: np.ndarray,
+    q: np.ndarray,
+    probe_classes: list[int],
+    confusion: Confusion | PerCandidate,
+    seed: int,
+    replicates: int = 400,
 ) -> dict:
     """The study's verdict shares under another confusion, for the sensitivity table: the same
     deconvolution, two-stage intervals only (no refits: each row would cost R deconvolutions more)."""

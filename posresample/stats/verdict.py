@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data import K
-from .confusion import Confusion
+from .confusion import Confusion, PerCandidate, per_candidate
 
 AMBIGUOUS_SECOND = 0.10  # genuinely ambiguous: the second label's lower 95% bound is at least this
 DOMINANT_FIRST = 0.90  # one label dominates: its lower 95% bound is at least this
@@ -32,6 +32,7 @@ VERDICTS = ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undet
 SWEEPS, BURN_IN = 220, 20  # Gibbs sweeps, the first discarded (chains start at the point estimate): 200 draws
 TEST_REPLICATES = (199, 1_800, 18_000)  # Monte Carlo passes; later ones only where a decision is still open
 TEST_DRAW_BUDGET = 1_000_000  # multinomial draws a refinement pass may spend in all
+TEST_POOL = 200  # with a confusion per candidate: draws of each one per block of replicates
 CHUNK = 128  # candidates per vectorised block
 LEVEL = 0.95  # the intervals' level
 THRESHOLDS = np.array([AMBIGUOUS_SECOND, DOMINANT_FIRST])  # what `Posterior.below` is measured at
@@ -44,16 +45,19 @@ def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400
     """argmax_pi sum_l x_l log (pi C)_l over the simplex on `support`: EM (each label's latent true
     class), accelerated by SQUAREM (Varadhan & Roland 2008) row by row, with a plain EM step kept
     wherever the extrapolation would lower the likelihood. A row stops once no share of it moves by
-    `tol` in a step, so the rows that converge slowly do not hold the rest. counts [N, K] -> [N, K]."""
+    `tol` in a step, so the rows that converge slowly do not hold the rest. counts [N, K], C [K, K]
+    or one per candidate [N, K, K] -> [N, K]."""
     n = counts.sum(axis=1, keepdims=True)
+    each = C.ndim == 3
 
-    def step(pi, x, n):
-        mix = pi @ C  # [N, K] label probabilities
+    def step(pi, x, n, Cs):
+        mix = mixed(pi, Cs)  # [N, K] label probabilities
         ratio = np.divide(x, mix, out=np.zeros_like(x), where=mix > 0)
-        return pi * (ratio @ C.T) / n  # expected true-class shares
+        back = np.einsum("nl,nkl->nk", ratio, Cs) if each else ratio @ Cs.T
+        return pi * back / n  # expected true-class shares
 
-    def loglik(pi, x):
-        return (x * np.log(np.maximum(pi @ C, 1e-300))).sum(axis=1)
+    def loglik(pi, x, Cs):
+        return (x * np.log(np.maximum(mixed(pi, Cs), 1e-300))).sum(axis=1)
 
     pi = np.where(support, 1.0, 0.0) * np.ones_like(counts)
     pi /= pi.sum(axis=1, keepdims=True)
@@ -62,34 +66,41 @@ def mle(counts: np.ndarray, C: np.ndarray, support: np.ndarray, iters: int = 400
         if not len(active):
             break
         p, x, m = pi[active], counts[active], n[active]
-        one = step(p, x, m)
-        two = step(one, x, m)
+        Cs = C[active] if each else C
+        one = step(p, x, m, Cs)
+        two = step(one, x, m, Cs)
         r, v = one - p, two - 2 * one + p
         alpha = -np.sqrt((r * r).sum(1, keepdims=True) / np.maximum((v * v).sum(1, keepdims=True), 1e-300))
         alpha = np.minimum(alpha, -1.0)
         jump = np.maximum(p - 2 * alpha * r + alpha * alpha * v, 0.0) * support
-        jump = step(jump / np.maximum(jump.sum(axis=1, keepdims=True), 1e-300), x, m)
-        new = np.where((loglik(jump, x) >= loglik(two, x))[:, None], jump, two)
+        jump = step(jump / np.maximum(jump.sum(axis=1, keepdims=True), 1e-300), x, m, Cs)
+        new = np.where((loglik(jump, x, Cs) >= loglik(two, x, Cs))[:, None], jump, two)
         pi[active] = new
         active = active[np.abs(new - p).max(axis=1) >= tol]
     return pi
 
 
-def _sweeps(counts: np.ndarray, confusion: Confusion, rng: np.random.Generator, sweeps: int, start: np.ndarray):
-    """The data-augmentation Gibbs sampler: each sweep draws C from its posterior, each label's true
-    class given pi, then pi given those classes. Yields (alpha, pi) a sweep: pi ~ Dirichlet(alpha),
-    alpha = the prior + the true classes' counts. The chain starts at `start` ([N, K], the point
-    estimate, so it is near its target from the first sweep), mixed with a tenth of the uniform on
-    the support (every supported class kept possible)."""
+def mixed(pi: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """The label distributions pi C, [N, K]: C one confusion [K, K] or one per row [N, K, K]."""
+    return np.einsum("nk,nkl->nl", pi, C) if C.ndim == 3 else pi @ C
+
+
+def _sweeps(counts: np.ndarray, confusion: PerCandidate, rng: np.random.Generator, sweeps: int, start: np.ndarray):
+    """The data-augmentation Gibbs sampler: each sweep draws C from its posterior (each candidate's
+    own, where they differ), each label's true class given pi, then pi given those classes. Yields
+    (alpha, pi) a sweep: pi ~ Dirichlet(alpha), alpha = the prior + the true classes' counts. The
+    chain starts at `start` ([N, K], the point estimate, so it is near its target from the first
+    sweep), mixed with a tenth of the uniform on the support (every supported class kept possible)."""
     support = confusion.support
     prior = np.where(support, 1.0 / support.sum(), 0.0)
     rows, labels = np.nonzero(counts)  # one multinomial per (candidate, observed label)
     n_pairs = counts[rows, labels].astype(np.int64)
+    member = confusion.group[rows]  # each pair's confusion
     uniform = np.where(support, 1.0, 0.0) * np.ones_like(counts)
     uniform /= uniform.sum(axis=1, keepdims=True)
     pi = 0.9 * start + 0.1 * uniform
-    for C in confusion.draws(sweeps, rng):
-        weights = pi[rows] * C[:, labels].T  # [P, K]: P(true t | label l, pi)
+    for columns in confusion.label_columns(member, labels, sweeps, rng):  # [P, K]: C[:, l] of each pair's confusion
+        weights = pi[rows] * columns  # [P, K]: P(true t | label l, pi)
         weights /= weights.sum(axis=1, keepdims=True)
         true = rng.multinomial(n_pairs, weights)  # [P, K] the labels' true classes
         z = np.bincount(
@@ -124,7 +135,11 @@ class Posterior:
 
 
 def posterior(
-    counts: np.ndarray, confusion: Confusion, point: np.ndarray, rng: np.random.Generator, block: int = 2048
+    counts: np.ndarray,
+    confusion: Confusion | PerCandidate,
+    point: np.ndarray,
+    rng: np.random.Generator,
+    block: int = 2048,
 ) -> Posterior:
     """Posterior draws of pi and their intervals, a block of candidates at a time (each candidate's
     chain is its own), and the two probabilities a verdict turns on. The prior is Dirichlet(1 /
@@ -139,39 +154,55 @@ def posterior(
     that Beta's CDF at the threshold, far less noisy than counting draws or reading a quantile off
     200 of them (whose Monte Carlo sd is about 0.007). Where the estimate is still within
     REFINE_SDS of its own Monte Carlo sd (batch means) of the tail, it is computed again from a
-    chain REFINE_FACTOR times longer. With the identity confusion it is exact."""
+    chain REFINE_FACTOR times longer. With the identity confusion it is exact. `confusion`: one for
+    all, or one per candidate."""
+    confusion = per_candidate(confusion, len(counts))
     first, second = ranked(point)
     labels = np.stack([second, first], axis=1)
     los, his, belows, errors = [], [], [], []
     for i in range(0, len(counts), block):
         part = slice(i, i + block)
-        draws, below, error = _chain(counts[part], confusion, labels[part], SWEEPS, rng, point[part])
+        draws, below, error = _chain(
+            counts[part], confusion.subset(np.arange(len(counts))[part]), labels[part], SWEEPS, rng, point[part]
+        )
         lo, hi = intervals(draws)
         los.append(lo), his.append(hi), belows.append(below), errors.append(error)
         del draws
     lo, hi, below, error = (np.concatenate(x) for x in (los, his, belows, errors))
     tail = (1 - LEVEL) / 2
-    near = np.flatnonzero((np.abs(below - tail) < REFINE_SDS * error).any(axis=1))
+    close = np.abs(below - tail) < REFINE_SDS * error  # [N, 2]
+    near = np.flatnonzero(close.any(axis=1))
     if len(near) and not confusion.exact:
-        _draws, again, _error = _chain(counts[near], confusion, labels[near], SWEEPS * REFINE_FACTOR, rng, point[near])
-        below[near] = again
+        _draws, again, _error = _chain(
+            counts[near],
+            confusion.subset(near),
+            labels[near],
+            SWEEPS * REFINE_FACTOR,
+            rng,
+            point[near],
+            close[near],
+        )
+        below[near] = np.where(close[near], again, below[near])
     return Posterior(lo, hi, below, 0 if confusion.exact else len(near))
 
 
 def _chain(
     counts: np.ndarray,
-    confusion: Confusion,
+    confusion: Confusion | PerCandidate,
     labels: np.ndarray,
     sweeps: int,
     rng: np.random.Generator,
     start: np.ndarray,
+    wanted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One chain per candidate: (the draws kept, [n, sweeps - BURN_IN, K] float32 (for SWEEPS only);
     P(pi[labels[:, j]] < THRESHOLDS[j]), [n, 2], Rao-Blackwellized where it is in doubt (else the
     share of draws below); its Monte Carlo sd by the means of BATCHES batches, [n, 2] (0 where not
-    Rao-Blackwellized))."""
+    Rao-Blackwellized)). A longer chain computes the probabilities `wanted` ([n, 2] bool) only
+    (default: both)."""
     from scipy.special import betainc
 
+    confusion = per_candidate(confusion, len(counts))
     rows = np.arange(len(counts))
     if confusion.exact:  # the posterior is Dirichlet(prior + counts): its marginals are Betas
         alpha = np.where(confusion.support, 1.0 / confusion.support.sum(), 0.0) + counts
@@ -196,7 +227,8 @@ def _chain(
         drawn = (draws[rows[:, None], :, labels].transpose(0, 2, 1) < THRESHOLDS).mean(axis=1)  # [n, 2]
         doubt = np.abs(drawn - (1 - LEVEL) / 2) < RB_MARGIN
     else:
-        drawn, doubt = np.zeros((len(counts), 2)), np.ones((len(counts), 2), dtype=bool)
+        drawn = np.zeros((len(counts), 2))
+        doubt = np.ones((len(counts), 2), dtype=bool) if wanted is None else wanted
     below, error = drawn.copy(), np.zeros((len(counts), 2))
     for j in range(2):
         pick = np.flatnonzero(doubt[:, j])
@@ -262,7 +294,7 @@ class TestResult:
 def probe_test(
     counts: np.ndarray,
     q: np.ndarray,
-    confusion: Confusion,
+    confusion: Confusion | PerCandidate,
     rng: np.random.Generator,
     passes: tuple[int, ...] = TEST_REPLICATES,
     fdr: float = 0.05,
@@ -271,11 +303,13 @@ def probe_test(
     then labels from q_i C; the statistic is G against q_i C-hat. The first pass covers everyone;
     later passes add replicates only where more could change a Benjamini-Hochberg decision at
     `fdr`: candidates not rejected whose p-value is at its floor or within Monte Carlo error of the
-    cut (a rejected one stays rejected as its p-value falls), within a draw budget."""
+    cut (a rejected one stays rejected as its p-value falls), within a draw budget. `confusion`:
+    one for all, or one per candidate."""
     from scipy.stats import false_discovery_control
 
-    C_hat = confusion.matrix()
-    expected = q @ C_hat
+    confusion = per_candidate(confusion, len(counts))
+    C_hat = confusion.matrices()
+    expected = mixed(q, C_hat[confusion.group]) if len(C_hat) > 1 else q @ C_hat[0]
     rare = counts.sum(axis=1, keepdims=True) * expected < 1.0  # [N, K] cells pooled, per candidate
     observed = g_statistic(counts, expected, rare)
     exceed = np.zeros(len(counts))
@@ -287,10 +321,11 @@ def probe_test(
             todo = todo[: max(1, TEST_DRAW_BUDGET // reps)] if len(todo) * reps > TEST_DRAW_BUDGET else todo
             if not len(todo):
                 break
+        todo = todo[np.argsort(confusion.group[todo], kind="stable")]  # a block's candidates share few confusions
         for part in np.array_split(todo, max(1, len(todo) // CHUNK)):
             if len(part):
                 exceed[part] += _exceedances(
-                    counts[part], q[part], observed[part], expected[part], rare[part], confusion, reps, rng
+                    counts[part], q[part], observed[part], expected[part], rare[part], confusion.subset(part), reps, rng
                 )
                 total[part] += reps
     p = (1 + exceed) / (1 + total)
@@ -310,15 +345,26 @@ def _undecided(exceed: np.ndarray, total: np.ndarray, fdr: float) -> np.ndarray:
     return np.flatnonzero(~rejected & (p - error <= cut))
 
 
-def _exceedances(counts, q, observed, expected, rare, confusion, reps, rng, block: int = 1000) -> np.ndarray:
-    """How many of `reps` null replicates reach each candidate's observed statistic."""
+def _exceedances(counts, q, observed, expected, rare, confusion: PerCandidate, reps, rng, block: int = 1000):
+    """How many of `reps` null replicates reach each candidate's observed statistic. With one
+    confusion per candidate, each of the candidates' confusions is drawn TEST_POOL times and the
+    replicates take those draws at random (a draw a replicate would cost [size, K, K] a member)."""
     n = counts.sum(axis=1).astype(np.int64)
     expected, rare = expected[:, None, :], rare[:, None, :]  # [c, 1, K]
     hits = np.zeros(len(counts))
+    members = np.unique(confusion.group)
+    single = len(confusion.members) == 1
+    pools = {} if single else {g: confusion.members[g].draws(min(reps, TEST_POOL), rng) for g in members}
     for start in range(0, reps, block):
         size = min(block, reps - start)
-        Cs = confusion.draws(size, rng)  # [size, K, K] one confusion per replicate
-        null = np.einsum("ck,skl->csl", q, Cs, optimize=True)  # [c, size, K]
+        null = np.empty((len(counts), size, K))
+        for g in members:
+            mine = np.flatnonzero(confusion.group == g)
+            if single:
+                Cs = confusion.members[g].draws(size, rng)  # [size, K, K] one confusion per replicate
+            else:
+                Cs = pools[g][rng.integers(0, len(pools[g]), size=size)]
+            null[mine] = np.einsum("ck,skl->csl", q[mine], Cs, optimize=True)  # [c, size, K]
         null /= null.sum(axis=2, keepdims=True)
         draws = rng.multinomial(n[:, None], null)  # [c, size, K]
         hits += (g_statistic(draws, expected, rare) >= observed[:, None] - 1e-9).sum(axis=1)
