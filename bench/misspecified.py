@@ -3,8 +3,9 @@
 The analysis assumes each candidate's labels are Multinomial(n, pi C) with C the tagger's treebank
 confusion, n about 96, candidates independent, and ambiguity unrelated to how the tagger errs. Each
 generator here breaks one of those; `model` keeps them all (tests/known_truth.py's population).
-A generator returns (truth [N, K], probe [N, K], label counts [N, K]); the estimand is always the
-population's value over all candidates (tests/known_truth.py's truth_values).
+A generator returns (truth [N, K], probe [N, K], label counts [N, K]), and word-error a fourth
+element, its treebank measurement per word type; the estimand is always the population's value
+over all candidates (tests/known_truth.py's truth_values).
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from posresample.data import UPOS_IDS, UPOS_NAMES, K
-from tests.known_truth import CONFUSED_WITH, PROBE_CLASSES, draw_probe, draw_truth, tagger_confusion
+from tests.known_truth import CONFUSED_WITH, PROBE_CLASSES, draw_probe, draw_truth, draw_word_study, tagger_confusion
 
 NUM_SAMPLES = 96
-WORD_ERROR = 0.08  # extra error on a word's own class, for half the words (word-error)
 CLUSTER = 4  # candidates per sentence (clustered)
 
 
@@ -35,21 +35,12 @@ def model(n: int, rng: np.random.Generator):
 
 
 def word_error(n: int, rng: np.random.Generator):
-    """Half the words carry WORD_ERROR more error from their first class to its tagger's main
-    confusion than the treebank's average C says: word-specific C_i."""
-    truth, probe = _population(rng, n)
-    C = tagger_confusion()
-    counts = []
-    for pi in truth:
-        Ci = C.copy()
-        if rng.random() < 0.5:
-            first = int(pi.argmax())
-            other = UPOS_IDS[CONFUSED_WITH[UPOS_NAMES[first]][0]]
-            moved = min(WORD_ERROR, Ci[first, first])
-            Ci[first, first] -= moved
-            Ci[first, other] += moved
-        counts.append(_labels((pi @ Ci)[None], np.array([NUM_SAMPLES]), rng)[0])
-    return truth, probe, np.stack(counts)
+    """Word-specific C_w: per class, as many words that err WORD_ERROR more than the class row as
+    words that err as it does (tests/known_truth.py draw_word_study), with the treebank's counts
+    per word type stored beside the class-level ones, so the per-word confusion can see it. Returns
+    a fourth element, (the measured Confusion with its per-word counts, each candidate's word)."""
+    study = draw_word_study(n, rng)
+    return study.truth, study.probe, study.counts, (study.measured, study.words)
 
 
 def _pair_truth(rng: np.random.Generator) -> np.ndarray:

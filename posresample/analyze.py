@@ -23,7 +23,8 @@ from .data import UPOS_NAMES, K
 from .errors import ConfigError, DatabaseError
 from .schema import candidate_labels, candidates, completions, jobs, labels, taggers
 from .stats import corrected_view, metrics, raw_view, verdict
-from .stats.confusion import Confusion, parse_confusion
+from .stats.confusion import Confusion, PerCandidate, parse_confusion
+from .stats.word_confusion import WordConfusions
 
 log = logging.getLogger(__name__)
 EXAMPLES_PER_LABEL = 5  # completions per (candidate, label) embedded in the HTML report
@@ -45,7 +46,8 @@ class Analysis:
 
 
 def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int | None):
-    """The scan, params, tagger and, per candidate with labels, its row and empirical counts."""
+    """The scan, params, tagger, the candidates, per candidate with labels its empirical counts, and
+    per candidate the tagger on its original sentence: {candidate id: (upos, the tagger's word)}."""
     from .scan_store import pick_params, pick_scan
 
     with db.read(engine) as conn:
@@ -65,13 +67,14 @@ def load(engine, scan_name: str | None, tagger_name: str | None, params_id: int 
             ),
             {"scan": scan["id"], "params": params["id"], "tagger": tagger["id"]},
         ).all()
-        original = dict(
-            conn.execute(
-                select(candidate_labels.c.candidate_id, candidate_labels.c.upos).where(
+        original = {
+            cid: (upos, word)
+            for cid, upos, word in conn.execute(
+                select(candidate_labels.c.candidate_id, candidate_labels.c.upos, candidate_labels.c.word).where(
                     candidate_labels.c.tagger_id == tagger["id"]
                 )
-            ).all()
-        )
+            )
+        }
         scan["sampled"] = conn.execute(
             select(func.count())
             .select_from(jobs)
@@ -261,12 +264,31 @@ def run_analyze(
     p = counts / n[:, None]
     q = probe_matrix(kept, classes)
     true = np.array([c["true_label"] for c in kept])
-    orig = np.array([original.get(c["id"]) if original.get(c["id"]) is not None else -1 for c in kept])
+    on_original = [original.get(c["id"], (None, None)) for c in kept]
+    orig = np.array([-1 if upos is None else upos for upos, _word in on_original])
+    words = [word for _upos, word in on_original]
     conf = tagger_confusion(tagger, confusion).covering(counts.sum(axis=0) > 0)
     if conf.filled:
         log.warning("%s", filled_warning(conf))
+    by_word = WordConfusions.fit(conf) if conf.by_word and not conf.exact else None
+    lead = by_word.for_candidates(words) if by_word else conf  # the headline's confusion (docs/design.md)
     prior, prior_source = label_prior(scan)
     others = other_taggers(engine, scan, params, tagger, kept, min_labelled)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    def variants() -> list[dict]:
+        return sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed, others, lead, words)
+
+    from threadpoolctl import threadpool_limits
+
+    # the sensitivity rows need only the inputs: where memory allows a deconvolution beside the
+    # headline's, they start now, on the core the headline's first, serial steps leave idle. One
+    # BLAS thread throughout (as corrected_view.estimate runs): the limit is the process's, so a
+    # thread leaving its own limit must find this one, not BLAS's default, in place
+    limits = threadpool_limits(limits=1, user_api="blas")
+    early = ThreadPoolExecutor(max_workers=1)
+    varied_early = early.submit(variants) if corrected_view.refit_threads(2, len(counts)) >= 2 else None
 
     def meanwhile() -> tuple:  # the raw view, the sensitivity rows and the examples: beside the refits, or after them
         floor = raw_view.floors(q, n, classes, seed)
@@ -276,7 +298,7 @@ def run_analyze(
             raw_view.out_of_probe(p, q, classes, seed),
             raw_view.research_block(p, q, true, classes, seed),
         )
-        varied = sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed, others)
+        varied = varied_early.result() if varied_early is not None else variants()
         corrected_view.trim_memory()  # the examples are loaded last: at 16,000 candidates they are 200 MB of rows
         return (
             *raw_parts,
@@ -284,18 +306,23 @@ def run_analyze(
             load_examples(engine, kept, tagger["id"], params["id"], params["model"]) if with_examples else {},
         )
 
-    fixed = corrected_view.estimate(
-        counts, q, classes, conf, seed, refits=refits, meanwhile=meanwhile, progress=progress
-    )
+    try:
+        fixed = corrected_view.estimate(
+            counts, q, classes, lead, seed, refits=refits, meanwhile=meanwhile, progress=progress
+        )
+    finally:
+        early.shutdown(wait=True, cancel_futures=True)
+        limits.restore_original_limits()
     floor, raw, out_of_probe, research, varied, examples = fixed.meanwhile
     corrected_summary = fixed.summary
     corrected_view.trim_memory()
     sensitivity = [
         {
-            "confusion": "stored",
-            "source": conf.source,
+            "confusion": "per word" if by_word else "stored",
+            "source": lead.source,
             "verdict": corrected_summary["verdict"],
             "intervals": "two-stage and refits",
+            "headline": True,
         }
     ] + varied
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
@@ -305,6 +332,7 @@ def run_analyze(
         + headline(len(kept), corrected_summary, len(cands), scan),
         "confusion_filled": [UPOS_NAMES[k] for k in conf.filled],
         "tagger_on_candidates": on_candidates,
+        "word_confusion": by_word.describe(words) if by_word else None,
         "sensitivity": sensitivity,
         "sensitivity_line": sensitivity_line(sensitivity),
         "ambiguous_by_threshold": corrected_summary["ambiguous_by_threshold"],
@@ -392,17 +420,32 @@ def flow_line(summary: dict) -> str:
 
 
 def sensitivity_variants(
-    counts, q, classes, conf: Confusion, true, orig, scan: dict, seed: int, others: list = ()
+    counts,
+    q,
+    classes,
+    conf: Confusion,
+    true,
+    orig,
+    scan: dict,
+    seed: int,
+    others: list = (),
+    lead: Confusion | PerCandidate | None = None,
+    words: list | None = None,
 ) -> list[dict]:
-    """The sensitivity table's rows past the first (the stored confusion's, which is the verdict): the
-    headline shares again under other confusions: the stored one's errors x1.5 and x2, and the
-    tagger's confusion on the candidates' own words (their original sentences, gold against tagged),
-    shrunk toward the stored one; and, for each other machine tagger that labelled these completions
-    (`other_taggers`), its own labels corrected with its own stored confusion. A result that holds
-    across the rows is the claim."""
-    jobs: list[tuple[str, str, np.ndarray, np.ndarray, Confusion]] = []
+    """The sensitivity table's rows past the first (the headline's confusion, `lead`: the per-word one
+    where the stored confusion carries per-word counts, else the stored one): the headline shares
+    again under other confusions: the stored all-words one (where it is not the headline's), the
+    headline's errors x1.5 and x2, and the tagger's confusion on the candidates' own words (their
+    original sentences, gold against tagged), shrunk toward the stored one; and, for each other
+    machine tagger that labelled these completions (`other_taggers`), its own labels corrected with
+    its own stored confusion (per word where it has per-word counts). A result that holds across
+    the rows is the claim."""
+    lead = conf if lead is None else lead
+    jobs: list[tuple[str, str, np.ndarray, np.ndarray, Confusion | PerCandidate]] = []
+    if lead is not conf:
+        jobs.append(("stored", f"{conf.source} (all words)", counts, q, conf))
     if not conf.exact:
-        for name, variant in (("errors x1.5", conf.scaled_errors(1.5)), ("errors x2", conf.scaled_errors(2.0))):
+        for name, variant in (("errors x1.5", lead.scaled_errors(1.5)), ("errors x2", lead.scaled_errors(2.0))):
             jobs.append((name, variant.source, counts, q, variant))
         tagged = orig >= 0
         if scan["split"] != "train" and tagged.any():  # never words the tagger may have been trained on
@@ -412,6 +455,8 @@ def sensitivity_variants(
     for other, other_counts, which in others:
         theirs = parse_confusion(other["confusion"], f"the confusion stored with tagger {other['name']}")
         theirs = theirs.covering(other_counts.sum(axis=0) > 0)
+        if theirs.by_word and words is not None:
+            theirs = WordConfusions.fit(theirs).for_candidates([words[i] for i in which])
         source = f"{theirs.source}; its own labels, {len(which)} candidates"
         jobs.append((f"tagger {other['name']}", source, other_counts, q[which], theirs))
     if not jobs:
@@ -433,7 +478,7 @@ def sensitivity_line(rows: list[dict]) -> str:
     if not others:
         return "sensitivity: no confusion to vary (the labels are taken as the truth)"
     return (
-        f"sensitivity: genuinely ambiguous {ambiguous[0]:.0%} with the stored confusion; {others} "
+        f"sensitivity: genuinely ambiguous {ambiguous[0]:.0%} with the {rows[0]['confusion']} confusion; {others} "
         f"(moves by up to {max(abs(a - ambiguous[0]) for a in ambiguous):.0%})"
     )
 

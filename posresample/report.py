@@ -528,10 +528,38 @@ def robustness_section(s: dict) -> dict:
             [r["confusion"], r["source"], *(_fmt(r["verdict"][k]) for k in VERDICTS), r["intervals"]]
             for r in s["sensitivity"]
         ],
+        "words": word_confusion_section(s.get("word_confusion")),
         "thresholds": [(f"{r['threshold']:.2f}", _fmt(r)) for r in s["ambiguous_by_threshold"]],
         "second_reading_mass": _fmt(c["second_reading_mass"]),
         "tv_above": c["probe_far_from_words"]["tv_above"],
         "far": _fmt(c["probe_far_from_words"]),
+    }
+
+
+def word_confusion_section(w: dict | None) -> dict | None:
+    """The tagger per word type: the candidates' most frequent words, how often the tagger is right
+    on their held-out words, raw, shrunk toward the class rows, and as the class rows alone say."""
+    if not w:
+        return None
+
+    def pct(x):
+        return "" if x is None else f"{x:.1%}"
+
+    return {
+        "measured": w["candidates_with_measured_word"],
+        "candidates": w["candidates"],
+        "types": w["word_types_measured"],
+        "rows": [
+            [
+                r["word"],
+                r["candidates"],
+                r["held_out_words"],
+                pct(r.get("accuracy")),
+                pct(r.get("shrunk_accuracy")),
+                pct(r.get("class_rows_accuracy")),
+            ]
+            for r in w["words"]
+        ],
     }
 
 

@@ -167,6 +167,80 @@ def draw_study(
     return Study(truth, probe, labels, C, treebank_counts(C, rng))
 
 
+WORD_ERROR = 0.08  # a hard word's extra error on its class, moved to the class's main confusion
+WORDS_PER_KIND = 4  # candidate word types per class: this many that err as the class does, this many harder
+
+
+@dataclass
+class WordStudy:
+    """A study whose tagger errs by word: each candidate's word has its own confusion C_w."""
+
+    truth: np.ndarray  # [N, K]
+    probe: np.ndarray  # [N, K]
+    counts: np.ndarray  # [N, K] label counts, drawn through each candidate's word's C_w
+    words: list[str]  # [N] each candidate's word
+    measured: object  # a Confusion: the treebank's counts, with its per-word counts (by_word)
+    hard: np.ndarray  # [N] bool: the candidate's word is one of the harder ones
+
+
+def draw_word_study(n: int, rng: np.random.Generator, num_samples: int = 96) -> WordStudy:
+    """Word-specific tagger error with a measurement that can see it. Per probe class t: WORDS_PER_KIND
+    word types that err as the class row does, and as many harder ones (WORD_ERROR of their words of
+    class t tagged as t's main confusion instead), each measured on 50-400 held-out words of class t;
+    the rest of the class's treebank words (ROW_WORDS) are other word types that err as the row, of
+    1-30 words each. A candidate's word is one of its first reading's class's 2 x WORDS_PER_KIND,
+    at random; its labels are Multinomial(num_samples, pi C_w), C_w the class row C but for that
+    word's own row. The truth is tests' population (draw_truth), unchanged."""
+    from posresample.stats.confusion import Confusion
+
+    C = tagger_confusion()
+    word_rows: dict[str, tuple[int, np.ndarray]] = {}
+    by_word: dict[str, np.ndarray] = {}
+    for name, row_words in ROW_WORDS.items():
+        t = UPOS_IDS[name]
+        other = UPOS_IDS[CONFUSED_WITH[name][0]]
+        for kind in ("plain", "hard"):
+            for j in range(WORDS_PER_KIND):
+                row = C[t].copy()
+                if kind == "hard":
+                    moved = min(WORD_ERROR, row[t])
+                    row[t] -= moved
+                    row[other] += moved
+                word = f"{name.lower()}-{kind}-{j}"
+                word_rows[word] = (t, row)
+                counts = np.zeros((K, K))
+                counts[t] = rng.multinomial(int(rng.integers(50, 401)), row)
+                by_word[word] = counts
+        left, j = row_words, 0
+        while left > 0:
+            size = min(left, int(rng.integers(1, 31)))
+            counts = np.zeros((K, K))
+            counts[t] = rng.multinomial(size, C[t])
+            by_word[f"{name.lower()}-other-{j}"] = counts
+            left, j = left - size, j + 1
+    measured = Confusion(sum(by_word.values()), "known truth: held-out words by word type", by_word=by_word)
+    truth = np.stack([draw_truth(rng) for _ in range(n)])
+    probe = np.stack([draw_probe(pi, rng) for pi in truth])
+    words, counts, hard = [], [], []
+    for pi in truth:
+        name = UPOS_NAMES[int(pi.argmax())]
+        word = f"{name.lower()}-{rng.choice(['plain', 'hard'])}-{rng.integers(WORDS_PER_KIND)}"
+        t, row = word_rows[word]
+        Cw = C.copy()
+        Cw[t] = row
+        mix = pi @ Cw
+        counts.append(rng.multinomial(num_samples, mix / mix.sum()))
+        words.append(word)
+        hard.append("-hard-" in word)
+    return WordStudy(truth, probe, np.stack(counts).astype(float), words, measured, np.array(hard))
+
+
+def as_study(words: WordStudy, rng: np.random.Generator) -> Study:
+    """A word study as `write_study` takes it: each candidate's labels one per completion, in random order."""
+    labels = np.stack([rng.permutation(np.repeat(np.arange(K), row.astype(int))) for row in words.counts])
+    return Study(words.truth, words.probe, labels, tagger_confusion(), words.measured.counts)
+
+
 def label_counts(study: Study) -> np.ndarray:
     """[N, K] each candidate's labels counted by UPOS id, as `analyze` counts them from the database."""
     return np.stack([np.bincount(row, minlength=K) for row in study.labels]).astype(float)
@@ -213,12 +287,14 @@ def write_study(
     name: str = "known",
     texts: bool = True,
     sampled: int | None = None,
+    words: list[str] | None = None,
 ) -> None:
     """The study as a database, through the project's own statements: a scan and its candidates
     (store), each job claimed and completed (queue), the tagger registered with its measured
     confusion and every completion labelled (label_store). Completions are ~70-character texts.
     `sampled`: only the first this many jobs of the queue's (random) order are sampled, as a
-    worker under --max-jobs leaves a study."""
+    worker under --max-jobs leaves a study. `tagger_counts`: the stored confusion's counts, or a
+    Confusion (with its per-word counts); `words`: each candidate's word in its original sentence."""
     from posresample import queue, scan_store
     from posresample.config import GenerationParams
     from tests.helpers import fake_scan_identity
@@ -281,7 +357,7 @@ def write_study(
                     for s in range(num_samples)
                 ],
             )
-    write_tagger(engine, scan["id"], study.labels, study.truth, tagger_counts, name, sampled)
+    write_tagger(engine, scan["id"], study.labels, study.truth, tagger_counts, name, sampled, words)
 
 
 def write_tagger(
@@ -289,9 +365,10 @@ def write_tagger(
     scan_id: int,
     labels: np.ndarray,
     truth: np.ndarray,
-    tagger_counts: np.ndarray | None,
+    tagger_counts,
     name: str = "known",
     sampled: int | None = None,
+    words: list[str] | None = None,
 ) -> None:
     """A tagger's labels of the study's completions (`labels` [N, num_samples] UPOS ids), written
     through the label stage's own queue, with `tagger_counts` as its stored confusion, and its
@@ -299,9 +376,12 @@ def write_tagger(
     from posresample import label_store
     from posresample.stats.confusion import Confusion
 
-    confusion = (
-        None if tagger_counts is None else Confusion(tagger_counts, "known truth: a treebank-sized sample").to_json()
-    )
+    if tagger_counts is None:
+        confusion = None
+    elif isinstance(tagger_counts, Confusion):
+        confusion = tagger_counts.to_json()
+    else:
+        confusion = Confusion(tagger_counts, "known truth: a treebank-sized sample").to_json()
     tagger_id = label_store.register_tagger(
         engine,
         {"name": name, "spec": f"{name}:", "library": "synthetic", "library_version": "0", "confusion": confusion},
@@ -323,7 +403,7 @@ def write_tagger(
             upos=int(truth[i].argmax()),
             upos_name=UPOS_NAMES[int(truth[i].argmax())],
             tag=None,
-            word="of",
+            word="of" if words is None else words[i],
             status="ok",
         )
         for i, cid in enumerate(sorted(job_of))
