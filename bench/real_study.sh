@@ -52,6 +52,10 @@ fi
 say "label: the target word's UPOS in every completion (resumes)"
 $PY cli.py label --tagger "spacy:$STUDY/taggers/ewt" --db "$DB" --no-progress
 
+say "evaluate-tagger: its confusion on EWT dev, per word type too (what analyze corrects with)"
+$PY cli.py evaluate-tagger --tagger "spacy:$STUDY/taggers/ewt" --tagger-name ewt --dataset "$EWT" \
+    --split validation --db "$DB" --no-progress
+
 if [ ! -f "$STUDY/distilled.json" ]; then
   say "distill: a probe fitted to the sampled distributions, layers $LAYER,4,12,16"
   $PY cli.py distill --tagger ewt --layers "$LAYER,4,12,16" --cache-dir "$STUDY/activations" \

@@ -212,6 +212,28 @@ def race_vocabulary(probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return ids.gather(1, second.argmax(dim=1, keepdim=True)).squeeze(1)
 
 
+def race_tempered(logits: torch.Tensor, rows: torch.Tensor, temperature: float) -> torch.Tensor:
+    """race_vocabulary() where every token is kept (top-p 1, no top-k), from the raw logits [R, V]:
+    a race is scale-free, so the weights need no normaliser: exp((l - max) / T), float32 terms,
+    each bucket's mass summed in float64. The same buckets, ids and noise as race_vocabulary on the
+    normalised probabilities, so the same token but where two perturbed scores tie to float32
+    rounding; about five passes over the row where the general path makes a dozen in float64. -> [R]"""
+    n_rows, vocab = logits.shape
+    size = 1 << BUCKET_BITS
+    n_buckets = -(-vocab // size)  # race_vocabulary's last bucket is empty when size divides vocab
+    top = logits.amax(dim=-1, keepdim=True)
+    weights = torch.exp((logits.float() - top.float()) / temperature)
+    padded = torch.nn.functional.pad(weights, (0, n_buckets * size - vocab)) if vocab % size else weights
+    mass = padded.view(n_rows, n_buckets, size).sum(-1, dtype=torch.float64)  # [R, n_buckets]
+    buckets = torch.arange(n_buckets, device=logits.device).expand(n_rows, -1)
+    first = torch.where(mass > 0, mass / exponential(rows, buckets, SALT_BUCKET), -1.0)
+    winner = first.argmax(dim=1, keepdim=True)  # [R, 1]
+    ids = winner * size + torch.arange(size, device=logits.device)  # [R, size]
+    inside = padded.gather(1, ids).double()
+    second = torch.where(inside > 0, inside / exponential(rows, ids, SALT_TOKEN), -1.0)
+    return ids.gather(1, second.argmax(dim=1, keepdim=True)).squeeze(1)
+
+
 BUCKET = 64  # ids per bucket when the top candidates are found through bucket maxima
 BUCKETED_FROM = 32_768  # vocabularies at least this large (and a multiple of BUCKET) take that path
 LSE_MARGIN = 1e-6  # rows whose cut lies this close to top_p leave the fast tier for the float64 normaliser
@@ -369,6 +391,11 @@ def sample_tokens(
 ) -> torch.Tensor:
     """Draw one token per row from logits [R, V] with per-row noise hashes `rows` [R] -> [R]."""
     vocab = logits.shape[-1]
+    if top_k is None and top_p >= 1.0:  # every token kept: one race over the tempered row, no nucleus
+        chunk = max(1, FALLBACK_ELEMENTS // vocab)
+        return torch.cat(
+            [race_tempered(part, picks, temperature) for part, picks in zip(logits.split(chunk), rows.split(chunk))]
+        )
     chosen = torch.empty(len(logits), dtype=torch.long, device=logits.device)
     for which, ids, probs in _kept(logits, temperature, top_p, top_k, prefilter, wide_prefilter):
         picks = rows if which is None else rows[which]

@@ -273,3 +273,20 @@ def test_a_real_vocabulary_keeps_the_defined_set_and_draws_alike_in_any_batch(te
     together = sample_tokens(logits, rows, temperature, top_p)
     alone = torch.stack([sample_tokens(logits[i : i + 1], rows[i : i + 1], temperature, top_p)[0] for i in range(6)])
     assert torch.equal(together, alone)
+
+
+@pytest.mark.parametrize("vocab", [1000, 4096, 262_144])
+def test_top_p_one_draws_the_general_path_s_tokens_from_one_race_over_the_raw_logits(vocab):
+    """At top-p 1 without top-k every token is kept: the race over exp((l - max) / T) picks the token
+    the general path's race over the normalised float64 probabilities picks, row by row and step
+    by step (the noise is the same; only float32 rounding of near ties could differ)."""
+    from posresample.sampling.draw import exact_lse, probabilities, race_vocabulary
+
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(16, vocab, generator=generator) * 3
+    for temperature in (0.7, 1.0):
+        for step in range(8):
+            rows = row_hash(5, torch.arange(16), torch.arange(16), step)
+            scores = logits / temperature
+            general = race_vocabulary(probabilities(scores, exact_lse(scores)), rows)
+            assert torch.equal(sample_tokens(logits, rows, temperature, 1.0), general)
