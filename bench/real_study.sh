@@ -3,6 +3,7 @@
 #
 #   bash bench/real_study.sh                 # everything; about 1.5 hours on 2 cores (the sampling most of it)
 #   SAMPLE=600 bash bench/real_study.sh      # sample more candidates: a rerun continues where it stopped
+#   AGAIN=0 bash bench/real_study.sh         # skip sampling the first AGAIN (default 128) at temperature 1, top-p 1
 #
 # Resumable: each step is skipped when its output exists, the scan resumes, and the worker samples
 # only what is missing up to SAMPLE jobs (the queue drains in the scan's random order, so the
@@ -16,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STUDY=${STUDY:-study}
 SAMPLE=${SAMPLE:-320}
+AGAIN=${AGAIN:-128}
 LAYER=${LAYER:-8}
 PY=${PY:-.venv/bin/python}
 EWT=${EWT:-../shared/data/ud_english_ewt}
@@ -49,6 +51,17 @@ if [ ! -f "$STUDY/taggers/ewt.json" ]; then
   $PY cli.py train-tagger --dataset "$EWT" -o "$STUDY/taggers/ewt" --no-progress
 fi
 
+if [ "$AGAIN" -gt 0 ]; then
+  say "the estimand varied: the first $AGAIN candidates sampled again at temperature 1.0, top-p 1.0 (params 2)"
+  $PY cli.py scan --probe "$STUDY/probe.joblib" --model "$GGUF" --dataset "$EWT" --split validation \
+      --layer "$LAYER" --temperature 1.0 --top-p 1.0 --db "$DB" --no-progress
+  again_done=$($PY -c "import sqlite3; print(sqlite3.connect('$STUDY/study.db').execute(\"select count(*) from jobs where params_id = 2 and state = 'done'\").fetchone()[0])")
+  if [ "$again_done" -lt "$AGAIN" ]; then
+    # the queue's order puts the study's candidates' params-2 jobs first: the same candidates again
+    $PY cli.py worker --device cpu --model "$GGUF" --max-jobs $((AGAIN - again_done)) --db "$DB" --no-progress
+  fi
+fi
+
 say "label: the target word's UPOS in every completion (resumes)"
 $PY cli.py label --tagger "spacy:$STUDY/taggers/ewt" --db "$DB" --no-progress
 
@@ -58,11 +71,11 @@ $PY cli.py evaluate-tagger --tagger "spacy:$STUDY/taggers/ewt" --tagger-name ewt
 
 if [ ! -f "$STUDY/distilled.json" ]; then
   say "distill: a probe fitted to the sampled distributions, layers $LAYER,4,12,16"
-  $PY cli.py distill --tagger ewt --layers "$LAYER,4,12,16" --cache-dir "$STUDY/activations" \
+  $PY cli.py distill --tagger ewt --params 1 --layers "$LAYER,4,12,16" --cache-dir "$STUDY/activations" \
       -o "$STUDY/distilled.joblib" --db "$DB" --no-progress
 fi
 
 say "analyze"
-$PY cli.py analyze --tagger ewt --distill "$STUDY/distilled.json" -o "$STUDY/report" --db "$DB" --no-progress
+$PY cli.py analyze --tagger ewt --params 1 --distill "$STUDY/distilled.json" -o "$STUDY/report" --db "$DB" --no-progress
 $PY cli.py status --db "$DB"
 say "done: $STUDY/report/index.html"

@@ -23,7 +23,7 @@ from .data import UPOS_NAMES, K
 from .errors import ConfigError, DatabaseError
 from .schema import candidate_labels, candidates, completions, jobs, labels, taggers
 from .stats import corrected_view, metrics, raw_view, verdict
-from .stats.confusion import Confusion, PerCandidate, parse_confusion
+from .stats.confusion import Confusion, PerCandidate, parse_confusion, rows_of
 from .stats.word_confusion import WordConfusions
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,72 @@ def other_taggers(engine, scan: dict, params: dict, tagger: dict, kept: list[dic
             if len(enough):
                 out.append((other, counts[enough], enough))
     return out
+
+
+def other_params(engine, scan: dict, params: dict, tagger: dict, kept: list[dict], min_labelled: int) -> list:
+    """The scan's other generation params whose completions this tagger labelled: [(params row,
+    counts [M, K], which of `kept` they are [M])], the candidates with at least `min_labelled` ok
+    labels under both (the same candidates sampled again, at another temperature, say)."""
+    from .schema import generation_params
+
+    index = {c["id"]: i for i, c in enumerate(kept)}
+    out = []
+    with db.read(engine) as conn:
+        rows = [
+            dict(r)
+            for r in conn.execute(select(generation_params).order_by(generation_params.c.id)).mappings()
+            if r["id"] != params["id"]
+        ]
+        for other in rows:
+            counts = np.zeros((len(kept), K))
+            for cid, upos, n in conn.execute(
+                text(
+                    "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = "
+                    "e.candidate_id WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"
+                ),
+                {"scan": scan["id"], "params": other["id"], "tagger": tagger["id"]},
+            ):
+                if cid in index and isinstance(upos, int) and 0 <= upos < K:
+                    counts[index[cid], upos] = n
+            enough = np.flatnonzero(counts.sum(axis=1) >= min_labelled)
+            if len(enough):
+                out.append((other, counts[enough], enough))
+    return out
+
+
+def compare_params(counts, q, classes, lead, seed: int, others: list) -> list[dict]:
+    """Each other generation params' comparison on the candidates sampled under both (`other_params`)."""
+    out = []
+    for other, other_counts, which in others:
+        compared = corrected_view.compare_samplers(
+            counts[which], other_counts, q[which], classes, rows_of(lead, which), seed
+        )
+        out.append(
+            {
+                "params_id": other["id"],
+                **{k: other[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")},
+                "candidates": len(which),
+                **compared,
+            }
+        )
+    return out
+
+
+def params_lines(summary: dict) -> list[str]:
+    """One line per other generation params compared: the ambiguous share and the second reading's
+    mass under it and here, on the same candidates."""
+    lines = []
+    for r in summary.get("other_params") or []:
+        this, other, diff = r["this"], r["other"], r["difference"]
+        a, b = other["genuinely_ambiguous"]["share"], this["genuinely_ambiguous"]["share"]
+        lo, hi = diff["genuinely_ambiguous"]["ci95"]
+        lines.append(
+            f"sampled again at temperature {r['temperature']:g}, top-p {r['top_p']:g} (params {r['params_id']}) on "
+            f"the same {r['candidates']} candidates: genuinely ambiguous {a:.0%} there against {b:.0%} here "
+            f"(here - there {b - a:+.0%}, 95% CI {lo:+.0%} to {hi:+.0%}); second reading's mean mass "
+            f"{other['second_mass']['estimate']:.3f} against {this['second_mass']['estimate']:.3f}"
+        )
+    return lines
 
 
 def sample_description(scan: dict, scanned: int) -> dict:
@@ -277,8 +343,13 @@ def run_analyze(
 
     from concurrent.futures import ThreadPoolExecutor
 
-    def variants() -> list[dict]:
-        return sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed, others, lead, words)
+    resampled = other_params(engine, scan, params, tagger, kept, min_labelled)
+
+    def variants() -> tuple[list[dict], list[dict]]:
+        return (
+            sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed, others, lead, words),
+            compare_params(counts, q, classes, lead, seed, resampled),
+        )
 
     from threadpoolctl import threadpool_limits
 
@@ -313,7 +384,7 @@ def run_analyze(
     finally:
         early.shutdown(wait=True, cancel_futures=True)
         limits.restore_original_limits()
-    floor, raw, out_of_probe, research, varied, examples = fixed.meanwhile
+    floor, raw, out_of_probe, research, (varied, compared), examples = fixed.meanwhile
     corrected_summary = fixed.summary
     corrected_view.trim_memory()
     sensitivity = [
@@ -336,6 +407,7 @@ def run_analyze(
         "sensitivity": sensitivity,
         "sensitivity_line": sensitivity_line(sensitivity),
         "ambiguous_by_threshold": corrected_summary["ambiguous_by_threshold"],
+        "other_params": compared,
         "estimand": ESTIMAND.format(**{k: params[k] for k in ("temperature", "top_p", "top_k", "max_new_tokens")}),
         "verdict_counts": {v: int(sum(r["verdict"] == v for r in rows)) for v in verdict.VERDICTS},
         "flow": {

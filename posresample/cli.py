@@ -905,7 +905,11 @@ def analyze(
     across candidates) and a verdict; for the study, population shares of the verdicts and
     bias-corrected divergences with intervals aimed at the truth (their measured coverage is in
     docs/benchmarks.md), the share of genuinely ambiguous tokens by the probe's certainty, and the
-    raw (uncorrected) view beside them.
+    raw (uncorrected) view beside them. Where the tagger's stored confusion has counts per word
+    type (train-tagger, evaluate-tagger), each candidate is corrected with its own word's
+    confusion; a sensitivity table recomputes the shares under the all-words confusion, its errors
+    x1.5 and x2, the candidates' own sentences and other taggers, and the candidates sampled again
+    under other generation params (--temperature 1.0 --top-p 1.0, say) are compared on themselves.
     Writes candidates.csv, summary.json, six PNG plots and index.html (one self-contained page).
 
     \b
@@ -914,7 +918,7 @@ def analyze(
         python cli.py analyze --tagger ewt --tagger-confusion confusion.json -o report/
         python cli.py analyze --tagger ewt --confusion-from human:ana -o report/
     """
-    from .analyze import flow_line
+    from .analyze import flow_line, params_lines
     from .report import run_report
 
     result, paths = run_report(
@@ -940,6 +944,8 @@ def analyze(
         + "; the shares above are the population's, estimated with the noise removed"
     )
     click.echo(result.summary["sensitivity_line"])
+    for line in params_lines(result.summary):
+        click.echo(line)
     click.echo(flow_line(result.summary))
     raw, fixed = result.summary["raw"]["probe_vs_empirical"]["tv"], result.summary["corrected"]["divergences"]["tv"]
     click.echo(
@@ -1221,8 +1227,9 @@ def evaluate_tagger(tagger_spec, tagger_name, dataset, split, output, no_progres
     """Measure a tagger's confusion (true UPOS -> its UPOS) on a treebank's raw text and store it.
 
     The words are tagged through the same span lookup `label` uses on completions. The counts go
-    into the tagger's row in the database (registered if new), where `analyze` finds them to
-    correct the labels; -o writes them as the JSON `analyze --tagger-confusion` reads.
+    into the tagger's row in the database (registered if new), with the same counts per word type,
+    where `analyze` finds them to correct each candidate's labels with its own word's confusion;
+    -o writes them as the JSON `analyze --tagger-confusion` reads.
 
     \b
     Example:

@@ -530,10 +530,36 @@ def robustness_section(s: dict) -> dict:
         ],
         "words": word_confusion_section(s.get("word_confusion")),
         "thresholds": [(f"{r['threshold']:.2f}", _fmt(r)) for r in s["ambiguous_by_threshold"]],
+        "resampled": [
+            {
+                "title": f"temperature {r['temperature']:g}, top-p {r['top_p']:g} (params {r['params_id']})",
+                "candidates": r["candidates"],
+                "rows": [
+                    [
+                        VERDICT_TITLES.get(k, "second reading's mean mass"),
+                        _fmt(r["other"][k]) if k in VERDICT_TITLES else _fmt_mean(r["other"][k]),
+                        _fmt(r["this"][k]) if k in VERDICT_TITLES else _fmt_mean(r["this"][k]),
+                        _fmt_difference(r["difference"][k]),
+                    ]
+                    for k in (*VERDICTS, "second_mass")
+                ],
+            }
+            for r in s.get("other_params") or []
+        ],
         "second_reading_mass": _fmt(c["second_reading_mass"]),
         "tv_above": c["probe_far_from_words"]["tv_above"],
         "far": _fmt(c["probe_far_from_words"]),
     }
+
+
+def _fmt_mean(entry: dict) -> str:
+    lo, hi = entry["ci95"]
+    return f"{entry['estimate']:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def _fmt_difference(entry: dict) -> str:
+    lo, hi = entry["ci95"]
+    return f"{entry['estimate']:+.3f} ({lo:+.3f} to {hi:+.3f})"
 
 
 def word_confusion_section(w: dict | None) -> dict | None:

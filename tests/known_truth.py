@@ -295,19 +295,12 @@ def write_study(
     `sampled`: only the first this many jobs of the queue's (random) order are sampled, as a
     worker under --max-jobs leaves a study. `tagger_counts`: the stored confusion's counts, or a
     Confusion (with its per-word counts); `words`: each candidate's word in its original sentence."""
-    from posresample import queue, scan_store
+    from posresample import scan_store
     from posresample.config import GenerationParams
-    from tests.helpers import fake_scan_identity
 
     n, num_samples = study.labels.shape
     params = GenerationParams(model="/nonexistent/synthetic-model", num_samples=num_samples, max_new_tokens=16)
-    identity = fake_scan_identity(
-        dataset="synthetic",
-        model="synthetic",
-        layer=12,
-        excluded_labels=[UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]],
-    )
-    extra = dict(probe_path="probe.joblib", probe_classes=PROBE_CLASSES, sentences_total=n)
+    identity, extra = _scan_identity(n)
     scan, pid = scan_store.open_scan(engine, name, identity, extra, params, owner="known-truth", lease_seconds=600)
     rows = []
     for i, (pi, q) in enumerate(zip(study.truth, study.probe)):
@@ -336,16 +329,36 @@ def write_study(
         )
     scan_store.finish_scan(engine, scan["id"])
     scan_store.release_scan_lease(engine, scan["id"], "known-truth")
-    queue.register_worker(engine, "known:1:truth", "cpu", 600)
+    _sample(engine, n if sampled is None else sampled, num_samples, texts)
+    write_tagger(engine, scan["id"], study.labels, study.truth, tagger_counts, name, sampled, words)
+
+
+def _scan_identity(n: int) -> tuple[dict, dict]:
+    from tests.helpers import fake_scan_identity
+
+    identity = fake_scan_identity(
+        dataset="synthetic",
+        model="synthetic",
+        layer=12,
+        excluded_labels=[UPOS_IDS["_"], UPOS_IDS["SYM"], UPOS_IDS["INTJ"]],
+    )
+    return identity, dict(probe_path="probe.joblib", probe_classes=PROBE_CLASSES, sentences_total=n)
+
+
+def _sample(engine, jobs: int, num_samples: int, texts: bool = True, worker: str = "known:1:truth") -> None:
+    """The first `jobs` of the queue's order claimed and completed by one worker, as workers would."""
+    from posresample import queue
+
     text = "{i} the model goes on with the sentence and then it stops somewhere near here" if texts else "c{i}"
-    left = n if sampled is None else sampled
-    while left > 0 and (claimed := queue.claim_jobs(engine, "known:1:truth", min(256, left), 600, 3)):
+    queue.register_worker(engine, worker, "cpu", 600)
+    left = jobs
+    while left > 0 and (claimed := queue.claim_jobs(engine, worker, min(256, left), 600, 3)):
         left -= len(claimed)
         for job in claimed:
             queue.complete_job(
                 engine,
                 job,
-                "known:1:truth",
+                worker,
                 [
                     dict(
                         sample_index=s,
@@ -357,7 +370,45 @@ def write_study(
                     for s in range(num_samples)
                 ],
             )
-    write_tagger(engine, scan["id"], study.labels, study.truth, tagger_counts, name, sampled, words)
+
+
+def write_resampled(engine, labels: np.ndarray, sampled: int, temperature: float = 1.0, top_p: float = 1.0) -> int:
+    """The study's scan sampled again under other generation params (the first `sampled` candidates
+    of its queue order, as `scan --temperature ... --top-p ...` then `worker --max-jobs` do), and
+    labelled by the study's tagger from `labels` [N, num_samples] (the candidates' labels under
+    those params, by candidate). -> the new params id."""
+    from posresample import label_store, scan_store
+    from posresample.config import GenerationParams
+
+    n, num_samples = labels.shape
+    params = GenerationParams(
+        model="/nonexistent/synthetic-model",
+        num_samples=num_samples,
+        max_new_tokens=16,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    identity, extra = _scan_identity(n)
+    scan, pid = scan_store.open_scan(engine, "known", identity, extra, params, owner="known-truth", lease_seconds=600)
+    scan_store.release_scan_lease(engine, scan["id"], "known-truth")
+    _sample(engine, sampled, num_samples, worker="known:2:again")
+    tagger_id = label_store.register_tagger(
+        engine, {"name": "known", "spec": "known:", "library": "synthetic", "library_version": "0"}
+    )
+    while jobs := label_store.claim_label_jobs(engine, tagger_id, "known:2:label", 256, 600, scan["id"]):
+        rows = [
+            dict(
+                completion_id=completion_id,
+                upos=int(labels[index, sample]),
+                upos_name=UPOS_NAMES[int(labels[index, sample])],
+                tag=None,
+                word="of",
+                status="ok",
+            )
+            for completion_id, index, sample in _completions(engine, jobs, {})
+        ]
+        label_store.write_labels(engine, tagger_id, "known:2:label", jobs, rows)
+    return pid
 
 
 def write_tagger(

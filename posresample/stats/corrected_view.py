@@ -437,6 +437,47 @@ def population_shares(
         return {name: boot.share(values[name]) for name in verdict.VERDICTS}
 
 
+COMPARED = (*verdict.VERDICTS, "second_mass")  # what compare_samplers compares
+
+
+def compare_samplers(
+    counts: np.ndarray,
+    other: np.ndarray,
+    q: np.ndarray,
+    probe_classes: list[int],
+    confusion: Confusion | PerCandidate,
+    seed: int,
+    replicates: int = 400,
+) -> dict:
+    """The same candidates sampled under two generation params (`counts` and `other`, [N, K] each):
+    each one's verdict shares and mean second-reading mass (the deconvolution of each, two-stage
+    intervals), and the difference (this - other) with a paired bootstrap interval: candidates
+    resampled, each one's posterior mean of the statistic under both. A share the two samplers
+    agree on does not depend on the sampler's temperature and top-p."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    out: dict = {}
+    means = {}
+    with threadpool_limits(limits=1, user_api="blas"), DECONVOLUTIONS.hold(len(q)):
+        for name, labels in (("this", counts), ("other", other)):
+            C, support = confusion.matrix(), confusion.support
+            g = deconvolution.deconvolve(labels, q, C, support, verdict.mle(labels, C, support), rng)
+            values = atom_values(g, q, probe_classes, names=COMPARED)
+            boot = TwoStage(g.posterior, rng, replicates=replicates)
+            out[name] = {v: boot.share(values[v]) for v in verdict.VERDICTS}
+            out[name]["second_mass"] = boot.mean(values["second_mass"])
+            means[name] = {v: (g.posterior * values[v]).sum(axis=1) for v in COMPARED}
+            trim_memory()
+    rows = rng.integers(0, len(q), size=(replicates, len(q)))
+    out["difference"] = {}
+    for v in COMPARED:
+        d = means["this"][v] - means["other"][v]
+        lo, hi = np.quantile(d[rows].mean(axis=1), [0.025, 0.975])
+        out["difference"][v] = {"estimate": float(d.mean()), "ci95": [float(lo), float(hi)]}
+    return out
+
+
 def posterior_means(
     counts: np.ndarray,
     q: np.ndarray,

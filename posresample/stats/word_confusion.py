@@ -74,6 +74,8 @@ class WordConfusions:
         class row."""
         key = word_key(word)
         counts = self.base.by_word.get(key) if key else None
+        if counts is not None:  # rows the class-level counts lack (a hand-made file) carry no prior: left out
+            counts = np.where(self.base.counts.sum(axis=1, keepdims=True) > 0, counts, 0.0)
         own = Confusion(
             np.zeros((K, K)) if counts is None else counts,
             f"word {key!r}" if counts is not None else "a word not measured",

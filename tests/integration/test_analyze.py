@@ -296,3 +296,43 @@ def test_a_word_specific_tagger_error_is_corrected_by_the_per_word_confusion(sql
     write_report(a, str(tmp_path / "report"))
     page = (tmp_path / "report" / "index.html").read_text()
     assert 'id="word-confusion"' in page and hard[0]["word"] in page
+
+
+def test_the_same_candidates_sampled_again_untempered_are_compared_on_those_candidates(sqlite_url, tmp_path):
+    """The study's candidates' words sampled at temperature 0.7 have their second readings
+    squeezed (a 0.8/0.2 word tempered to about 0.88/0.12); the first 150 of the queue sampled
+    again at temperature 1.0 and top-p 1.0 show the untempered split. The comparison is on those
+    150 alone, and finds the second reading's mass larger untempered, by about the planted amount.
+    (SQLite only: the queries are the ones every test here runs on both databases.)"""
+    from posresample.analyze import params_lines
+    from posresample.stats.metrics import temper
+    from tests.known_truth import draw_study, tagger_confusion, write_resampled
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    rng = np.random.default_rng(41)
+    untempered = draw_study(300, rng)
+    tempered = temper(untempered.truth, 0.7)
+    study = draw_study(300, rng, truth=tempered, probe=untempered.probe)
+    write_study(engine, study, study.measured)
+    again = draw_study(300, rng, truth=untempered.truth, probe=untempered.probe, confusion=tagger_confusion())
+    pid = write_resampled(engine, again.labels, sampled=150)
+    a = run_analyze(engine, params_id=1, min_labelled=20, with_examples=False, refits=0)
+    (r,) = a.summary["other_params"]
+    assert r["params_id"] == pid and r["temperature"] == 1.0 and r["top_p"] == 1.0 and r["candidates"] == 150
+    from posresample.schema import jobs
+
+    with db.read(engine) as conn:  # the 150 are the first of the queue's order, under both params
+        both = conn.execute(select(jobs.c.candidate_id).where(jobs.c.params_id == pid, jobs.c.state == "done")).all()
+    assert len(both) == 150
+    second = np.sort(untempered.truth, axis=1)[:, -2], np.sort(tempered, axis=1)[:, -2]
+    order = [c["dataset_idx"] for c in a.rows]
+    planted = float(np.mean([second[0][i] - second[1][i] for i in order]))  # over all 300: the sample's own
+    d = r["difference"]["second_mass"]  # here (tempered) - there (untempered)
+    assert d["ci95"][0] <= d["estimate"] <= d["ci95"][1] < 0
+    assert abs(d["estimate"] + planted) < 0.03, (d, planted)
+    assert r["this"]["genuinely_ambiguous"]["share"] < r["other"]["genuinely_ambiguous"]["share"]
+    (line,) = params_lines(a.summary)
+    assert line.startswith("sampled again at temperature 1, top-p 1 (params 2) on the same 150 candidates")
+    write_report(a, str(tmp_path / "report"))
+    assert "sampled again at temperature 1, top-p 1 (params 2)" in (tmp_path / "report" / "index.html").read_text()

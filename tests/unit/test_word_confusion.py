@@ -114,3 +114,15 @@ def test_one_confusion_per_candidate_all_alike_gives_the_single_confusion_s_answ
     assert (calls[0] != calls[1]).mean() < 0.05  # two chains' Monte Carlo, not two models
     tests = [verdict.probe_test(counts, study.probe, c, np.random.default_rng(6)).p for c in (conf, alike)]
     assert np.corrcoef(np.log(tests[0]), np.log(tests[1]))[0, 1] > 0.9
+
+
+def test_a_word_row_for_a_class_the_class_counts_lack_is_left_out():
+    """A hand-made file may give a word a row its class-level counts lack: the word's confusion
+    keeps the class-level support (so every candidate's confusions share it), not a crash."""
+    counts = np.zeros((K, K))
+    counts[ADP, ADP], counts[ADP, SCONJ] = 400, 10
+    word = np.zeros((K, K))
+    word[ADP, ADP], word[SCONJ, SCONJ] = 30, 5  # SCONJ: no class-level row
+    base = Confusion(counts, "hand-made", by_word={"that": word})
+    per = WordConfusions.fit(base).for_candidates(["that", "other", None])
+    assert list(per.group) == [1, 0, 0] and (per.support == base.support).all()
