@@ -337,6 +337,8 @@ def run_analyze(
     if conf.filled:
         log.warning("%s", filled_warning(conf))
     by_word = WordConfusions.fit(conf) if conf.by_word and not conf.exact else None
+    if conf.by_word and by_word is None:
+        log.info("the confusion's per-word counts are too few to say how words differ: correcting with its class rows")
     lead = by_word.for_candidates(words) if by_word else conf  # the headline's confusion (docs/design.md)
     prior, prior_source = label_prior(scan)
     others = other_taggers(engine, scan, params, tagger, kept, min_labelled)
@@ -397,7 +399,13 @@ def run_analyze(
         }
     ] + varied
     rows = per_candidate_rows(kept, p, q, n, true, orig, floor, fixed, classes)
-    on_candidates = tagger_on_candidates(true, orig, tagger)
+    on_candidates = tagger_on_candidates(
+        true,
+        orig,
+        tagger,
+        np.array([c["true_label"] for c in cands]),
+        np.array([-1 if original.get(c["id"], (None,))[0] is None else original[c["id"]][0] for c in cands]),
+    )
     summary = {
         "headline": (filled_warning(conf) + " " if conf.filled else "")
         + headline(len(kept), corrected_summary, len(cands), scan),
@@ -455,19 +463,26 @@ ESTIMAND = (
 HARD_WORD_PRIOR = 20.0  # pseudo-words per row drawn from the treebank confusion when the candidates' own rows are short
 
 
-def tagger_on_candidates(true: np.ndarray, orig: np.ndarray, tagger: dict) -> dict:
+def tagger_on_candidates(
+    true: np.ndarray, orig: np.ndarray, tagger: dict, scan_true: np.ndarray | None = None, scan_orig=None
+) -> dict:
     """How often the tagger gives the treebank's label to the candidates' words in their original
-    sentences (the words in question, unlike the treebank's average), beside its all-words accuracy."""
-    tagged = orig >= 0
-    right = float((orig[tagged] == true[tagged]).sum())
-    interval = metrics.jeffreys_interval(right, int(tagged.sum())) if tagged.any() else {"share": None, "ci95": None}
-    dev = (tagger.get("accuracy") or {}).get("dev") or {}
-    return {
-        "accuracy": interval["share"],
-        "ci95": interval["ci95"],
-        "words": int(tagged.sum()),
-        "all_words_accuracy": dev.get("raw_text") if isinstance(dev, dict) else None,
-    }
+    sentences (the words in question, unlike the treebank's average), and to every probe-uncertain
+    token of the scan (`scan_true`, `scan_orig`: all its candidates, sampled or not), beside its
+    all-words accuracy (train-tagger's dev, or evaluate-tagger's split)."""
+
+    def measured(true, orig) -> dict:
+        tagged = orig >= 0
+        right = float((orig[tagged] == true[tagged]).sum())
+        found = metrics.jeffreys_interval(right, int(tagged.sum())) if tagged.any() else {"share": None, "ci95": None}
+        return {"accuracy": found["share"], "ci95": found["ci95"], "words": int(tagged.sum())}
+
+    accuracy = tagger.get("accuracy") or {}
+    dev = accuracy.get("dev") or accuracy.get("validation") or {}
+    out = measured(true, orig) | {"all_words_accuracy": dev.get("raw_text") if isinstance(dev, dict) else None}
+    if scan_true is not None:
+        out["uncertain_tokens"] = measured(scan_true, scan_orig)
+    return out
 
 
 def label_statuses(counts: dict[str, int]) -> dict:
@@ -528,7 +543,8 @@ def sensitivity_variants(
         theirs = parse_confusion(other["confusion"], f"the confusion stored with tagger {other['name']}")
         theirs = theirs.covering(other_counts.sum(axis=0) > 0)
         if theirs.by_word and words is not None:
-            theirs = WordConfusions.fit(theirs).for_candidates([words[i] for i in which])
+            fitted = WordConfusions.fit(theirs)
+            theirs = fitted.for_candidates([words[i] for i in which]) if fitted else theirs
         source = f"{theirs.source}; its own labels, {len(which)} candidates"
         jobs.append((f"tagger {other['name']}", source, other_counts, q[which], theirs))
     if not jobs:

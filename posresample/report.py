@@ -511,6 +511,12 @@ def robustness_section(s: dict) -> dict:
             "accuracy": _fmt({"share": t["accuracy"], "ci95": t["ci95"]}),
             "words": t["words"],
             "all_words": None if t["all_words_accuracy"] is None else f"{t['all_words_accuracy']:.3f}",
+            "uncertain": None
+            if not (t.get("uncertain_tokens") or {}).get("words")
+            else {
+                "accuracy": _fmt({"share": t["uncertain_tokens"]["accuracy"], "ci95": t["uncertain_tokens"]["ci95"]}),
+                "words": t["uncertain_tokens"]["words"],
+            },
         }
     )
     c = s["corrected"]

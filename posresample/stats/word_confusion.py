@@ -50,8 +50,10 @@ class WordConfusions:
         return self.alpha.sum(axis=1)
 
     @classmethod
-    def fit(cls, base: Confusion) -> WordConfusions:
-        """alpha_t by maximum marginal likelihood over `base.by_word`'s word types."""
+    def fit(cls, base: Confusion) -> WordConfusions | None:
+        """alpha_t by maximum marginal likelihood over `base.by_word`'s word types; None where fewer
+        than MIN_WORD_TYPES types of two or more words inform it in all (a handful of held-out words
+        cannot say how words differ: the class rows are then all there is)."""
         if not base.by_word:
             raise ValueError("the confusion has no per-word counts to fit")
         C = base.matrix()
@@ -61,6 +63,8 @@ class WordConfusions:
                 if base.support[t] and t not in base.filled:
                     rows[t].append(counts[t])
         stacked = {t: np.stack(r) for t, r in enumerate(rows) if r}
+        if sum(int((r.sum(axis=1) >= 2).sum()) for r in stacked.values()) < MIN_WORD_TYPES:
+            return None
         informed = [t for t, r in stacked.items() if (r.sum(axis=1) >= 2).sum() >= MIN_WORD_TYPES]
         rest = [(t, r) for t, r in stacked.items() if t not in informed]
         pooled = _max_marginal(rest, C) if rest else STRENGTH_BOUNDS[1]

@@ -177,6 +177,8 @@ def test_the_sensitivity_table_flags_a_tagger_worse_on_these_words_than_measured
     assert rows["stored"] - truth > 0.08 and abs(rows["errors x2"] - truth) < rows["stored"] - truth
     assert s["sensitivity_line"].startswith(f"sensitivity: genuinely ambiguous {rows['stored']:.0%} with the stored")
     assert s["tagger_on_candidates"]["accuracy"] == 1.0 and s["tagger_on_candidates"]["words"] == 400
+    uncertain = s["tagger_on_candidates"]["uncertain_tokens"]  # every candidate's original word: here all analysed
+    assert uncertain["accuracy"] == 1.0 and uncertain["words"] == 400 and 0.99 < uncertain["ci95"][0] < 1.0
     by_t = [row["share"] for row in s["ambiguous_by_threshold"]]
     assert [row["threshold"] for row in s["ambiguous_by_threshold"]] == [0.05, 0.10, 0.20, 0.30]
     assert by_t == sorted(by_t, reverse=True) and by_t[1] == s["verdict"]["genuinely_ambiguous"]["share"]

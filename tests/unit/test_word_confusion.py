@@ -123,6 +123,18 @@ def test_a_word_row_for_a_class_the_class_counts_lack_is_left_out():
     counts[ADP, ADP], counts[ADP, SCONJ] = 400, 10
     word = np.zeros((K, K))
     word[ADP, ADP], word[SCONJ, SCONJ] = 30, 5  # SCONJ: no class-level row
-    base = Confusion(counts, "hand-made", by_word={"that": word})
+    words = {"that": word}
+    for j in range(12):  # enough ordinary ADP words for a fit
+        words[f"adp{j}"] = np.zeros((K, K))
+        words[f"adp{j}"][ADP, ADP] = 20
+    base = Confusion(counts, "hand-made", by_word=words)
     per = WordConfusions.fit(base).for_candidates(["that", "other", None])
-    assert list(per.group) == [1, 0, 0] and (per.support == base.support).all()
+    assert per.group[0] != 0 and list(per.group[1:]) == [0, 0] and (per.support == base.support).all()
+
+
+def test_a_handful_of_held_out_words_is_no_per_word_confusion():
+    """Twenty held-out words cannot say how words differ: no per-word fit, the class rows stand."""
+    rng = np.random.default_rng(7)
+    by_word, _truth = planted(rng, spread=60.0, types=1)
+    few = dict(list(by_word.items())[:6])
+    assert WordConfusions.fit(Confusion(sum(few.values()), "a sample", by_word=few)) is None
