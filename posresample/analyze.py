@@ -117,23 +117,7 @@ def other_taggers(engine, scan: dict, params: dict, tagger: dict, kept: list[dic
             for r in conn.execute(select(taggers).order_by(taggers.c.id)).mappings()
             if r["id"] != tagger["id"] and not r["name"].startswith("human:") and r["confusion"]
         ]
-        out = []
-        index = {c["id"]: i for i, c in enumerate(kept)}
-        for other in rows:
-            counts = np.zeros((len(kept), K))
-            for cid, upos, n in conn.execute(
-                text(
-                    "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = "
-                    "e.candidate_id WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"
-                ),
-                {"scan": scan["id"], "params": params["id"], "tagger": other["id"]},
-            ):
-                if cid in index and isinstance(upos, int) and 0 <= upos < K:
-                    counts[index[cid], upos] = n
-            enough = np.flatnonzero(counts.sum(axis=1) >= min_labelled)
-            if len(enough):
-                out.append((other, counts[enough], enough))
-    return out
+        return _with_enough(conn, scan, kept, min_labelled, [(other, params["id"], other["id"]) for other in rows])
 
 
 def other_params(engine, scan: dict, params: dict, tagger: dict, kept: list[dict], min_labelled: int) -> list:
@@ -142,28 +126,34 @@ def other_params(engine, scan: dict, params: dict, tagger: dict, kept: list[dict
     labels under both (the same candidates sampled again, at another temperature, say)."""
     from .schema import generation_params
 
-    index = {c["id"]: i for i, c in enumerate(kept)}
-    out = []
     with db.read(engine) as conn:
         rows = [
             dict(r)
             for r in conn.execute(select(generation_params).order_by(generation_params.c.id)).mappings()
             if r["id"] != params["id"]
         ]
-        for other in rows:
-            counts = np.zeros((len(kept), K))
-            for cid, upos, n in conn.execute(
-                text(
-                    "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = "
-                    "e.candidate_id WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"
-                ),
-                {"scan": scan["id"], "params": other["id"], "tagger": tagger["id"]},
-            ):
-                if cid in index and isinstance(upos, int) and 0 <= upos < K:
-                    counts[index[cid], upos] = n
-            enough = np.flatnonzero(counts.sum(axis=1) >= min_labelled)
-            if len(enough):
-                out.append((other, counts[enough], enough))
+        return _with_enough(conn, scan, kept, min_labelled, [(other, other["id"], tagger["id"]) for other in rows])
+
+
+def _with_enough(conn, scan: dict, kept: list[dict], min_labelled: int, wanted: list) -> list:
+    """For each (key, params id, tagger id) of `wanted`: (key, counts [M, K], which of `kept` they
+    are [M]), the candidates with at least `min_labelled` ok labels under those params and tagger."""
+    index = {c["id"]: i for i, c in enumerate(kept)}
+    out = []
+    for key, params_id, tagger_id in wanted:
+        counts = np.zeros((len(kept), K))
+        for cid, upos, n in conn.execute(
+            text(
+                "SELECT e.candidate_id, e.upos, e.count FROM empirical_labels e JOIN candidates c ON c.id = "
+                "e.candidate_id WHERE c.scan_id = :scan AND e.params_id = :params AND e.tagger_id = :tagger"
+            ),
+            {"scan": scan["id"], "params": params_id, "tagger": tagger_id},
+        ):
+            if cid in index and isinstance(upos, int) and 0 <= upos < K:
+                counts[index[cid], upos] = n
+        enough = np.flatnonzero(counts.sum(axis=1) >= min_labelled)
+        if len(enough):
+            out.append((key, counts[enough], enough))
     return out
 
 

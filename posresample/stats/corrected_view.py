@@ -429,12 +429,18 @@ def population_shares(
 
     rng = np.random.default_rng(seed)
     with threadpool_limits(limits=1, user_api="blas"), DECONVOLUTIONS.hold(len(counts)):
-        C, support = confusion.matrix(), confusion.support
-        g = deconvolution.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
-        values = atom_values(g, q, probe_classes, names=verdict.VERDICTS)
-        trim_memory()
-        boot = TwoStage(g.posterior, rng, replicates=replicates)
+        g, values, boot = _shares_of(counts, q, probe_classes, confusion, rng, replicates, verdict.VERDICTS)
         return {name: boot.share(values[name]) for name in verdict.VERDICTS}
+
+
+def _shares_of(counts, q, probe_classes, confusion, rng, replicates: int, names: tuple[str, ...]):
+    """The deconvolution under `confusion`, the statistics `names` at its atoms, and their two-stage
+    bootstrap: (Deconvolution, {name: [N, KEEP]}, TwoStage)."""
+    C, support = confusion.matrix(), confusion.support
+    g = deconvolution.deconvolve(counts, q, C, support, verdict.mle(counts, C, support), rng)
+    values = atom_values(g, q, probe_classes, names=names)
+    trim_memory()
+    return g, values, TwoStage(g.posterior, rng, replicates=replicates)
 
 
 COMPARED = (*verdict.VERDICTS, "second_mass")  # what compare_samplers compares
@@ -461,14 +467,10 @@ def compare_samplers(
     means = {}
     with threadpool_limits(limits=1, user_api="blas"), DECONVOLUTIONS.hold(len(q)):
         for name, labels in (("this", counts), ("other", other)):
-            C, support = confusion.matrix(), confusion.support
-            g = deconvolution.deconvolve(labels, q, C, support, verdict.mle(labels, C, support), rng)
-            values = atom_values(g, q, probe_classes, names=COMPARED)
-            boot = TwoStage(g.posterior, rng, replicates=replicates)
+            g, values, boot = _shares_of(labels, q, probe_classes, confusion, rng, replicates, COMPARED)
             out[name] = {v: boot.share(values[v]) for v in verdict.VERDICTS}
             out[name]["second_mass"] = boot.mean(values["second_mass"])
             means[name] = {v: (g.posterior * values[v]).sum(axis=1) for v in COMPARED}
-            trim_memory()
     rows = rng.integers(0, len(q), size=(replicates, len(q)))
     out["difference"] = {}
     for v in COMPARED:
