@@ -21,7 +21,7 @@ from posresample import db
 from posresample.schema import candidates, completions, jobs, labels, taggers
 
 
-def continuations(engine, candidate_id: int, tagger: str, limit: int) -> list[tuple[str, str]]:
+def continuations(engine, candidate_id: int, tagger: str, params_id: int, limit: int) -> tuple[str, list]:
     from sqlalchemy import select
 
     with db.read(engine) as conn:
@@ -30,7 +30,12 @@ def continuations(engine, candidate_id: int, tagger: str, limit: int) -> list[tu
             .join(completions, completions.c.id == labels.c.completion_id)
             .join(jobs, jobs.c.id == completions.c.job_id)
             .join(taggers, taggers.c.id == labels.c.tagger_id)
-            .where(jobs.c.candidate_id == candidate_id, taggers.c.name == tagger, labels.c.status == "ok")
+            .where(
+                jobs.c.candidate_id == candidate_id,
+                jobs.c.params_id == params_id,
+                taggers.c.name == tagger,
+                labels.c.status == "ok",
+            )
             .order_by(completions.c.sample_index)
         ).all()
         prefix = conn.execute(select(candidates.c.prefix_text).where(candidates.c.id == candidate_id)).scalar_one()
@@ -51,13 +56,15 @@ def main() -> None:
     args = parser.parse_args()
     with open(os.path.join(args.report, "candidates.csv"), encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    with open(os.path.join(args.report, "summary.json"), encoding="utf-8") as handle:
+        params_id = json.load(handle)["generation_params_id"]  # the continuations the report analysed
     engine = db.make_engine(args.db)
     rng = random.Random(args.seed)
     for verdict in ("genuinely_ambiguous", "probe_underconfident", "probe_wrong", "undetermined"):
         members = [r for r in rows if r["verdict"] == verdict]
         emit(f"\n**{verdict.replace('_', ' ')}** ({len(members)} called)\n")
         for r in rng.sample(members, min(args.per_verdict, len(members))):
-            prefix, shown = continuations(engine, int(r["candidate_id"]), args.tagger, args.continuations)
+            prefix, shown = continuations(engine, int(r["candidate_id"]), args.tagger, params_id, args.continuations)
             corrected = {
                 k.removeprefix("corrected_"): float(v)
                 for k, v in r.items()
