@@ -166,7 +166,9 @@ def main() -> None:
             study = Study(true[keep], probe[keep], None, C, treebank_counts(C, rng))
             tagger_counts = study.confusion * 1e7 if args.true_confusion else study.measured
             lead = Confusion(tagger_counts, "known truth")
-            if by_word and not args.all_words:  # the headline corrects each candidate with its word's confusion
+            if by_word and args.all_words:  # the same treebank measurement, its class rows only
+                lead = Confusion(by_word[0][0].counts, "all words")
+            elif by_word:  # the headline corrects each candidate with its word's confusion
                 measured, words = by_word[0]
                 lead = WordConfusions.fit(measured).for_candidates([w for w, k in zip(words, keep) if k])
                 stored_rows.append(

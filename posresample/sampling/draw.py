@@ -356,6 +356,8 @@ def _kept_scores(
         hopeful = size * top_prob[pending] >= min(top_p, 1.0)
         undecided = [pending[~hopeful]]
         for part in pending[hopeful].split(chunk if size > prefilter else n_rows):
+            if not len(part):  # no row hopeful at this size: split() still gives one empty part
+                continue
             top_scores, top_ids = order_candidates(*top_candidates(scores[part], size))
             probs, fits = nucleus(top_scores, lse[part], top_p, complete=size == vocab)  # complete: a tiny vocabulary
             if bool(fits.all()):

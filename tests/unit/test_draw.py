@@ -5,6 +5,7 @@ import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from posresample.sampling.draw import (
+    DEFAULT_PREFILTER,
     SALT_BUCKET,
     SALT_TOKEN,
     exponential,
@@ -290,3 +291,12 @@ def test_top_p_one_draws_the_general_path_s_tokens_from_one_race_over_the_raw_lo
             scores = logits / temperature
             general = race_vocabulary(probabilities(scores, exact_lse(scores)), rows)
             assert torch.equal(sample_tokens(logits, rows, temperature, 1.0), general)
+
+
+def test_flat_rows_at_a_large_vocabulary_skip_a_tier_none_of_them_can_use():
+    """Rows so flat that no `size` tokens can hold top-p of the mass skip that tier; at a vocabulary
+    large enough for the bucketed search that left one empty part to search, which failed."""
+    logits = torch.randn(4, 65_536, generator=torch.Generator().manual_seed(1)) * 0.3
+    rows = row_hash(2, torch.arange(4), torch.arange(4), 0)
+    one_tier = sample_tokens(logits, rows, 0.7, 0.95, wide_prefilter=DEFAULT_PREFILTER)
+    assert torch.equal(one_tier, sample_tokens(logits, rows, 0.7, 0.95))
