@@ -10,8 +10,9 @@ times `sample_tokens` with the tiers 256 -> 4096 -> whole vocabulary (the defaul
 whole vocabulary (no second tier), checks that both draw the same tokens, and prints ms per 1,000
 rows and how many rows ended in each tier. Then, at temperature 1.0 and top-p 1.0 (every token kept:
 the estimand's untempered comparison), it times `sample_tokens`' one race over the raw logits
-against the general path (the whole row divided, its float64 normaliser and probabilities, the
-race over them), and checks they draw the same tokens.
+against the general path it takes at any other top-p (the tiers: the top 256 and 4,096 tried and
+found short, then the whole row divided, its float64 normaliser and probabilities, the race over
+them), and checks they draw the same tokens.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from common import Budget, add_arguments, emit, machine, set_threads
 from posresample.sampling.draw import (
     DEFAULT_PREFILTER,
     WIDE_PREFILTER,
+    _kept,
     apply_temperature_top_k,
-    exact_lse,
-    probabilities,
+    race,
     race_vocabulary,
     row_hash,
     sample_tokens,
@@ -108,13 +109,15 @@ def main() -> None:
         logits = (torch.randn(args.rows, args.vocab, generator=gen) * scale).to(device)
         fast_s, fast = timed(device, lambda: sample_tokens(logits, rows, 1.0, 1.0), args.repeat)
 
-        def general():
-            return torch.cat(
-                [
-                    race_vocabulary(probabilities(part, exact_lse(part)), picks)
-                    for part, picks in zip(logits.split(16), rows.split(16))
-                ]
-            )
+        def general():  # what sample_tokens does at any other top-p: the tiers, then a race over their kept set
+            chosen = torch.empty(len(logits), dtype=torch.long)
+            for which, ids, probs in _kept(logits, 1.0, 1.0, None, DEFAULT_PREFILTER, WIDE_PREFILTER):
+                picks = rows if which is None else rows[which]
+                drawn = race_vocabulary(probs, picks) if ids is None else race(probs, ids, picks, logits.shape[-1])
+                if which is None:
+                    return drawn
+                chosen[which] = drawn
+            return chosen
 
         general_s, slow = timed(device, general, args.repeat)
         per_k = 1000 / args.rows * 1000

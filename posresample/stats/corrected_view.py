@@ -18,7 +18,7 @@ one's distribution drawn from its posterior, its labels drawn again through the 
 confusion, the treebank measurement of that confusion drawn again), each analysed by the same
 deconvolution; each interval is then widened, where that is wider, to the estimate +- t(R-1) x
 their standard deviation (a t interval: exact for a normal estimate whatever R, wider on average
-the smaller R is). Each refit is a whole deconvolution (~2.5 CPU-seconds at 4,000 candidates), so
+the smaller R is). Each refit is a whole deconvolution (~1.7 CPU-seconds at 4,000 candidates), so
 they run on threads, beside the per-candidate work and the caller's raw view (`meanwhile`).
 Measured coverage and cost: docs/benchmarks.md (bench/verdict_coverage.py, bench/analyze_speed.py).
 """
