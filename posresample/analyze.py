@@ -326,8 +326,11 @@ def run_analyze(
     conf = tagger_confusion(tagger, confusion).covering(counts.sum(axis=0) > 0)
     if conf.filled:
         log.warning("%s", filled_warning(conf))
-    by_word = WordConfusions.fit(conf) if conf.by_word and not conf.exact else None
-    if conf.by_word and by_word is None:
+    on_train = set(tagger.get("accuracy") or {}) == {"train"} and confusion is None  # evaluate-tagger --split train
+    if on_train and conf.by_word:
+        log.warning("the tagger's confusion was measured on its training split: correcting with its class rows only")
+    by_word = WordConfusions.fit(conf) if conf.by_word and not conf.exact and not on_train else None
+    if conf.by_word and by_word is None and not on_train:
         log.info("the confusion's per-word counts are too few to say how words differ: correcting with its class rows")
     lead = by_word.for_candidates(words) if by_word else conf  # the headline's confusion (docs/design.md)
     prior, prior_source = label_prior(scan)

@@ -341,3 +341,21 @@ def test_the_same_candidates_sampled_again_untempered_are_compared_on_those_cand
     assert line.startswith("sampled again at temperature 1, top-p 1 (params 2) on the same 150 candidates")
     write_report(a, str(tmp_path / "report"))
     assert "sampled again at temperature 1, top-p 1 (params 2)" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_per_word_counts_measured_on_the_training_split_are_not_used(sqlite_url, caplog):
+    """A confusion measured on the tagger's own training words (evaluate-tagger --split train)
+    cannot say how it errs on words it has not seen: the class rows correct, and a warning says so."""
+    from posresample.schema import taggers
+    from tests.known_truth import as_study, draw_word_study
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    rng = np.random.default_rng(32)
+    words = draw_word_study(120, rng)
+    write_study(engine, as_study(words, rng), words.measured, words=words.words)
+    with db.write(engine) as conn:
+        conn.execute(taggers.update().values(accuracy={"train": {"raw_text": 0.99, "split": "train"}}))
+    s = run_analyze(engine, min_labelled=20, with_examples=False, refits=0).summary
+    assert s["sensitivity"][0]["confusion"] == "stored" and s["word_confusion"] is None
+    assert "measured on its training split" in caplog.text
