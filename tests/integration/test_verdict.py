@@ -16,7 +16,9 @@ from posresample.stats.confusion import Confusion
 from tests.known_truth import PROBE_CLASSES, K, draw_study, label_counts, planted_verdicts, write_study
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_correction_is_closer_to_the_truth_and_is_the_raw_shares_under_the_identity(engine):
+    """(SQLite only: analyze's queries run on both databases in test_the_files_scripts_read_carry_the_stable_names.)"""
     rng = np.random.default_rng(1)
     study = draw_study(150, rng)
     write_study(engine, study, study.measured)
@@ -67,7 +69,9 @@ def planted(rng, per_class: int = 40):
     return np.array(truth), np.array(probe)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_each_planted_verdict_class_is_recovered(engine):
+    """(SQLite only: analyze's queries run on both databases in test_the_files_scripts_read_carry_the_stable_names.)"""
     rng = np.random.default_rng(3)
     truth, probe = planted(rng)
     study = draw_study(len(truth), rng, truth=truth, probe=probe)
