@@ -42,7 +42,7 @@ class Confusion:
     filled: tuple[int, ...] = ()  # rows not measured, taken as the identity (the tagger right on them)
     # the same measurement per word type: word -> [K, K] counts (None: not measured per word)
     by_word: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
-    # the part of `counts` that is a prior's pseudo-words, not words measured (shrunk_toward's)
+    # the part of `counts` that is a prior's pseudo-words, not words measured (shrunk_toward's, a word's prior)
     pseudo: np.ndarray | None = field(default=None, compare=False, repr=False)
     smoothing: float = PSEUDO_COUNT  # pseudo-words added to every cell (0 where `pseudo` is a proper prior)
 
@@ -122,12 +122,11 @@ class Confusion:
         a row measured on many words its own counts."""
         if prior.exact:
             return self
-        pseudo = prior.matrix() * np.broadcast_to(np.asarray(strength, dtype=float), (K,))[:, None]
+        pseudo = prior.matrix() * strength
         pseudo[~prior.support] = 0
-        label = f"{strength:g} words a row" if np.ndim(strength) == 0 else "per-row strengths"
         return Confusion(
             self.counts + pseudo,
-            f"{self.source}, shrunk toward {prior.source} ({label})",
+            f"{self.source}, shrunk toward {prior.source} ({strength:g} words a row)",
             filled=tuple(sorted(set(self.filled) | set(prior.filled))),
             pseudo=pseudo + (0 if self.pseudo is None else self.pseudo),
         )
@@ -278,25 +277,6 @@ class PerCandidate:
     def matrix(self) -> np.ndarray:
         """[N, K, K] each candidate's matrix()."""
         return self.matrices()[self.group]
-
-    def draws(self, n: int, rng: np.random.Generator):
-        """n draws of every member from its Dirichlet posterior, one [G, K, K] array at a time (one
-        member: the same draws as its own `draws(n)`)."""
-        if len(self.members) == 1:
-            yield from self.members[0].draws(n, rng)[:, None]
-            return
-        alpha = np.stack([m.counts + m.smoothing for m in self.members])  # [G, K, K]
-        identity = np.stack([~m.support for m in self.members])
-        for g, m in enumerate(self.members):
-            identity[g, list(m.filled)] = True
-        exact = np.array([m.exact for m in self.members])
-        eye = np.eye(K)
-        for _ in range(n):
-            gamma = rng.gamma(alpha)
-            out = gamma / np.maximum(gamma.sum(axis=2, keepdims=True), 1e-300)
-            out[identity] = np.broadcast_to(eye, out.shape)[identity]
-            out[exact] = eye
-            yield out
 
     def label_columns(self, member: np.ndarray, label: np.ndarray, n: int, rng: np.random.Generator):
         """n draws from the members' Dirichlet posteriors, one a yield, of what a Gibbs sweep reads of

@@ -352,7 +352,7 @@ def _exceedances(counts, q, observed, expected, rare, confusion: PerCandidate, r
     n = counts.sum(axis=1).astype(np.int64)
     expected, rare = expected[:, None, :], rare[:, None, :]  # [c, 1, K]
     hits = np.zeros(len(counts))
-    members = np.unique(confusion.group)
+    members = range(len(confusion.members))  # those of these candidates only (`PerCandidate.subset`)
     single = len(confusion.members) == 1
     pools = {} if single else {g: confusion.members[g].draws(min(reps, TEST_POOL), rng) for g in members}
     for start in range(0, reps, block):
