@@ -268,6 +268,27 @@ def label_prior(scan: dict) -> tuple[np.ndarray | None, str]:
     return counts / counts.sum(), f"words of {scan['split']} in {scan['dataset']}"
 
 
+def tagged_on_original(original: dict, cands: list[dict]) -> np.ndarray:
+    """[N] the tagger's UPOS id of each candidate's word in its original sentence (-1: none)."""
+    upos = [original.get(c["id"], (None, None))[0] for c in cands]
+    return np.array([-1 if u is None else u for u in upos], dtype=np.int64)
+
+
+def word_confusions(conf: Confusion, tagger: dict, given: bool) -> WordConfusions | None:
+    """The per-word confusions the headline corrects with, where the stored confusion has per-word
+    counts; None (the class rows) where it has none, where they are too few to fit, or where they
+    were measured on a split named train (`evaluate-tagger --split train`: words the tagger saw)."""
+    if not conf.by_word or conf.exact:
+        return None
+    if not given and set(tagger.get("accuracy") or {}) == {"train"}:
+        log.warning("the tagger's confusion was measured on its training split: correcting with its class rows only")
+        return None
+    fitted = WordConfusions.fit(conf)
+    if fitted is None:
+        log.info("the confusion's per-word counts are too few to say how words differ: correcting with its class rows")
+    return fitted
+
+
 def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
     """The confusion to correct with: given (a file, or measured against human labels), else the one
     stored with the tagger, else none (with a warning: the labels are then taken as the truth)."""
@@ -320,24 +341,15 @@ def run_analyze(
     p = counts / n[:, None]
     q = probe_matrix(kept, classes)
     true = np.array([c["true_label"] for c in kept])
-    on_original = [original.get(c["id"], (None, None)) for c in kept]
-    orig = np.array([-1 if upos is None else upos for upos, _word in on_original])
-    words = [word for _upos, word in on_original]
+    orig = tagged_on_original(original, kept)
+    words = [original.get(c["id"], (None, None))[1] for c in kept]
     conf = tagger_confusion(tagger, confusion).covering(counts.sum(axis=0) > 0)
     if conf.filled:
         log.warning("%s", filled_warning(conf))
-    on_train = set(tagger.get("accuracy") or {}) == {"train"} and confusion is None  # evaluate-tagger --split train
-    if on_train and conf.by_word:
-        log.warning("the tagger's confusion was measured on its training split: correcting with its class rows only")
-    by_word = WordConfusions.fit(conf) if conf.by_word and not conf.exact and not on_train else None
-    if conf.by_word and by_word is None and not on_train:
-        log.info("the confusion's per-word counts are too few to say how words differ: correcting with its class rows")
+    by_word = word_confusions(conf, tagger, given=confusion is not None)
     lead = by_word.for_candidates(words) if by_word else conf  # the headline's confusion (docs/design.md)
     prior, prior_source = label_prior(scan)
     others = other_taggers(engine, scan, params, tagger, kept, min_labelled)
-
-    from concurrent.futures import ThreadPoolExecutor
-
     resampled = other_params(engine, scan, params, tagger, kept, min_labelled)
 
     def variants() -> tuple[list[dict], list[dict]]:
@@ -345,6 +357,8 @@ def run_analyze(
             sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed, others, lead, words),
             compare_params(counts, q, classes, lead, seed, resampled),
         )
+
+    from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
@@ -397,7 +411,7 @@ def run_analyze(
         orig,
         tagger,
         np.array([c["true_label"] for c in cands]),
-        np.array([-1 if original.get(c["id"], (None,))[0] is None else original[c["id"]][0] for c in cands]),
+        tagged_on_original(original, cands),
     )
     summary = {
         "headline": (filled_warning(conf) + " " if conf.filled else "")
