@@ -26,6 +26,21 @@ def known(n=40, seed=1):
     return truth, rng
 
 
+def worse_tagger_study(sqlite_url: str, seed: int):
+    """A SQLite study of 400 whose labels come through a tagger three times as wrong as the treebank
+    measurement stored with it: (engine, study, the treebank's confusion C, the generator)."""
+    from tests.known_truth import tagger_confusion, treebank_counts
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    rng = np.random.default_rng(seed)
+    C = tagger_confusion()
+    worse = Confusion(C * 10_000, "the tagger on these words").scaled_errors(3.0).matrix()
+    study = draw_study(400, rng, confusion=worse)
+    write_study(engine, study, treebank_counts(C, rng))
+    return engine, study, C, rng
+
+
 def perfect_tagger():
     return np.eye(K)
 
@@ -166,15 +181,7 @@ def test_the_sensitivity_table_flags_a_tagger_worse_on_these_words_than_measured
     analyze: the headline overstates the ambiguous share (tagger error read as ambiguity), and the
     table shows it: the share falls from the stored row to x1.5 to x2, toward the truth. (SQLite
     only: its queries are the ones every test here runs on both databases.)"""
-    from tests.known_truth import tagger_confusion, treebank_counts
-
-    engine = db.make_engine(sqlite_url)
-    db.upgrade(engine)
-    rng = np.random.default_rng(21)
-    C = tagger_confusion()
-    worse = Confusion(C * 10_000, "the tagger on these words").scaled_errors(3.0).matrix()
-    study = draw_study(400, rng, confusion=worse)
-    write_study(engine, study, treebank_counts(C, rng))
+    engine, study, _C, _rng = worse_tagger_study(sqlite_url, 21)
     s = run_analyze(engine, min_labelled=20, with_examples=False, refits=2).summary
     rows = {r["confusion"]: r["verdict"]["genuinely_ambiguous"]["share"] for r in s["sensitivity"]}
     truth = float((np.sort(study.truth, axis=1)[:, -2] >= 0.10).mean())
@@ -248,15 +255,9 @@ def test_a_second_tagger_is_a_row_of_its_own_and_shows_the_first_s_error(sqlite_
     truth: the table shows the headline does not hold. (SQLite only: the second tagger's counts come
     from the same empirical_labels query as the first's, which every test here runs on both.)"""
     from posresample.schema import scans
-    from tests.known_truth import tagger_confusion, treebank_counts, write_tagger
+    from tests.known_truth import treebank_counts, write_tagger
 
-    engine = db.make_engine(sqlite_url)
-    db.upgrade(engine)
-    rng = np.random.default_rng(24)
-    C = tagger_confusion()
-    worse = Confusion(C * 10_000, "the tagger on these words").scaled_errors(3.0).matrix()
-    study = draw_study(400, rng, confusion=worse)
-    write_study(engine, study, treebank_counts(C, rng))
+    engine, study, C, rng = worse_tagger_study(sqlite_url, 24)
     honest = draw_study(400, rng, truth=study.truth, probe=study.probe, confusion=C)
     with db.read(engine) as conn:
         scan_id = conn.execute(select(scans.c.id)).scalar_one()
