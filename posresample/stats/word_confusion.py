@@ -19,7 +19,7 @@ mu_t and m_t pseudo-words of concentration, and n_wt ~ Multinomial(C_w[t]). Then
   uncertainty. A word never measured gets the prior, Dirichlet(alpha_t): the mean, and how far any
   one word may be from it.
 
-This is Efron-Morris empirical Bayes for multinomial rows (a Dirichlet-multinomial hierarchy), the
+This is parametric empirical Bayes for multinomial rows (a Dirichlet-multinomial hierarchy), the
 standard pooling of many small rows toward their mean. What it cannot see is error that depends on
 the context rather than the word (the same "that" harder in the sentences where the probe is
 unsure): the hard-word row of the sensitivity table measures that on the candidates' own sentences.
@@ -74,8 +74,8 @@ class WordConfusions:
         return cls(base, alpha, tuple(informed))
 
     def for_word(self, word: str | None) -> Confusion:
-        """The word's confusion: its own counts (none if not measured) plus m_t pseudo-words of the
-        class row."""
+        """The word's confusion: its own counts (none if not measured) plus the prior's alpha_t
+        pseudo-words (the mean of its class's word types, m_t of them)."""
         key = word_key(word)
         counts = self.base.by_word.get(key) if key else None
         if counts is not None:  # rows the class-level counts lack (a hand-made file) carry no prior: left out
