@@ -40,6 +40,7 @@ from .config import (
     INT32_MAX,
     MAX_NEW_TOKENS,
     MAX_NUM_SAMPLES,
+    SAMPLING_DTYPES,
     SEED_MAX,
     GenerationParams,
 )
@@ -430,6 +431,15 @@ def scan(
     help="With --decode fast: run its step through torch.compile (inductor) or "
     "capture it once per batch as a CUDA graph and replay it (cuda-graph, CUDA only).",
 )
+@click.option(
+    "--dtype",
+    type=click.Choice(SAMPLING_DTYPES),
+    default="auto",
+    show_default=True,
+    help="The model's weights and activations while sampling: auto is bfloat16 on a GPU, float32 on a CPU. "
+    "bfloat16 on a CPU with AVX512-BF16 samples about 1.6x faster but not the float32 model's samples "
+    "(docs/benchmarks.md); each worker's dtype is recorded with its samples (export's samplers).",
+)
 @click.option("--max-jobs", default=None, type=COUNT, help="Stop after this many jobs (with --devices: in all).")
 @click.option(
     "--model",
@@ -462,6 +472,7 @@ def worker(
     attn,
     decode,
     compile_mode,
+    dtype,
     max_jobs,
     gguf_models,
     no_progress,
@@ -484,6 +495,7 @@ def worker(
         python cli.py worker --devices all --db postgresql+psycopg://user@host/posresample
         python cli.py worker --device cuda:0 --decode fast --compile cuda-graph
         python cli.py worker --device cpu --model gemma-3-270m-q4_k_m.gguf --max-jobs 300
+        python cli.py worker --device cpu --dtype bfloat16 --model gemma-3-270m-q4_k_m.gguf
     """
     from .worker import SamplerChoice, WorkerOptions, run_worker, worker_device
 
@@ -519,6 +531,7 @@ def worker(
         attn=attn,
         decode=decode,
         compile=compile_mode,
+        dtype=dtype,
         fake=fake_sampler,
         fake_delay=fake_delay,
         fake_poison_token=fake_poison_token,

@@ -36,6 +36,7 @@ DEFAULT_TAGGER_MAX_STEPS = 6000  # train-tagger: about 25 minutes on 2 CPU cores
 DEFAULT_TAGGER_MAX_EPOCHS = 20
 DEFAULT_MIN_LABELLED = 20  # analyze: candidates with fewer labelled completions are left out
 DEFAULT_REFITS = 10  # analyze: replicate studies of the parametric bootstrap behind the study's intervals
+SAMPLING_DTYPES = ("auto", "float32", "bfloat16")  # worker --dtype; auto: bfloat16 on a GPU, float32 on a CPU
 DEFAULT_DB_RETRY_SECONDS = 300.0  # a worker rides out a database outage (restart, lock) this long
 
 

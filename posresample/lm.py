@@ -91,15 +91,15 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str, device: torch.device, attn: str = "auto"):
-    """bf16 on GPU, float32 on CPU; eval mode; no gradients."""
+def load_model(name: str, device: torch.device, attn: str = "auto", dtype: torch.dtype | None = None):
+    """In `dtype` (default: bf16 on GPU, float32 on CPU); eval mode; no gradients."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = model_source(name)
     check_model_name(source)
     try:
         config = AutoConfig.from_pretrained(source)
-        dtype = default_dtype(device)
+        dtype = dtype or default_dtype(device)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, attn_implementation=attention_implementation(config.model_type, attn)
         )
@@ -113,6 +113,11 @@ def load_model(name: str, device: torch.device, attn: str = "auto"):
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on GPU, float32 on CPU: the dtype activations (and so probe decisions) are computed in."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def sampling_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` is the device's default dtype; the others name a torch dtype."""
+    return default_dtype(device) if name == "auto" else getattr(torch, name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -276,6 +276,7 @@ class SamplerChoice:
     attn: str = "auto"
     decode: str = "hf"  # hf: the model's forward on copied KV; fast: the shared-prefix Gemma 2 step
     compile: str = "off"  # with decode fast: off, inductor or cuda-graph
+    dtype: str = "auto"  # auto (bf16 on GPU, float32 on CPU), float32 or bfloat16
     fake: bool = False  # the model-free FakeSampler (queue tests and benchmarks)
     fake_delay: float = 0.0
     fake_poison_token: int | None = None
@@ -287,11 +288,13 @@ class SamplerChoice:
             return FakeSampler(delay=self.fake_delay, poison_token=self.fake_poison_token)
         import torch
 
-        from .lm import load_model, load_tokenizer
+        from .lm import load_model, load_tokenizer, sampling_dtype
         from .sampling.sampler import Sampler
 
-        log.info("loading %s on %s", model_name, self.device)
-        model = load_model(model_name, torch.device(self.device), self.attn)
+        device = torch.device(self.device)
+        dtype = sampling_dtype(self.dtype, device)
+        log.info("loading %s on %s in %s", model_name, self.device, str(dtype).removeprefix("torch."))
+        model = load_model(model_name, device, self.attn, dtype)
         return Sampler(
             model, load_tokenizer(model_name), max_rows=self.max_rows, decode=self.decode, compile=self.compile
         )

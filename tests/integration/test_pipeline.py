@@ -373,3 +373,29 @@ def test_noise_keys_differ_between_splits_and_reproduce_from_content():
         == 4
     )
     assert 0 <= noise_key(job("test")) < 2**63
+
+
+def test_worker_dtype_bfloat16_samples_in_bfloat16_and_says_so(sqlite_url, tiny_dir):
+    """worker --dtype bfloat16 on a CPU: the model runs in bfloat16, every job is sampled, and the
+    worker's sampler record (export's samplers) says bfloat16 where the default run says float32."""
+    from tests.helpers import invoke, seed_jobs
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    seed_jobs(engine, 3, num_samples=4, max_new_tokens=3, model=tiny_dir)
+    result = invoke("worker", "--db", sqlite_url, "--device", "cpu", "--dtype", "bfloat16", "--no-progress")
+    assert result.exit_code == 0, result.output
+    with db.read(engine) as conn:
+        assert conn.execute(select(func.count()).select_from(completions)).scalar_one() == 3 * 4
+        described = conn.execute(select(workers.c.sampler)).scalars().all()
+    assert [d[tiny_dir]["dtype"] for d in described] == ["bfloat16"]
+    engine.dispose()
+
+
+def test_sampling_dtype_defaults_to_the_devices_own():
+    from posresample.lm import sampling_dtype
+
+    assert sampling_dtype("auto", torch.device("cpu")) == torch.float32
+    assert sampling_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert sampling_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert sampling_dtype("float32", torch.device("cuda")) == torch.float32
