@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 
 import torch
@@ -123,7 +124,11 @@ def order_candidates(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Ten
 
 
 def nucleus(
-    sorted_scores: torch.Tensor, lse: torch.Tensor, top_p: float, complete: bool = False, margin: float = 0.0
+    sorted_scores: torch.Tensor,
+    lse: torch.Tensor,
+    top_p: float,
+    complete: bool = False,
+    margin: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-p, top-down, on candidates in the defined order: (kept probabilities [R, C] float64, fits [R]).
 
@@ -131,8 +136,9 @@ def nucleus(
     is always kept; at top_p >= 1 there is no top-p step. `fits` is False where the nucleus may reach
     beyond the candidates (`complete`: they are the whole vocabulary): their mass is below top_p, or
     the tie group at the cut reaches the candidates' lowest score, so tokens outside tie with kept ones;
-    and, with a `margin` (the normaliser's relative error), where a mass above a candidate or above
-    all of them lies within it of top_p, so that the exact normaliser might cut elsewhere.
+    and, with a `margin` [R] (a bound on the normaliser's error, lse_margin), where a mass above a
+    candidate or above all of them lies within it of top_p, so that the exact normaliser might cut
+    elsewhere.
     """
     probs = probabilities(sorted_scores, lse)  # [R, C]
     lowest = sorted_scores[:, -1]
@@ -147,9 +153,10 @@ def nucleus(
     fits = (mass.sum(dim=-1) >= top_p * MASS_SCALE) & (cut_score > lowest)
     if complete:
         fits = torch.ones_like(fits)
-    if margin > 0:
-        near = ((above - top_p * MASS_SCALE).abs() <= margin * MASS_SCALE).any(dim=-1)
-        fits &= ~near & ((mass.sum(dim=-1) - top_p * MASS_SCALE).abs() > margin * MASS_SCALE)
+    if margin is not None:
+        slack = margin.double()[:, None] * MASS_SCALE  # [R, 1]
+        near = ((above - top_p * MASS_SCALE).abs() <= slack).any(dim=-1)
+        fits &= ~near & ((mass.sum(dim=-1, keepdim=True) - top_p * MASS_SCALE).abs() > slack)[:, 0]
     return probs * keep, fits
 
 
@@ -236,7 +243,20 @@ def race_tempered(logits: torch.Tensor, rows: torch.Tensor, temperature: float) 
 
 BUCKET = 64  # ids per bucket when the top candidates are found through bucket maxima
 BUCKETED_FROM = 32_768  # vocabularies at least this large (and a multiple of BUCKET) take that path
-LSE_MARGIN = 1e-6  # rows whose cut lies this close to top_p leave the fast tier for the float64 normaliser
+UNIT_ROUNDOFF = 2.0**-24  # float32's
+
+
+def lse_margin(top: torch.Tensor, temperature: float, vocab: int) -> torch.Tensor:
+    """[R] float64: twice a bound on |log_normaliser - the exact log sum exp of the float32 divided
+    scores| (HF's scores, whose probabilities the nucleus adds), for rows whose maximum logit is top [R].
+
+    With u = 2**-24 and s = l / T: HF's division rounds each score by u |s|, and the mean |s| under the
+    row's softmax is at most |s_max| + ln V (E[s_max - s] <= the entropy <= ln V); the shifted terms
+    (l - top) / T round by at most 2u |s_max - s|, 2u ln V on average; exp rounds each term by about
+    2u, and BUCKET - 1 float32 additions by (BUCKET - 1) u. The fast tier leaves a row whose cut lies
+    within this of top_p to the float64 normaliser."""
+    bound = UNIT_ROUNDOFF * ((top.double() / temperature).abs() + 3 * math.log(vocab) + BUCKET + 1)
+    return 2 * bound
 
 
 def top_candidates(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,18 +270,28 @@ def top_candidates(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch
     n_buckets = vocab // BUCKET
     if vocab < BUCKETED_FROM or vocab % BUCKET or size * 4 > n_buckets:
         return logits.topk(size, dim=-1)
-    maxima = logits.view(n_rows, n_buckets, BUCKET).amax(dim=-1)  # [R, buckets]: one pass over the row
+    maxima = _fused_on_cpu(_bucket_maxima, logits)  # [R, buckets]: one pass over the row
     buckets = maxima.topk(size, dim=-1).indices  # [R, size]
     ids = (buckets[:, :, None] * BUCKET + torch.arange(BUCKET, device=logits.device)).view(n_rows, -1)  # [R, size*64]
     values, where = logits.gather(1, ids).topk(size, dim=-1)
     return values, ids.gather(1, where)
 
 
+def _bucket_maxima(logits: torch.Tensor) -> torch.Tensor:
+    """The maximum of each bucket of BUCKET consecutive ids: [R, V // BUCKET], in the logits' dtype."""
+    return logits.view(logits.shape[0], -1, BUCKET).amax(dim=-1)
+
+
 def _shifted_lse(logits: torch.Tensor, top: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log sum exp((l - top) / T) per row, [R, 1]: float32 terms summed in float64, one fused loop
-    where compiled (relative error about 1e-7: nucleus() sends rows whose cut lies that close to
-    top_p to a tier with the float64 normaliser)."""
-    return torch.log(torch.exp((logits - top) / temperature).double().sum(dim=-1, keepdim=True))
+    """log sum exp((l - top) / T) per row, [R, 1]: float32 terms (bf16 logits upcast exactly), summed
+    BUCKET at a time in float32 and the bucket sums in float64, in one loop where compiled. Its error
+    is bounded by lse_margin (about 1e-7 in practice): nucleus() sends rows whose cut lies that close
+    to top_p to a tier with the float64 normaliser."""
+    n_rows, vocab = logits.shape
+    terms = torch.exp((logits.float() - top) / temperature)
+    if vocab % BUCKET:
+        return torch.log(terms.double().sum(dim=-1, keepdim=True))
+    return torch.log(terms.view(n_rows, -1, BUCKET).sum(dim=-1).double().sum(dim=-1, keepdim=True))
 
 
 def exact_lse(scores: torch.Tensor) -> torch.Tensor:
@@ -271,23 +301,28 @@ def exact_lse(scores: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _compiled_lse():
-    return torch.compile(_shifted_lse, dynamic=True)
+def _compiled(fn):
+    return torch.compile(fn, dynamic=True)
+
+
+def _fused_on_cpu(fn, logits: torch.Tensor, *args) -> torch.Tensor:
+    """fn(logits, *args), compiled into one loop over the row on the CPU at a large vocabulary (eager
+    reductions there take several passes, and bf16 ones four times a float32 one's time); eager
+    elsewhere or where compiling fails. Compiled and eager agree within lse_margin."""
+    if logits.device.type == "cpu" and logits.shape[-1] >= BUCKETED_FROM and FUSED_ON_CPU:
+        try:
+            return _compiled(fn)(logits, *args)
+        except Exception as exc:  # no C++ compiler, an unsupported platform: the eager ops give the same value
+            _disable_fused(exc)
+    return fn(logits, *args)
 
 
 def log_normaliser(logits: torch.Tensor, top: torch.Tensor, temperature: float) -> torch.Tensor:
     """log sum exp(l / T) over each row of logits [R, V] whose maxima are `top` [R, 1]: [R, 1] float64.
 
-    Computed as top / T + log sum exp((l - top) / T), the same value to about 1e-7, from one
-    read of the row: compiled on the CPU at a large vocabulary (torch's logsumexp takes four passes
-    there, a third of a decode step on a real model), eager elsewhere or where compiling fails."""
-    shift = top.double() / temperature
-    if logits.device.type == "cpu" and logits.shape[-1] >= BUCKETED_FROM and FUSED_ON_CPU:
-        try:
-            return shift + _compiled_lse()(logits, top, temperature)
-        except Exception as exc:  # no C++ compiler, an unsupported platform: the eager ops give the same value
-            _disable_fused(exc)
-    return shift + _shifted_lse(logits, top, temperature)
+    Computed as top / T + log sum exp((l - top) / T), the same value within lse_margin, from one read of
+    the row (torch's logsumexp takes four passes on the CPU, a third of a decode step on a real model)."""
+    return top.double() / temperature + _fused_on_cpu(_shifted_lse, logits, top, temperature)
 
 
 FUSED_ON_CPU = os.environ.get("POSRESAMPLE_FUSED_LSE", "1") != "0"  # 0: torch's eager ops only
@@ -312,16 +347,19 @@ def _kept(
             apply_temperature_top_k(logits, temperature, top_k), top_p, top_k, prefilter, wide_prefilter
         )
         return
-    logits = logits.float()
+    # The row stays in the model's dtype (bf16 upcasts exactly to float32): the candidates and the
+    # normaliser's fused loop read it as float32, and no float32 copy of the whole row is made.
     n_rows, vocab = logits.shape
     size = min(prefilter, vocab)
     values, ids = top_candidates(logits, size)  # [R, size] raw logits: dividing by T > 0 keeps their order
+    values = values.float()
     top = values.max(dim=-1, keepdim=True).values  # [R, 1] each row's maximum
     lse = log_normaliser(logits, top, temperature)  # [R, 1] float64
     top_prob = (top[:, 0].double() / temperature - lse[:, 0]).exp()  # [R]: the top score is top / T bit for bit
     hopeful = size * top_prob >= min(top_p, 1.0)
     top_scores, top_ids = order_candidates(values / temperature, ids)  # HF's division, on the candidates only
-    probs, fits = nucleus(top_scores, lse, top_p, complete=size == vocab, margin=LSE_MARGIN)
+    margin = lse_margin(top[:, 0], temperature, vocab)
+    probs, fits = nucleus(top_scores, lse, top_p, complete=size == vocab, margin=margin)
     fits &= hopeful  # `size` tokens cannot hold top_p of the mass when size * p_max < top_p
     if bool(fits.all()):
         yield None, top_ids, probs
@@ -330,7 +368,7 @@ def _kept(
         yield torch.nonzero(fits)[:, 0], top_ids[fits], probs[fits]
     rest = torch.nonzero(~fits)[:, 0]
     if len(rest):  # the wider tiers see the divided rows of the undecided ones only, normalised in float64
-        scores = logits[rest] / temperature
+        scores = logits[rest].float() / temperature
         for which, tier_ids, probs in _kept_scores(scores, top_p, None, wide_prefilter, wide_prefilter):
             yield rest if which is None else rest[which], tier_ids, probs
 

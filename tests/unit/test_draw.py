@@ -250,14 +250,35 @@ def test_bucketed_top_candidates_are_the_top_values():
         assert torch.equal(logits.gather(1, ids), values) and all(len(set(r.tolist())) == size for r in ids)
 
 
-def test_the_fused_normaliser_equals_torch_logsumexp():
-    from posresample.sampling.draw import log_normaliser
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_fused_normaliser_equals_torch_logsumexp(dtype):
+    """Within the margin the fast tier leaves to the float64 normaliser, in the model's own dtype."""
+    from posresample.sampling.draw import log_normaliser, lse_margin
 
-    logits = real_vocabulary_logits()
+    logits = real_vocabulary_logits().to(dtype)  # exact: the values are bf16 already
     for temperature in (0.7, 1.0, 1.7):
-        ours = log_normaliser(logits, logits.amax(-1, keepdim=True), temperature)
-        reference = torch.logsumexp((logits / temperature).double(), dim=-1, keepdim=True)
-        assert torch.allclose(ours, reference, rtol=0, atol=2e-5)
+        top = logits.amax(-1, keepdim=True).float()
+        ours = log_normaliser(logits, top, temperature)
+        reference = torch.logsumexp((logits.float() / temperature).double(), dim=-1, keepdim=True)  # HF's scores
+        margin = lse_margin(top[:, 0], temperature, logits.shape[-1])
+        assert bool(((ours - reference)[:, 0].abs() < margin / 2).all())  # within the bound itself
+        assert float(margin.max()) < 1e-4  # and the bound is tight enough to leave the fast tier its rows
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.7, 0.95), (1.3, 0.9), (0.7, 1.0)])
+def test_bf16_logits_draw_what_their_float32_values_draw(temperature, top_p):
+    """A bf16 model's row is read in its own dtype (no float32 copy of it): the kept set and every
+    draw are those of the same values in float32, in every tier and in any batch."""
+    logits = real_vocabulary_logits(rows=6)
+    low = logits.to(torch.bfloat16)
+    assert torch.equal(processed_probs(low, temperature, top_p), processed_probs(logits, temperature, top_p))
+    for step in range(4):
+        rows = row_hash(3, torch.arange(6), torch.arange(6), step)
+        expected = sample_tokens(logits, rows, temperature, top_p)
+        assert torch.equal(sample_tokens(low, rows, temperature, top_p), expected)
+        assert torch.equal(sample_tokens(low, rows, temperature, top_p, prefilter=16, wide_prefilter=16), expected)
+        alone = [sample_tokens(low[i : i + 1], rows[i : i + 1], temperature, top_p)[0] for i in range(6)]
+        assert torch.equal(torch.stack(alone), expected)
 
 
 @pytest.mark.parametrize("temperature,top_p", [(0.7, 0.95), (1.3, 0.9), (0.7, 1.0)])
