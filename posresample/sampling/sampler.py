@@ -243,12 +243,16 @@ class Sampler:
         )
 
     def _forward(self, input_ids, attention, positions, cache) -> torch.Tensor:
+        # The last position by index, not logits_to_keep=1: the model's head then sees a contiguous
+        # [B, 1, D] copy, where a slice of a prefill's hidden states sent a bf16 head on the CPU
+        # through a batched matmul that copies its weights once per prefix (100x slower).
+        last = torch.tensor([input_ids.shape[1] - 1], device=self.device)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention,
             position_ids=positions,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=last,
             **{self._cache_kwarg: cache},
         )
         return out.logits[:, -1]  # [B, V]
