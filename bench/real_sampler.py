@@ -246,11 +246,11 @@ def main() -> None:
             f"{base_per / per:.1f} | {floor} | {f'{to_floor:.2f}' if to_floor else '-'} |"
         )
         share, ratio = draws / seconds, base_per / per
-        met = share <= TARGET_SHARE and ratio >= TARGET_RATIO and (to_floor or 0) <= TARGET_FLOOR
+        met = share <= TARGET_SHARE and ratio >= TARGET_RATIO and to_floor is not None and to_floor <= TARGET_FLOOR
         verdicts.append(
             f"{variant}: sample phase {share:.1%} of the Sampler's time (target <= {TARGET_SHARE:.0%}); "
             f"{ratio:.1f}x the float32 loop (target >= {TARGET_RATIO:g}x)"
-            + (f"; {to_floor:.2f}x its floor (target <= {TARGET_FLOOR:g}x)" if to_floor else "")
+            + (f"; {to_floor:.2f}x its floor (target <= {TARGET_FLOOR:g}x)" if to_floor else "; no floor measured")
             + (": all targets met" if met else ": a target missed")
         )
     for line in verdicts:

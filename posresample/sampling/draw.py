@@ -272,9 +272,9 @@ def top_candidates(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch
         return logits.topk(size, dim=-1)
     maxima = _fused_on_cpu(_bucket_maxima, logits)  # [R, buckets]: one pass over the row
     buckets = maxima.topk(size, dim=-1).indices  # [R, size]
-    ids = (buckets[:, :, None] * BUCKET + torch.arange(BUCKET, device=logits.device)).view(n_rows, -1)  # [R, size*64]
-    values, where = logits.gather(1, ids).topk(size, dim=-1)
-    return values, ids.gather(1, where)
+    inside = logits.view(n_rows, n_buckets, BUCKET).gather(1, buckets[:, :, None].expand(-1, -1, BUCKET))
+    values, where = inside.view(n_rows, -1).topk(size, dim=-1)  # where: into [R, size * BUCKET]
+    return values, buckets.gather(1, where // BUCKET) * BUCKET + where % BUCKET
 
 
 def _bucket_maxima(logits: torch.Tensor) -> torch.Tensor:
