@@ -306,6 +306,29 @@ def tagger_confusion(tagger: dict, given: Confusion | None) -> Confusion:
     return Confusion.identity()
 
 
+def samplers_of(engine, scan: dict, params: dict) -> list[dict]:
+    """How the params' done jobs were sampled (export's `samplers`); a warning where they mix dtypes:
+    a bf16 and a float32 sampler are two nearby samplers (docs/design.md, "The sampling dtype"), and
+    a verdict over both is one of their mixture."""
+    from .scan_store import samplers_used
+
+    with db.read(engine) as conn:
+        used = samplers_used(conn, scan["id"], params)
+    jobs_by_dtype: dict[str, int] = {}
+    for entry in used:
+        dtype = (entry["sampler"] or {}).get("dtype")
+        if dtype is not None:
+            jobs_by_dtype[dtype] = jobs_by_dtype.get(dtype, 0) + entry["jobs"]
+    if len(jobs_by_dtype) > 1:
+        log.warning(
+            "the continuations of generation params %d were sampled in several dtypes (%s): the verdict is "
+            "of their mixture; sample a study in one (worker --dtype)",
+            params["id"],
+            ", ".join(f"{dtype}: {n} jobs" for dtype, n in sorted(jobs_by_dtype.items())),
+        )
+    return used
+
+
 def run_analyze(
     engine,
     scan_name: str | None = None,
@@ -351,6 +374,7 @@ def run_analyze(
     prior, prior_source = label_prior(scan)
     others = other_taggers(engine, scan, params, tagger, kept, min_labelled)
     resampled = other_params(engine, scan, params, tagger, kept, min_labelled)
+    samplers = samplers_of(engine, scan, params)
 
     def variants() -> tuple[list[dict], list[dict]]:
         return (
@@ -448,6 +472,7 @@ def run_analyze(
         "model": scan["model"],
         "layer": scan["layer"],
         "generation_params_id": params["id"],
+        "samplers": samplers,
         "tagger": {k: tagger[k] for k in ("name", "spec", "accuracy")},
         "candidates_in_scan": len(cands),
         "candidates_analysed": len(kept),

@@ -363,3 +363,36 @@ def test_per_word_counts_measured_on_the_training_split_are_not_used(sqlite_url,
     s = run_analyze(engine, min_labelled=20, with_examples=False, refits=0).summary
     assert s["sensitivity"][0]["confusion"] == "stored" and s["word_confusion"] is None
     assert "measured on its training split" in caplog.text
+
+
+def test_continuations_sampled_in_two_dtypes_are_listed_and_warned_about(sqlite_url, caplog):
+    """A study half sampled by a float32 worker and half by a bf16 one (worker --dtype): analyze lists
+    both samplers with their jobs and warns that the verdict is of a mixture; one dtype, no warning."""
+    import logging
+
+    from sqlalchemy import update
+
+    from posresample import queue
+    from posresample.analyze import load, samplers_of
+    from posresample.schema import jobs
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    study = draw_study(60, np.random.default_rng(5), confusion=perfect_tagger())
+    write_study(engine, study, np.eye(K) * 1000)
+    scan, params = load(engine, None, None, None)[:2]
+    queue.record_sampler(engine, "known:1:truth", params["model"], {"decode": "hf", "dtype": "float32"})
+    with caplog.at_level(logging.WARNING, logger="posresample.analyze"):
+        assert samplers_of(engine, scan, params) == [{"jobs": 60, "sampler": {"decode": "hf", "dtype": "float32"}}]
+    assert "several dtypes" not in caplog.text
+    queue.register_worker(engine, "known:2:bf16", "cpu", 600)
+    queue.record_sampler(engine, "known:2:bf16", params["model"], {"decode": "hf", "dtype": "bfloat16"})
+    with engine.begin() as conn:
+        ids = conn.execute(select(jobs.c.id).order_by(jobs.c.id)).scalars().all()
+        conn.execute(update(jobs).where(jobs.c.id.in_(ids[::3])).values(last_worker="known:2:bf16"))
+    with caplog.at_level(logging.WARNING, logger="posresample.analyze"):
+        summary = run_analyze(engine, min_labelled=20, with_examples=False, refits=0).summary
+    used = sorted((entry["sampler"]["dtype"], entry["jobs"]) for entry in summary["samplers"])
+    assert used == [("bfloat16", 20), ("float32", 40)]
+    assert "several dtypes (bfloat16: 20 jobs, float32: 40 jobs)" in caplog.text
+    engine.dispose()
