@@ -157,12 +157,13 @@ def _with_enough(conn, scan: dict, kept: list[dict], min_labelled: int, wanted: 
     return out
 
 
-def compare_params(counts, q, classes, lead, seed: int, others: list) -> list[dict]:
-    """Each other generation params' comparison on the candidates sampled under both (`other_params`)."""
+def compare_params(counts, q, classes, lead, seed: int, others: list, refits: int | None = None) -> list[dict]:
+    """Each other generation params' comparison on the candidates sampled under both (`other_params`),
+    its intervals widened by `refits` replicate studies of each side as the headline's are."""
     out = []
     for other, other_counts, which in others:
         compared = corrected_view.compare_samplers(
-            counts[which], other_counts, q[which], classes, rows_of(lead, which), seed
+            counts[which], other_counts, q[which], classes, rows_of(lead, which), seed, refits=refits
         )
         out.append(
             {
@@ -379,7 +380,7 @@ def run_analyze(
     def variants() -> tuple[list[dict], list[dict]]:
         return (
             sensitivity_variants(counts, q, classes, conf, true, orig, scan, seed, others, lead, words),
-            compare_params(counts, q, classes, lead, seed, resampled),
+            compare_params(counts, q, classes, lead, seed, resampled, refits),
         )
 
     from concurrent.futures import ThreadPoolExecutor

@@ -181,6 +181,7 @@ class WordStudy:
     words: list[str]  # [N] each candidate's word
     measured: object  # a Confusion: the treebank's counts, with its per-word counts (by_word)
     hard: np.ndarray  # [N] bool: the candidate's word is one of the harder ones
+    confusions: np.ndarray  # [N, K, K] each candidate's word's C_w (labels of other truths: pi' C_w)
 
 
 def draw_word_study(n: int, rng: np.random.Generator, num_samples: int = 96) -> WordStudy:
@@ -221,7 +222,7 @@ def draw_word_study(n: int, rng: np.random.Generator, num_samples: int = 96) -> 
     measured = Confusion(sum(by_word.values()), "known truth: held-out words by word type", by_word=by_word)
     truth = np.stack([draw_truth(rng) for _ in range(n)])
     probe = np.stack([draw_probe(pi, rng) for pi in truth])
-    words, counts, hard = [], [], []
+    words, counts, hard, confusions = [], [], [], []
     for pi in truth:
         name = UPOS_NAMES[int(pi.argmax())]
         word = f"{name.lower()}-{rng.choice(['plain', 'hard'])}-{rng.integers(WORDS_PER_KIND)}"
@@ -232,7 +233,10 @@ def draw_word_study(n: int, rng: np.random.Generator, num_samples: int = 96) -> 
         counts.append(rng.multinomial(num_samples, mix / mix.sum()))
         words.append(word)
         hard.append("-hard-" in word)
-    return WordStudy(truth, probe, np.stack(counts).astype(float), words, measured, np.array(hard))
+        confusions.append(Cw)
+    return WordStudy(
+        truth, probe, np.stack(counts).astype(float), words, measured, np.array(hard), np.stack(confusions)
+    )
 
 
 def as_study(words: WordStudy, rng: np.random.Generator) -> Study:
