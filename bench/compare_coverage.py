@@ -38,14 +38,14 @@ from tests.known_truth import (
     draw_probe,
     draw_truth,
     draw_word_study,
+    labels_through,
     tagger_confusion,
     treebank_counts,
     truth_values,
 )
 
 TEMPERATURE = 0.7
-NUM_SAMPLES = 96
-STATISTICS = (*corrected_view.COMPARED,)
+STATISTICS = corrected_view.COMPARED
 GENERATORS = ("model", "word-error", "word-error-per-word", "near-thresholds")
 
 
@@ -67,14 +67,9 @@ def population_difference(generator: str, rng: np.random.Generator, n: int = 100
     return {v: tempered[v] - untempered[v] for v in STATISTICS}
 
 
-def labels(truth: np.ndarray, confusions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[N, K] counts: 96 labels of each candidate from pi C (C per candidate [N, K, K])."""
-    mixed = np.einsum("nk,nkj->nj", truth, confusions)
-    return np.stack([rng.multinomial(NUM_SAMPLES, row / row.sum()) for row in mixed]).astype(float)
-
-
 def draw(generator: str, n: int, rng: np.random.Generator):
-    """(untempered truth, probe, each candidate's confusion [N, K, K], the confusion analysed)."""
+    """(untempered truth, probe, the tagger's confusion (one per candidate [N, K, K], or one [K, K]),
+    the confusion analysed)."""
     if generator.startswith("word-error"):
         study = draw_word_study(n, rng)
         if generator == "word-error-per-word":
@@ -86,7 +81,7 @@ def draw(generator: str, n: int, rng: np.random.Generator):
     truth = np.stack([truth_of(rng) for _ in range(n)])
     probe = np.stack([draw_probe(pi, rng) for pi in truth])
     C = tagger_confusion()
-    return truth, probe, np.broadcast_to(C, (n, *C.shape)), Confusion(treebank_counts(C, rng), "known truth")
+    return truth, probe, C, Confusion(treebank_counts(C, rng), "known truth")
 
 
 def main() -> None:
@@ -104,8 +99,8 @@ def main() -> None:
     widths = {v: [] for v in STATISTICS}
     for s in range(args.studies):
         truth, probe, confusions, analysed = draw(args.generator, args.candidates, rng)
-        this = labels(temper(truth, TEMPERATURE), confusions, rng)
-        other = labels(truth, confusions, rng)
+        this = labels_through(temper(truth, TEMPERATURE), confusions, rng)
+        other = labels_through(truth, confusions, rng)
         out = corrected_view.compare_samplers(this, other, probe, PROBE_CLASSES, analysed, seed=s)
         for v in STATISTICS:
             d = out["difference"][v]

@@ -163,7 +163,10 @@ def step_tv(reference_model, model, prefixes, reference, per_prefix: int = 8) ->
         ids = torch.tensor([prefix + t[:-1] for t in full], device=reference_model.device)
         probs = []
         for m in (reference_model, model):
-            logits = m(input_ids=ids, logits_to_keep=steps).logits.float()
+            last = torch.arange(
+                ids.shape[1] - steps, ids.shape[1], device=ids.device
+            )  # by index: a contiguous head input
+            logits = m(input_ids=ids, logits_to_keep=last).logits.float()
             probs.append(torch.softmax(warp(ids, logits.reshape(-1, logits.shape[-1])), -1))
         out.append((0.5 * (probs[0] - probs[1]).abs().sum(-1)).reshape(len(full), steps).cpu())
     return torch.cat(out)

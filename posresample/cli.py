@@ -437,7 +437,7 @@ def scan(
     default="auto",
     show_default=True,
     help="The model's weights and activations while sampling: auto is bfloat16 on a GPU, float32 on a CPU. "
-    "bfloat16 on a CPU with AVX512-BF16 samples about 1.6x faster but not the float32 model's samples "
+    "bfloat16 on a CPU with AVX512-BF16 samples about 2x faster but not the float32 model's samples "
     "(docs/benchmarks.md); each worker's dtype is recorded with its samples (export's samplers).",
 )
 @click.option("--max-jobs", default=None, type=COUNT, help="Stop after this many jobs (with --devices: in all).")

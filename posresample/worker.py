@@ -288,12 +288,12 @@ class SamplerChoice:
             return FakeSampler(delay=self.fake_delay, poison_token=self.fake_poison_token)
         import torch
 
-        from .lm import load_model, load_tokenizer, sampling_dtype
+        from .lm import dtype_name, load_model, load_tokenizer, sampling_dtype
         from .sampling.sampler import Sampler
 
         device = torch.device(self.device)
         dtype = sampling_dtype(self.dtype, device)
-        log.info("loading %s on %s in %s", model_name, self.device, str(dtype).removeprefix("torch."))
+        log.info("loading %s on %s in %s", model_name, self.device, dtype_name(dtype))
         model = load_model(model_name, device, self.attn, dtype)
         return Sampler(
             model, load_tokenizer(model_name), max_rows=self.max_rows, decode=self.decode, compile=self.compile

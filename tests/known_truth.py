@@ -239,6 +239,13 @@ def draw_word_study(n: int, rng: np.random.Generator, num_samples: int = 96) -> 
     )
 
 
+def labels_through(truth: np.ndarray, confusions: np.ndarray, rng: np.random.Generator, num_samples: int = 96):
+    """[N, K] label counts: num_samples labels of each candidate from pi C, its own C ([N, K, K], as a
+    WordStudy's `confusions`, or one matrix broadcast): another truth of the same candidates' words."""
+    mixed = np.einsum("nk,nkj->nj", truth, np.broadcast_to(confusions, (len(truth), K, K)))
+    return np.stack([rng.multinomial(num_samples, row / row.sum()) for row in mixed]).astype(float)
+
+
 def as_study(words: WordStudy, rng: np.random.Generator) -> Study:
     """A word study as `write_study` takes it: each candidate's labels one per completion, in random order."""
     labels = np.stack([rng.permutation(np.repeat(np.arange(K), row.astype(int))) for row in words.counts])

@@ -307,8 +307,9 @@ def _compiled(fn):
 
 def _fused_on_cpu(fn, logits: torch.Tensor, *args) -> torch.Tensor:
     """fn(logits, *args), compiled into one loop over the row on the CPU at a large vocabulary (eager
-    reductions there take several passes, and bf16 ones four times a float32 one's time); eager
-    elsewhere or where compiling fails. Compiled and eager agree within lse_margin."""
+    reductions there take several passes, and bf16 ones about 3x a float32 one's time); eager
+    elsewhere or where compiling fails. Compiled and eager give the same maxima, and normalisers within
+    lse_margin."""
     if logits.device.type == "cpu" and logits.shape[-1] >= BUCKETED_FROM and FUSED_ON_CPU:
         try:
             return _compiled(fn)(logits, *args)

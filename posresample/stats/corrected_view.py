@@ -543,13 +543,12 @@ class TwoStage:
         self.atoms = np.empty((replicates, n), dtype=np.int16 if keep < 2**15 else np.int64)
         # inverse-CDF draws from each row's posterior in one search: row r's cumulative sums shifted by r
         shifted = (np.cumsum(posterior, axis=1) / posterior.sum(axis=1, keepdims=True) + np.arange(n)[:, None]).ravel()
-        given = rows
         for start in range(0, replicates, 100):
             size = min(100, replicates - start)
-            rows = rng.integers(0, n, size=(size, n)) if given is None else given[start : start + size]
-            found = np.searchsorted(shifted, (rows + rng.random(rows.shape)).ravel()).reshape(rows.shape)
-            self.rows[start : start + len(rows)] = rows
-            self.atoms[start : start + len(rows)] = np.clip(found - rows * keep, 0, keep - 1)
+            picked = rng.integers(0, n, size=(size, n)) if rows is None else rows[start : start + size]
+            found = np.searchsorted(shifted, (picked + rng.random(picked.shape)).ravel()).reshape(picked.shape)
+            self.rows[start : start + size] = picked
+            self.atoms[start : start + size] = np.clip(found - picked * keep, 0, keep - 1)
 
     def replicate_means(self, values: np.ndarray) -> np.ndarray:
         out = np.empty(len(self.rows))

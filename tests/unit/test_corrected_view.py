@@ -209,7 +209,7 @@ def _paired_studies(refits: int, studies: int = 16, n: int = 150) -> tuple[float
     analysed with the class rows that cannot see it: (the population's difference in the ambiguous
     share, each study's compare_samplers difference)."""
     from posresample.stats.metrics import temper
-    from tests.known_truth import draw_truth, draw_word_study, truth_values
+    from tests.known_truth import draw_truth, draw_word_study, labels_through, truth_values
 
     rng = np.random.default_rng(3)
     truth = np.stack([draw_truth(rng) for _ in range(50_000)])
@@ -218,14 +218,11 @@ def _paired_studies(refits: int, studies: int = 16, n: int = 150) -> tuple[float
         - truth_values(truth, truth)["genuinely_ambiguous"]
     )
 
-    def labels(pi, confusions):
-        mixed = np.einsum("nk,nkj->nj", pi, confusions)
-        return np.stack([rng.multinomial(96, row / row.sum()) for row in mixed]).astype(float)
-
     out = []
     for s in range(studies):
         study = draw_word_study(n, rng)
-        this, other = labels(temper(study.truth, 0.7), study.confusions), labels(study.truth, study.confusions)
+        this = labels_through(temper(study.truth, 0.7), study.confusions, rng)
+        other = labels_through(study.truth, study.confusions, rng)
         class_rows = Confusion(study.measured.counts, "the class rows")
         compared = corrected_view.compare_samplers(
             this, other, study.probe, PROBE_CLASSES, class_rows, seed=s, refits=refits
